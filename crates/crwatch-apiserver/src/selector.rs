@@ -34,7 +34,8 @@ pub struct LabelSelector {
 #[error("{0}")]
 pub struct SelectorError(pub String);
 
-fn valid_label_key(key: &str) -> bool {
+/// Whether `key` is a valid label key (optional DNS prefix, then a name of at most 63 characters).
+pub fn valid_label_key(key: &str) -> bool {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),

@@ -1,0 +1,1441 @@
+//! The REST semantics of the resource verbs: what create, update, patch, delete, get and list
+//! do to objects (metadata, status subresource, generation, finalizers, schema validation,
+//! admission, managed fields), independent of HTTP.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::admission::{Admission, Attributes, Operation};
+use crate::faults::Faults;
+use crate::meta::{self, meta_str, set_meta};
+use crate::patch::{self, PatchType};
+use crate::registry::{self, GroupResource, Registry, ResourceDef};
+use crate::schema;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult, Cause};
+use crate::store::{Store, WriteError};
+
+/// Query parameters of a request.
+#[derive(Debug, Clone, Default)]
+pub struct Params(pub HashMap<String, String>);
+
+impl Params {
+    /// A parameter's value.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true" | "1"))
+    }
+
+    /// `dryRun=All`.
+    pub fn dry_run(&self) -> ApiResult<bool> {
+        match self.get("dryRun") {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::invalid(
+                "meta.k8s.io",
+                "CreateOptions",
+                "",
+                vec![Cause::new(
+                    "FieldValueNotSupported",
+                    "dryRun",
+                    format!("Unsupported value: \"{other}\": supported values: \"All\""),
+                )],
+            )),
+        }
+    }
+}
+
+/// How unknown and duplicate fields are treated (`fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them and say so in `Warning` headers (the default).
+    Warn,
+    /// Reject the request.
+    Strict,
+}
+
+impl FieldValidation {
+    fn from_params(p: &Params) -> ApiResult<Self> {
+        match p.get("fieldValidation") {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn, or Strict, got {other}"
+            ))),
+        }
+    }
+}
+
+/// One resource request after routing.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The resource at the requested version.
+    pub def: Arc<ResourceDef>,
+    /// Namespace from the URL, empty for cluster scope or all namespaces.
+    pub namespace: String,
+    /// Object name from the URL, empty for collections.
+    pub name: String,
+    /// `status`, `scale` or empty.
+    pub sub: String,
+    /// Query parameters.
+    pub params: Params,
+    /// The client's User-Agent (for the default field manager).
+    pub user_agent: String,
+    /// The authenticated user.
+    pub user: String,
+}
+
+/// A response body with its code and any warnings for `Warning` headers.
+#[derive(Debug, Clone)]
+pub struct Out {
+    /// HTTP status code.
+    pub code: u16,
+    /// The body.
+    pub body: Value,
+    /// Warnings.
+    pub warnings: Vec<String>,
+}
+
+impl Out {
+    fn new(code: u16, body: Value, warnings: Vec<String>) -> Self {
+        Out { code, body, warnings }
+    }
+}
+
+/// The API: registry, store, admission and faults together.
+pub struct Api {
+    pub(crate) registry: RwLock<Registry>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) admission: Admission,
+    pub(crate) faults: Faults,
+}
+
+/// Finalizer the server puts on a CRD while it deletes the CRD's objects.
+pub const CRD_CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+fn gr_of(def: &ResourceDef) -> GroupResource {
+    def.key()
+}
+
+fn obj_rv(obj: &Value) -> u64 {
+    meta_str(obj, "resourceVersion").parse().unwrap_or(0)
+}
+
+fn without_meta_status(obj: &Value, drop_status: bool) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("metadata");
+        if drop_status {
+            m.remove("status");
+        }
+    }
+    o
+}
+
+/// Write errors from the store, worded for the resource.
+fn write_error(e: WriteError, def: &ResourceDef, name: &str) -> ApiError {
+    match e {
+        WriteError::Exists => ApiError::already_exists(&def.group, &def.plural, name),
+        WriteError::Missing => ApiError::not_found(&def.group, &def.plural, name),
+        WriteError::Stale => ApiError::stale(&def.group, &def.plural, name),
+    }
+}
+
+impl Api {
+    pub(crate) fn new(store: Arc<Store>, faults: Faults) -> Self {
+        Api {
+            registry: RwLock::new(Registry::with_builtins()),
+            store,
+            admission: Admission::new(),
+            faults,
+        }
+    }
+
+    /// The current registry (cheap clone of the resource list).
+    pub fn registry(&self) -> Registry {
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn with_registry_mut(&self, f: impl FnOnce(&mut Registry)) {
+        let mut r = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut r);
+    }
+
+    /// The object as served at `def`'s version.
+    pub fn present(def: &ResourceDef, obj: &Value) -> Value {
+        let mut o = obj.clone();
+        o["apiVersion"] = json!(def.api_version());
+        o["kind"] = json!(def.kind);
+        o
+    }
+
+    fn current(&self, ctx: &Ctx) -> ApiResult<Arc<Value>> {
+        self.store
+            .get(&gr_of(&ctx.def), &(ctx.namespace.clone(), ctx.name.clone()))
+            .ok_or_else(|| ApiError::not_found(&ctx.def.group, &ctx.def.plural, &ctx.name))
+    }
+
+    /// GET one object (or its status / scale).
+    pub fn get(&self, ctx: &Ctx) -> ApiResult<Value> {
+        let obj = self.current(ctx)?;
+        if ctx.sub == "scale" {
+            return self.to_scale(&ctx.def, &obj);
+        }
+        Ok(Self::present(&ctx.def, &obj))
+    }
+
+    /// Parse the selectors of a list or watch.
+    pub fn selectors(&self, ctx: &Ctx) -> ApiResult<(LabelSelector, FieldSelector)> {
+        let labels = LabelSelector::parse(ctx.params.get("labelSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let mut allowed = vec!["metadata.name", "metadata.namespace"];
+        match (ctx.def.group.as_str(), ctx.def.kind.as_str()) {
+            ("", "Secret") => allowed.push("type"),
+            ("", "Namespace") => allowed.push("status.phase"),
+            ("", "Event") => allowed.extend([
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ]),
+            _ => {}
+        }
+        let fields = FieldSelector::parse(ctx.params.get("fieldSelector").unwrap_or_default(), &allowed)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok((labels, fields))
+    }
+
+    /// LIST a collection with selectors, paging and resourceVersion semantics.
+    pub async fn list(&self, ctx: &Ctx) -> ApiResult<Value> {
+        let (labels, fields) = self.selectors(ctx)?;
+        let gr = gr_of(&ctx.def);
+        let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
+        let rv = ctx.params.get("resourceVersion").unwrap_or_default();
+        let rv_match = ctx.params.get("resourceVersionMatch").unwrap_or_default();
+        if !rv_match.is_empty() && rv.is_empty() {
+            return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+        }
+        let limit: usize = ctx.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let cont = ctx.params.get("continue").unwrap_or_default();
+        let (objects, snapshot_rev, start_after) = if !cont.is_empty() {
+            if !rv.is_empty() && rv != "0" {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
+            }
+            let (rev, start) = decode_continue(cont)?;
+            let objs = self.store.list_at(&gr, ns, rev).map_err(|_| {
+                ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue value from the 410 response.")
+            })?;
+            (objs, rev, Some(start))
+        } else if rv_match == "Exact" {
+            let want: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+            self.wait_for_revision(want).await?;
+            let objs = self
+                .store
+                .list_at(&gr, ns, want)
+                .map_err(|_| ApiError::gone("The resourceVersion for the provided list is too old."))?;
+            (objs, want, None)
+        } else {
+            if !rv.is_empty() && rv != "0" {
+                let want: u64 =
+                    rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+                self.wait_for_revision(want).await?;
+            } else if !rv_match.is_empty() && rv_match != "NotOlderThan" {
+                return Err(ApiError::bad_request(format!(
+                    "resourceVersionMatch: Unsupported value: \"{rv_match}\": supported values: \"Exact\", \"NotOlderThan\""
+                )));
+            }
+            let (objs, rev) = self.store.list(&gr, ns);
+            (objs, rev, None)
+        };
+        let mut items = vec![];
+        let mut next = None;
+        let mut remaining = 0usize;
+        for o in objects.iter() {
+            if let Some(start) = &start_after {
+                let key = format!("{}/{}", meta_str(o, "namespace"), meta_str(o, "name"));
+                if key.as_str() <= start.as_str() {
+                    continue;
+                }
+            }
+            if !labels.matches_object(o) || !fields.matches(o) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                remaining += 1;
+                continue;
+            }
+            items.push(Self::present(&ctx.def, o));
+            if limit > 0 && items.len() == limit {
+                next = Some(format!("{}/{}", meta_str(o, "namespace"), meta_str(o, "name")));
+            }
+        }
+        let mut list_meta = json!({"resourceVersion": snapshot_rev.to_string()});
+        if remaining > 0 {
+            if let Some(start) = next {
+                list_meta["continue"] = json!(encode_continue(snapshot_rev, &start));
+                list_meta["remainingItemCount"] = json!(remaining);
+            }
+        }
+        Ok(json!({
+            "kind": format!("{}List", ctx.def.kind),
+            "apiVersion": ctx.def.api_version(),
+            "metadata": list_meta,
+            "items": items,
+        }))
+    }
+
+    /// Wait (up to 3 s, as the real server does) until the store reaches `rev`.
+    async fn wait_for_revision(&self, rev: u64) -> ApiResult<()> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut rx = self.store.subscribe();
+        while self.store.revision() < rev {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(_) => continue,
+                Err(_) => {
+                    let mut e = ApiError::new(
+                        504,
+                        "Timeout",
+                        format!("Timeout: Too large resource version: {rev}, current: {}", self.store.revision()),
+                    );
+                    e.details = Some(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_body_kind(ctx: &Ctx, body: &Value) -> ApiResult<()> {
+        let def = &ctx.def;
+        let av = body.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if ctx.sub == "scale" {
+            return Ok(());
+        }
+        if !av.is_empty() && av != def.api_version() {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({})",
+                def.api_version()
+            )));
+        }
+        if !kind.is_empty() && kind != def.kind {
+            return Err(ApiError::bad_request(format!(
+                "{kind} in version \"{}\" cannot be handled as a {}: no kind \"{kind}\" is registered for version \"{}\" in scheme",
+                def.version,
+                def.kind,
+                def.api_version()
+            )));
+        }
+        if !body.is_object() {
+            return Err(ApiError::bad_request("Object 'Kind' is missing in the request body"));
+        }
+        Ok(())
+    }
+
+    fn unknown_field_outcome(
+        ctx: &Ctx,
+        unknown: &[String],
+        duplicates: &[String],
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<()> {
+        if unknown.is_empty() && duplicates.is_empty() {
+            return Ok(());
+        }
+        let mut msgs: Vec<String> = duplicates.iter().map(|d| format!("duplicate field \"{d}\"")).collect();
+        msgs.extend(unknown.iter().map(|u| format!("unknown field \"{u}\"")));
+        match FieldValidation::from_params(&ctx.params)? {
+            FieldValidation::Ignore => Ok(()),
+            FieldValidation::Warn => {
+                warnings.extend(msgs);
+                Ok(())
+            }
+            FieldValidation::Strict => Err(ApiError::bad_request(format!(
+                "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
+                msgs.join(", "),
+                kind = ctx.def.kind,
+                v = ctx.def.version
+            ))),
+        }
+    }
+
+    /// Schema pruning, defaulting and validation for custom resources; unknown-field paths are returned.
+    fn apply_schema(def: &ResourceDef, obj: &mut Value) -> (Vec<String>, Vec<Cause>) {
+        let Some(schema) = &def.schema else {
+            return (vec![], vec![]);
+        };
+        let unknown = schema::prune(schema, obj);
+        schema::apply_defaults(schema, obj);
+        let causes = schema::validate(schema, obj)
+            .into_iter()
+            .map(|e| Cause::new(e.reason(), e.field.clone(), e.message()))
+            .collect();
+        (unknown, causes)
+    }
+
+    fn namespace_labels(&self, ns: &str) -> std::collections::BTreeMap<String, String> {
+        let gr = GroupResource {
+            group: String::new(),
+            resource: "namespaces".into(),
+        };
+        self.store
+            .get(&gr, &(String::new(), ns.to_string()))
+            .map(|n| crate::selector::labels_of(&n))
+            .unwrap_or_default()
+    }
+
+    fn webhook_configs(&self, resource: &str) -> Vec<Value> {
+        let gr = GroupResource {
+            group: "admissionregistration.k8s.io".into(),
+            resource: resource.into(),
+        };
+        let mut list: Vec<Value> = self.store.list(&gr, None).0.iter().map(|v| (**v).clone()).collect();
+        list.sort_by(|a, b| meta_str(a, "name").cmp(meta_str(b, "name")));
+        list
+    }
+
+    /// Run admission webhooks; returns the (possibly mutated) object.
+    async fn admit(
+        &self,
+        ctx: &Ctx,
+        operation: Operation,
+        object: Option<Value>,
+        old: Option<&Value>,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<Option<Value>> {
+        // Webhook configurations themselves are never subject to webhooks, as on the real server.
+        if ctx.def.group == "admissionregistration.k8s.io" {
+            return Ok(object);
+        }
+        let mutating = self.webhook_configs("mutatingwebhookconfigurations");
+        let validating = self.webhook_configs("validatingwebhookconfigurations");
+        if mutating.is_empty() && validating.is_empty() {
+            return Ok(object);
+        }
+        let name = object
+            .as_ref()
+            .or(old)
+            .map(|o| meta_str(o, "name").to_string())
+            .unwrap_or_else(|| ctx.name.clone());
+        let ns_labels = if ctx.def.kind == "Namespace" && ctx.def.group.is_empty() {
+            object.as_ref().or(old).map(crate::selector::labels_of).unwrap_or_default()
+        } else {
+            self.namespace_labels(&ctx.namespace)
+        };
+        let options_kind = match operation {
+            Operation::Create => "CreateOptions",
+            Operation::Update => "UpdateOptions",
+            Operation::Delete => "DeleteOptions",
+        };
+        let attrs = Attributes {
+            operation,
+            def: ctx.def.clone(),
+            subresource: ctx.sub.clone(),
+            name,
+            namespace: ctx.namespace.clone(),
+            object: object.map(|o| Self::present(&ctx.def, &o)),
+            old_object: old.map(|o| Self::present(&ctx.def, o)),
+            options: json!({"kind": options_kind, "apiVersion": "meta.k8s.io/v1"}),
+            dry_run: ctx.params.dry_run()?,
+            user: ctx.user.clone(),
+            namespace_labels: ns_labels,
+        };
+        let admitted = self
+            .admission
+            .admit(&mutating, &validating, &attrs)
+            .await
+            .map_err(|e| {
+                let s = e.status();
+                let mut err = ApiError::new(
+                    e.code(),
+                    s.get("reason").and_then(Value::as_str).unwrap_or("InternalError"),
+                    s.get("message").and_then(Value::as_str).unwrap_or_default(),
+                );
+                err.details = s.get("details").cloned();
+                err
+            })?;
+        warnings.extend(admitted.warnings);
+        Ok(admitted.object)
+    }
+
+    /// Everything a create or update does to the new object before it is stored.
+    async fn prepare(
+        &self,
+        ctx: &Ctx,
+        old: Option<&Value>,
+        mut new: Value,
+        duplicates: &[String],
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<Value> {
+        let def = ctx.def.clone();
+        let storage_av = if def.group.is_empty() {
+            def.storage_version.clone()
+        } else {
+            format!("{}/{}", def.group, def.storage_version)
+        };
+        if !new.get("metadata").is_some_and(Value::is_object) {
+            new["metadata"] = json!({});
+        }
+        // Namespace from the URL.
+        if def.namespaced {
+            let body_ns = meta_str(&new, "namespace").to_string();
+            if !body_ns.is_empty() && body_ns != ctx.namespace {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            set_meta(&mut new, "namespace", json!(ctx.namespace));
+        } else {
+            set_meta(&mut new, "namespace", Value::Null);
+        }
+        let now = meta::now();
+        match old {
+            None => {
+                if meta_str(&new, "name").is_empty() {
+                    let gen_name = meta_str(&new, "generateName").to_string();
+                    if gen_name.is_empty() {
+                        return Err(ApiError::invalid(
+                            &def.group,
+                            &def.kind,
+                            "",
+                            vec![Cause::new(
+                                "FieldValueRequired",
+                                "metadata.name",
+                                "Required value: name or generateName is required",
+                            )],
+                        ));
+                    }
+                    set_meta(&mut new, "name", json!(meta::generate_name(&gen_name)));
+                }
+                set_meta(&mut new, "uid", json!(uuid::Uuid::new_v4().to_string()));
+                set_meta(&mut new, "creationTimestamp", json!(now));
+                set_meta(&mut new, "resourceVersion", Value::Null);
+                set_meta(&mut new, "deletionTimestamp", Value::Null);
+                set_meta(&mut new, "deletionGracePeriodSeconds", Value::Null);
+                set_meta(&mut new, "selfLink", Value::Null);
+                if def.has_generation {
+                    set_meta(&mut new, "generation", json!(1));
+                } else {
+                    set_meta(&mut new, "generation", Value::Null);
+                }
+                if def.status_subresource && ctx.sub.is_empty() {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            Some(old) => {
+                let name = meta_str(old, "name").to_string();
+                if meta_str(&new, "name") != name {
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        meta_str(&new, "name")
+                    )));
+                }
+                let body_uid = meta_str(&new, "uid").to_string();
+                if !body_uid.is_empty() && body_uid != meta_str(old, "uid") {
+                    return Err(ApiError::conflict(
+                        &def.group,
+                        &def.plural,
+                        &name,
+                        &format!(
+                            "Precondition failed: UID in precondition: {body_uid}, UID in object meta: {}",
+                            meta_str(old, "uid")
+                        ),
+                    ));
+                }
+                for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+                    set_meta(&mut new, k, old["metadata"].get(k).cloned().unwrap_or(Value::Null));
+                }
+                match ctx.sub.as_str() {
+                    "status" => {
+                        // A status write changes only .status.
+                        let status = new.get("status").cloned();
+                        let mut merged = old.clone();
+                        match status {
+                            Some(s) => merged["status"] = s,
+                            None => {
+                                if let Some(m) = merged.as_object_mut() {
+                                    m.remove("status");
+                                }
+                            }
+                        }
+                        set_meta(&mut merged, "resourceVersion", new["metadata"]["resourceVersion"].clone());
+                        set_meta(&mut merged, "managedFields", new["metadata"]["managedFields"].clone());
+                        new = merged;
+                    }
+                    _ if def.status_subresource => match old.get("status") {
+                        Some(s) => new["status"] = s.clone(),
+                        None => {
+                            if let Some(m) = new.as_object_mut() {
+                                m.remove("status");
+                            }
+                        }
+                    },
+                    _ => {}
+                }
+            }
+        }
+        new["apiVersion"] = json!(storage_av);
+        new["kind"] = json!(def.kind);
+        self.kind_defaults(&def, &mut new)?;
+
+        let (unknown, mut causes) = Self::apply_schema(&def, &mut new);
+        Self::unknown_field_outcome(ctx, &unknown, duplicates, warnings)?;
+        let name = meta_str(&new, "name").to_string();
+        let label_only = def.kind == "Namespace" && def.group.is_empty();
+        let mut meta_causes = meta::name_problems(&name, label_only);
+        meta_causes.extend(meta::label_problems(&new));
+        meta_causes.append(&mut causes);
+        causes = meta_causes;
+        causes.extend(self.kind_validation(&def, old, &new));
+
+        if let Some(old) = old {
+            // Finalizers: none may be added once deletion started.
+            if !meta_str(old, "deletionTimestamp").is_empty() {
+                let before = meta::finalizers(old);
+                let added: Vec<String> =
+                    meta::finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
+                if !added.is_empty() {
+                    let list = added.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+                    causes.push(Cause::new(
+                        "FieldValueForbidden",
+                        "metadata.finalizers",
+                        format!(
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{list}}}"
+                        ),
+                    ));
+                }
+            }
+            if def.has_generation {
+                let drop_status = def.status_subresource;
+                if without_meta_status(old, drop_status) != without_meta_status(&new, drop_status) {
+                    let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+                    set_meta(&mut new, "generation", json!(g));
+                }
+            }
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
+        }
+        if old.is_none() && def.namespaced {
+            self.check_namespace_open(&ctx.namespace)?;
+        }
+
+        let operation = if old.is_some() { Operation::Update } else { Operation::Create };
+        let before_admission = new.clone();
+        let admitted = self.admit(ctx, operation, Some(new), old, warnings).await?;
+        let mut new = admitted.unwrap_or(before_admission.clone());
+        if new != before_admission {
+            new["apiVersion"] = json!(storage_av);
+            let (_, causes) = Self::apply_schema(&def, &mut new);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
+            }
+        }
+        if def.kind == "CustomResourceDefinition" && def.group == "apiextensions.k8s.io" {
+            self.prepare_crd(&mut new, old)?;
+        }
+        Ok(new)
+    }
+
+    fn check_namespace_open(&self, ns: &str) -> ApiResult<()> {
+        let gr = GroupResource {
+            group: String::new(),
+            resource: "namespaces".into(),
+        };
+        match self.store.get(&gr, &(String::new(), ns.to_string())) {
+            None => Err(ApiError::not_found("", "namespaces", ns)),
+            Some(n) if !meta_str(&n, "deletionTimestamp").is_empty() => {
+                let mut e = ApiError::forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ));
+                e.details = Some(json!({"name": ns, "kind": "namespaces", "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}));
+                Err(e)
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Defaults the real server (or its controllers) fill in for built-in kinds.
+    fn kind_defaults(&self, def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
+        match (def.group.as_str(), def.kind.as_str()) {
+            ("", "Secret") => {
+                if let Some(string_data) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+                    let mut data = obj.get("data").cloned().unwrap_or_else(|| json!({}));
+                    if let Some(sd) = string_data.as_object() {
+                        for (k, v) in sd {
+                            let s = v.as_str().unwrap_or_default();
+                            data[k] = json!(base64::engine::general_purpose::STANDARD.encode(s));
+                        }
+                    }
+                    obj["data"] = data;
+                }
+                if let Some(data) = obj.get("data").and_then(Value::as_object) {
+                    for (k, v) in data {
+                        let ok = v
+                            .as_str()
+                            .is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok());
+                        if !ok {
+                            return Err(ApiError::bad_request(format!(
+                                "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte 0 (data.{k})"
+                            )));
+                        }
+                    }
+                }
+                if obj.get("type").is_none_or(Value::is_null) {
+                    obj["type"] = json!("Opaque");
+                }
+            }
+            ("", "Namespace") => {
+                if obj.pointer("/spec/finalizers").is_none() {
+                    obj["spec"] = json!({"finalizers": ["kubernetes"]});
+                }
+                if obj.pointer("/status/phase").is_none() {
+                    obj["status"] = json!({"phase": "Active"});
+                }
+            }
+            ("apps", "Deployment") => {
+                let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
+                let mut spec = spec;
+                let defaults = [
+                    ("replicas", json!(1)),
+                    ("revisionHistoryLimit", json!(10)),
+                    ("progressDeadlineSeconds", json!(600)),
+                    (
+                        "strategy",
+                        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+                    ),
+                ];
+                for (k, v) in defaults {
+                    if spec.get(k).is_none_or(Value::is_null) {
+                        spec[k] = v;
+                    }
+                }
+                obj["spec"] = spec;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn kind_validation(&self, def: &ResourceDef, _old: Option<&Value>, obj: &Value) -> Vec<Cause> {
+        let mut out = vec![];
+        if def.group == "apps" && def.kind == "Deployment" {
+            let selector = obj.pointer("/spec/selector");
+            match selector {
+                None => out.push(Cause::new("FieldValueRequired", "spec.selector", "Required value")),
+                Some(sel) => {
+                    let template_labels = obj
+                        .pointer("/spec/template/metadata/labels")
+                        .cloned()
+                        .unwrap_or_else(|| json!({}));
+                    let matches = LabelSelector::from_object(sel)
+                        .map(|s| s.matches_object(&json!({"metadata": {"labels": template_labels}})))
+                        .unwrap_or(false);
+                    if !matches {
+                        out.push(Cause::new(
+                            "FieldValueInvalid",
+                            "spec.template.metadata.labels",
+                            "Invalid value: map[string]string{...}: `selector` does not match template `labels`",
+                        ));
+                    }
+                }
+            }
+            if obj
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+            {
+                out.push(Cause::new("FieldValueRequired", "spec.template.spec.containers", "Required value"));
+            }
+        }
+        out
+    }
+
+    /// Validate a CRD, default its names and set its status the way the API server's
+    /// controllers do once the names are accepted.
+    fn prepare_crd(&self, crd: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+        let name = meta_str(crd, "name").to_string();
+        let s = |p: &str| crd.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+        let (group, plural, kind) = (s("/spec/group"), s("/spec/names/plural"), s("/spec/names/kind"));
+        let mut causes = vec![];
+        for (field, v) in [("spec.group", &group), ("spec.names.plural", &plural), ("spec.names.kind", &kind)] {
+            if v.is_empty() {
+                causes.push(Cause::new("FieldValueRequired", field, "Required value"));
+            }
+        }
+        if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                "metadata.name",
+                format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
+            ));
+        }
+        let scope = s("/spec/scope");
+        if scope != "Namespaced" && scope != "Cluster" {
+            causes.push(Cause::new(
+                "FieldValueNotSupported",
+                "spec.scope",
+                format!("Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""),
+            ));
+        }
+        let versions = crd.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default();
+        if versions.is_empty() {
+            causes.push(Cause::new("FieldValueRequired", "spec.versions", "Required value: must have exactly one version marked as storage version"));
+        }
+        let storage: Vec<&Value> = versions.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).collect();
+        if !versions.is_empty() && storage.len() != 1 {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                "spec.versions",
+                format!("Invalid value: []apiextensions.CustomResourceDefinitionVersion{{...}}: must have exactly one version marked as storage version, status.storedVersions[{}]", storage.len()),
+            ));
+        }
+        for (i, v) in versions.iter().enumerate() {
+            if let Some(schema) = v.pointer("/schema/openAPIV3Schema") {
+                for e in schema::check_structural(schema, &format!("spec.versions[{i}].schema.openAPIV3Schema")) {
+                    causes.push(Cause::new(e.reason(), e.field.clone(), e.message()));
+                }
+            }
+        }
+        if let Some(old) = old {
+            let old_scope = old.pointer("/spec/scope").and_then(Value::as_str).unwrap_or_default();
+            if old_scope != scope && !scope.is_empty() {
+                causes.push(Cause::new("FieldValueInvalid", "spec.scope", format!("Invalid value: \"{scope}\": field is immutable")));
+            }
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid("apiextensions.k8s.io", "CustomResourceDefinition", &name, causes));
+        }
+        if crd.pointer("/spec/names/singular").is_none() {
+            crd["spec"]["names"]["singular"] = json!(kind.to_ascii_lowercase());
+        }
+        if crd.pointer("/spec/names/listKind").is_none() {
+            crd["spec"]["names"]["listKind"] = json!(format!("{kind}List"));
+        }
+        if crd.pointer("/spec/conversion").is_none() {
+            crd["spec"]["conversion"] = json!({"strategy": "None"});
+        }
+        // Names must not clash with another CRD of the same group.
+        let registry = self.registry();
+        let conflict = registry.all().iter().find(|d| {
+            d.group == group && d.crd.as_deref() != Some(name.as_str()) && (d.plural == plural || d.kind == kind)
+        });
+        let now = meta::now();
+        let cond = |t: &str, status: &str, reason: &str, message: &str| {
+            json!({"type": t, "status": status, "lastTransitionTime": now, "reason": reason, "message": message})
+        };
+        let storage_name = storage.first().and_then(|v| v.get("name")).cloned().unwrap_or(Value::Null);
+        let mut stored_versions: Vec<Value> = old
+            .and_then(|o| o.pointer("/status/storedVersions"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if !stored_versions.contains(&storage_name) {
+            stored_versions.push(storage_name);
+        }
+        let terminating = !meta_str(crd, "deletionTimestamp").is_empty();
+        let conditions = match conflict {
+            Some(d) => vec![
+                cond(
+                    "NamesAccepted",
+                    "False",
+                    if d.plural == plural { "PluralConflict" } else { "KindConflict" },
+                    &format!("{:?} is already in use", if d.plural == plural { &plural } else { &kind }),
+                ),
+                cond("Established", "False", "NotAccepted", "not all names are accepted"),
+            ],
+            None => {
+                let mut c = vec![
+                    cond("NamesAccepted", "True", "NoConflicts", "no conflicts found"),
+                    cond("Established", "True", "InitialNamesAccepted", "the initial names have been accepted"),
+                ];
+                if terminating {
+                    c.push(cond("Terminating", "True", "InstanceDeletionInProgress", "CustomResource deletion is in progress"));
+                }
+                c
+            }
+        };
+        // Keep lastTransitionTime of conditions whose status did not change.
+        let old_conds = old
+            .and_then(|o| o.pointer("/status/conditions"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let conditions: Vec<Value> = conditions
+            .into_iter()
+            .map(|mut c| {
+                if let Some(prev) = old_conds.iter().find(|p| p["type"] == c["type"] && p["status"] == c["status"]) {
+                    c["lastTransitionTime"] = prev["lastTransitionTime"].clone();
+                }
+                c
+            })
+            .collect();
+        crd["status"] = json!({
+            "conditions": conditions,
+            "acceptedNames": crd["spec"]["names"].clone(),
+            "storedVersions": stored_versions,
+        });
+        Ok(())
+    }
+
+    /// After a CRD write: serve (or stop serving) its resources.
+    fn sync_crd(&self, crd: &Value) {
+        let name = meta_str(crd, "name").to_string();
+        let established = crd
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Established" && c["status"] == "True"));
+        let defs = if established { registry::defs_from_crd(crd).unwrap_or_default() } else { vec![] };
+        self.with_registry_mut(|r| r.set_crd(&name, defs));
+    }
+
+    /// Re-register every stored CRD (after loading saved state).
+    pub(crate) fn sync_all_crds(&self) {
+        let gr = GroupResource {
+            group: "apiextensions.k8s.io".into(),
+            resource: "customresourcedefinitions".into(),
+        };
+        for crd in self.store.list(&gr, None).0 {
+            self.sync_crd(&crd);
+        }
+    }
+
+    pub(crate) fn crd_removed(&self, name: &str) {
+        self.with_registry_mut(|r| r.set_crd(name, vec![]));
+    }
+
+    fn after_write(&self, def: &ResourceDef, obj: &Value) {
+        if def.kind == "CustomResourceDefinition" && def.group == "apiextensions.k8s.io" {
+            self.sync_crd(obj);
+        }
+    }
+
+    /// POST: create an object.
+    pub async fn create(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
+        if !ctx.name.is_empty() && ctx.sub.is_empty() {
+            return Err(ApiError::method_not_allowed());
+        }
+        let decoded = crate::decode::json(body)?;
+        Self::check_body_kind(ctx, &decoded.value)?;
+        let manager = meta::field_manager(ctx.params.get("fieldManager"), &ctx.user_agent);
+        let mut warnings = vec![];
+        let mut obj = self.prepare(ctx, None, decoded.value, &decoded.duplicates, &mut warnings).await?;
+        meta_managed_update(None, &mut obj, &manager, &ctx.def, "");
+        let stored = if ctx.params.dry_run()? {
+            obj
+        } else {
+            let name = meta_str(&obj, "name").to_string();
+            let stored = self.store.create(&gr_of(&ctx.def), obj).map_err(|e| write_error(e, &ctx.def, &name))?;
+            self.after_write(&ctx.def, &stored);
+            self.after_create(&ctx.def, &stored);
+            (*stored).clone()
+        };
+        Ok(Out::new(201, Self::present(&ctx.def, &stored), warnings))
+    }
+
+    fn after_create(&self, def: &ResourceDef, obj: &Value) {
+        // The service account controller gives every namespace a `default` ServiceAccount.
+        if def.group.is_empty() && def.kind == "Namespace" {
+            let ns = meta_str(obj, "name");
+            let sa = json!({
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {
+                    "name": "default",
+                    "namespace": ns,
+                    "uid": uuid::Uuid::new_v4().to_string(),
+                    "creationTimestamp": meta::now(),
+                }
+            });
+            let gr = GroupResource {
+                group: String::new(),
+                resource: "serviceaccounts".into(),
+            };
+            // Already there (state loaded from a file) is fine.
+            let _ = self.store.create(&gr, sa);
+        }
+    }
+
+    /// PUT: replace an object (or its status / scale).
+    pub async fn update(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
+        let decoded = crate::decode::json(body)?;
+        Self::check_body_kind(ctx, &decoded.value)?;
+        let old = self.current(ctx)?;
+        let mut body = decoded.value;
+        if ctx.sub == "scale" {
+            body = self.from_scale(&ctx.def, &old, &body)?;
+        }
+        let rv = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+        if rv.is_empty() && ctx.def.requires_resource_version_on_update {
+            return Err(ApiError::invalid(
+                &ctx.def.group,
+                &ctx.def.kind,
+                &ctx.name,
+                vec![Cause::new("FieldValueInvalid", "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")],
+            ));
+        }
+        if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
+            return Err(ApiError::stale(&ctx.def.group, &ctx.def.plural, &ctx.name));
+        }
+        let mut warnings = vec![];
+        let new = self.prepare(ctx, Some(&old), body, &decoded.duplicates, &mut warnings).await?;
+        let out = self.commit_update(ctx, &old, new, &warnings)?;
+        if ctx.sub == "scale" {
+            return Ok(Out::new(200, self.to_scale(&ctx.def, &out.body)?, warnings));
+        }
+        Ok(out)
+    }
+
+    /// Store an update (or, when the last finalizer of a deleting object went, the delete).
+    fn commit_update(&self, ctx: &Ctx, old: &Value, mut new: Value, warnings: &[String]) -> ApiResult<Out> {
+        let manager = meta::field_manager(ctx.params.get("fieldManager"), &ctx.user_agent);
+        if ctx.params.get("__apply").is_none() {
+            meta_managed_update(Some(old), &mut new, &manager, &ctx.def, &ctx.sub);
+        }
+        let unchanged = {
+            let mut a = new.clone();
+            let mut b = old.clone();
+            set_meta(&mut a, "managedFields", Value::Null);
+            set_meta(&mut b, "managedFields", Value::Null);
+            set_meta(&mut a, "resourceVersion", Value::Null);
+            set_meta(&mut b, "resourceVersion", Value::Null);
+            a == b
+        };
+        // A write that changes nothing does not create a revision, as on the real server.
+        if unchanged || ctx.params.dry_run()? {
+            let body = if unchanged { old.clone() } else { new };
+            return Ok(Out::new(200, Self::present(&ctx.def, &body), warnings.to_vec()));
+        }
+        let gr = gr_of(&ctx.def);
+        let expected = obj_rv(old);
+        let finished = !meta_str(&new, "deletionTimestamp").is_empty() && meta::finalizers(&new).is_empty() && !self.has_pending_spec_finalizers(&ctx.def, &new);
+        let stored = if finished {
+            self.store.delete(&gr, new, expected)
+        } else {
+            self.store.update(&gr, new, expected)
+        }
+        .map_err(|e| write_error(e, &ctx.def, &ctx.name))?;
+        if finished && ctx.def.kind == "CustomResourceDefinition" {
+            self.crd_removed(meta_str(&stored, "name"));
+        } else {
+            self.after_write(&ctx.def, &stored);
+        }
+        Ok(Out::new(200, Self::present(&ctx.def, &stored), warnings.to_vec()))
+    }
+
+    /// Namespaces wait for their `spec.finalizers` too.
+    fn has_pending_spec_finalizers(&self, def: &ResourceDef, obj: &Value) -> bool {
+        def.group.is_empty()
+            && def.kind == "Namespace"
+            && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+    }
+
+    /// PATCH: JSON, merge, strategic merge, or server-side apply.
+    pub async fn patch(&self, ctx: &Ctx, content_type: &str, body: &[u8]) -> ApiResult<Out> {
+        let ptype = PatchType::from_content_type(content_type)?;
+        if ptype == PatchType::Apply {
+            return self.apply(ctx, body).await;
+        }
+        if ctx.params.get("force").is_some() {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "PatchOptions",
+                "",
+                vec![Cause::new("FieldValueForbidden", "force", "Forbidden: may not be specified for non-apply patch")],
+            ));
+        }
+        // Retry on a concurrent write, as the real server does for patches without a
+        // resourceVersion precondition.
+        for _ in 0..16 {
+            let old = self.current(ctx)?;
+            let base = if ctx.sub == "scale" {
+                self.to_scale(&ctx.def, &old)?
+            } else {
+                Self::present(&ctx.def, &old)
+            };
+            let mut patched = match ptype {
+                PatchType::Json => patch::json_patch(&base, body)?,
+                PatchType::Merge => patch::merge_patch(&base, body)?,
+                PatchType::Strategic => patch::strategic_merge_patch(&base, body, ctx.def.is_custom())?,
+                PatchType::Apply => unreachable_apply()?,
+            };
+            if ctx.sub == "scale" {
+                patched = self.from_scale(&ctx.def, &old, &patched)?;
+            }
+            let rv = meta_str(&patched, "resourceVersion").to_string();
+            if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
+                return Err(ApiError::stale(&ctx.def.group, &ctx.def.plural, &ctx.name));
+            }
+            let duplicates = match ptype {
+                PatchType::Json => vec![],
+                _ => crate::decode::json(body)?.duplicates,
+            };
+            let mut warnings = vec![];
+            let new = self.prepare(ctx, Some(&old), patched, &duplicates, &mut warnings).await?;
+            match self.commit_update(ctx, &old, new, &warnings) {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && rv.is_empty() => continue,
+                Ok(out) if ctx.sub == "scale" => {
+                    return Ok(Out::new(200, self.to_scale(&ctx.def, &out.body)?, out.warnings));
+                }
+                other => return other,
+            }
+        }
+        Err(ApiError::stale(&ctx.def.group, &ctx.def.plural, &ctx.name))
+    }
+
+    async fn apply(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
+        let Some(manager) = ctx.params.get("fieldManager").filter(|m| !m.is_empty()) else {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "PatchOptions",
+                "",
+                vec![Cause::new("FieldValueRequired", "fieldManager", "Required value: is required for apply patch")],
+            ));
+        };
+        let decoded = crate::decode::json_or_yaml(body)?;
+        let applied = decoded.value;
+        if !applied.is_object() {
+            return Err(ApiError::bad_request("error decoding YAML: the apply configuration must be an object"));
+        }
+        let av = applied.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind = applied.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if av.is_empty() || kind.is_empty() {
+            return Err(ApiError::bad_request(
+                "error decoding YAML: Object 'Kind' is missing in the apply configuration (apiVersion and kind are required)",
+            ));
+        }
+        Self::check_body_kind(ctx, &applied)?;
+        let force = ctx.params.flag("force");
+        let now = meta::now();
+        let sub = ctx.sub.clone();
+        let api_version = ctx.def.api_version();
+        let mut applied_clean = applied.clone();
+        if let Some(m) = applied_clean.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in ["name", "namespace", "resourceVersion", "uid", "managedFields", "creationTimestamp", "generateName"] {
+                m.remove(k);
+            }
+        }
+        for _ in 0..16 {
+            let old = self.store.get(&gr_of(&ctx.def), &(ctx.namespace.clone(), ctx.name.clone()));
+            let mut warnings = vec![];
+            match old {
+                None => {
+                    if !sub.is_empty() {
+                        return Err(ApiError::not_found(&ctx.def.group, &ctx.def.plural, &ctx.name));
+                    }
+                    let mut obj = crate::managed::apply(None, &applied_clean, manager, force, &api_version, "", &now)?;
+                    obj["apiVersion"] = json!(av);
+                    obj["kind"] = json!(kind);
+                    set_meta(&mut obj, "name", json!(ctx.name));
+                    let mut obj = self.prepare(ctx, None, obj, &decoded.duplicates, &mut warnings).await?;
+                    // Keep the Apply entry computed above; prepare does not touch managedFields.
+                    if obj.pointer("/metadata/managedFields").is_none() {
+                        meta_managed_update(None, &mut obj, manager, &ctx.def, "");
+                    }
+                    if ctx.params.dry_run()? {
+                        return Ok(Out::new(201, Self::present(&ctx.def, &obj), warnings));
+                    }
+                    match self.store.create(&gr_of(&ctx.def), obj) {
+                        Ok(stored) => {
+                            self.after_write(&ctx.def, &stored);
+                            self.after_create(&ctx.def, &stored);
+                            return Ok(Out::new(201, Self::present(&ctx.def, &stored), warnings));
+                        }
+                        Err(WriteError::Exists) => continue,
+                        Err(e) => return Err(write_error(e, &ctx.def, &ctx.name)),
+                    }
+                }
+                Some(old) => {
+                    let rv = applied.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+                    if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
+                        return Err(ApiError::stale(&ctx.def.group, &ctx.def.plural, &ctx.name));
+                    }
+                    let base = Self::present(&ctx.def, &old);
+                    let merged = crate::managed::apply(Some(&base), &applied_clean, manager, force, &api_version, &sub, &now)?;
+                    let mut ctx2 = ctx.clone();
+                    ctx2.params.0.insert("__apply".into(), "1".into());
+                    let new = self.prepare(&ctx2, Some(&old), merged, &decoded.duplicates, &mut warnings).await?;
+                    match self.commit_update(&ctx2, &old, new, &warnings) {
+                        Err(e) if e.code == 409 && e.reason == "Conflict" && e.details.as_ref().is_some_and(|d| d.get("causes").is_none()) => continue,
+                        other => return other,
+                    }
+                }
+            }
+        }
+        Err(ApiError::stale(&ctx.def.group, &ctx.def.plural, &ctx.name))
+    }
+
+    fn delete_options(ctx: &Ctx, body: &[u8]) -> ApiResult<Value> {
+        let mut opts = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            crate::decode::json(body)?.value
+        };
+        for k in ["propagationPolicy", "gracePeriodSeconds", "orphanDependents"] {
+            if let Some(v) = ctx.params.get(k) {
+                opts[k] = match k {
+                    "gracePeriodSeconds" => json!(v.parse::<i64>().unwrap_or(0)),
+                    "orphanDependents" => json!(v == "true"),
+                    _ => json!(v),
+                };
+            }
+        }
+        Ok(opts)
+    }
+
+    /// DELETE one object.
+    pub async fn delete(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
+        if !ctx.sub.is_empty() {
+            return Err(ApiError::method_not_allowed());
+        }
+        let opts = Self::delete_options(ctx, body)?;
+        let cur = self.current(ctx)?;
+        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
+            if uid != meta_str(&cur, "uid") {
+                return Err(ApiError::conflict(
+                    &ctx.def.group,
+                    &ctx.def.plural,
+                    &ctx.name,
+                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&cur, "uid")),
+                ));
+            }
+        }
+        if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+            if rv != meta_str(&cur, "resourceVersion") {
+                return Err(ApiError::conflict(
+                    &ctx.def.group,
+                    &ctx.def.plural,
+                    &ctx.name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        meta_str(&cur, "resourceVersion")
+                    ),
+                ));
+            }
+        }
+        let mut warnings = vec![];
+        self.admit(ctx, Operation::Delete, None, Some(&cur), &mut warnings).await?;
+        let policy = match opts.get("propagationPolicy").and_then(Value::as_str) {
+            Some(p @ ("Foreground" | "Background" | "Orphan")) => p.to_string(),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "meta.k8s.io",
+                    "DeleteOptions",
+                    "",
+                    vec![Cause::new(
+                        "FieldValueNotSupported",
+                        "propagationPolicy",
+                        format!("Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+                    )],
+                ));
+            }
+            None if opts.get("orphanDependents").and_then(Value::as_bool) == Some(true) => "Orphan".into(),
+            None => "Background".into(),
+        };
+        let dry = ctx.params.dry_run()?;
+        self.delete_object(&ctx.def, &cur, &policy, dry, warnings)
+    }
+
+    /// Delete (or start deleting) one object; used by DELETE, deletecollection and the
+    /// garbage collector.
+    pub(crate) fn delete_object(
+        &self,
+        def: &Arc<ResourceDef>,
+        cur: &Value,
+        policy: &str,
+        dry: bool,
+        warnings: Vec<String>,
+    ) -> ApiResult<Out> {
+        let name = meta_str(cur, "name").to_string();
+        let mut finalizers = meta::finalizers(cur);
+        let is_namespace = def.group.is_empty() && def.kind == "Namespace";
+        let is_crd = def.group == "apiextensions.k8s.io" && def.kind == "CustomResourceDefinition";
+        let extra = match policy {
+            "Foreground" => Some("foregroundDeletion"),
+            "Orphan" => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = extra {
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(f.into());
+            }
+        }
+        if is_crd && !finalizers.iter().any(|f| f == CRD_CLEANUP_FINALIZER) {
+            finalizers.push(CRD_CLEANUP_FINALIZER.into());
+        }
+        let needs_wait = !finalizers.is_empty() || is_namespace;
+        let gr = gr_of(def);
+        if !needs_wait {
+            if dry {
+                return Ok(Out::new(200, Self::deleted_body(def, cur), warnings));
+            }
+            let last = self.store.delete(&gr, cur.clone(), obj_rv(cur)).map_err(|e| write_error(e, def, &name))?;
+            return Ok(Out::new(200, Self::deleted_body(def, &last), warnings));
+        }
+        let mut next = cur.clone();
+        let already = !meta_str(cur, "deletionTimestamp").is_empty();
+        if !already {
+            set_meta(&mut next, "deletionTimestamp", json!(meta::now()));
+            set_meta(&mut next, "deletionGracePeriodSeconds", json!(0));
+            if def.has_generation {
+                let g = cur["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+                set_meta(&mut next, "generation", json!(g));
+            }
+        }
+        set_meta(&mut next, "finalizers", if finalizers.is_empty() { Value::Null } else { json!(finalizers) });
+        if is_namespace {
+            next["status"] = json!({"phase": "Terminating"});
+        }
+        if is_crd && !already {
+            let mut conds = next.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            conds.push(json!({"type": "Terminating", "status": "True", "lastTransitionTime": meta::now(), "reason": "InstanceDeletionInProgress", "message": "CustomResource deletion is in progress"}));
+            next["status"]["conditions"] = json!(conds);
+        }
+        if dry || next == *cur {
+            return Ok(Out::new(200, Self::present(def, &next), warnings));
+        }
+        let stored = self.store.update(&gr, next, obj_rv(cur)).map_err(|e| write_error(e, def, &name))?;
+        Ok(Out::new(200, Self::present(def, &stored), warnings))
+    }
+
+    fn deleted_body(def: &ResourceDef, last: &Value) -> Value {
+        if def.delete_returns_object {
+            Self::present(def, last)
+        } else {
+            crate::status::success_status(&def.group, &def.plural, meta_str(last, "name"), meta_str(last, "uid"))
+        }
+    }
+
+    /// DELETE a collection (with selectors).
+    pub async fn delete_collection(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
+        let opts = Self::delete_options(ctx, body)?;
+        let policy = opts.get("propagationPolicy").and_then(Value::as_str).unwrap_or("Background").to_string();
+        let (labels, fields) = self.selectors(ctx)?;
+        let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
+        let (objs, _) = self.store.list(&gr_of(&ctx.def), ns);
+        let dry = ctx.params.dry_run()?;
+        let mut items = vec![];
+        for o in objs.iter().filter(|o| labels.matches_object(o) && fields.matches(o)) {
+            let mut one = ctx.clone();
+            one.name = meta_str(o, "name").to_string();
+            one.namespace = meta_str(o, "namespace").to_string();
+            let mut warnings = vec![];
+            self.admit(&one, Operation::Delete, None, Some(o), &mut warnings).await?;
+            match self.delete_object(&ctx.def, o, &policy, dry, warnings) {
+                Ok(_) => items.push(Self::present(&ctx.def, o)),
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Out::new(
+            200,
+            json!({
+                "kind": format!("{}List", ctx.def.kind),
+                "apiVersion": ctx.def.api_version(),
+                "metadata": {"resourceVersion": self.store.revision().to_string()},
+                "items": items,
+            }),
+            vec![],
+        ))
+    }
+
+    fn to_scale(&self, def: &ResourceDef, obj: &Value) -> ApiResult<Value> {
+        let Some(scale) = &def.scale else {
+            return Err(ApiError::no_route());
+        };
+        let spec = crate::table::eval(obj, &scale.spec_replicas_path).and_then(Value::as_i64).unwrap_or(0);
+        let status = crate::table::eval(obj, &scale.status_replicas_path).and_then(Value::as_i64).unwrap_or(0);
+        let mut s = json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": meta_str(obj, "name"),
+                "namespace": meta_str(obj, "namespace"),
+                "uid": meta_str(obj, "uid"),
+                "resourceVersion": meta_str(obj, "resourceVersion"),
+                "creationTimestamp": meta_str(obj, "creationTimestamp"),
+            },
+            "spec": {"replicas": spec},
+            "status": {"replicas": status},
+        });
+        let selector = match &scale.label_selector_path {
+            Some(p) => crate::table::eval(obj, p).and_then(Value::as_str).map(String::from),
+            None if def.kind == "Deployment" => obj.pointer("/spec/selector/matchLabels").and_then(Value::as_object).map(|m| {
+                m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
+            }),
+            None => None,
+        };
+        if let Some(sel) = selector {
+            s["status"]["selector"] = json!(sel);
+        }
+        Ok(s)
+    }
+
+    fn from_scale(&self, def: &ResourceDef, old: &Value, scale: &Value) -> ApiResult<Value> {
+        let Some(spec) = &def.scale else {
+            return Err(ApiError::no_route());
+        };
+        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| {
+            ApiError::invalid("autoscaling", "Scale", meta_str(old, "name"), vec![Cause::new("FieldValueRequired", "spec.replicas", "Required value")])
+        })?;
+        let mut obj = Self::present(def, old);
+        let path: Vec<&str> = spec.spec_replicas_path.trim_start_matches('.').split('.').collect();
+        let mut cur = &mut obj;
+        for (i, k) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                cur[*k] = json!(replicas);
+            } else {
+                if !cur.get(*k).is_some_and(Value::is_object) {
+                    cur[*k] = json!({});
+                }
+                cur = &mut cur[*k];
+            }
+        }
+        let rv = meta_str(scale, "resourceVersion");
+        if !rv.is_empty() {
+            set_meta(&mut obj, "resourceVersion", json!(rv));
+        }
+        Ok(obj)
+    }
+}
+
+fn unreachable_apply() -> ApiResult<Value> {
+    Err(ApiError::internal("apply patches are handled before this point"))
+}
+
+fn meta_managed_update(old: Option<&Value>, new: &mut Value, manager: &str, def: &ResourceDef, sub: &str) {
+    crate::managed::record_update(old, new, manager, &def.api_version(), sub, &meta::now());
+}
+
+fn encode_continue(rev: u64, start: &str) -> String {
+    let raw = json!({"v": "meta.k8s.io/v1", "rv": rev, "start": start}).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_continue(token: &str) -> ApiResult<(u64, String)> {
+    let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rev = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
+    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string();
+    Ok((rev, start))
+}

@@ -1,0 +1,211 @@
+//! Fault injection and request accounting for tests: drop watches, compact history, fail the
+//! next requests, add latency, pause, and count what clients asked for.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::status::ApiError;
+use crate::store::Store;
+
+/// One request as the server saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`, or the
+    /// HTTP method for non-resource paths.
+    pub verb: String,
+    /// Plural resource (with `/status` or `/scale` for subresources); empty for non-resource paths.
+    pub resource: String,
+    /// API group.
+    pub group: String,
+    /// Namespace, if any.
+    pub namespace: String,
+    /// Object name, if any.
+    pub name: String,
+    /// The request path.
+    pub path: String,
+}
+
+/// Which requests an injected failure applies to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Match {
+    /// Only this verb (`list`, `watch`, `patch`, ...).
+    pub verb: Option<String>,
+    /// Only this plural resource.
+    pub resource: Option<String>,
+}
+
+impl Match {
+    /// Every resource request.
+    pub fn any() -> Self {
+        Match::default()
+    }
+
+    /// Only requests with this verb.
+    pub fn verb(verb: &str) -> Self {
+        Match {
+            verb: Some(verb.into()),
+            resource: None,
+        }
+    }
+
+    /// Only requests for this resource (plural, like `databases`).
+    pub fn resource(resource: &str) -> Self {
+        Match {
+            verb: None,
+            resource: Some(resource.into()),
+        }
+    }
+
+    fn matches(&self, r: &RequestRecord) -> bool {
+        self.verb.as_ref().is_none_or(|v| *v == r.verb)
+            && self
+                .resource
+                .as_ref()
+                .is_none_or(|res| r.resource == *res || r.resource.split('/').next() == Some(res))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    remaining: usize,
+    code: u16,
+    retry_after: Option<u64>,
+    only: Match,
+}
+
+#[derive(Default)]
+struct State {
+    failures: Vec<Failure>,
+    latency: Duration,
+    log: Vec<RequestRecord>,
+    counts: BTreeMap<(String, String), u64>,
+}
+
+/// The fault handle, shared by the server and the test that drives it.
+#[derive(Clone)]
+pub struct Faults {
+    state: Arc<Mutex<State>>,
+    paused: Arc<watch::Sender<bool>>,
+    drops: Arc<watch::Sender<u64>>,
+    store: Arc<Store>,
+}
+
+impl Faults {
+    pub(crate) fn new(store: Arc<Store>) -> Self {
+        Faults {
+            state: Arc::default(),
+            paused: Arc::new(watch::channel(false).0),
+            drops: Arc::new(watch::channel(0).0),
+            store,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Counters and queues stay valid whatever panicked while they were held.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// End every open watch now (clients see the stream close and must reconnect).
+    pub fn drop_watches(&self) {
+        self.drops.send_modify(|n| *n += 1);
+    }
+
+    /// Forget all history: watches and continue tokens from older revisions get 410 Gone.
+    pub fn compact(&self) {
+        self.store.compact();
+    }
+
+    /// Fail the next `n` matching requests with `code` (429 carries `Retry-After: 1`).
+    pub fn fail_next(&self, n: usize, code: u16, only: Match) {
+        let retry_after = (code == 429 || code == 503).then_some(1);
+        self.lock().failures.push(Failure {
+            remaining: n,
+            code,
+            retry_after,
+            only,
+        });
+    }
+
+    /// Delay every request by `latency` (zero to stop).
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// Hold every new request until [`Faults::resume`].
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Let held and new requests through.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    /// How many requests had this verb and resource (plural, `databases/status` for a subresource).
+    pub fn count(&self, verb: &str, resource: &str) -> u64 {
+        self.lock()
+            .counts
+            .get(&(verb.to_string(), resource.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every request seen so far, oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock().log.clone()
+    }
+
+    /// Forget recorded requests and counts.
+    pub fn clear_requests(&self) {
+        let mut s = self.lock();
+        s.log.clear();
+        s.counts.clear();
+    }
+
+    /// A receiver that changes whenever watches are to be dropped.
+    pub(crate) fn drop_signal(&self) -> watch::Receiver<u64> {
+        self.drops.subscribe()
+    }
+
+    /// Record the request, wait out pause and latency, and return an injected failure if one is due.
+    pub(crate) async fn on_request(&self, record: RequestRecord) -> Result<(), ApiError> {
+        let (latency, failure) = {
+            let mut s = self.lock();
+            *s.counts.entry((record.verb.clone(), record.resource.clone())).or_default() += 1;
+            let failure = if record.resource.is_empty() {
+                None
+            } else {
+                let found = s.failures.iter_mut().find(|f| f.remaining > 0 && f.only.matches(&record));
+                found.map(|f| {
+                    f.remaining -= 1;
+                    (f.code, f.retry_after)
+                })
+            };
+            s.failures.retain(|f| f.remaining > 0);
+            s.log.push(record);
+            (s.latency, failure)
+        };
+        let mut paused = self.paused.subscribe();
+        // An error means the sender is gone, which only happens at shutdown: go on.
+        let _ = paused.wait_for(|p| !p).await;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        match failure {
+            None => Ok(()),
+            Some((code, retry_after)) => {
+                let mut err = match code {
+                    429 => ApiError::new(429, "TooManyRequests", "Too many requests, please try again later."),
+                    503 => ApiError::new(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+                    500 => ApiError::internal("injected failure"),
+                    other => ApiError::new(other, "InternalError", format!("injected failure with code {other}")),
+                };
+                err.retry_after = retry_after;
+                Err(err)
+            }
+        }
+    }
+}
