@@ -172,13 +172,8 @@ pub fn set_entries(obj: &mut Value, list: Vec<Entry>) {
             v
         })
         .collect();
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        if json.is_empty() {
-            meta.remove("managedFields");
-        } else {
-            meta.insert("managedFields".into(), Value::Array(json));
-        }
-    }
+    let value = if json.is_empty() { Value::Null } else { Value::Array(json) };
+    crate::meta::set_meta(obj, "managedFields", value);
 }
 
 /// Record an `Update` (create, update, patch) by `manager`: it takes the fields it changed.
