@@ -128,6 +128,21 @@ fn flag(ctx: &Ctx, k: &str) -> Option<bool> {
     ctx.params.get(k).map(|v| v == "true" || v == "1")
 }
 
+/// Queue one line for the client; false when the watch is over (client gone, watches
+/// dropped, server stopping). A client that stops reading blocks only its own watch here.
+async fn emit(
+    tx: &mpsc::Sender<Bytes>,
+    line: Bytes,
+    drops: &mut tokio::sync::watch::Receiver<u64>,
+    stop: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(line) => sent.is_ok(),
+        _ = drops.changed() => false,
+        _ = stop.cancelled() => false,
+    }
+}
+
 /// Start a watch; the returned receiver yields the encoded event lines until the watch ends.
 pub fn start(
     api: Arc<Api>,
@@ -212,24 +227,24 @@ pub fn start(
         };
     let (tx, out) = mpsc::channel::<Bytes>(256);
     let mut drops = drops;
+    drops.mark_unchanged();
     tokio::spawn(async move {
         for o in initial.iter().filter(|o| filter.matches(o)) {
-            if tx.send(enc.event("ADDED", o)).await.is_err() {
+            if !emit(&tx, enc.event("ADDED", o), &mut drops, &stop).await {
                 return;
             }
         }
-        if initial_end && tx.send(enc.bookmark(last_rev, true)).await.is_err() {
+        if initial_end && !emit(&tx, enc.bookmark(last_rev, true), &mut drops, &stop).await {
             return;
         }
         for ev in &backlog {
             last_rev = ev.rev;
             if let Some((kind, obj)) = filter.translate(ev) {
-                if tx.send(enc.event(kind, obj)).await.is_err() {
+                if !emit(&tx, enc.event(kind, obj), &mut drops, &stop).await {
                     return;
                 }
             }
         }
-        drops.mark_unchanged();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + bookmark_interval, bookmark_interval);
@@ -240,7 +255,7 @@ pub fn start(
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = ticker.tick() => {
-                    if bookmarks && tx.send(enc.bookmark(last_rev, false)).await.is_err() {
+                    if bookmarks && !emit(&tx, enc.bookmark(last_rev, false), &mut drops, &stop).await {
                         return;
                     }
                 }
@@ -251,7 +266,7 @@ pub fn start(
                         }
                         last_rev = ev.rev;
                         if let Some((kind, obj)) = filter.translate(&ev) {
-                            if tx.send(enc.event(kind, obj)).await.is_err() {
+                            if !emit(&tx, enc.event(kind, obj), &mut drops, &stop).await {
                                 return;
                             }
                         }
