@@ -188,7 +188,7 @@ impl Api {
     pub fn get(&self, ctx: &Ctx) -> ApiResult<Value> {
         let obj = self.current(ctx)?;
         if ctx.sub == "scale" {
-            return self.to_scale(&ctx.def, &obj);
+            return self.scale_of(&ctx.def, &obj);
         }
         Ok(Self::present(&ctx.def, &obj))
     }
@@ -288,12 +288,11 @@ impl Api {
             }
         }
         let mut list_meta = json!({"resourceVersion": snapshot_rev.to_string()});
-        if remaining > 0 {
-            if let Some(start) = next {
+        if remaining > 0
+            && let Some(start) = next {
                 list_meta["continue"] = json!(encode_continue(snapshot_rev, &start));
                 list_meta["remainingItemCount"] = json!(remaining);
             }
-        }
         Ok(json!({
             "kind": format!("{}List", ctx.def.kind),
             "apiVersion": ctx.def.api_version(),
@@ -315,7 +314,7 @@ impl Api {
                         "Timeout",
                         format!("Timeout: Too large resource version: {rev}, current: {}", self.store.revision()),
                     );
-                    e.details = Some(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}));
+                    e.details = Some(Box::new(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1})));
                     return Err(e);
                 }
             }
@@ -468,7 +467,7 @@ impl Api {
                     s.get("reason").and_then(Value::as_str).unwrap_or("InternalError"),
                     s.get("message").and_then(Value::as_str).unwrap_or_default(),
                 );
-                err.details = s.get("details").cloned();
+                err.details = s.get("details").cloned().map(Box::new);
                 err
             })?;
         warnings.extend(admitted.warnings);
@@ -535,11 +534,10 @@ impl Api {
                 } else {
                     set_meta(&mut new, "generation", Value::Null);
                 }
-                if def.status_subresource && ctx.sub.is_empty() {
-                    if let Some(m) = new.as_object_mut() {
+                if def.status_subresource && ctx.sub.is_empty()
+                    && let Some(m) = new.as_object_mut() {
                         m.remove("status");
                     }
-                }
             }
             Some(old) => {
                 let name = meta_str(old, "name").to_string();
@@ -595,6 +593,15 @@ impl Api {
         }
         new["apiVersion"] = json!(storage_av);
         new["kind"] = json!(def.kind);
+        // ObjectMeta's maps and lists are `omitempty`: an empty one is not stored (so a
+        // client-side `kubectl apply`/`diff` sending `annotations: {}` changes nothing).
+        if let Some(m) = new["metadata"].as_object_mut() {
+            for k in ["labels", "annotations", "finalizers", "ownerReferences"] {
+                if m.get(k).is_some_and(|v| v.as_object().is_some_and(|o| o.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())) {
+                    m.remove(k);
+                }
+            }
+        }
         self.kind_defaults(&def, &mut new)?;
 
         let (unknown, mut causes) = Self::apply_schema(&def, &mut new);
@@ -667,7 +674,7 @@ impl Api {
                 let mut e = ApiError::forbidden(format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
                 ));
-                e.details = Some(json!({"name": ns, "kind": "namespaces", "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}));
+                e.details = Some(Box::new(json!({"name": ns, "kind": "namespaces", "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]})));
                 Err(e)
             }
             Some(_) => Ok(()),
@@ -982,7 +989,7 @@ impl Api {
         let old = self.current(ctx)?;
         let mut body = decoded.value;
         if ctx.sub == "scale" {
-            body = self.from_scale(&ctx.def, &old, &body)?;
+            body = self.scale_into_object(&ctx.def, &old, &body)?;
         }
         let rv = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
         if rv.is_empty() && ctx.def.requires_resource_version_on_update {
@@ -1000,7 +1007,7 @@ impl Api {
         let new = self.prepare(ctx, Some(&old), body, &decoded.duplicates, &mut warnings).await?;
         let out = self.commit_update(ctx, &old, new, &warnings)?;
         if ctx.sub == "scale" {
-            return Ok(Out::new(200, self.to_scale(&ctx.def, &out.body)?, warnings));
+            return Ok(Out::new(200, self.scale_of(&ctx.def, &out.body)?, warnings));
         }
         Ok(out)
     }
@@ -1052,6 +1059,14 @@ impl Api {
     /// PATCH: JSON, merge, strategic merge, or server-side apply.
     pub async fn patch(&self, ctx: &Ctx, content_type: &str, body: &[u8]) -> ApiResult<Out> {
         let ptype = PatchType::from_content_type(content_type)?;
+        if ptype == PatchType::Strategic && ctx.def.is_custom() {
+            // As the real server: custom resources have no strategic merge patch.
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            ));
+        }
         if ptype == PatchType::Apply {
             return self.apply(ctx, body).await;
         }
@@ -1068,18 +1083,18 @@ impl Api {
         for _ in 0..16 {
             let old = self.current(ctx)?;
             let base = if ctx.sub == "scale" {
-                self.to_scale(&ctx.def, &old)?
+                self.scale_of(&ctx.def, &old)?
             } else {
                 Self::present(&ctx.def, &old)
             };
             let mut patched = match ptype {
                 PatchType::Json => patch::json_patch(&base, body)?,
-                PatchType::Merge => patch::merge_patch(&base, body)?,
                 PatchType::Strategic => patch::strategic_merge_patch(&base, body, ctx.def.is_custom())?,
-                PatchType::Apply => unreachable_apply()?,
+                // Apply patches returned above; what is left is a merge patch.
+                PatchType::Merge | PatchType::Apply => patch::merge_patch(&base, body)?,
             };
             if ctx.sub == "scale" {
-                patched = self.from_scale(&ctx.def, &old, &patched)?;
+                patched = self.scale_into_object(&ctx.def, &old, &patched)?;
             }
             let rv = meta_str(&patched, "resourceVersion").to_string();
             if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
@@ -1094,7 +1109,7 @@ impl Api {
             match self.commit_update(ctx, &old, new, &warnings) {
                 Err(e) if e.code == 409 && e.reason == "Conflict" && rv.is_empty() => continue,
                 Ok(out) if ctx.sub == "scale" => {
-                    return Ok(Out::new(200, self.to_scale(&ctx.def, &out.body)?, out.warnings));
+                    return Ok(Out::new(200, self.scale_of(&ctx.def, &out.body)?, out.warnings));
                 }
                 other => return other,
             }
@@ -1209,8 +1224,8 @@ impl Api {
         }
         let opts = Self::delete_options(ctx, body)?;
         let cur = self.current(ctx)?;
-        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
-            if uid != meta_str(&cur, "uid") {
+        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
+            && uid != meta_str(&cur, "uid") {
                 return Err(ApiError::conflict(
                     &ctx.def.group,
                     &ctx.def.plural,
@@ -1218,9 +1233,8 @@ impl Api {
                     &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&cur, "uid")),
                 ));
             }
-        }
-        if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
-            if rv != meta_str(&cur, "resourceVersion") {
+        if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str)
+            && rv != meta_str(&cur, "resourceVersion") {
                 return Err(ApiError::conflict(
                     &ctx.def.group,
                     &ctx.def.plural,
@@ -1231,7 +1245,6 @@ impl Api {
                     ),
                 ));
             }
-        }
         let mut warnings = vec![];
         self.admit(ctx, Operation::Delete, None, Some(&cur), &mut warnings).await?;
         let policy = match opts.get("propagationPolicy").and_then(Value::as_str) {
@@ -1274,11 +1287,10 @@ impl Api {
             "Orphan" => Some("orphan"),
             _ => None,
         };
-        if let Some(f) = extra {
-            if !finalizers.iter().any(|x| x == f) {
+        if let Some(f) = extra
+            && !finalizers.iter().any(|x| x == f) {
                 finalizers.push(f.into());
             }
-        }
         if is_crd && !finalizers.iter().any(|f| f == CRD_CLEANUP_FINALIZER) {
             finalizers.push(CRD_CLEANUP_FINALIZER.into());
         }
@@ -1358,7 +1370,7 @@ impl Api {
         ))
     }
 
-    fn to_scale(&self, def: &ResourceDef, obj: &Value) -> ApiResult<Value> {
+    fn scale_of(&self, def: &ResourceDef, obj: &Value) -> ApiResult<Value> {
         let Some(scale) = &def.scale else {
             return Err(ApiError::no_route());
         };
@@ -1390,7 +1402,7 @@ impl Api {
         Ok(s)
     }
 
-    fn from_scale(&self, def: &ResourceDef, old: &Value, scale: &Value) -> ApiResult<Value> {
+    fn scale_into_object(&self, def: &ResourceDef, old: &Value, scale: &Value) -> ApiResult<Value> {
         let Some(spec) = &def.scale else {
             return Err(ApiError::no_route());
         };
@@ -1416,10 +1428,6 @@ impl Api {
         }
         Ok(obj)
     }
-}
-
-fn unreachable_apply() -> ApiResult<Value> {
-    Err(ApiError::internal("apply patches are handled before this point"))
 }
 
 fn meta_managed_update(old: Option<&Value>, new: &mut Value, manager: &str, def: &ResourceDef, sub: &str) {

@@ -271,6 +271,10 @@ async fn resource_request(
         "status" if def.status_subresource => {}
         "scale" if def.scale.is_some() => {}
         "finalize" if def.kind == "Namespace" => {}
+        // The real CRD handler answers an undefined subresource as the object not found.
+        _ if def.is_custom() && !p.name.is_empty() => {
+            return Err(ApiError::not_found(&def.group, &def.plural, &p.name));
+        }
         _ => return Err(ApiError::no_route()),
     }
     let watch_param = matches!(params.get("watch"), Some("true" | "1"));
@@ -333,13 +337,12 @@ async fn resource_request(
         let refs: Vec<&Value> = items.iter().collect();
         let meta = if is_list { out.body["metadata"].clone() } else { json!({"resourceVersion": out.body["metadata"]["resourceVersion"]}) };
         let mut t = crate::table::to_table(&def, &refs, meta, true);
-        if full {
-            if let Some(rows) = t["rows"].as_array_mut() {
+        if full
+            && let Some(rows) = t["rows"].as_array_mut() {
                 for (row, item) in rows.iter_mut().zip(items.iter()) {
                     row["object"] = item.clone();
                 }
             }
-        }
         return Ok(json_response(200, &t, &out.warnings));
     }
     Ok(json_response(out.code, &out.body, &out.warnings))

@@ -264,7 +264,7 @@ pub fn apply(
             msg
         };
         let mut err = ApiError::new(409, "Conflict", message);
-        err.details = Some(json!({
+        err = err.with_details(json!({
             "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>()
         }));
         return Err(err);

@@ -12,8 +12,8 @@ pub struct ApiError {
     pub reason: String,
     /// Human-readable message, worded as the real server words it.
     pub message: String,
-    /// `Status.details`, if any.
-    pub details: Option<Value>,
+    /// `Status.details`, if any (boxed: errors travel in `Result`s on every path).
+    pub details: Option<Box<Value>>,
     /// Seconds for a `Retry-After` header (429 and some 5xx).
     pub retry_after: Option<u64>,
 }
@@ -33,8 +33,9 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+    /// The same error with `Status.details` set.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -135,7 +136,7 @@ impl ApiError {
             "code": self.code,
         });
         if let Some(d) = &self.details {
-            s["details"] = d.clone();
+            s["details"] = (**d).clone();
         }
         if let Some(r) = self.retry_after {
             let d = s["details"].as_object().cloned().unwrap_or_default();

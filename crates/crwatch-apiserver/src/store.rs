@@ -50,6 +50,13 @@ pub struct Event {
     pub prev: Option<Arc<Value>>,
 }
 
+/// A subscription to every future change.
+pub type Subscription = broadcast::Receiver<Arc<Event>>;
+
+/// Changes after a revision still in history, the newest revision, and a subscription for
+/// what comes next.
+pub type Replay = (Vec<Arc<Event>>, u64, Subscription);
+
 /// The requested revision is older than the kept history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compacted {
@@ -310,7 +317,7 @@ impl Store {
     pub fn history_and_subscribe(
         &self,
         from: u64,
-    ) -> Result<(Vec<Arc<Event>>, u64, broadcast::Receiver<Arc<Event>>), Compacted> {
+    ) -> Result<Replay, Compacted> {
         let inner = self.lock();
         if from < inner.compacted {
             return Err(Compacted {

@@ -255,7 +255,8 @@ pub fn partial_metadata(obj: &Value) -> Value {
 /// Render objects as a `meta.k8s.io/v1` Table. `with_columns` is false for watch events after
 /// the first, as the real server sends the column definitions once.
 pub fn to_table(def: &ResourceDef, objects: &[&Value], list_meta: Value, with_columns: bool) -> Value {
-    let (columns, cells): (Vec<PrinterColumn>, Box<dyn Fn(&Value) -> Vec<Value>>) = if def.is_custom() {
+    type CellFn = Box<dyn Fn(&Value) -> Vec<Value>>;
+    let (columns, cells): (Vec<PrinterColumn>, CellFn) = if def.is_custom() {
         let mut cols = vec![col("Name", "string", "name", NAME_DESC, 0)];
         let custom = if def.printer_columns.is_empty() {
             vec![PrinterColumn {

@@ -239,11 +239,10 @@ pub fn start(
         }
         for ev in &backlog {
             last_rev = ev.rev;
-            if let Some((kind, obj)) = filter.translate(ev) {
-                if !emit(&tx, enc.event(kind, obj), &mut drops, &stop).await {
+            if let Some((kind, obj)) = filter.translate(ev)
+                && !emit(&tx, enc.event(kind, obj), &mut drops, &stop).await {
                     return;
                 }
-            }
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -265,11 +264,10 @@ pub fn start(
                             continue;
                         }
                         last_rev = ev.rev;
-                        if let Some((kind, obj)) = filter.translate(&ev) {
-                            if !emit(&tx, enc.event(kind, obj), &mut drops, &stop).await {
+                        if let Some((kind, obj)) = filter.translate(&ev)
+                            && !emit(&tx, enc.event(kind, obj), &mut drops, &stop).await {
                                 return;
                             }
-                        }
                     }
                     // Fell too far behind: close, as the real server does; the client re-watches.
                     Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
