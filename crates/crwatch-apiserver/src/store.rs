@@ -255,19 +255,20 @@ impl Store {
         Ok(obj)
     }
 
+    /// The stored object at `key`, if its revision is `expected`.
+    fn expect(inner: &Inner, gr: &GroupResource, key: &ObjKey, expected: u64) -> Result<Arc<Value>, WriteError> {
+        let prev = inner.objects.get(gr).and_then(|m| m.get(key)).cloned().ok_or(WriteError::Missing)?;
+        if rv_of(&prev) != expected {
+            return Err(WriteError::Stale);
+        }
+        Ok(prev)
+    }
+
     /// Replace an object whose stored revision is `expected`.
     pub fn update(&self, gr: &GroupResource, mut obj: Value, expected: u64) -> Result<Arc<Value>, WriteError> {
         let mut inner = self.lock();
         let key = key_of(&obj);
-        let prev = inner
-            .objects
-            .get(gr)
-            .and_then(|m| m.get(&key))
-            .cloned()
-            .ok_or(WriteError::Missing)?;
-        if rv_of(&prev) != expected {
-            return Err(WriteError::Stale);
-        }
+        let prev = Self::expect(&inner, gr, &key, expected)?;
         Self::stamp(&mut inner, &mut obj);
         let obj = Arc::new(obj);
         inner.objects.entry(gr.clone()).or_default().insert(key, obj.clone());
@@ -280,15 +281,7 @@ impl Store {
     pub fn delete(&self, gr: &GroupResource, mut last: Value, expected: u64) -> Result<Arc<Value>, WriteError> {
         let mut inner = self.lock();
         let key = key_of(&last);
-        let prev = inner
-            .objects
-            .get(gr)
-            .and_then(|m| m.get(&key))
-            .cloned()
-            .ok_or(WriteError::Missing)?;
-        if rv_of(&prev) != expected {
-            return Err(WriteError::Stale);
-        }
+        let prev = Self::expect(&inner, gr, &key, expected)?;
         if let Some(m) = inner.objects.get_mut(gr) {
             m.remove(&key);
         }
