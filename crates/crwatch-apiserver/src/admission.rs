@@ -571,10 +571,39 @@ impl Admission {
         validating: &[Value],
         attrs: &Attributes,
     ) -> Result<Admitted, AdmissionError> {
-        let mut object = attrs.object.clone();
         let mut warnings = vec![];
+        let object = self.admit_into(mutating, validating, attrs, &mut warnings).await?;
+        Ok(Admitted { object, warnings })
+    }
+
+    /// [`Admission::admit`], appending the webhooks' warnings (without duplicates) to `warnings`
+    /// also when admission fails: the real server sends them as `Warning` headers with the error
+    /// response too. Returns the possibly mutated object.
+    pub async fn admit_into(
+        &self,
+        mutating: &[Value],
+        validating: &[Value],
+        attrs: &Attributes,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Value>, AdmissionError> {
+        let mut own = vec![];
+        let result = self.run(mutating, validating, attrs, &mut own).await;
+        let mut seen = std::collections::HashSet::new();
+        own.retain(|w| seen.insert(w.clone()));
+        warnings.extend(own);
+        result
+    }
+
+    async fn run(
+        &self,
+        mutating: &[Value],
+        validating: &[Value],
+        attrs: &Attributes,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Value>, AdmissionError> {
+        let mut object = attrs.object.clone();
         if is_exempt(&attrs.def) {
-            return Ok(Admitted { object, warnings });
+            return Ok(object);
         }
 
         let mutating_hooks = hooks_of(mutating);
@@ -597,7 +626,7 @@ impl Admission {
                 if !should_call(hook, &current)? {
                     continue;
                 }
-                let changed = match self.call(hook, &current, true, &mut warnings).await {
+                let changed = match self.call(hook, &current, true, warnings).await {
                     Ok(Some(patched)) => {
                         let changed = object.as_ref() != Some(&patched);
                         object = Some(patched);
@@ -662,9 +691,7 @@ impl Admission {
         if let Some(err) = first_error {
             return Err(err);
         }
-        let mut seen = std::collections::HashSet::new();
-        warnings.retain(|w| seen.insert(w.clone()));
-        Ok(Admitted { object, warnings })
+        Ok(object)
     }
 
     /// Call one webhook. `Ok(Some(obj))` is the object after a mutating webhook's patch.

@@ -228,11 +228,9 @@ impl Api {
         let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
         let rv = ctx.params.get("resourceVersion").unwrap_or_default();
         let rv_match = ctx.params.get("resourceVersionMatch").unwrap_or_default();
-        if !rv_match.is_empty() && rv.is_empty() {
-            return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"));
-        }
         let limit: usize = ctx.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
         let cont = ctx.params.get("continue").unwrap_or_default();
+        validate_list_options(rv, rv_match, cont)?;
         let (objects, snapshot_rev, start_after) = if !cont.is_empty() {
             if !rv.is_empty() && rv != "0" {
                 return Err(ApiError::bad_request(
@@ -240,10 +238,21 @@ impl Api {
                 ));
             }
             let (rev, start) = decode_continue(cont)?;
-            let objs = self.store.list_at(&gr, ns, rev).map_err(|_| {
-                ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue value from the 410 response.")
-            })?;
-            (objs, rev, Some(start))
+            match rev {
+                // A token from a 410: continue at the newest state (an inconsistent list).
+                None => {
+                    let (objs, rev) = self.store.list(&gr, ns);
+                    (objs, rev, Some(start))
+                }
+                Some(rev) => match self.store.list_at(&gr, ns, rev) {
+                    Ok(objs) => (objs, rev, Some(start)),
+                    Err(_) => {
+                        let mut e = ApiError::gone(CONTINUE_EXPIRED);
+                        e.continue_token = Some(encode_continue_latest(&start));
+                        return Err(e);
+                    }
+                },
+            }
         } else if rv_match == "Exact" {
             let want: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
             self.wait_for_revision(want).await?;
@@ -257,10 +266,6 @@ impl Api {
                 let want: u64 =
                     rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
                 self.wait_for_revision(want).await?;
-            } else if !rv_match.is_empty() && rv_match != "NotOlderThan" {
-                return Err(ApiError::bad_request(format!(
-                    "resourceVersionMatch: Unsupported value: \"{rv_match}\": supported values: \"Exact\", \"NotOlderThan\""
-                )));
             }
             let (objs, rev) = self.store.list(&gr, ns);
             (objs, rev, None)
@@ -291,7 +296,10 @@ impl Api {
         if remaining > 0
             && let Some(start) = next {
                 list_meta["continue"] = json!(encode_continue(snapshot_rev, &start));
-                list_meta["remainingItemCount"] = json!(remaining);
+                // Only an unfiltered list knows how many are left (as etcd counts keys).
+                if labels.is_empty() && fields.is_empty() {
+                    list_meta["remainingItemCount"] = json!(remaining);
+                }
             }
         Ok(json!({
             "kind": format!("{}List", ctx.def.kind),
@@ -456,22 +464,19 @@ impl Api {
             user: ctx.user.clone(),
             namespace_labels: ns_labels,
         };
-        let admitted = self
-            .admission
-            .admit(&mutating, &validating, &attrs)
-            .await
-            .map_err(|e| {
-                let s = e.status();
-                let mut err = ApiError::new(
-                    e.code(),
-                    s.get("reason").and_then(Value::as_str).unwrap_or("InternalError"),
-                    s.get("message").and_then(Value::as_str).unwrap_or_default(),
-                );
-                err.details = s.get("details").cloned().map(Box::new);
-                err
-            })?;
-        warnings.extend(admitted.warnings);
-        Ok(admitted.object)
+        let admitted = self.admission.admit_into(&mutating, &validating, &attrs, warnings).await;
+        admitted.map_err(|e| {
+            let s = e.status();
+            let mut err = ApiError::new(
+                e.code(),
+                s.get("reason").and_then(Value::as_str).unwrap_or("InternalError"),
+                s.get("message").and_then(Value::as_str).unwrap_or_default(),
+            );
+            err.details = s.get("details").cloned().map(Box::new);
+            // As on the real server, the warnings so far go out with the error.
+            err.warnings = warnings.clone().into_boxed_slice();
+            err
+        })
     }
 
     /// Everything a create or update does to the new object before it is stored.
@@ -597,7 +602,10 @@ impl Api {
         // client-side `kubectl apply`/`diff` sending `annotations: {}` changes nothing).
         if let Some(m) = new["metadata"].as_object_mut() {
             for k in ["labels", "annotations", "finalizers", "ownerReferences"] {
-                if m.get(k).is_some_and(|v| v.as_object().is_some_and(|o| o.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())) {
+                let empty = |v: &Value| {
+                    v.as_object().is_some_and(|o| o.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
+                };
+                if m.get(k).is_some_and(empty) {
                     m.remove(k);
                 }
             }
@@ -643,7 +651,7 @@ impl Api {
             return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
         }
         if old.is_none() && def.namespaced {
-            self.check_namespace_open(&ctx.namespace)?;
+            self.check_namespace_open(&def, &name, &ctx.namespace)?;
         }
 
         let operation = if old.is_some() { Operation::Update } else { Operation::Create };
@@ -663,7 +671,9 @@ impl Api {
         Ok(new)
     }
 
-    fn check_namespace_open(&self, ns: &str) -> ApiResult<()> {
+    /// The NamespaceLifecycle admission plugin: no namespace, or one being terminated, takes no
+    /// new objects (worded as `admission.NewForbidden` words it, naming the resource and object).
+    fn check_namespace_open(&self, def: &ResourceDef, name: &str, ns: &str) -> ApiResult<()> {
         let gr = GroupResource {
             group: String::new(),
             resource: "namespaces".into(),
@@ -671,10 +681,18 @@ impl Api {
         match self.store.get(&gr, &(String::new(), ns.to_string())) {
             None => Err(ApiError::not_found("", "namespaces", ns)),
             Some(n) if !meta_str(&n, "deletionTimestamp").is_empty() => {
-                let mut e = ApiError::forbidden(format!(
-                    "unable to create new content in namespace {ns} because it is being terminated"
-                ));
-                e.details = Some(Box::new(json!({"name": ns, "kind": "namespaces", "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]})));
+                let resource = if def.group.is_empty() { def.plural.clone() } else { format!("{}.{}", def.plural, def.group) };
+                let why = format!("unable to create new content in namespace {ns} because it is being terminated");
+                let mut e = ApiError::forbidden(if name.is_empty() {
+                    format!("{resource} is forbidden: {why}")
+                } else {
+                    format!("{resource} \"{name}\" is forbidden: {why}")
+                });
+                let mut details = json!({"name": name, "kind": def.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]});
+                if !def.group.is_empty() {
+                    details["group"] = json!(def.group);
+                }
+                e.details = Some(Box::new(details));
                 Err(e)
             }
             Some(_) => Ok(()),
@@ -712,6 +730,13 @@ impl Api {
                 }
             }
             ("", "Namespace") => {
+                // As the real server (NamespaceDefaultLabelName): always the namespace's name, so
+                // webhooks' namespaceSelectors can select namespaces by name.
+                let name = meta_str(obj, "name").to_string();
+                if !obj["metadata"].get("labels").is_some_and(Value::is_object) {
+                    obj["metadata"]["labels"] = json!({});
+                }
+                obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
                 if obj.pointer("/spec/finalizers").is_none() {
                     obj["spec"] = json!({"finalizers": ["kubernetes"]});
                 }
@@ -948,6 +973,11 @@ impl Api {
         let mut obj = self.prepare(ctx, None, decoded.value, &decoded.duplicates, &mut warnings).await?;
         meta_managed_update(None, &mut obj, &manager, &ctx.def, "");
         let stored = if ctx.params.dry_run()? {
+            // A dry run still answers AlreadyExists for a taken name, as the real storage does.
+            let name = meta_str(&obj, "name").to_string();
+            if self.store.get(&gr_of(&ctx.def), &(ctx.namespace.clone(), name.clone())).is_some() {
+                return Err(ApiError::already_exists(&ctx.def.group, &ctx.def.plural, &name));
+            }
             obj
         } else {
             let name = meta_str(&obj, "name").to_string();
@@ -1058,7 +1088,10 @@ impl Api {
 
     /// PATCH: JSON, merge, strategic merge, or server-side apply.
     pub async fn patch(&self, ctx: &Ctx, content_type: &str, body: &[u8]) -> ApiResult<Out> {
-        let ptype = PatchType::from_content_type(content_type)?;
+        let ptype = match PatchType::from_content_type(content_type) {
+            Err(e) if ctx.def.is_custom() => return Err(ApiError { message: e.message.replace(", application/strategic-merge-patch+json", ""), ..e }),
+            other => other?,
+        };
         if ptype == PatchType::Strategic && ctx.def.is_custom() {
             // As the real server: custom resources have no strategic merge patch.
             return Err(ApiError::new(
@@ -1105,7 +1138,21 @@ impl Api {
                 _ => crate::decode::json(body)?.duplicates,
             };
             let mut warnings = vec![];
-            let new = self.prepare(ctx, Some(&old), patched, &duplicates, &mut warnings).await?;
+            let patched_json = patched.to_string();
+            let new = match self.prepare(ctx, Some(&old), patched, &duplicates, &mut warnings).await {
+                // A strict decoding failure of a patch result is 422 on the real server (the
+                // patcher wraps it as an invalid `patch` field), not the 400 create and update give.
+                Err(e) if e.code == 400 && e.message.contains("strict decoding error: ") => {
+                    let strict = &e.message[e.message.find("strict decoding error: ").unwrap_or(0)..];
+                    let cause = Cause::new(
+                        "FieldValueInvalid",
+                        "patch",
+                        format!("Invalid value: {}: {strict}", serde_json::to_string(&patched_json).unwrap_or_default()),
+                    );
+                    return Err(ApiError::invalid("", "", "", vec![cause]));
+                }
+                other => other?,
+            };
             match self.commit_update(ctx, &old, new, &warnings) {
                 Err(e) if e.code == 409 && e.reason == "Conflict" && rv.is_empty() => continue,
                 Ok(out) if ctx.sub == "scale" => {
@@ -1217,30 +1264,49 @@ impl Api {
         Ok(opts)
     }
 
+    /// `DeleteOptions.dryRun` in the body (where kube-rs and client-go put it) counts as the
+    /// `dryRun` query parameter does.
+    fn with_body_dry_run(ctx: &Ctx, opts: &Value) -> Ctx {
+        let mut ctx = ctx.clone();
+        let values: Vec<&str> =
+            opts.get("dryRun").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        if ctx.params.get("dryRun").is_none_or(str::is_empty) && !values.is_empty() {
+            // An unsupported value is kept so that `Params::dry_run` rejects it.
+            let value = values.iter().find(|v| **v != "All").unwrap_or(&"All");
+            ctx.params.0.insert("dryRun".into(), value.to_string());
+        }
+        ctx
+    }
+
     /// DELETE one object.
     pub async fn delete(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
         if !ctx.sub.is_empty() {
             return Err(ApiError::method_not_allowed());
         }
         let opts = Self::delete_options(ctx, body)?;
+        let ctx = &Self::with_body_dry_run(ctx, &opts);
         let cur = self.current(ctx)?;
         if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
             && uid != meta_str(&cur, "uid") {
+                // Worded as the registry's BeforeDelete words it (the kind, not the resource).
                 return Err(ApiError::conflict(
                     &ctx.def.group,
-                    &ctx.def.plural,
+                    &ctx.def.kind,
                     &ctx.name,
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&cur, "uid")),
+                    &format!(
+                        "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
+                        meta_str(&cur, "uid")
+                    ),
                 ));
             }
         if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str)
             && rv != meta_str(&cur, "resourceVersion") {
                 return Err(ApiError::conflict(
                     &ctx.def.group,
-                    &ctx.def.plural,
+                    &ctx.def.kind,
                     &ctx.name,
                     &format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
                         meta_str(&cur, "resourceVersion")
                     ),
                 ));
@@ -1340,6 +1406,7 @@ impl Api {
     /// DELETE a collection (with selectors).
     pub async fn delete_collection(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
         let opts = Self::delete_options(ctx, body)?;
+        let ctx = &Self::with_body_dry_run(ctx, &opts);
         let policy = opts.get("propagationPolicy").and_then(Value::as_str).unwrap_or("Background").to_string();
         let (labels, fields) = self.selectors(ctx)?;
         let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
@@ -1439,11 +1506,51 @@ fn encode_continue(rev: u64, start: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_continue(token: &str) -> ApiResult<(u64, String)> {
+/// A token that continues after `start` at the newest state (`rv: -1`, as the real server
+/// hands out with a 410 for an expired token).
+fn encode_continue_latest(start: &str) -> String {
+    let raw = json!({"v": "meta.k8s.io/v1", "rv": -1, "start": start}).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// The snapshot revision (None: the newest) and the key to start after.
+fn decode_continue(token: &str) -> ApiResult<(Option<u64>, String)> {
     let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let rev = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
+    let rev = match v.get("rv").and_then(Value::as_i64).ok_or_else(bad)? {
+        -1 => None,
+        r if r > 0 => Some(r as u64),
+        _ => return Err(bad()),
+    };
     let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string();
     Ok((rev, start))
+}
+
+/// The real server's message for a continue token whose snapshot was compacted away.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
+/// `ValidateListOptions` for a list: 422 Invalid `ListOptions.meta.k8s.io ""`.
+fn validate_list_options(rv: &str, rv_match: &str, cont: &str) -> ApiResult<()> {
+    let mut causes = vec![];
+    if !rv_match.is_empty() {
+        let forbidden = |m: &str| Cause::new("FieldValueForbidden", "resourceVersionMatch", format!("Forbidden: {m}"));
+        if rv.is_empty() {
+            causes.push(forbidden("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+        }
+        if !cont.is_empty() {
+            causes.push(forbidden("resourceVersionMatch is forbidden when continue is provided"));
+        }
+        if rv_match != "Exact" && rv_match != "NotOlderThan" {
+            causes.push(Cause::new(
+                "FieldValueNotSupported",
+                "resourceVersionMatch",
+                format!("Unsupported value: \"{rv_match}\": supported values: \"Exact\", \"NotOlderThan\", \"\""),
+            ));
+        }
+        if rv_match == "Exact" && rv == "0" {
+            causes.push(forbidden("resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""));
+        }
+    }
+    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes)) }
 }

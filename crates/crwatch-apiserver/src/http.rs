@@ -47,7 +47,7 @@ fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
 }
 
 fn error_response(e: &ApiError) -> Response {
-    let mut resp = json_response(e.code, &e.status(), &[]);
+    let mut resp = json_response(e.code, &e.status(), &e.warnings);
     if let Some(secs) = e.retry_after {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
@@ -288,6 +288,17 @@ async fn resource_request(
         user: "admin".into(),
     };
     let verb = verb_of(method, &p, watch_param);
+    if matches!(verb, "create" | "update") {
+        let base = content_type.split(';').next().unwrap_or_default().trim();
+        // JSON bodies, and the protobuf bodies kubectl 1.32+ sends for `kubectl create <kind>`.
+        if !matches!(base, "application/json" | "" | "*/*" | "application/vnd.kubernetes.protobuf") {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!("the body of the request was in an unknown format - accepted media types include: application/json (got {base:?})"),
+            ));
+        }
+    }
     let out = match verb {
         "watch" => {
             let full = ctx.params.get("includeObject") == Some("Object");

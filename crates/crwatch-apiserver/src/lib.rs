@@ -342,7 +342,13 @@ fn version_info() -> Value {
         "buildDate": "2026-01-01T00:00:00Z",
         "goVersion": "none (Rust)",
         "compiler": "rustc",
-        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+        // Go's GOOS/GOARCH names, as the real server reports them.
+        "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            other => other,
+        }),
     })
 }
 

@@ -210,6 +210,19 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_ve
     set_entries(new, list);
 }
 
+/// A manager as the real server's `printManager` names it in conflicts: `"name"`, plus
+/// ` with subresource "status"` and, for Update managers, ` using <apiVersion>`.
+fn print_manager(e: &Entry) -> String {
+    let mut s = format!("{:?}", e.manager);
+    if !e.subresource.is_empty() {
+        s.push_str(&format!(" with subresource {:?}", e.subresource));
+    }
+    if e.operation == "Update" {
+        s.push_str(&format!(" using {}", e.api_version));
+    }
+    s
+}
+
 fn dotted(p: &Path) -> String {
     format!(".{}", p.join("."))
 }
@@ -228,14 +241,16 @@ pub fn apply(
     let applied_paths = leaf_paths(applied);
     let mut list = current.map(entries).unwrap_or_default();
     let mut obj = current.cloned().unwrap_or_else(|| json!({}));
-    let mut conflicts: Vec<(String, Path)> = vec![];
+    // (the manager as the real server prints it, its sort key, the path)
+    let mut conflicts: Vec<(String, String, Path)> = vec![];
     for e in &list {
         if e.manager == manager && e.operation == "Apply" {
             continue;
         }
         for p in e.fields.intersection(&applied_paths) {
             if get_path(&obj, p) != get_path(applied, p) {
-                conflicts.push((e.manager.clone(), p.clone()));
+                let key = format!("{}\u{0}{}\u{0}{}\u{0}{}", e.manager, e.operation, e.api_version, e.subresource);
+                conflicts.push((print_manager(e), key, p.clone()));
             }
         }
     }
@@ -243,25 +258,23 @@ pub fn apply(
         let n = conflicts.len();
         let causes: Vec<Cause> = conflicts
             .iter()
-            .map(|(m, p)| Cause::new("FieldManagerConflict", dotted(p), format!("conflict with \"{m}\" using {api_version}")))
+            .map(|(m, _, p)| Cause::new("FieldManagerConflict", dotted(p), format!("conflict with {m}")))
             .collect();
         let message = if n == 1 {
             format!("Apply failed with 1 conflict: {}: {}", causes[0].message, causes[0].field)
         } else {
-            let mut by_manager: Vec<String> = vec![];
-            for (m, _) in &conflicts {
-                if !by_manager.contains(m) {
-                    by_manager.push(m.clone());
+            // Grouped by manager, managers sorted, lines joined by newlines (getConflictMessage).
+            let mut keys: Vec<(&String, &String)> = conflicts.iter().map(|(m, k, _)| (k, m)).collect();
+            keys.sort();
+            keys.dedup();
+            let mut lines: Vec<String> = vec![];
+            for (k, m) in keys {
+                lines.push(format!("conflicts with {m}:"));
+                for (_, _, p) in conflicts.iter().filter(|(_, ck, _)| ck == k) {
+                    lines.push(format!("- {}", dotted(p)));
                 }
             }
-            let mut msg = format!("Apply failed with {n} conflicts:");
-            for m in by_manager {
-                msg.push_str(&format!(" conflicts with \"{m}\" using {api_version}:"));
-                for (_, p) in conflicts.iter().filter(|(cm, _)| *cm == m) {
-                    msg.push_str(&format!("\n- {}", dotted(p)));
-                }
-            }
-            msg
+            format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
         };
         let mut err = ApiError::new(409, "Conflict", message);
         err = err.with_details(json!({
@@ -287,7 +300,7 @@ pub fn apply(
     }
     crate::patch::apply_merge(&mut obj, applied);
     if force {
-        let forced: BTreeSet<&Path> = conflicts.iter().map(|(_, p)| p).collect();
+        let forced: BTreeSet<&Path> = conflicts.iter().map(|(_, _, p)| p).collect();
         for e in &mut list {
             e.fields.retain(|p| !forced.contains(p));
         }

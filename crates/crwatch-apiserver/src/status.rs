@@ -16,6 +16,11 @@ pub struct ApiError {
     pub details: Option<Box<Value>>,
     /// Seconds for a `Retry-After` header (429 and some 5xx).
     pub retry_after: Option<u64>,
+    /// `Status.metadata.continue`, as a 410 for an expired continue token carries.
+    pub continue_token: Option<String>,
+    /// `Warning` headers sent with the error (admission webhooks' warnings reach the client even
+    /// when a webhook denies the request). A boxed slice: errors travel in `Result`s everywhere.
+    pub warnings: Box<[String]>,
 }
 
 /// Everything the API can fail with.
@@ -30,6 +35,8 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            continue_token: None,
+            warnings: Box::default(),
         }
     }
 
@@ -110,8 +117,10 @@ impl ApiError {
     }
 
     /// 415 UnsupportedMediaType.
-    pub fn unsupported_media_type(ct: &str) -> Self {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})"))
+    /// Worded as `negotiation.NewUnsupportedMediaTypeError` words it for built-in kinds (the
+    /// content type sent is not echoed back).
+    pub fn unsupported_media_type(_ct: &str) -> Self {
+        ApiError::new(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml")
     }
 
     /// 500 InternalError.
@@ -137,6 +146,9 @@ impl ApiError {
         });
         if let Some(d) = &self.details {
             s["details"] = (**d).clone();
+        }
+        if let Some(c) = &self.continue_token {
+            s["metadata"]["continue"] = json!(c);
         }
         if let Some(r) = self.retry_after {
             let d = s["details"].as_object().cloned().unwrap_or_default();

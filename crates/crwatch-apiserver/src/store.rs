@@ -62,7 +62,8 @@ pub type Replay = (Vec<Arc<Event>>, u64, Subscription);
 pub struct Compacted {
     /// The revision asked for.
     pub requested: u64,
-    /// The oldest revision still served.
+    /// The oldest revision a watch or list can still start from (what the real watch cache
+    /// reports as `oldest-1` in `too old resource version: X (Y)`).
     pub oldest: u64,
 }
 
@@ -92,6 +93,7 @@ pub struct Store {
     inner: Mutex<Inner>,
     events: broadcast::Sender<Arc<Event>>,
     window: usize,
+    buffer: usize,
 }
 
 fn rv_of(obj: &Value) -> u64 {
@@ -115,7 +117,8 @@ impl Store {
     /// An empty store keeping `window` changes of history and buffering `watch_buffer`
     /// undelivered changes per watcher before closing a watcher that fell behind.
     pub fn new(window: usize, watch_buffer: usize) -> Self {
-        let (events, _) = broadcast::channel(watch_buffer.max(16));
+        let buffer = watch_buffer.max(16);
+        let (events, _) = broadcast::channel(buffer);
         Store {
             inner: Mutex::new(Inner {
                 rev: 1,
@@ -123,7 +126,13 @@ impl Store {
             }),
             events,
             window: window.max(1),
+            buffer,
         }
+    }
+
+    /// How many undelivered changes a watcher may have queued before it is closed.
+    pub fn watch_buffer(&self) -> usize {
+        self.buffer
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -187,7 +196,7 @@ impl Store {
         if rev < inner.compacted {
             return Err(Compacted {
                 requested: rev,
-                oldest: inner.compacted + 1,
+                oldest: inner.compacted,
             });
         }
         let mut state: BTreeMap<ObjKey, Arc<Value>> = inner.objects.get(gr).cloned().unwrap_or_default();
@@ -315,7 +324,7 @@ impl Store {
         if from < inner.compacted {
             return Err(Compacted {
                 requested: from,
-                oldest: inner.compacted + 1,
+                oldest: inner.compacted,
             });
         }
         let rx = self.events.subscribe();

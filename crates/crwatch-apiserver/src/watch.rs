@@ -129,17 +129,28 @@ fn flag(ctx: &Ctx, k: &str) -> Option<bool> {
 }
 
 /// Queue one line for the client; false when the watch is over (client gone, watches
-/// dropped, server stopping). A client that stops reading blocks only its own watch here.
+/// dropped, server stopping). A client that stops reading blocks only its own watch here,
+/// and once `limit` changes have piled up behind it the watch is closed, as the real server
+/// closes unresponsive watchers (the client re-watches from its last resourceVersion).
 async fn emit(
     tx: &mpsc::Sender<Bytes>,
     line: Bytes,
     drops: &mut tokio::sync::watch::Receiver<u64>,
     stop: &CancellationToken,
+    behind: &tokio::sync::broadcast::Receiver<Arc<Event>>,
+    limit: usize,
 ) -> bool {
+    let fell_behind = async {
+        let mut check = tokio::time::interval(Duration::from_millis(50));
+        while behind.len() < limit {
+            check.tick().await;
+        }
+    };
     tokio::select! {
         sent = tx.send(line) => sent.is_ok(),
         _ = drops.changed() => false,
         _ = stop.cancelled() => false,
+        _ = fell_behind => false,
     }
 }
 
@@ -165,31 +176,41 @@ pub fn start(
     let rv = ctx.params.get("resourceVersion").unwrap_or_default().to_string();
     let send_initial = flag(ctx, "sendInitialEvents");
     let bookmarks = flag(ctx, "allowWatchBookmarks").unwrap_or(false);
-    if send_initial == Some(true) {
-        if ctx.params.get("resourceVersionMatch") != Some("NotOlderThan") {
-            return Err(ApiError::invalid(
-                "meta.k8s.io",
-                "ListOptions",
-                "",
-                vec![crate::status::Cause::new(
-                    "FieldValueInvalid",
-                    "resourceVersionMatch",
-                    "Invalid value: \"\": sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-                )],
-            ));
-        }
-        if !bookmarks {
-            return Err(ApiError::invalid(
-                "meta.k8s.io",
-                "ListOptions",
-                "",
-                vec![crate::status::Cause::new(
-                    "FieldValueForbidden",
-                    "allowWatchBookmarks",
-                    "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
-                )],
-            ));
-        }
+    if send_initial.is_none() && ctx.params.get("resourceVersionMatch").is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            vec![crate::status::Cause::new(
+                "FieldValueForbidden",
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            )],
+        ));
+    }
+    if send_initial.is_some() && ctx.params.get("resourceVersionMatch") != Some("NotOlderThan") {
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            vec![crate::status::Cause::new(
+                "FieldValueForbidden",
+                "resourceVersionMatch",
+                "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )],
+        ));
+    }
+    if send_initial == Some(true) && !bookmarks {
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            vec![crate::status::Cause::new(
+                "FieldValueForbidden",
+                "allowWatchBookmarks",
+                "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
+            )],
+        ));
     }
     let timeout = ctx
         .params
@@ -226,21 +247,22 @@ pub fn start(
             }
         };
     let (tx, out) = mpsc::channel::<Bytes>(256);
+    let limit = api.store.watch_buffer();
     let mut drops = drops;
     drops.mark_unchanged();
     tokio::spawn(async move {
         for o in initial.iter().filter(|o| filter.matches(o)) {
-            if !emit(&tx, enc.event("ADDED", o), &mut drops, &stop).await {
+            if !emit(&tx, enc.event("ADDED", o), &mut drops, &stop, &rx, limit).await {
                 return;
             }
         }
-        if initial_end && !emit(&tx, enc.bookmark(last_rev, true), &mut drops, &stop).await {
+        if initial_end && !emit(&tx, enc.bookmark(last_rev, true), &mut drops, &stop, &rx, limit).await {
             return;
         }
         for ev in &backlog {
             last_rev = ev.rev;
             if let Some((kind, obj)) = filter.translate(ev)
-                && !emit(&tx, enc.event(kind, obj), &mut drops, &stop).await {
+                && !emit(&tx, enc.event(kind, obj), &mut drops, &stop, &rx, limit).await {
                     return;
                 }
         }
@@ -254,7 +276,7 @@ pub fn start(
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = ticker.tick() => {
-                    if bookmarks && !emit(&tx, enc.bookmark(last_rev, false), &mut drops, &stop).await {
+                    if bookmarks && !emit(&tx, enc.bookmark(last_rev, false), &mut drops, &stop, &rx, limit).await {
                         return;
                     }
                 }
@@ -265,7 +287,7 @@ pub fn start(
                         }
                         last_rev = ev.rev;
                         if let Some((kind, obj)) = filter.translate(&ev)
-                            && !emit(&tx, enc.event(kind, obj), &mut drops, &stop).await {
+                            && !emit(&tx, enc.event(kind, obj), &mut drops, &stop, &rx, limit).await {
                                 return;
                             }
                     }

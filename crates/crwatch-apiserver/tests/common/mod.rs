@@ -93,7 +93,10 @@ impl Target {
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.home.path())
             .env_remove("KUBECTL_EXTERNAL_DIFF")
-            .arg(format!("--cache-dir={}", self.home.path().join("cache").display()))
+            .arg(format!(
+                "--cache-dir={}",
+                self.home.path().join("cache").display()
+            ))
             .stdin(Stdio::null());
         cmd
     }
@@ -107,7 +110,12 @@ impl Target {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn kubectl");
         if let Some(input) = stdin {
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
         }
         child.wait_with_output().expect("kubectl output")
     }
@@ -151,7 +159,9 @@ impl Target {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let mut ns = Namespace::default();
         ns.metadata.name = Some(name.clone());
-        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
         self.namespaces.lock().expect("lock").push(name.clone());
         name
     }
@@ -166,7 +176,11 @@ impl Target {
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => panic!("create CRD: {e}"),
         }
-        let established = await_condition(crds, "databases.stable.example.com", conditions::is_crd_established());
+        let established = await_condition(
+            crds,
+            "databases.stable.example.com",
+            conditions::is_crd_established(),
+        );
         tokio::time::timeout(Duration::from_secs(30), established)
             .await
             .expect("CRD established in time")
@@ -209,12 +223,12 @@ pub fn find_kubectl(bin: &str) -> PathBuf {
     }
     for dir in std::env::split_paths(&path) {
         let kubectl = dir.join("kubectl");
-        if let Ok(real) = std::fs::canonicalize(&kubectl) {
-            if let Some(parent) = real.parent() {
-                let candidate = parent.join(bin);
-                if candidate.is_file() {
-                    return candidate;
-                }
+        if let Ok(real) = std::fs::canonicalize(&kubectl)
+            && let Some(parent) = real.parent()
+        {
+            let candidate = parent.join(bin);
+            if candidate.is_file() {
+                return candidate;
             }
         }
     }
