@@ -299,6 +299,17 @@ async fn resource_request(
             ));
         }
     }
+    // Protobuf bodies (kubectl 1.32+ `kubectl create <kind>`) become the JSON they stand for.
+    let converted;
+    let body = if content_type.split(';').next().unwrap_or_default().trim() == crate::protobuf::CONTENT_TYPE
+        && !body.is_empty()
+        && matches!(verb, "create" | "update" | "delete" | "deletecollection")
+    {
+        converted = Bytes::from(serde_json::to_vec(&crate::protobuf::decode(body)?).map_err(ApiError::internal)?);
+        &converted
+    } else {
+        body
+    };
     let out = match verb {
         "watch" => {
             let full = ctx.params.get("includeObject") == Some("Object");
