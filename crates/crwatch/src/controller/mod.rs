@@ -1,0 +1,471 @@
+//! Controllers: a builder (`for` a primary resource, `owns` dependents through controller
+//! ownerReferences, `watches` anything with a mapper, predicates, concurrency) and the runner
+//! that takes keys from a rate-limited workqueue and calls the reconciler, one worker per key
+//! at a time, with backoff on errors, terminal errors that are not retried, and panics caught.
+
+pub mod predicate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kube::Resource;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::informer::{HandlerFns, Informer};
+use crate::metrics::{ControllerLabel, ControllerMetrics, ResultLabels};
+use crate::queue::WorkQueue;
+use crate::store::{ObjectKey, Store};
+pub use predicate::Predicate;
+
+/// What to do after a successful reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Action {
+    requeue_after: Option<Duration>,
+}
+
+impl Action {
+    /// Nothing more until the object changes.
+    pub fn done() -> Self {
+        Action { requeue_after: None }
+    }
+
+    /// Reconcile again after `d` even if nothing changes (polling external state).
+    pub fn requeue_after(d: Duration) -> Self {
+        Action { requeue_after: Some(d) }
+    }
+
+    /// The requested delay, if any.
+    pub fn requeue_delay(&self) -> Option<Duration> {
+        self.requeue_after
+    }
+}
+
+/// A reconcile failure: transient ones are retried with per-key exponential backoff,
+/// terminal ones are not retried (until the object changes), counted and logged.
+pub enum ReconcileError {
+    /// Worth retrying: the API or an external system was unavailable, a conflict, ...
+    Transient(anyhow::Error),
+    /// Retrying cannot help: invalid spec, permanent refusal.
+    Terminal(anyhow::Error),
+}
+
+impl ReconcileError {
+    /// A transient error.
+    pub fn transient(e: impl Into<anyhow::Error>) -> Self {
+        ReconcileError::Transient(e.into())
+    }
+
+    /// A terminal error.
+    pub fn terminal(e: impl Into<anyhow::Error>) -> Self {
+        ReconcileError::Terminal(e.into())
+    }
+
+    /// Whether retrying is pointless.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, ReconcileError::Terminal(_))
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for ReconcileError {
+    fn from(e: E) -> Self {
+        ReconcileError::Transient(e.into())
+    }
+}
+
+impl fmt::Debug for ReconcileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReconcileError::Transient(e) => write!(f, "transient: {e:#}"),
+            ReconcileError::Terminal(e) => write!(f, "terminal: {e:#}"),
+        }
+    }
+}
+
+impl fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReconcileError::Transient(e) | ReconcileError::Terminal(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+/// What a reconcile is about.
+#[derive(Debug, Clone)]
+pub enum Request<K> {
+    /// The object as the cache has it now.
+    Apply(Arc<K>),
+    /// The object is gone; the last state the cache knew, if it ever saw it.
+    Deleted {
+        /// Its key.
+        key: ObjectKey,
+        /// Its last known state.
+        last_known: Option<Arc<K>>,
+    },
+}
+
+impl<K> Request<K> {
+    /// The object's key.
+    pub fn key(&self) -> ObjectKey
+    where
+        K: Resource,
+    {
+        match self {
+            Request::Apply(o) => ObjectKey::of(&**o),
+            Request::Deleted { key, .. } => key.clone(),
+        }
+    }
+}
+
+/// The result of one reconcile.
+pub type ReconcileResult = Result<Action, ReconcileError>;
+
+/// The reconcile function: any `Fn(Request<K>, Arc<C>) -> impl Future<Output = ReconcileResult>`.
+pub trait Reconciler<K, C>: Send + Sync + 'static {
+    /// Bring the world in line with the object.
+    fn reconcile(&self, req: Request<K>, ctx: Arc<C>) -> BoxFuture<'static, ReconcileResult>;
+}
+
+impl<K, C, F, Fut> Reconciler<K, C> for F
+where
+    F: Fn(Request<K>, Arc<C>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ReconcileResult> + Send + 'static,
+{
+    fn reconcile(&self, req: Request<K>, ctx: Arc<C>) -> BoxFuture<'static, ReconcileResult> {
+        Box::pin(self(req, ctx))
+    }
+}
+
+/// Keys of primary objects a watched object maps to.
+pub type Mapper<O> = Arc<dyn Fn(&O) -> Vec<ObjectKey> + Send + Sync>;
+
+/// Builds a [`Controller`].
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use crwatch::controller::{Action, Builder, Predicate, Request};
+/// use crwatch::informer::InformerFactory;
+/// use k8s_openapi::api::apps::v1::Deployment;
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// # async fn f(client: kube::Client) {
+/// let factory = InformerFactory::new(client);
+/// let controller = Builder::new("config-watcher", factory.all::<ConfigMap>())
+///     .owns(factory.all::<Deployment>())
+///     .with_predicate(Predicate::generation_changed().or(Predicate::labels_changed()))
+///     .concurrency(4)
+///     .build(|req: Request<ConfigMap>, _ctx: Arc<()>| async move {
+///         println!("reconciling {}", req.key());
+///         Ok(Action::done())
+///     }, Arc::new(()));
+/// factory.start();
+/// controller.run(tokio_util::sync::CancellationToken::new()).await;
+/// # }
+/// ```
+pub struct Builder<K> {
+    name: String,
+    primary: Informer<K>,
+    predicate: Option<Predicate<K>>,
+    concurrency: usize,
+    shutdown_timeout: Duration,
+    metrics: Option<ControllerMetrics>,
+    queue_metrics: Option<crate::queue::metrics::QueueMetrics>,
+    watches: Vec<Box<dyn FnOnce(WorkQueue<ObjectKey>) + Send>>,
+}
+
+fn owner_keys<O: Resource>(obj: &O, kind: &str, group: &str) -> Vec<ObjectKey> {
+    let ns = obj.meta().namespace.clone();
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.controller == Some(true) && r.kind == kind)
+        .filter(|r| r.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("") == group)
+        .map(|r| ObjectKey::new(ns.as_deref(), &r.name))
+        .collect()
+}
+
+impl<K> Builder<K>
+where
+    K: Resource + Clone + Serialize + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    /// A controller named `name` for the objects of `primary`.
+    pub fn new(name: &str, primary: Informer<K>) -> Self {
+        Builder {
+            name: name.to_string(),
+            primary,
+            predicate: None,
+            concurrency: 1,
+            shutdown_timeout: Duration::from_secs(30),
+            metrics: None,
+            queue_metrics: None,
+            watches: vec![],
+        }
+    }
+
+    /// Only updates of the primary object passing `p` enqueue it (creations and deletions
+    /// always do). Several calls combine with `and`.
+    pub fn with_predicate(mut self, p: Predicate<K>) -> Self {
+        self.predicate = Some(match self.predicate.take() {
+            Some(existing) => existing.and(p),
+            None => p,
+        });
+        self
+    }
+
+    /// Reconcile the controlling owner (an ownerReference with `controller: true` to a `K`)
+    /// whenever an object of `informer` changes.
+    pub fn owns<O>(mut self, informer: Informer<O>) -> Self
+    where
+        O: Resource + Clone + Serialize + Send + Sync + 'static,
+    {
+        let dt = K::DynamicType::default();
+        let kind = K::kind(&dt).to_string();
+        let group = K::group(&dt).to_string();
+        self.watches.push(Box::new(move |queue| {
+            let enqueue = move |o: &O| {
+                for k in owner_keys(o, &kind, &group) {
+                    queue.add(k);
+                }
+            };
+            let (e1, e2, e3) = (enqueue.clone(), enqueue.clone(), enqueue);
+            informer.add_handler(
+                HandlerFns::new()
+                    .on_add(move |o: &Arc<O>| e1(o))
+                    .on_update(move |_, n: &Arc<O>, _| e2(n))
+                    .on_delete(move |o: &Arc<O>| e3(o)),
+            );
+        }));
+        self
+    }
+
+    /// Reconcile the primary keys `mapper` returns whenever an object of `informer` changes.
+    pub fn watches<O>(mut self, informer: Informer<O>, mapper: impl Fn(&O) -> Vec<ObjectKey> + Send + Sync + 'static) -> Self
+    where
+        O: Resource + Clone + Serialize + Send + Sync + 'static,
+    {
+        let mapper: Mapper<O> = Arc::new(mapper);
+        self.watches.push(Box::new(move |queue| {
+            let enqueue = move |o: &O| {
+                for k in mapper(o) {
+                    queue.add(k);
+                }
+            };
+            let (e1, e2, e3) = (enqueue.clone(), enqueue.clone(), enqueue);
+            informer.add_handler(
+                HandlerFns::new()
+                    .on_add(move |o: &Arc<O>| e1(o))
+                    .on_update(move |_, n: &Arc<O>, _| e2(n))
+                    .on_delete(move |o: &Arc<O>| e3(o)),
+            );
+        }));
+        self
+    }
+
+    /// At most `n` reconciles at once (default 1, as controller-runtime; never unbounded).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long shutdown waits for in-flight reconciles (default 30 s).
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Report into these metric families (a manager passes its own).
+    pub fn metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics.controllers.clone());
+        self.queue_metrics = Some(metrics.queues.clone());
+        self
+    }
+
+    /// Wire the handlers and make the controller.
+    pub fn build<C, R>(self, reconciler: R, ctx: Arc<C>) -> Controller<K, C>
+    where
+        C: Send + Sync + 'static,
+        R: Reconciler<K, C>,
+    {
+        let mut qb = WorkQueue::builder(&self.name);
+        if let Some(m) = &self.queue_metrics {
+            qb = qb.metrics(m.clone(), &self.name);
+        }
+        let queue: WorkQueue<ObjectKey> = qb.build();
+        let tombstones: Arc<Mutex<HashMap<ObjectKey, Arc<K>>>> = Arc::default();
+        {
+            let (q1, q2, q3) = (queue.clone(), queue.clone(), queue.clone());
+            let predicate = self.predicate.clone();
+            let ts_add = tombstones.clone();
+            let ts_del = tombstones.clone();
+            self.primary.add_handler(
+                HandlerFns::new()
+                    .on_add(move |o: &Arc<K>| {
+                        let key = ObjectKey::of(&**o);
+                        lock(&ts_add).remove(&key);
+                        q1.add(key);
+                    })
+                    .on_update(move |old: &Arc<K>, new: &Arc<K>, _| {
+                        if predicate.as_ref().is_none_or(|p| p.test(old, new)) {
+                            q2.add(ObjectKey::of(&**new));
+                        }
+                    })
+                    .on_delete(move |o: &Arc<K>| {
+                        let key = ObjectKey::of(&**o);
+                        lock(&ts_del).insert(key.clone(), o.clone());
+                        q3.add(key);
+                    }),
+            );
+        }
+        for w in self.watches {
+            w(queue.clone());
+        }
+        let metrics = self.metrics.unwrap_or_else(ControllerMetrics::standalone);
+        let label = ControllerLabel {
+            controller: self.name.clone(),
+        };
+        metrics.max_concurrent.get_or_create(&label).set(self.concurrency as i64);
+        Controller {
+            name: self.name,
+            store: self.primary.store(),
+            queue,
+            tombstones,
+            reconciler: Arc::new(reconciler),
+            ctx,
+            concurrency: self.concurrency,
+            shutdown_timeout: self.shutdown_timeout,
+            metrics,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The tombstone map is only ever inserted into or removed from; poisoning leaves it valid.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A built controller; [`Controller::run`] runs its workers.
+pub struct Controller<K, C> {
+    name: String,
+    store: Store<K>,
+    queue: WorkQueue<ObjectKey>,
+    tombstones: Arc<Mutex<HashMap<ObjectKey, Arc<K>>>>,
+    reconciler: Arc<dyn Reconciler<K, C>>,
+    ctx: Arc<C>,
+    concurrency: usize,
+    shutdown_timeout: Duration,
+    metrics: ControllerMetrics,
+}
+
+impl<K, C> Controller<K, C>
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    C: Send + Sync + 'static,
+{
+    /// The controller's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The workqueue (to enqueue keys from outside, e.g. on external events).
+    pub fn queue(&self) -> WorkQueue<ObjectKey> {
+        self.queue.clone()
+    }
+
+    /// Run the workers until `cancel` fires; then stop taking work and let in-flight
+    /// reconciles finish (up to the shutdown timeout).
+    pub async fn run(self, cancel: CancellationToken) {
+        let this = Arc::new(self);
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..this.concurrency {
+            let this = this.clone();
+            workers.spawn(async move {
+                while let Some(key) = this.queue.get().await {
+                    this.process(&key).await;
+                    this.queue.done(&key);
+                }
+            });
+        }
+        cancel.cancelled().await;
+        this.queue.shut_down();
+        let drained = tokio::time::timeout(this.shutdown_timeout, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(controller = %this.name, timeout = ?this.shutdown_timeout, "reconciles still running at the shutdown deadline; abandoning them");
+            workers.abort_all();
+        }
+    }
+
+    async fn process(&self, key: &ObjectKey) {
+        let label = ControllerLabel {
+            controller: self.name.clone(),
+        };
+        let req = match self.store.get(key) {
+            Some(obj) => Request::Apply(obj),
+            None => Request::Deleted {
+                key: key.clone(),
+                last_known: lock(&self.tombstones).remove(key),
+            },
+        };
+        self.metrics.active_workers.get_or_create(&label).inc();
+        let started = Instant::now();
+        let fut = self.reconciler.reconcile(req, self.ctx.clone());
+        let outcome = AssertUnwindSafe(fut).catch_unwind().await;
+        self.metrics
+            .reconcile_time
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.active_workers.get_or_create(&label).dec();
+        let result = |r: &str| ResultLabels {
+            controller: self.name.clone(),
+            result: r.to_string(),
+        };
+        match outcome {
+            Ok(Ok(action)) => {
+                self.queue.forget(key);
+                match action.requeue_delay() {
+                    Some(d) => {
+                        self.metrics.reconcile_total.get_or_create(&result("requeue_after")).inc();
+                        self.queue.add_after(key.clone(), d);
+                    }
+                    None => {
+                        self.metrics.reconcile_total.get_or_create(&result("success")).inc();
+                    }
+                }
+            }
+            Ok(Err(ReconcileError::Terminal(e))) => {
+                self.metrics.reconcile_total.get_or_create(&result("error")).inc();
+                self.metrics.reconcile_errors.get_or_create(&label).inc();
+                self.metrics.terminal_errors.get_or_create(&label).inc();
+                tracing::error!(controller = %self.name, key = %key, error = format!("{e:#}"), "reconcile failed terminally; not retrying until the object changes");
+                self.queue.forget(key);
+            }
+            Ok(Err(ReconcileError::Transient(e))) => {
+                self.metrics.reconcile_total.get_or_create(&result("error")).inc();
+                self.metrics.reconcile_errors.get_or_create(&label).inc();
+                tracing::warn!(controller = %self.name, key = %key, error = format!("{e:#}"), retries = self.queue.num_requeues(key), "reconcile failed; retrying with backoff");
+                self.queue.add_rate_limited(key.clone());
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                self.metrics.reconcile_total.get_or_create(&result("error")).inc();
+                self.metrics.reconcile_errors.get_or_create(&label).inc();
+                self.metrics.panics.get_or_create(&label).inc();
+                tracing::error!(controller = %self.name, key = %key, panic = %what, "reconcile panicked; retrying with backoff");
+                self.queue.add_rate_limited(key.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Shared informers: one source feeding one indexed store, fanning real changes out to any
+//! number of handlers (`on_add`, `on_update(old, new, diff)`, `on_delete(last_known)`), with an
+//! optional resync; and the factory that makes sure each (resource, namespace, selectors)
+//! is watched once however many controllers use it.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Resource;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::diff::Diff;
+use crate::source::kube::KubeSource;
+use crate::source::{Event, Source};
+use crate::store::{ObjectKey, Store, SyncTimeout};
+
+/// Reacts to changes of objects in an informer's store. All methods default to doing nothing.
+///
+/// Handlers run on the informer's task, in order, for every change: keep them quick (enqueue a
+/// key, send on a channel) and hand slow work elsewhere.
+pub trait Handler<K>: Send + Sync + 'static {
+    /// An object appeared (or the handler was added after start: the current state, as adds).
+    fn on_add(&self, obj: &Arc<K>) {
+        let _ = obj;
+    }
+    /// An object changed; `diff` says what (empty on resync).
+    fn on_update(&self, old: &Arc<K>, new: &Arc<K>, diff: &Diff) {
+        let _ = (old, new, diff);
+    }
+    /// An object went; this is the last state the informer knew.
+    fn on_delete(&self, last_known: &Arc<K>) {
+        let _ = last_known;
+    }
+}
+
+type AddFn<K> = Box<dyn Fn(&Arc<K>) + Send + Sync>;
+type UpdateFn<K> = Box<dyn Fn(&Arc<K>, &Arc<K>, &Diff) + Send + Sync>;
+
+/// A handler built from closures.
+///
+/// ```
+/// use crwatch::informer::HandlerFns;
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// let h = HandlerFns::<ConfigMap>::new()
+///     .on_add(|cm| println!("added {:?}", cm.metadata.name))
+///     .on_update(|_, _, diff| println!("changed:\n{diff}"));
+/// ```
+pub struct HandlerFns<K> {
+    add: Option<AddFn<K>>,
+    update: Option<UpdateFn<K>>,
+    delete: Option<AddFn<K>>,
+}
+
+impl<K> Default for HandlerFns<K> {
+    fn default() -> Self {
+        HandlerFns {
+            add: None,
+            update: None,
+            delete: None,
+        }
+    }
+}
+
+impl<K> HandlerFns<K> {
+    /// No reactions yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// React to adds.
+    pub fn on_add(mut self, f: impl Fn(&Arc<K>) + Send + Sync + 'static) -> Self {
+        self.add = Some(Box::new(f));
+        self
+    }
+    /// React to updates.
+    pub fn on_update(mut self, f: impl Fn(&Arc<K>, &Arc<K>, &Diff) + Send + Sync + 'static) -> Self {
+        self.update = Some(Box::new(f));
+        self
+    }
+    /// React to deletes.
+    pub fn on_delete(mut self, f: impl Fn(&Arc<K>) + Send + Sync + 'static) -> Self {
+        self.delete = Some(Box::new(f));
+        self
+    }
+}
+
+impl<K: Send + Sync + 'static> Handler<K> for HandlerFns<K> {
+    fn on_add(&self, obj: &Arc<K>) {
+        if let Some(f) = &self.add {
+            f(obj)
+        }
+    }
+    fn on_update(&self, old: &Arc<K>, new: &Arc<K>, diff: &Diff) {
+        if let Some(f) = &self.update {
+            f(old, new, diff)
+        }
+    }
+    fn on_delete(&self, last_known: &Arc<K>) {
+        if let Some(f) = &self.delete {
+            f(last_known)
+        }
+    }
+}
+
+/// Runs on every object before it is stored.
+pub type Transform<K> = Arc<dyn Fn(&mut K) + Send + Sync>;
+
+/// The default transform: drop `metadata.managedFields`, which controllers rarely read and
+/// which can be a third of an object's size.
+pub fn drop_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Counters an informer keeps about its source.
+#[derive(Debug, Default)]
+pub struct InformerStats {
+    /// Events received from the source.
+    pub events: AtomicU64,
+    /// Errors the source reported (it retried by itself).
+    pub errors: AtomicU64,
+    /// Complete (re)lists applied.
+    pub relists: AtomicU64,
+}
+
+struct Inner<K> {
+    name: String,
+    store: Store<K>,
+    handlers: RwLock<Vec<Arc<dyn Handler<K>>>>,
+    source: Mutex<Option<Box<dyn Source<K>>>>,
+    transform: RwLock<Option<Transform<K>>>,
+    resync: Mutex<Option<Duration>>,
+    started: AtomicBool,
+    stats: InformerStats,
+}
+
+/// One source, one store, many handlers. Cheap to clone.
+///
+/// ```no_run
+/// use crwatch::informer::{HandlerFns, Informer};
+/// use crwatch::source::kube::KubeSource;
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// # async fn f(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let informer = Informer::new(KubeSource::<ConfigMap>::all(client));
+/// informer.add_handler(HandlerFns::new().on_add(|cm: &std::sync::Arc<ConfigMap>| println!("{:?}", cm.metadata.name)));
+/// informer.start(tokio_util::sync::CancellationToken::new());
+/// informer.wait_synced(std::time::Duration::from_secs(120)).await?;
+/// println!("{} config maps", informer.store().len());
+/// # Ok(()) }
+/// ```
+pub struct Informer<K> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K> Clone for Informer<K> {
+    fn clone(&self) -> Self {
+        Informer {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn guarded(what: &str, f: impl FnOnce()) {
+    // A handler that panics must not take the informer (and every other handler) down.
+    if std::panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!(handler_call = what, "informer handler panicked; the event was skipped for that handler");
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Handlers run outside any write section, so a poisoned lock still holds a valid list.
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<K> Informer<K>
+where
+    K: Resource + Clone + Serialize + Send + Sync + 'static,
+{
+    /// An informer over `source`, with the default transform (drop managedFields) and no resync.
+    pub fn new(source: impl Source<K>) -> Self {
+        let name = source.describe();
+        Informer {
+            inner: Arc::new(Inner {
+                name,
+                store: Store::new(),
+                handlers: RwLock::new(vec![]),
+                source: Mutex::new(Some(Box::new(source))),
+                transform: RwLock::new(Some(Arc::new(drop_managed_fields::<K>))),
+                resync: Mutex::new(None),
+                started: AtomicBool::new(false),
+                stats: InformerStats::default(),
+            }),
+        }
+    }
+
+    /// Replace the transform (`None` stores objects exactly as received).
+    pub fn set_transform(&self, transform: Option<Transform<K>>) {
+        *write(&self.inner.transform) = transform;
+    }
+
+    /// Replay the whole cache to handlers as updates every `period` (no API calls).
+    pub fn set_resync(&self, period: Option<Duration>) {
+        *lock(&self.inner.resync) = period;
+    }
+
+    /// What this informer watches.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The store (add indexers before start so they cover every object from the first list).
+    pub fn store(&self) -> Store<K> {
+        self.inner.store.clone()
+    }
+
+    /// Counters about the source.
+    pub fn stats(&self) -> &InformerStats {
+        &self.inner.stats
+    }
+
+    /// Add a handler. Added after start, it first receives the current state as adds, and
+    /// misses nothing in between.
+    pub fn add_handler(&self, handler: impl Handler<K>) {
+        let handler: Arc<dyn Handler<K>> = Arc::new(handler);
+        let mut handlers = write(&self.inner.handlers);
+        // The writer lock excludes dispatch, so the snapshot and the registration are atomic.
+        for obj in self.inner.store.list() {
+            guarded("on_add", || handler.on_add(&obj));
+        }
+        handlers.push(handler);
+    }
+
+    /// Whether the first complete list has been applied.
+    pub fn has_synced(&self) -> bool {
+        self.inner.store.has_synced()
+    }
+
+    /// Wait until the first complete list has been applied.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<(), SyncTimeout> {
+        self.inner.store.wait_synced(timeout).await
+    }
+
+    /// Start watching (once; later calls do nothing) until `cancel` fires.
+    pub fn start(&self, cancel: CancellationToken) {
+        if self.inner.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(source) = lock(&self.inner.source).take() else { return };
+        let inner = self.inner.clone();
+        tokio::spawn(async move { run(inner, source, cancel).await });
+    }
+}
+
+fn key_of<K: Resource>(obj: &K) -> ObjectKey {
+    ObjectKey::of(obj)
+}
+
+fn same_version<K: Resource>(a: &K, b: &K) -> bool {
+    let (ra, rb) = (&a.meta().resource_version, &b.meta().resource_version);
+    ra.is_some() && ra == rb
+}
+
+async fn run<K>(inner: Arc<Inner<K>>, source: Box<dyn Source<K>>, cancel: CancellationToken)
+where
+    K: Resource + Clone + Serialize + Send + Sync + 'static,
+{
+    let mut events = source.events();
+    let mut buffer: Option<Vec<K>> = None;
+    let resync = *lock(&inner.resync);
+    let mut ticker = resync.map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p, p));
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = async { match ticker.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
+                let handlers = read(&inner.handlers);
+                for obj in inner.store.list() {
+                    let empty = Diff::default();
+                    for h in handlers.iter() {
+                        guarded("on_update", || h.on_update(&obj, &obj, &empty));
+                    }
+                }
+                continue;
+            }
+            next = events.next() => next,
+        };
+        let Some(next) = next else {
+            tracing::warn!(informer = %inner.name, "source ended");
+            return;
+        };
+        inner.stats.events.fetch_add(1, Ordering::Relaxed);
+        let transform = read(&inner.transform).clone();
+        let prepare = |mut o: K| {
+            if let Some(t) = &transform {
+                t(&mut o);
+            }
+            o
+        };
+        match next {
+            Err(e) => {
+                inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(informer = %inner.name, error = %e, "watch failed; retrying with backoff");
+            }
+            Ok(Event::Init) => buffer = Some(vec![]),
+            Ok(Event::InitApply(o)) => buffer.get_or_insert_with(Vec::new).push(prepare(o)),
+            Ok(Event::InitDone) => {
+                let objs = buffer.take().unwrap_or_default();
+                let handlers = read(&inner.handlers);
+                let replaced = inner.store.replace(objs);
+                inner.stats.relists.fetch_add(1, Ordering::Relaxed);
+                for obj in &replaced.added {
+                    for h in handlers.iter() {
+                        guarded("on_add", || h.on_add(obj));
+                    }
+                }
+                for (old, new) in &replaced.updated {
+                    let diff = if handlers.is_empty() { Diff::default() } else { Diff::of(&**old, &**new) };
+                    for h in handlers.iter() {
+                        guarded("on_update", || h.on_update(old, new, &diff));
+                    }
+                }
+                for obj in &replaced.deleted {
+                    for h in handlers.iter() {
+                        guarded("on_delete", || h.on_delete(obj));
+                    }
+                }
+                inner.store.mark_synced();
+            }
+            Ok(Event::Apply(o)) => {
+                let o = prepare(o);
+                let handlers = read(&inner.handlers);
+                let new = Arc::new(o.clone());
+                match inner.store.apply(o) {
+                    None => {
+                        for h in handlers.iter() {
+                            guarded("on_add", || h.on_add(&new));
+                        }
+                    }
+                    Some(old) if same_version(&*old, &*new) => {}
+                    Some(old) => {
+                        let diff = if handlers.is_empty() { Diff::default() } else { Diff::of(&*old, &*new) };
+                        for h in handlers.iter() {
+                            guarded("on_update", || h.on_update(&old, &new, &diff));
+                        }
+                    }
+                }
+            }
+            Ok(Event::Delete(o)) => {
+                let handlers = read(&inner.handlers);
+                let key = key_of(&o);
+                if let Some(last) = inner.store.delete(&key) {
+                    for h in handlers.iter() {
+                        guarded("on_delete", || h.on_delete(&last));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Implemented by every informer so the factory can start and wait for all of them.
+trait AnyInformer: Send + Sync {
+    fn start_erased(&self, cancel: CancellationToken);
+    fn synced(&self) -> bool;
+    fn describe(&self) -> String;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<K> AnyInformer for Informer<K>
+where
+    K: Resource + Clone + Serialize + Send + Sync + 'static,
+{
+    fn start_erased(&self, cancel: CancellationToken) {
+        self.start(cancel)
+    }
+    fn synced(&self) -> bool {
+        self.has_synced()
+    }
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FactoryKey {
+    type_id: TypeId,
+    url: String,
+    labels: Option<String>,
+    fields: Option<String>,
+}
+
+/// Caches did not sync in time.
+#[derive(Debug, thiserror::Error)]
+#[error("timed out after {timeout:?} waiting for caches to sync: {pending:?}")]
+pub struct CacheSyncTimeout {
+    /// How long it waited.
+    pub timeout: Duration,
+    /// The informers that had not synced.
+    pub pending: Vec<String>,
+}
+
+/// Hands out shared informers: one watch per (kind, namespace, selectors), however many
+/// controllers and handlers ask for it.
+///
+/// ```no_run
+/// use crwatch::informer::InformerFactory;
+/// use k8s_openapi::api::core::v1::Secret;
+/// # async fn f(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let factory = InformerFactory::new(client);
+/// let a = factory.all::<Secret>();
+/// let b = factory.all::<Secret>(); // the same informer, the same single watch
+/// factory.start();
+/// factory.wait_for_cache_sync(std::time::Duration::from_secs(120)).await?;
+/// # Ok(()) }
+/// ```
+pub struct InformerFactory {
+    client: kube::Client,
+    informers: Mutex<HashMap<FactoryKey, Arc<dyn AnyInformer>>>,
+    cancel: CancellationToken,
+    started: AtomicBool,
+}
+
+impl InformerFactory {
+    /// A factory using `client`.
+    pub fn new(client: kube::Client) -> Self {
+        InformerFactory {
+            client,
+            informers: Mutex::new(HashMap::new()),
+            cancel: CancellationToken::new(),
+            started: AtomicBool::new(false),
+        }
+    }
+
+    /// The client informers use.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The shared informer for a source: an existing one when the same kind, scope and
+    /// selectors were asked for before.
+    pub fn informer<K>(&self, source: KubeSource<K>) -> Informer<K>
+    where
+        K: Resource + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let (labels, fields) = source.selectors();
+        let key = FactoryKey {
+            type_id: TypeId::of::<K>(),
+            url: source.describe_url(),
+            labels,
+            fields,
+        };
+        let mut map = lock(&self.informers);
+        if let Some(existing) = map.get(&key).and_then(|i| i.as_any().downcast_ref::<Informer<K>>()) {
+            return existing.clone();
+        }
+        let informer = Informer::new(source);
+        if self.started.load(Ordering::SeqCst) {
+            informer.start(self.cancel.child_token());
+        }
+        map.insert(key, Arc::new(informer.clone()));
+        informer
+    }
+
+    /// Every object of a kind, in all namespaces.
+    pub fn all<K>(&self) -> Informer<K>
+    where
+        K: Resource + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default,
+    {
+        self.informer(KubeSource::all(self.client.clone()))
+    }
+
+    /// Start every informer made so far, and every one made from now on.
+    pub fn start(&self) {
+        self.started.store(true, Ordering::SeqCst);
+        for i in lock(&self.informers).values() {
+            i.start_erased(self.cancel.child_token());
+        }
+    }
+
+    /// Wait until every informer has synced.
+    pub async fn wait_for_cache_sync(&self, timeout: Duration) -> Result<(), CacheSyncTimeout> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pending: Vec<String> = lock(&self.informers)
+                .values()
+                .filter(|i| !i.synced())
+                .map(|i| i.describe())
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CacheSyncTimeout { timeout, pending });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stop every informer.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}

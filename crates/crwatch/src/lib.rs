@@ -1,0 +1,13 @@
+//! `crwatch`: the controller runtime. Sources feed an indexed cache; shared informers fan
+//! changes out to handlers; controllers turn them into keys on a rate-limited workqueue and
+//! reconcile them; a manager runs it all with leader election, metrics and health probes.
+
+pub mod controller;
+pub mod diff;
+pub mod health;
+pub mod informer;
+// pub mod manager;
+pub mod metrics;
+pub mod queue;
+pub mod source;
+pub mod store;

@@ -1,0 +1,816 @@
+//! Behaviour tests of the work queue: deduplication, one worker per key, dirty re-queueing,
+//! delays on the paused clock, shutdown, memory, concurrency and metrics.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
+use tokio::time::{Instant, advance, timeout};
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// `get` without waiting: `Some(Some(item))`, `Some(None)` when shut down, `None` when it would
+/// wait.
+fn try_get<T>(queue: &WorkQueue<T>) -> Option<Option<T>>
+where
+    T: Clone + Eq + Hash + Send + Sync + fmt::Debug + 'static,
+{
+    queue.get().now_or_never()
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+}
+
+#[tokio::test]
+async fn adding_a_queued_item_is_a_no_op_and_order_is_fifo() {
+    let queue = WorkQueue::new("q");
+    for item in ["a", "b", "a", "c", "b", "a"] {
+        queue.add(item);
+    }
+    assert_eq!(queue.len(), 3);
+    assert_eq!(try_get(&queue), Some(Some("a")));
+    assert_eq!(try_get(&queue), Some(Some("b")));
+    assert_eq!(try_get(&queue), Some(Some("c")));
+    assert_eq!(try_get(&queue), None, "every item is handed out exactly once");
+}
+
+#[tokio::test]
+async fn item_added_while_processing_is_processed_once_more_after_done() {
+    let queue = WorkQueue::new("q");
+    queue.add("a");
+    queue.add("b");
+    let a = try_get(&queue).flatten().unwrap();
+    for _ in 0..5 {
+        queue.add("a");
+    }
+    assert_eq!(queue.len(), 1, "only b is ready; a waits for done");
+    assert_eq!(try_get(&queue), Some(Some("b")));
+    assert_eq!(
+        try_get(&queue),
+        None,
+        "a must not go to a second worker while the first has it"
+    );
+    queue.done(&a);
+    assert_eq!(try_get(&queue), Some(Some("a")));
+    queue.done(&"a");
+    queue.done(&"b");
+    assert_eq!(
+        try_get(&queue),
+        None,
+        "five adds while processing mean one more run, not five"
+    );
+    assert_eq!(
+        queue.internal_sizes(),
+        InternalSizes {
+            capacity: queue.internal_sizes().capacity,
+            ..zero()
+        }
+    );
+}
+
+fn zero() -> InternalSizes {
+    InternalSizes {
+        queued: 0,
+        dirty: 0,
+        processing: 0,
+        waiting: 0,
+        capacity: 0,
+    }
+}
+
+#[tokio::test]
+async fn done_for_an_unknown_item_does_nothing() {
+    let queue = WorkQueue::new("q");
+    queue.done(&"never-added");
+    queue.add("a");
+    queue.done(&"a"); // queued, not processing
+    assert_eq!(queue.len(), 1);
+    assert_eq!(try_get(&queue), Some(Some("a")));
+}
+
+#[tokio::test]
+async fn waiting_get_is_woken_by_add() {
+    let queue = WorkQueue::new("q");
+    let getter = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.get().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!getter.is_finished());
+    queue.add(7);
+    assert_eq!(getter.await.unwrap(), Some(7));
+}
+
+#[tokio::test]
+async fn a_cancelled_get_takes_nothing_and_loses_no_wake_up() {
+    let queue = WorkQueue::new("q");
+    let mut first = Box::pin(queue.get());
+    assert!(futures::poll!(first.as_mut()).is_pending());
+    let second = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.get().await }
+    });
+    tokio::task::yield_now().await;
+    // The first waiter is notified, then dropped before it runs: the wake-up must pass on.
+    queue.add("x");
+    drop(first);
+    assert_eq!(
+        timeout(Duration::from_secs(5), second).await.unwrap().unwrap(),
+        Some("x")
+    );
+}
+
+#[tokio::test]
+async fn shut_down_stops_handing_out_and_ignores_adds() {
+    let queue = WorkQueue::new("q");
+    queue.add("a");
+    queue.add("b");
+    let a = try_get(&queue).flatten().unwrap();
+    queue.shut_down();
+    assert!(queue.is_shutting_down());
+    assert_eq!(try_get(&queue), Some(None), "b is not handed out any more");
+    queue.add("c");
+    queue.add_after("d", MS);
+    assert!(queue.is_empty());
+    queue.done(&a); // in-flight work may still finish
+    assert_eq!(
+        queue.internal_sizes(),
+        InternalSizes {
+            capacity: queue.internal_sizes().capacity,
+            ..zero()
+        }
+    );
+}
+
+#[tokio::test]
+async fn shut_down_wakes_every_waiting_worker() {
+    let queue: WorkQueue<u8> = WorkQueue::new("q");
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.get().await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    assert!(waiting.iter().all(|w| !w.is_finished()));
+    queue.shut_down();
+    for worker in waiting {
+        assert_eq!(
+            timeout(Duration::from_secs(5), worker).await.unwrap().unwrap(),
+            None
+        );
+    }
+}
+
+#[tokio::test]
+async fn drain_hands_out_queued_items_and_waits_for_done() {
+    let queue = WorkQueue::new("q");
+    queue.add("a");
+    queue.add("b");
+    let a = try_get(&queue).flatten().unwrap();
+    queue.add("a"); // dirty while processing: must still run during the drain
+    let mut drain = Box::pin(queue.shut_down_with_drain());
+    assert!(futures::poll!(drain.as_mut()).is_pending());
+    queue.add("c"); // ignored after shutdown
+    assert_eq!(try_get(&queue), Some(Some("b")));
+    queue.done(&"b");
+    assert!(
+        futures::poll!(drain.as_mut()).is_pending(),
+        "a is still being processed"
+    );
+    queue.done(&a);
+    assert!(
+        futures::poll!(drain.as_mut()).is_pending(),
+        "a was re-added and is queued again"
+    );
+    assert_eq!(try_get(&queue), Some(Some("a")));
+    assert!(futures::poll!(drain.as_mut()).is_pending());
+    assert_eq!(try_get(&queue), Some(None), "nothing is left to hand out");
+    queue.done(&"a");
+    assert!(futures::poll!(drain.as_mut()).is_ready());
+}
+
+#[tokio::test]
+async fn drain_wakes_idle_workers_when_the_last_item_is_taken() {
+    let queue = WorkQueue::new("q");
+    queue.add(1);
+    let one = try_get(&queue).flatten().unwrap();
+    queue.add(1); // will be queued again by done
+    let idle = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.get().await }
+    });
+    tokio::task::yield_now().await;
+    let drain = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.shut_down_with_drain().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(
+        !idle.is_finished(),
+        "1 will come back, the idle worker must keep waiting"
+    );
+    queue.done(&one);
+    assert_eq!(idle.await.unwrap(), Some(1));
+    assert_eq!(try_get(&queue), Some(None));
+    assert!(!drain.is_finished());
+    queue.done(&1);
+    timeout(Duration::from_secs(5), drain).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shut_down_ends_a_drain_that_takes_too_long() {
+    let queue = WorkQueue::new("q");
+    queue.add("a");
+    queue.add("b");
+    let a = try_get(&queue).flatten().unwrap();
+    let mut drain = Box::pin(queue.shut_down_with_drain());
+    assert!(futures::poll!(drain.as_mut()).is_pending());
+    queue.shut_down();
+    assert!(
+        futures::poll!(drain.as_mut()).is_pending(),
+        "a is still being processed"
+    );
+    assert_eq!(try_get(&queue), Some(None), "b is dropped");
+    queue.done(&a);
+    assert!(futures::poll!(drain.as_mut()).is_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn delayed_item_appears_exactly_after_its_delay() {
+    let queue = WorkQueue::new("q");
+    let start = Instant::now();
+    queue.add_after("a", Duration::from_secs(1));
+    advance(999 * MS).await;
+    assert!(queue.is_empty());
+    assert_eq!(try_get(&queue), None);
+    assert_eq!(queue.get().await, Some("a"));
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn delayed_items_come_in_deadline_order_and_ties_are_fifo() {
+    let queue = WorkQueue::new("q");
+    let start = Instant::now();
+    queue.add_after("late", 30 * MS);
+    queue.add_after("tie-1", 20 * MS);
+    queue.add_after("early", 10 * MS);
+    queue.add_after("tie-2", 20 * MS);
+    queue.add_after("now", Duration::ZERO);
+    assert_eq!(queue.len(), 1, "a zero delay adds at once");
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let item = queue.get().await.unwrap();
+        seen.push((item, start.elapsed()));
+        queue.done(&item);
+    }
+    assert_eq!(
+        seen,
+        [
+            ("now", Duration::ZERO),
+            ("early", 10 * MS),
+            ("tie-1", 20 * MS),
+            ("tie-2", 20 * MS),
+            ("late", 30 * MS)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_earliest_deadline_of_a_key_wins() {
+    let queue = WorkQueue::new("q");
+    let start = Instant::now();
+    queue.add_after("a", Duration::from_secs(10));
+    queue.add_after("a", Duration::from_secs(2));
+    queue.add_after("a", Duration::from_secs(5));
+    assert_eq!(queue.get().await, Some("a"));
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    queue.done(&"a");
+    // The later deadlines were merged into the earlier one, not kept.
+    assert!(timeout(Duration::from_secs(60), queue.get()).await.is_err());
+    assert_eq!(queue.internal_sizes().waiting, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_immediate_add_does_not_cancel_a_pending_delayed_add() {
+    // client-go semantics: requeue-after stays scheduled even if an event comes in first.
+    let queue = WorkQueue::new("q");
+    let start = Instant::now();
+    queue.add_after("a", Duration::from_secs(3));
+    queue.add("a");
+    assert_eq!(queue.get().await, Some("a"));
+    queue.done(&"a");
+    assert_eq!(queue.get().await, Some("a"));
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn delayed_item_for_a_queued_key_is_deduplicated() {
+    let queue = WorkQueue::new("q");
+    queue.add("a");
+    queue.add_after("a", 5 * MS);
+    advance(5 * MS).await;
+    tokio::task::yield_now().await;
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue.get().await, Some("a"));
+    queue.done(&"a");
+    assert_eq!(try_get(&queue), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_adds_back_off_exponentially_and_forget_resets() {
+    let queue = WorkQueue::new("q");
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let start = Instant::now();
+        queue.add_rate_limited("a");
+        let item = queue.get().await.unwrap();
+        delays.push(start.elapsed());
+        queue.done(&item);
+    }
+    assert_eq!(delays, [5 * MS, 10 * MS, 20 * MS, 40 * MS]);
+    assert_eq!(queue.num_requeues(&"a"), 4);
+    queue.forget(&"a");
+    assert_eq!(queue.num_requeues(&"a"), 0);
+    let start = Instant::now();
+    queue.add_rate_limited("a");
+    queue.get().await;
+    assert_eq!(start.elapsed(), 5 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_delays_do_not_overflow() {
+    let queue = WorkQueue::new("q");
+    queue.add_after("never", Duration::MAX);
+    queue.add_after("soon", MS);
+    assert_eq!(queue.get().await, Some("soon"));
+    assert!(timeout(Duration::from_secs(3600), queue.get()).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn timer_task_ends_when_the_queue_is_dropped() {
+    let before = alive_tasks();
+    let queue = WorkQueue::new("q");
+    assert_eq!(alive_tasks(), before, "no task until a delay is needed");
+    queue.add_after("a", Duration::from_secs(60));
+    queue.add_after("b", Duration::from_secs(30));
+    assert_eq!(alive_tasks(), before + 1, "exactly one timer task");
+    let clone = queue.clone();
+    drop(queue);
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), before + 1, "a clone still uses the timer");
+    drop(clone);
+    wait_for_tasks(before).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn timer_task_ends_on_shut_down() {
+    let before = alive_tasks();
+    let queue = WorkQueue::new("q");
+    queue.add_after("a", Duration::from_secs(60));
+    assert_eq!(alive_tasks(), before + 1);
+    queue.shut_down();
+    wait_for_tasks(before).await;
+    // A shut-down queue ignores delays instead of starting a new timer.
+    queue.add_after("b", MS);
+    assert_eq!(alive_tasks(), before);
+}
+
+/// Lets the runtime run ready tasks until `n` remain, without moving the (paused) clock.
+async fn wait_for_tasks(n: usize) {
+    for _ in 0..100 {
+        if alive_tasks() == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(alive_tasks(), n, "the timer task did not end");
+}
+
+#[test]
+fn add_after_outside_a_runtime_is_served_once_get_runs() {
+    let queue = WorkQueue::new("q");
+    queue.add_after("a", MS); // no runtime: cannot spawn the timer yet
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let item = runtime.block_on(async { timeout(Duration::from_secs(10), queue.get()).await });
+    assert_eq!(item, Ok(Some("a")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_stays_flat_while_thousands_of_keys_are_requeued() {
+    const KEYS: u32 = 5_000;
+    let limiter = Arc::new(ItemExponential::new(MS, Duration::from_secs(1)));
+    let queue: WorkQueue<u32> = WorkQueue::builder("q").rate_limiter(limiter.clone()).build();
+    let mut peak_capacity = None;
+    for round in 0..6 {
+        for key in 0..KEYS {
+            queue.add_rate_limited(key);
+            queue.add(key); // both an immediate and a delayed add per key
+        }
+        let mut processed = 0;
+        // Every key comes twice (immediate, then delayed); a few delayed adds land while the
+        // key is still queued and are merged.
+        while processed < 2 * KEYS {
+            let Ok(Some(key)) = timeout(Duration::from_secs(10), queue.get()).await else {
+                break;
+            };
+            queue.forget(&key);
+            queue.done(&key);
+            processed += 1;
+        }
+        assert!(
+            processed >= KEYS,
+            "round {round}: only {processed} items processed"
+        );
+        // Let the remaining delays fire and be processed.
+        while let Ok(Some(key)) = timeout(Duration::from_secs(10), queue.get()).await {
+            queue.forget(&key);
+            queue.done(&key);
+        }
+        let sizes = queue.internal_sizes();
+        assert_eq!(
+            sizes,
+            InternalSizes {
+                capacity: sizes.capacity,
+                ..zero()
+            },
+            "round {round}"
+        );
+        assert_eq!(limiter.tracked_items(), 0, "round {round}");
+        let peak = *peak_capacity.get_or_insert(sizes.capacity);
+        assert!(
+            sizes.capacity <= peak,
+            "round {round}: capacity grew from {peak} to {}",
+            sizes.capacity
+        );
+        assert!(
+            sizes.capacity <= 1024,
+            "round {round}: capacity {} was not given back",
+            sizes.capacity
+        );
+    }
+}
+
+/// A reference model of the queue's documented semantics, driven by a fixed pseudo-random
+/// sequence of operations.
+#[tokio::test]
+async fn matches_a_reference_model() {
+    let queue: WorkQueue<u8> = WorkQueue::new("q");
+    let mut model_queue: VecDeque<u8> = VecDeque::new();
+    let mut model_dirty: HashSet<u8> = HashSet::new();
+    let mut model_processing: HashSet<u8> = HashSet::new();
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for step in 0..20_000 {
+        let key = (next() % 12) as u8;
+        match next() % 3 {
+            0 => {
+                queue.add(key);
+                if model_dirty.insert(key) && !model_processing.contains(&key) {
+                    model_queue.push_back(key);
+                }
+            }
+            1 => {
+                let got = try_get(&queue).map(|item| item.unwrap());
+                let expected = model_queue.pop_front();
+                assert_eq!(got, expected, "step {step}: get");
+                if let Some(item) = expected {
+                    model_dirty.remove(&item);
+                    model_processing.insert(item);
+                }
+            }
+            _ => {
+                queue.done(&key);
+                if model_processing.remove(&key) && model_dirty.contains(&key) {
+                    model_queue.push_back(key);
+                }
+            }
+        }
+        assert_eq!(queue.len(), model_queue.len(), "step {step}: len");
+    }
+}
+
+/// Many workers and producers on a multi-threaded runtime: no key is ever processed by two
+/// workers at once, and every add is followed by a processing that started after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_workers_never_share_a_key_and_lose_no_add() {
+    const KEYS: usize = 64;
+    const WORKERS: usize = 8;
+    const PRODUCERS: usize = 4;
+    const ADDS_PER_PRODUCER: usize = 5_000;
+
+    let queue: WorkQueue<usize> = WorkQueue::new("q");
+    // Bumped before every add; a worker records the version it saw when it started.
+    let versions: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let seen: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let in_flight = Arc::new(Mutex::new(HashSet::new()));
+    let violations = Arc::new(AtomicU64::new(0));
+
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (queue, versions, seen) = (queue.clone(), versions.clone(), seen.clone());
+            let (in_flight, violations) = (in_flight.clone(), violations.clone());
+            tokio::spawn(async move {
+                let mut processed = 0u64;
+                while let Some(key) = queue.get().await {
+                    if !in_flight.lock().unwrap().insert(key) {
+                        violations.fetch_add(1, Ordering::SeqCst);
+                    }
+                    seen[key].store(versions[key].load(Ordering::SeqCst), Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    in_flight.lock().unwrap().remove(&key);
+                    queue.done(&key);
+                    processed += 1;
+                }
+                processed
+            })
+        })
+        .collect();
+
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let (queue, versions) = (queue.clone(), versions.clone());
+            tokio::spawn(async move {
+                for i in 0..ADDS_PER_PRODUCER {
+                    let key = (i * 7 + p * 13) % KEYS;
+                    versions[key].fetch_add(1, Ordering::SeqCst);
+                    queue.add(key);
+                    if i % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    timeout(Duration::from_secs(30), queue.shut_down_with_drain())
+        .await
+        .expect("drain finished");
+    let mut processed = 0;
+    for worker in workers {
+        processed += timeout(Duration::from_secs(30), worker)
+            .await
+            .expect("worker ended")
+            .unwrap();
+    }
+
+    assert_eq!(
+        violations.load(Ordering::SeqCst),
+        0,
+        "a key was handed to two workers at once"
+    );
+    for key in 0..KEYS {
+        assert_eq!(
+            seen[key].load(Ordering::SeqCst),
+            versions[key].load(Ordering::SeqCst),
+            "key {key}: the last add was not followed by a processing"
+        );
+    }
+    assert!(processed >= KEYS as u64);
+    assert!(processed <= (PRODUCERS * ADDS_PER_PRODUCER) as u64);
+    assert_eq!(
+        queue.internal_sizes(),
+        InternalSizes {
+            capacity: queue.internal_sizes().capacity,
+            ..zero()
+        }
+    );
+}
+
+/// Same with delayed and rate-limited adds, so the timer task races with workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_delayed_adds_are_all_processed() {
+    const KEYS: usize = 32;
+    let queue: WorkQueue<usize> = WorkQueue::builder("q")
+        .rate_limiter(ItemExponential::new(MS, 4 * MS))
+        .build();
+    let versions: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let seen: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let in_flight = Arc::new(Mutex::new(HashSet::new()));
+
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (queue, versions, seen, in_flight) =
+                (queue.clone(), versions.clone(), seen.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                while let Some(key) = queue.get().await {
+                    assert!(
+                        in_flight.lock().unwrap().insert(key),
+                        "key {key} handed out twice"
+                    );
+                    seen[key].store(versions[key].load(Ordering::SeqCst), Ordering::SeqCst);
+                    in_flight.lock().unwrap().remove(&key);
+                    queue.done(&key);
+                }
+            })
+        })
+        .collect();
+    for i in 0..3_000 {
+        let key = i % KEYS;
+        versions[key].fetch_add(1, Ordering::SeqCst);
+        match i % 3 {
+            0 => queue.add_after(key, MS * (i % 5) as u32),
+            1 => queue.add_rate_limited(key),
+            _ => queue.add(key),
+        }
+        if i % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Wait (bounded) until no delayed add is pending and every key caught up.
+    let caught_up = async {
+        loop {
+            let sizes = queue.internal_sizes();
+            let idle = sizes.queued + sizes.dirty + sizes.processing + sizes.waiting == 0;
+            let all_seen =
+                (0..KEYS).all(|k| seen[k].load(Ordering::SeqCst) == versions[k].load(Ordering::SeqCst));
+            if idle && all_seen {
+                return;
+            }
+            tokio::time::sleep(MS).await;
+        }
+    };
+    timeout(Duration::from_secs(30), caught_up)
+        .await
+        .expect("all adds processed");
+    queue.shut_down_with_drain().await;
+    for worker in workers {
+        worker.await.unwrap();
+    }
+}
+
+fn encode_registry(registry: &Registry) -> String {
+    let mut text = String::new();
+    encode(&mut text, registry).unwrap();
+    text
+}
+
+/// The sample lines of `text` (no comments), as a map from series to value.
+fn samples(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(series, value)| (series.to_string(), value.to_string()))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_have_controller_runtime_names_labels_and_values() {
+    let mut registry = Registry::default();
+    let metrics = QueueMetrics::new(&mut registry);
+    let queue: WorkQueue<&str> = WorkQueue::builder("database")
+        .metrics(metrics.clone(), "database")
+        .build();
+    let labels = r#"name="database",controller="database""#;
+
+    queue.add("a");
+    queue.add("a"); // not counted: already queued
+    queue.add("b");
+    advance(Duration::from_secs(2)).await;
+    let a = queue.get().await.unwrap();
+    advance(Duration::from_secs(1)).await;
+    let b = queue.get().await.unwrap();
+    advance(Duration::from_secs(3)).await;
+    queue.add_rate_limited("c");
+
+    let text = encode_registry(&registry);
+    for (name, kind) in [
+        ("workqueue_depth", "gauge"),
+        ("workqueue_adds_total", "counter"),
+        ("workqueue_queue_duration_seconds", "histogram"),
+        ("workqueue_work_duration_seconds", "histogram"),
+        ("workqueue_unfinished_work_seconds", "gauge"),
+        ("workqueue_longest_running_processor_seconds", "gauge"),
+        ("workqueue_retries_total", "counter"),
+    ] {
+        let family = name.trim_end_matches("_total");
+        assert!(
+            text.contains(&format!("# TYPE {family} {kind}\n")),
+            "{name} missing:\n{text}"
+        );
+    }
+    let s = samples(&text);
+    let value = |series: &str| {
+        s.get(series)
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .clone()
+    };
+    assert_eq!(value(&format!("workqueue_adds_total{{{labels}}}")), "2");
+    assert_eq!(value(&format!("workqueue_depth{{{labels}}}")), "0");
+    assert_eq!(value(&format!("workqueue_retries_total{{{labels}}}")), "1");
+    // a waited 2 s, b 3 s.
+    assert_eq!(
+        value(&format!("workqueue_queue_duration_seconds_count{{{labels}}}")),
+        "2"
+    );
+    assert_eq!(
+        value(&format!("workqueue_queue_duration_seconds_sum{{{labels}}}")),
+        "5.0"
+    );
+    // a has run 4 s, b 3 s.
+    assert_eq!(
+        value(&format!("workqueue_unfinished_work_seconds{{{labels}}}")),
+        "7.0"
+    );
+    assert_eq!(
+        value(&format!(
+            "workqueue_longest_running_processor_seconds{{{labels}}}"
+        )),
+        "4.0"
+    );
+    // client-go's buckets, 1e-8 to 1e3.
+    let buckets: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("workqueue_work_duration_seconds_bucket"))
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(buckets.len(), 13, "12 buckets and +Inf: {buckets:?}");
+    assert_eq!(buckets[0].parse::<f64>().unwrap(), 1e-8);
+    assert_eq!(buckets[11].parse::<f64>().unwrap(), 1e3);
+    assert_eq!(buckets[12], "+Inf");
+
+    queue.done(&a);
+    queue.done(&b);
+    let s = samples(&encode_registry(&registry));
+    assert_eq!(
+        s[&format!("workqueue_work_duration_seconds_count{{{labels}}}")],
+        "2"
+    );
+    assert_eq!(
+        s[&format!("workqueue_work_duration_seconds_sum{{{labels}}}")],
+        "7.0"
+    );
+    assert_eq!(
+        s[&format!("workqueue_unfinished_work_seconds{{{labels}}}")],
+        "0.0"
+    );
+    assert_eq!(
+        s[&format!("workqueue_longest_running_processor_seconds{{{labels}}}")],
+        "0.0"
+    );
+
+    // The delayed add counts when it is added, and depth follows.
+    advance(5 * MS).await;
+    tokio::task::yield_now().await;
+    let s = samples(&encode_registry(&registry));
+    assert_eq!(s[&format!("workqueue_adds_total{{{labels}}}")], "3");
+    assert_eq!(s[&format!("workqueue_depth{{{labels}}}")], "1");
+
+    // A dropped queue leaves the scrape-time gauges.
+    drop(queue);
+    let text = encode_registry(&registry);
+    assert!(!text.contains("workqueue_unfinished_work_seconds"), "{text}");
+    assert!(text.contains("workqueue_adds_total"));
+}
+
+#[tokio::test]
+async fn depth_counts_items_re_added_while_processing_like_client_go() {
+    let mut registry = Registry::default();
+    let metrics = QueueMetrics::new(&mut registry);
+    let queue: WorkQueue<u8> = WorkQueue::builder("q").metrics(metrics, "c").build();
+    queue.add(1);
+    let one = try_get(&queue).flatten().unwrap();
+    queue.add(1);
+    let depth = |registry: &Registry| {
+        samples(&encode_registry(registry))[r#"workqueue_depth{name="q",controller="c"}"#].clone()
+    };
+    assert_eq!(depth(&registry), "1");
+    queue.done(&one);
+    assert_eq!(depth(&registry), "1");
+    queue.shut_down();
+    assert_eq!(depth(&registry), "0");
+}
+
+#[test]
+fn queues_sharing_labels_are_merged_in_the_scrape_time_gauges() {
+    let mut registry = Registry::default();
+    let metrics = QueueMetrics::new(&mut registry);
+    let first: WorkQueue<u8> = WorkQueue::builder("q").metrics(metrics.clone(), "c").build();
+    let second: WorkQueue<u8> = WorkQueue::builder("q").metrics(metrics.clone(), "c").build();
+    let other: WorkQueue<u8> = WorkQueue::builder("other").metrics(metrics, "c").build();
+    let text = encode_registry(&registry);
+    assert_eq!(
+        text.matches("workqueue_unfinished_work_seconds{").count(),
+        2,
+        "{text}"
+    );
+    drop((first, second, other));
+}

@@ -1,0 +1,169 @@
+//! Shared informers against crwatch-apiserver: one watch however many users, handlers with
+//! diffs, late handlers, relists that report only real changes, resync, transforms, indexes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crwatch::informer::{HandlerFns, InformerFactory};
+use crwatch::store::{LABEL_INDEX, NAMESPACE_INDEX, ObjectKey};
+use crwatch_apiserver::TestServer;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Add(String),
+    Update(String, Vec<String>),
+    Delete(String),
+}
+
+fn recorder() -> (Arc<Mutex<Vec<Seen>>>, HandlerFns<ConfigMap>) {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let (a, u, d) = (seen.clone(), seen.clone(), seen.clone());
+    let name = |c: &ConfigMap| c.metadata.name.clone().unwrap_or_default();
+    let h = HandlerFns::new()
+        .on_add(move |c: &Arc<ConfigMap>| a.lock().unwrap().push(Seen::Add(name(c))))
+        .on_update(move |_, n: &Arc<ConfigMap>, diff| {
+            u.lock().unwrap().push(Seen::Update(name(n), diff.paths().into_iter().map(String::from).collect()))
+        })
+        .on_delete(move |c: &Arc<ConfigMap>| d.lock().unwrap().push(Seen::Delete(name(c))));
+    (seen, h)
+}
+
+async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn cm(name: &str, value: &str) -> ConfigMap {
+    let mut c = ConfigMap::default();
+    c.metadata.name = Some(name.into());
+    c.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    c.data = Some([("v".to_string(), value.to_string())].into());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_watch_serves_every_handler_and_diffs_say_what_changed() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("before", "1")).await.unwrap();
+
+    let factory = InformerFactory::new(client.clone());
+    let first = factory.all::<ConfigMap>();
+    let second = factory.all::<ConfigMap>();
+    let (seen_a, ha) = recorder();
+    first.add_handler(ha);
+    factory.start();
+    factory.wait_for_cache_sync(Duration::from_secs(20)).await.unwrap();
+    // A handler added after sync first gets the current state as adds.
+    let (seen_b, hb) = recorder();
+    second.add_handler(hb);
+    assert_eq!(seen_b.lock().unwrap().clone(), vec![Seen::Add("before".into())]);
+
+    cms.create(&PostParams::default(), &cm("x", "1")).await.unwrap();
+    cms.patch("x", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"v": "2"}})))
+        .await
+        .unwrap();
+    cms.delete("x", &DeleteParams::default()).await.unwrap();
+    let want = vec![
+        Seen::Add("before".into()),
+        Seen::Add("x".into()),
+        Seen::Update("x".into(), vec!["data.v".into()]),
+        Seen::Delete("x".into()),
+    ];
+    wait_for("all events", || (seen_a.lock().unwrap().len() >= 4).then_some(())).await;
+    assert_eq!(seen_a.lock().unwrap().clone(), want);
+    wait_for("second handler", || (seen_b.lock().unwrap().len() >= 4).then_some(())).await;
+    assert_eq!(seen_b.lock().unwrap().clone(), want);
+    // Two informer handles, two handlers, one list and one watch on the server.
+    assert_eq!(server.faults().count("watch", "configmaps"), 1);
+    assert_eq!(server.faults().count("list", "configmaps"), 1);
+    // The default transform dropped managedFields before storing.
+    let stored = first.store().get(&ObjectKey::new(Some("default"), "before")).unwrap();
+    assert!(stored.metadata.managed_fields.is_none());
+    factory.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_after_410_reports_only_real_changes() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for n in ["same", "changed", "gone"] {
+        cms.create(&PostParams::default(), &cm(n, "1")).await.unwrap();
+    }
+    let factory = InformerFactory::new(client.clone());
+    let informer = factory.all::<ConfigMap>();
+    let (seen, h) = recorder();
+    informer.add_handler(h);
+    factory.start();
+    factory.wait_for_cache_sync(Duration::from_secs(20)).await.unwrap();
+    seen.lock().unwrap().clear();
+
+    // While the informer is cut off: one change, one delete, one create; then the history
+    // it would resume from is compacted away, so it must relist.
+    let faults = server.faults();
+    let lists_before = faults.count("list", "configmaps");
+    faults.pause();
+    faults.drop_watches();
+    server.server().apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "changed", "namespace": "default"}, "data": {"v": "2"}})).await.unwrap();
+    server.server().apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new", "namespace": "default"}, "data": {"v": "1"}})).await.unwrap();
+    let direct: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    faults.resume();
+    direct.delete("gone", &DeleteParams::default()).await.unwrap();
+    faults.compact();
+    wait_for("relist", || (faults.count("list", "configmaps") > lists_before).then_some(())).await;
+    wait_for("three changes", || (seen.lock().unwrap().len() >= 3).then_some(())).await;
+    let mut got = seen.lock().unwrap().clone();
+    got.sort_by_key(|s| format!("{s:?}"));
+    let mut want = vec![
+        Seen::Update("changed".into(), vec!["data.v".into()]),
+        Seen::Add("new".into()),
+        Seen::Delete("gone".into()),
+    ];
+    want.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(got, want, "no spurious add for the unchanged object");
+    assert_eq!(informer.store().len(), 3);
+    factory.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_replays_the_cache_and_indexes_follow_changes() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("a", "1")).await.unwrap();
+    let factory = InformerFactory::new(client.clone());
+    let informer = factory.all::<ConfigMap>();
+    informer.set_resync(Some(Duration::from_millis(200)));
+    let (seen, h) = recorder();
+    informer.add_handler(h);
+    factory.start();
+    factory.wait_for_cache_sync(Duration::from_secs(20)).await.unwrap();
+    let requests_before = server.faults().requests().len();
+    wait_for("a resync update", || {
+        seen.lock().unwrap().iter().any(|s| matches!(s, Seen::Update(n, paths) if n == "a" && paths.is_empty())).then_some(())
+    })
+    .await;
+    assert_eq!(server.faults().requests().len(), requests_before, "resync makes no API calls");
+
+    let store = informer.store();
+    assert_eq!(store.by_index(LABEL_INDEX, "app=web").len(), 1);
+    assert_eq!(store.by_index(NAMESPACE_INDEX, "default").len(), 1);
+    cms.patch("a", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"app": "db"}}})))
+        .await
+        .unwrap();
+    wait_for("index update", || (store.by_index(LABEL_INDEX, "app=db").len() == 1).then_some(())).await;
+    assert!(store.by_index(LABEL_INDEX, "app=web").is_empty());
+    let lister = store.lister();
+    assert_eq!(lister.list_selector("app in (db,x)").unwrap().len(), 1);
+    factory.shutdown();
+}
