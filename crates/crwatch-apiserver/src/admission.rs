@@ -572,7 +572,9 @@ impl Admission {
         attrs: &Attributes,
     ) -> Result<Admitted, AdmissionError> {
         let mut warnings = vec![];
-        let object = self.admit_into(mutating, validating, attrs, &mut warnings).await?;
+        let object = self
+            .admit_into(mutating, validating, attrs, &mut warnings)
+            .await?;
         Ok(Admitted { object, warnings })
     }
 

@@ -254,7 +254,9 @@ impl Api {
                 },
             }
         } else if rv_match == "Exact" {
-            let want: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+            let want: u64 = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
             self.wait_for_revision(want).await?;
             let objs = self
                 .store
@@ -263,8 +265,9 @@ impl Api {
             (objs, want, None)
         } else {
             if !rv.is_empty() && rv != "0" {
-                let want: u64 =
-                    rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+                let want: u64 = rv
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
                 self.wait_for_revision(want).await?;
             }
             let (objs, rev) = self.store.list(&gr, ns);
@@ -294,13 +297,14 @@ impl Api {
         }
         let mut list_meta = json!({"resourceVersion": snapshot_rev.to_string()});
         if remaining > 0
-            && let Some(start) = next {
-                list_meta["continue"] = json!(encode_continue(snapshot_rev, &start));
-                // Only an unfiltered list knows how many are left (as etcd counts keys).
-                if labels.is_empty() && fields.is_empty() {
-                    list_meta["remainingItemCount"] = json!(remaining);
-                }
+            && let Some(start) = next
+        {
+            list_meta["continue"] = json!(encode_continue(snapshot_rev, &start));
+            // Only an unfiltered list knows how many are left (as etcd counts keys).
+            if labels.is_empty() && fields.is_empty() {
+                list_meta["remainingItemCount"] = json!(remaining);
             }
+        }
         Ok(json!({
             "kind": format!("{}List", ctx.def.kind),
             "apiVersion": ctx.def.api_version(),
@@ -320,9 +324,14 @@ impl Api {
                     let mut e = ApiError::new(
                         504,
                         "Timeout",
-                        format!("Timeout: Too large resource version: {rev}, current: {}", self.store.revision()),
+                        format!(
+                            "Timeout: Too large resource version: {rev}, current: {}",
+                            self.store.revision()
+                        ),
                     );
-                    e.details = Some(Box::new(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1})));
+                    e.details = Some(Box::new(
+                        json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+                    ));
                     return Err(e);
                 }
             }
@@ -352,7 +361,9 @@ impl Api {
             )));
         }
         if !body.is_object() {
-            return Err(ApiError::bad_request("Object 'Kind' is missing in the request body"));
+            return Err(ApiError::bad_request(
+                "Object 'Kind' is missing in the request body",
+            ));
         }
         Ok(())
     }
@@ -366,7 +377,10 @@ impl Api {
         if unknown.is_empty() && duplicates.is_empty() {
             return Ok(());
         }
-        let mut msgs: Vec<String> = duplicates.iter().map(|d| format!("duplicate field \"{d}\"")).collect();
+        let mut msgs: Vec<String> = duplicates
+            .iter()
+            .map(|d| format!("duplicate field \"{d}\""))
+            .collect();
         msgs.extend(unknown.iter().map(|u| format!("unknown field \"{u}\"")));
         match FieldValidation::from_params(&ctx.params)? {
             FieldValidation::Ignore => Ok(()),
@@ -413,7 +427,13 @@ impl Api {
             group: "admissionregistration.k8s.io".into(),
             resource: resource.into(),
         };
-        let mut list: Vec<Value> = self.store.list(&gr, None).0.iter().map(|v| (**v).clone()).collect();
+        let mut list: Vec<Value> = self
+            .store
+            .list(&gr, None)
+            .0
+            .iter()
+            .map(|v| (**v).clone())
+            .collect();
         list.sort_by(|a, b| meta_str(a, "name").cmp(meta_str(b, "name")));
         list
     }
@@ -442,7 +462,11 @@ impl Api {
             .map(|o| meta_str(o, "name").to_string())
             .unwrap_or_else(|| ctx.name.clone());
         let ns_labels = if ctx.def.kind == "Namespace" && ctx.def.group.is_empty() {
-            object.as_ref().or(old).map(crate::selector::labels_of).unwrap_or_default()
+            object
+                .as_ref()
+                .or(old)
+                .map(crate::selector::labels_of)
+                .unwrap_or_default()
         } else {
             self.namespace_labels(&ctx.namespace)
         };
@@ -464,7 +488,10 @@ impl Api {
             user: ctx.user.clone(),
             namespace_labels: ns_labels,
         };
-        let admitted = self.admission.admit_into(&mutating, &validating, &attrs, warnings).await;
+        let admitted = self
+            .admission
+            .admit_into(&mutating, &validating, &attrs, warnings)
+            .await;
         admitted.map_err(|e| {
             let s = e.status();
             let mut err = ApiError::new(
@@ -539,10 +566,12 @@ impl Api {
                 } else {
                     set_meta(&mut new, "generation", Value::Null);
                 }
-                if def.status_subresource && ctx.sub.is_empty()
-                    && let Some(m) = new.as_object_mut() {
-                        m.remove("status");
-                    }
+                if def.status_subresource
+                    && ctx.sub.is_empty()
+                    && let Some(m) = new.as_object_mut()
+                {
+                    m.remove("status");
+                }
             }
             Some(old) => {
                 let name = meta_str(old, "name").to_string();
@@ -564,8 +593,18 @@ impl Api {
                         ),
                     ));
                 }
-                for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
-                    set_meta(&mut new, k, old["metadata"].get(k).cloned().unwrap_or(Value::Null));
+                for k in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                ] {
+                    set_meta(
+                        &mut new,
+                        k,
+                        old["metadata"].get(k).cloned().unwrap_or(Value::Null),
+                    );
                 }
                 match ctx.sub.as_str() {
                     "status" => {
@@ -580,8 +619,16 @@ impl Api {
                                 }
                             }
                         }
-                        set_meta(&mut merged, "resourceVersion", new["metadata"]["resourceVersion"].clone());
-                        set_meta(&mut merged, "managedFields", new["metadata"]["managedFields"].clone());
+                        set_meta(
+                            &mut merged,
+                            "resourceVersion",
+                            new["metadata"]["resourceVersion"].clone(),
+                        );
+                        set_meta(
+                            &mut merged,
+                            "managedFields",
+                            new["metadata"]["managedFields"].clone(),
+                        );
                         new = merged;
                     }
                     _ if def.status_subresource => match old.get("status") {
@@ -626,10 +673,16 @@ impl Api {
             // Finalizers: none may be added once deletion started.
             if !meta_str(old, "deletionTimestamp").is_empty() {
                 let before = meta::finalizers(old);
-                let added: Vec<String> =
-                    meta::finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
+                let added: Vec<String> = meta::finalizers(&new)
+                    .into_iter()
+                    .filter(|f| !before.contains(f))
+                    .collect();
                 if !added.is_empty() {
-                    let list = added.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+                    let list = added
+                        .iter()
+                        .map(|f| format!("{f:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     causes.push(Cause::new(
                         "FieldValueForbidden",
                         "metadata.finalizers",
@@ -654,7 +707,11 @@ impl Api {
             self.check_namespace_open(&def, &name, &ctx.namespace)?;
         }
 
-        let operation = if old.is_some() { Operation::Update } else { Operation::Create };
+        let operation = if old.is_some() {
+            Operation::Update
+        } else {
+            Operation::Create
+        };
         let before_admission = new.clone();
         let admitted = self.admit(ctx, operation, Some(new), old, warnings).await?;
         let mut new = admitted.unwrap_or(before_admission.clone());
@@ -681,8 +738,13 @@ impl Api {
         match self.store.get(&gr, &(String::new(), ns.to_string())) {
             None => Err(ApiError::not_found("", "namespaces", ns)),
             Some(n) if !meta_str(&n, "deletionTimestamp").is_empty() => {
-                let resource = if def.group.is_empty() { def.plural.clone() } else { format!("{}.{}", def.plural, def.group) };
-                let why = format!("unable to create new content in namespace {ns} because it is being terminated");
+                let resource = if def.group.is_empty() {
+                    def.plural.clone()
+                } else {
+                    format!("{}.{}", def.plural, def.group)
+                };
+                let why =
+                    format!("unable to create new content in namespace {ns} because it is being terminated");
                 let mut e = ApiError::forbidden(if name.is_empty() {
                     format!("{resource} is forbidden: {why}")
                 } else {
@@ -773,7 +835,11 @@ impl Api {
         if def.group == "apps" && def.kind == "Deployment" {
             let selector = obj.pointer("/spec/selector");
             match selector {
-                None => out.push(Cause::new("FieldValueRequired", "spec.selector", "Required value")),
+                None => out.push(Cause::new(
+                    "FieldValueRequired",
+                    "spec.selector",
+                    "Required value",
+                )),
                 Some(sel) => {
                     let template_labels = obj
                         .pointer("/spec/template/metadata/labels")
@@ -796,7 +862,11 @@ impl Api {
                 .and_then(Value::as_array)
                 .is_none_or(Vec::is_empty)
             {
-                out.push(Cause::new("FieldValueRequired", "spec.template.spec.containers", "Required value"));
+                out.push(Cause::new(
+                    "FieldValueRequired",
+                    "spec.template.spec.containers",
+                    "Required value",
+                ));
             }
         }
         out
@@ -806,10 +876,19 @@ impl Api {
     /// controllers do once the names are accepted.
     fn prepare_crd(&self, crd: &mut Value, old: Option<&Value>) -> ApiResult<()> {
         let name = meta_str(crd, "name").to_string();
-        let s = |p: &str| crd.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+        let s = |p: &str| {
+            crd.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let (group, plural, kind) = (s("/spec/group"), s("/spec/names/plural"), s("/spec/names/kind"));
         let mut causes = vec![];
-        for (field, v) in [("spec.group", &group), ("spec.names.plural", &plural), ("spec.names.kind", &kind)] {
+        for (field, v) in [
+            ("spec.group", &group),
+            ("spec.names.plural", &plural),
+            ("spec.names.kind", &kind),
+        ] {
             if v.is_empty() {
                 causes.push(Cause::new("FieldValueRequired", field, "Required value"));
             }
@@ -829,11 +908,22 @@ impl Api {
                 format!("Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""),
             ));
         }
-        let versions = crd.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let versions = crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if versions.is_empty() {
-            causes.push(Cause::new("FieldValueRequired", "spec.versions", "Required value: must have exactly one version marked as storage version"));
+            causes.push(Cause::new(
+                "FieldValueRequired",
+                "spec.versions",
+                "Required value: must have exactly one version marked as storage version",
+            ));
         }
-        let storage: Vec<&Value> = versions.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).collect();
+        let storage: Vec<&Value> = versions
+            .iter()
+            .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+            .collect();
         if !versions.is_empty() && storage.len() != 1 {
             causes.push(Cause::new(
                 "FieldValueInvalid",
@@ -843,19 +933,33 @@ impl Api {
         }
         for (i, v) in versions.iter().enumerate() {
             if let Some(schema) = v.pointer("/schema/openAPIV3Schema") {
-                for e in schema::check_structural(schema, &format!("spec.versions[{i}].schema.openAPIV3Schema")) {
+                for e in
+                    schema::check_structural(schema, &format!("spec.versions[{i}].schema.openAPIV3Schema"))
+                {
                     causes.push(Cause::new(e.reason(), e.field.clone(), e.message()));
                 }
             }
         }
         if let Some(old) = old {
-            let old_scope = old.pointer("/spec/scope").and_then(Value::as_str).unwrap_or_default();
+            let old_scope = old
+                .pointer("/spec/scope")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if old_scope != scope && !scope.is_empty() {
-                causes.push(Cause::new("FieldValueInvalid", "spec.scope", format!("Invalid value: \"{scope}\": field is immutable")));
+                causes.push(Cause::new(
+                    "FieldValueInvalid",
+                    "spec.scope",
+                    format!("Invalid value: \"{scope}\": field is immutable"),
+                ));
             }
         }
         if !causes.is_empty() {
-            return Err(ApiError::invalid("apiextensions.k8s.io", "CustomResourceDefinition", &name, causes));
+            return Err(ApiError::invalid(
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                &name,
+                causes,
+            ));
         }
         if crd.pointer("/spec/names/singular").is_none() {
             crd["spec"]["names"]["singular"] = json!(kind.to_ascii_lowercase());
@@ -869,13 +973,17 @@ impl Api {
         // Names must not clash with another CRD of the same group.
         let registry = self.registry();
         let conflict = registry.all().iter().find(|d| {
-            d.group == group && d.crd.as_deref() != Some(name.as_str()) && (d.plural == plural || d.kind == kind)
+            d.group == group
+                && d.crd.as_deref() != Some(name.as_str())
+                && (d.plural == plural || d.kind == kind)
         });
         let now = meta::now();
-        let cond = |t: &str, status: &str, reason: &str, message: &str| {
-            json!({"type": t, "status": status, "lastTransitionTime": now, "reason": reason, "message": message})
-        };
-        let storage_name = storage.first().and_then(|v| v.get("name")).cloned().unwrap_or(Value::Null);
+        let cond = |t: &str, status: &str, reason: &str, message: &str| json!({"type": t, "status": status, "lastTransitionTime": now, "reason": reason, "message": message});
+        let storage_name = storage
+            .first()
+            .and_then(|v| v.get("name"))
+            .cloned()
+            .unwrap_or(Value::Null);
         let mut stored_versions: Vec<Value> = old
             .and_then(|o| o.pointer("/status/storedVersions"))
             .and_then(Value::as_array)
@@ -890,18 +998,40 @@ impl Api {
                 cond(
                     "NamesAccepted",
                     "False",
-                    if d.plural == plural { "PluralConflict" } else { "KindConflict" },
-                    &format!("{:?} is already in use", if d.plural == plural { &plural } else { &kind }),
+                    if d.plural == plural {
+                        "PluralConflict"
+                    } else {
+                        "KindConflict"
+                    },
+                    &format!(
+                        "{:?} is already in use",
+                        if d.plural == plural { &plural } else { &kind }
+                    ),
                 ),
-                cond("Established", "False", "NotAccepted", "not all names are accepted"),
+                cond(
+                    "Established",
+                    "False",
+                    "NotAccepted",
+                    "not all names are accepted",
+                ),
             ],
             None => {
                 let mut c = vec![
                     cond("NamesAccepted", "True", "NoConflicts", "no conflicts found"),
-                    cond("Established", "True", "InitialNamesAccepted", "the initial names have been accepted"),
+                    cond(
+                        "Established",
+                        "True",
+                        "InitialNamesAccepted",
+                        "the initial names have been accepted",
+                    ),
                 ];
                 if terminating {
-                    c.push(cond("Terminating", "True", "InstanceDeletionInProgress", "CustomResource deletion is in progress"));
+                    c.push(cond(
+                        "Terminating",
+                        "True",
+                        "InstanceDeletionInProgress",
+                        "CustomResource deletion is in progress",
+                    ));
                 }
                 c
             }
@@ -915,7 +1045,10 @@ impl Api {
         let conditions: Vec<Value> = conditions
             .into_iter()
             .map(|mut c| {
-                if let Some(prev) = old_conds.iter().find(|p| p["type"] == c["type"] && p["status"] == c["status"]) {
+                if let Some(prev) = old_conds
+                    .iter()
+                    .find(|p| p["type"] == c["type"] && p["status"] == c["status"])
+                {
                     c["lastTransitionTime"] = prev["lastTransitionTime"].clone();
                 }
                 c
@@ -935,8 +1068,15 @@ impl Api {
         let established = crd
             .pointer("/status/conditions")
             .and_then(Value::as_array)
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Established" && c["status"] == "True"));
-        let defs = if established { registry::defs_from_crd(crd).unwrap_or_default() } else { vec![] };
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            });
+        let defs = if established {
+            registry::defs_from_crd(crd).unwrap_or_default()
+        } else {
+            vec![]
+        };
         self.with_registry_mut(|r| r.set_crd(&name, defs));
     }
 
@@ -970,18 +1110,27 @@ impl Api {
         Self::check_body_kind(ctx, &decoded.value)?;
         let manager = meta::field_manager(ctx.params.get("fieldManager"), &ctx.user_agent);
         let mut warnings = vec![];
-        let mut obj = self.prepare(ctx, None, decoded.value, &decoded.duplicates, &mut warnings).await?;
+        let mut obj = self
+            .prepare(ctx, None, decoded.value, &decoded.duplicates, &mut warnings)
+            .await?;
         meta_managed_update(None, &mut obj, &manager, &ctx.def, "");
         let stored = if ctx.params.dry_run()? {
             // A dry run still answers AlreadyExists for a taken name, as the real storage does.
             let name = meta_str(&obj, "name").to_string();
-            if self.store.get(&gr_of(&ctx.def), &(ctx.namespace.clone(), name.clone())).is_some() {
+            if self
+                .store
+                .get(&gr_of(&ctx.def), &(ctx.namespace.clone(), name.clone()))
+                .is_some()
+            {
                 return Err(ApiError::already_exists(&ctx.def.group, &ctx.def.plural, &name));
             }
             obj
         } else {
             let name = meta_str(&obj, "name").to_string();
-            let stored = self.store.create(&gr_of(&ctx.def), obj).map_err(|e| write_error(e, &ctx.def, &name))?;
+            let stored = self
+                .store
+                .create(&gr_of(&ctx.def), obj)
+                .map_err(|e| write_error(e, &ctx.def, &name))?;
             self.after_write(&ctx.def, &stored);
             self.after_create(&ctx.def, &stored);
             (*stored).clone()
@@ -1021,20 +1170,30 @@ impl Api {
         if ctx.sub == "scale" {
             body = self.scale_into_object(&ctx.def, &old, &body)?;
         }
-        let rv = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+        let rv = body
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if rv.is_empty() && ctx.def.requires_resource_version_on_update {
             return Err(ApiError::invalid(
                 &ctx.def.group,
                 &ctx.def.kind,
                 &ctx.name,
-                vec![Cause::new("FieldValueInvalid", "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")],
+                vec![Cause::new(
+                    "FieldValueInvalid",
+                    "metadata.resourceVersion",
+                    "Invalid value: 0x0: must be specified for an update",
+                )],
             ));
         }
         if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
             return Err(ApiError::stale(&ctx.def.group, &ctx.def.plural, &ctx.name));
         }
         let mut warnings = vec![];
-        let new = self.prepare(ctx, Some(&old), body, &decoded.duplicates, &mut warnings).await?;
+        let new = self
+            .prepare(ctx, Some(&old), body, &decoded.duplicates, &mut warnings)
+            .await?;
         let out = self.commit_update(ctx, &old, new, &warnings)?;
         if ctx.sub == "scale" {
             return Ok(Out::new(200, self.scale_of(&ctx.def, &out.body)?, warnings));
@@ -1064,7 +1223,9 @@ impl Api {
         }
         let gr = gr_of(&ctx.def);
         let expected = obj_rv(old);
-        let finished = !meta_str(&new, "deletionTimestamp").is_empty() && meta::finalizers(&new).is_empty() && !self.has_pending_spec_finalizers(&ctx.def, &new);
+        let finished = !meta_str(&new, "deletionTimestamp").is_empty()
+            && meta::finalizers(&new).is_empty()
+            && !self.has_pending_spec_finalizers(&ctx.def, &new);
         let stored = if finished {
             self.store.delete(&gr, new, expected)
         } else {
@@ -1083,13 +1244,21 @@ impl Api {
     fn has_pending_spec_finalizers(&self, def: &ResourceDef, obj: &Value) -> bool {
         def.group.is_empty()
             && def.kind == "Namespace"
-            && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+            && obj
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
     }
 
     /// PATCH: JSON, merge, strategic merge, or server-side apply.
     pub async fn patch(&self, ctx: &Ctx, content_type: &str, body: &[u8]) -> ApiResult<Out> {
         let ptype = match PatchType::from_content_type(content_type) {
-            Err(e) if ctx.def.is_custom() => return Err(ApiError { message: e.message.replace(", application/strategic-merge-patch+json", ""), ..e }),
+            Err(e) if ctx.def.is_custom() => {
+                return Err(ApiError {
+                    message: e.message.replace(", application/strategic-merge-patch+json", ""),
+                    ..e
+                });
+            }
             other => other?,
         };
         if ptype == PatchType::Strategic && ctx.def.is_custom() {
@@ -1108,7 +1277,11 @@ impl Api {
                 "meta.k8s.io",
                 "PatchOptions",
                 "",
-                vec![Cause::new("FieldValueForbidden", "force", "Forbidden: may not be specified for non-apply patch")],
+                vec![Cause::new(
+                    "FieldValueForbidden",
+                    "force",
+                    "Forbidden: may not be specified for non-apply patch",
+                )],
             ));
         }
         // Retry on a concurrent write, as the real server does for patches without a
@@ -1139,7 +1312,10 @@ impl Api {
             };
             let mut warnings = vec![];
             let patched_json = patched.to_string();
-            let new = match self.prepare(ctx, Some(&old), patched, &duplicates, &mut warnings).await {
+            let new = match self
+                .prepare(ctx, Some(&old), patched, &duplicates, &mut warnings)
+                .await
+            {
                 // A strict decoding failure of a patch result is 422 on the real server (the
                 // patcher wraps it as an invalid `patch` field), not the 400 create and update give.
                 Err(e) if e.code == 400 && e.message.contains("strict decoding error: ") => {
@@ -1147,7 +1323,10 @@ impl Api {
                     let cause = Cause::new(
                         "FieldValueInvalid",
                         "patch",
-                        format!("Invalid value: {}: {strict}", serde_json::to_string(&patched_json).unwrap_or_default()),
+                        format!(
+                            "Invalid value: {}: {strict}",
+                            serde_json::to_string(&patched_json).unwrap_or_default()
+                        ),
                     );
                     return Err(ApiError::invalid("", "", "", vec![cause]));
                 }
@@ -1170,15 +1349,24 @@ impl Api {
                 "meta.k8s.io",
                 "PatchOptions",
                 "",
-                vec![Cause::new("FieldValueRequired", "fieldManager", "Required value: is required for apply patch")],
+                vec![Cause::new(
+                    "FieldValueRequired",
+                    "fieldManager",
+                    "Required value: is required for apply patch",
+                )],
             ));
         };
         let decoded = crate::decode::json_or_yaml(body)?;
         let applied = decoded.value;
         if !applied.is_object() {
-            return Err(ApiError::bad_request("error decoding YAML: the apply configuration must be an object"));
+            return Err(ApiError::bad_request(
+                "error decoding YAML: the apply configuration must be an object",
+            ));
         }
-        let av = applied.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let av = applied
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let kind = applied.get("kind").and_then(Value::as_str).unwrap_or_default();
         if av.is_empty() || kind.is_empty() {
             return Err(ApiError::bad_request(
@@ -1192,23 +1380,36 @@ impl Api {
         let api_version = ctx.def.api_version();
         let mut applied_clean = applied.clone();
         if let Some(m) = applied_clean.get_mut("metadata").and_then(Value::as_object_mut) {
-            for k in ["name", "namespace", "resourceVersion", "uid", "managedFields", "creationTimestamp", "generateName"] {
+            for k in [
+                "name",
+                "namespace",
+                "resourceVersion",
+                "uid",
+                "managedFields",
+                "creationTimestamp",
+                "generateName",
+            ] {
                 m.remove(k);
             }
         }
         for _ in 0..16 {
-            let old = self.store.get(&gr_of(&ctx.def), &(ctx.namespace.clone(), ctx.name.clone()));
+            let old = self
+                .store
+                .get(&gr_of(&ctx.def), &(ctx.namespace.clone(), ctx.name.clone()));
             let mut warnings = vec![];
             match old {
                 None => {
                     if !sub.is_empty() {
                         return Err(ApiError::not_found(&ctx.def.group, &ctx.def.plural, &ctx.name));
                     }
-                    let mut obj = crate::managed::apply(None, &applied_clean, manager, force, &api_version, "", &now)?;
+                    let mut obj =
+                        crate::managed::apply(None, &applied_clean, manager, force, &api_version, "", &now)?;
                     obj["apiVersion"] = json!(av);
                     obj["kind"] = json!(kind);
                     set_meta(&mut obj, "name", json!(ctx.name));
-                    let mut obj = self.prepare(ctx, None, obj, &decoded.duplicates, &mut warnings).await?;
+                    let mut obj = self
+                        .prepare(ctx, None, obj, &decoded.duplicates, &mut warnings)
+                        .await?;
                     // Keep the Apply entry computed above; prepare does not touch managedFields.
                     if obj.pointer("/metadata/managedFields").is_none() {
                         meta_managed_update(None, &mut obj, manager, &ctx.def, "");
@@ -1227,17 +1428,36 @@ impl Api {
                     }
                 }
                 Some(old) => {
-                    let rv = applied.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+                    let rv = applied
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
                         return Err(ApiError::stale(&ctx.def.group, &ctx.def.plural, &ctx.name));
                     }
                     let base = Self::present(&ctx.def, &old);
-                    let merged = crate::managed::apply(Some(&base), &applied_clean, manager, force, &api_version, &sub, &now)?;
+                    let merged = crate::managed::apply(
+                        Some(&base),
+                        &applied_clean,
+                        manager,
+                        force,
+                        &api_version,
+                        &sub,
+                        &now,
+                    )?;
                     let mut ctx2 = ctx.clone();
                     ctx2.params.0.insert("__apply".into(), "1".into());
-                    let new = self.prepare(&ctx2, Some(&old), merged, &decoded.duplicates, &mut warnings).await?;
+                    let new = self
+                        .prepare(&ctx2, Some(&old), merged, &decoded.duplicates, &mut warnings)
+                        .await?;
                     match self.commit_update(&ctx2, &old, new, &warnings) {
-                        Err(e) if e.code == 409 && e.reason == "Conflict" && e.details.as_ref().is_some_and(|d| d.get("causes").is_none()) => continue,
+                        Err(e)
+                            if e.code == 409
+                                && e.reason == "Conflict"
+                                && e.details.as_ref().is_some_and(|d| d.get("causes").is_none()) =>
+                        {
+                            continue;
+                        }
                         other => return other,
                     }
                 }
@@ -1268,8 +1488,13 @@ impl Api {
     /// `dryRun` query parameter does.
     fn with_body_dry_run(ctx: &Ctx, opts: &Value) -> Ctx {
         let mut ctx = ctx.clone();
-        let values: Vec<&str> =
-            opts.get("dryRun").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let values: Vec<&str> = opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         if ctx.params.get("dryRun").is_none_or(str::is_empty) && !values.is_empty() {
             // An unsupported value is kept so that `Params::dry_run` rejects it.
             let value = values.iter().find(|v| **v != "All").unwrap_or(&"All");
@@ -1287,32 +1512,37 @@ impl Api {
         let ctx = &Self::with_body_dry_run(ctx, &opts);
         let cur = self.current(ctx)?;
         if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
-            && uid != meta_str(&cur, "uid") {
-                // Worded as the registry's BeforeDelete words it (the kind, not the resource).
-                return Err(ApiError::conflict(
-                    &ctx.def.group,
-                    &ctx.def.kind,
-                    &ctx.name,
-                    &format!(
-                        "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
-                        meta_str(&cur, "uid")
-                    ),
-                ));
-            }
-        if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str)
-            && rv != meta_str(&cur, "resourceVersion") {
-                return Err(ApiError::conflict(
-                    &ctx.def.group,
-                    &ctx.def.kind,
-                    &ctx.name,
-                    &format!(
-                        "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
-                        meta_str(&cur, "resourceVersion")
-                    ),
-                ));
-            }
+            && uid != meta_str(&cur, "uid")
+        {
+            // Worded as the registry's BeforeDelete words it (the kind, not the resource).
+            return Err(ApiError::conflict(
+                &ctx.def.group,
+                &ctx.def.kind,
+                &ctx.name,
+                &format!(
+                    "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
+                    meta_str(&cur, "uid")
+                ),
+            ));
+        }
+        if let Some(rv) = opts
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            && rv != meta_str(&cur, "resourceVersion")
+        {
+            return Err(ApiError::conflict(
+                &ctx.def.group,
+                &ctx.def.kind,
+                &ctx.name,
+                &format!(
+                    "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
+                    meta_str(&cur, "resourceVersion")
+                ),
+            ));
+        }
         let mut warnings = vec![];
-        self.admit(ctx, Operation::Delete, None, Some(&cur), &mut warnings).await?;
+        self.admit(ctx, Operation::Delete, None, Some(&cur), &mut warnings)
+            .await?;
         let policy = match opts.get("propagationPolicy").and_then(Value::as_str) {
             Some(p @ ("Foreground" | "Background" | "Orphan")) => p.to_string(),
             Some(other) => {
@@ -1323,7 +1553,9 @@ impl Api {
                     vec![Cause::new(
                         "FieldValueNotSupported",
                         "propagationPolicy",
-                        format!("Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+                        format!(
+                            "Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                        ),
                     )],
                 ));
             }
@@ -1354,9 +1586,10 @@ impl Api {
             _ => None,
         };
         if let Some(f) = extra
-            && !finalizers.iter().any(|x| x == f) {
-                finalizers.push(f.into());
-            }
+            && !finalizers.iter().any(|x| x == f)
+        {
+            finalizers.push(f.into());
+        }
         if is_crd && !finalizers.iter().any(|f| f == CRD_CLEANUP_FINALIZER) {
             finalizers.push(CRD_CLEANUP_FINALIZER.into());
         }
@@ -1366,7 +1599,10 @@ impl Api {
             if dry {
                 return Ok(Out::new(200, Self::deleted_body(def, cur), warnings));
             }
-            let last = self.store.delete(&gr, cur.clone(), obj_rv(cur)).map_err(|e| write_error(e, def, &name))?;
+            let last = self
+                .store
+                .delete(&gr, cur.clone(), obj_rv(cur))
+                .map_err(|e| write_error(e, def, &name))?;
             return Ok(Out::new(200, Self::deleted_body(def, &last), warnings));
         }
         let mut next = cur.clone();
@@ -1379,19 +1615,34 @@ impl Api {
                 set_meta(&mut next, "generation", json!(g));
             }
         }
-        set_meta(&mut next, "finalizers", if finalizers.is_empty() { Value::Null } else { json!(finalizers) });
+        set_meta(
+            &mut next,
+            "finalizers",
+            if finalizers.is_empty() {
+                Value::Null
+            } else {
+                json!(finalizers)
+            },
+        );
         if is_namespace {
             next["status"] = json!({"phase": "Terminating"});
         }
         if is_crd && !already {
-            let mut conds = next.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut conds = next
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             conds.push(json!({"type": "Terminating", "status": "True", "lastTransitionTime": meta::now(), "reason": "InstanceDeletionInProgress", "message": "CustomResource deletion is in progress"}));
             next["status"]["conditions"] = json!(conds);
         }
         if dry || next == *cur {
             return Ok(Out::new(200, Self::present(def, &next), warnings));
         }
-        let stored = self.store.update(&gr, next, obj_rv(cur)).map_err(|e| write_error(e, def, &name))?;
+        let stored = self
+            .store
+            .update(&gr, next, obj_rv(cur))
+            .map_err(|e| write_error(e, def, &name))?;
         Ok(Out::new(200, Self::present(def, &stored), warnings))
     }
 
@@ -1399,7 +1650,12 @@ impl Api {
         if def.delete_returns_object {
             Self::present(def, last)
         } else {
-            crate::status::success_status(&def.group, &def.plural, meta_str(last, "name"), meta_str(last, "uid"))
+            crate::status::success_status(
+                &def.group,
+                &def.plural,
+                meta_str(last, "name"),
+                meta_str(last, "uid"),
+            )
         }
     }
 
@@ -1407,18 +1663,26 @@ impl Api {
     pub async fn delete_collection(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
         let opts = Self::delete_options(ctx, body)?;
         let ctx = &Self::with_body_dry_run(ctx, &opts);
-        let policy = opts.get("propagationPolicy").and_then(Value::as_str).unwrap_or("Background").to_string();
+        let policy = opts
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("Background")
+            .to_string();
         let (labels, fields) = self.selectors(ctx)?;
         let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
         let (objs, _) = self.store.list(&gr_of(&ctx.def), ns);
         let dry = ctx.params.dry_run()?;
         let mut items = vec![];
-        for o in objs.iter().filter(|o| labels.matches_object(o) && fields.matches(o)) {
+        for o in objs
+            .iter()
+            .filter(|o| labels.matches_object(o) && fields.matches(o))
+        {
             let mut one = ctx.clone();
             one.name = meta_str(o, "name").to_string();
             one.namespace = meta_str(o, "namespace").to_string();
             let mut warnings = vec![];
-            self.admit(&one, Operation::Delete, None, Some(o), &mut warnings).await?;
+            self.admit(&one, Operation::Delete, None, Some(o), &mut warnings)
+                .await?;
             match self.delete_object(&ctx.def, o, &policy, dry, warnings) {
                 Ok(_) => items.push(Self::present(&ctx.def, o)),
                 Err(e) if e.code == 404 || e.code == 409 => {}
@@ -1441,8 +1705,12 @@ impl Api {
         let Some(scale) = &def.scale else {
             return Err(ApiError::no_route());
         };
-        let spec = crate::table::eval(obj, &scale.spec_replicas_path).and_then(Value::as_i64).unwrap_or(0);
-        let status = crate::table::eval(obj, &scale.status_replicas_path).and_then(Value::as_i64).unwrap_or(0);
+        let spec = crate::table::eval(obj, &scale.spec_replicas_path)
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let status = crate::table::eval(obj, &scale.status_replicas_path)
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         let mut s = json!({
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
@@ -1457,10 +1725,18 @@ impl Api {
             "status": {"replicas": status},
         });
         let selector = match &scale.label_selector_path {
-            Some(p) => crate::table::eval(obj, p).and_then(Value::as_str).map(String::from),
-            None if def.kind == "Deployment" => obj.pointer("/spec/selector/matchLabels").and_then(Value::as_object).map(|m| {
-                m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
-            }),
+            Some(p) => crate::table::eval(obj, p)
+                .and_then(Value::as_str)
+                .map(String::from),
+            None if def.kind == "Deployment" => obj
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
             None => None,
         };
         if let Some(sel) = selector {
@@ -1473,11 +1749,27 @@ impl Api {
         let Some(spec) = &def.scale else {
             return Err(ApiError::no_route());
         };
-        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| {
-            ApiError::invalid("autoscaling", "Scale", meta_str(old, "name"), vec![Cause::new("FieldValueRequired", "spec.replicas", "Required value")])
-        })?;
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "autoscaling",
+                    "Scale",
+                    meta_str(old, "name"),
+                    vec![Cause::new(
+                        "FieldValueRequired",
+                        "spec.replicas",
+                        "Required value",
+                    )],
+                )
+            })?;
         let mut obj = Self::present(def, old);
-        let path: Vec<&str> = spec.spec_replicas_path.trim_start_matches('.').split('.').collect();
+        let path: Vec<&str> = spec
+            .spec_replicas_path
+            .trim_start_matches('.')
+            .split('.')
+            .collect();
         let mut cur = &mut obj;
         for (i, k) in path.iter().enumerate() {
             if i + 1 == path.len() {
@@ -1516,14 +1808,20 @@ fn encode_continue_latest(start: &str) -> String {
 /// The snapshot revision (None: the newest) and the key to start after.
 fn decode_continue(token: &str) -> ApiResult<(Option<u64>, String)> {
     let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let rev = match v.get("rv").and_then(Value::as_i64).ok_or_else(bad)? {
         -1 => None,
         r if r > 0 => Some(r as u64),
         _ => return Err(bad()),
     };
-    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string();
+    let start = v
+        .get("start")
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?
+        .to_string();
     Ok((rev, start))
 }
 
@@ -1534,23 +1832,41 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
 fn validate_list_options(rv: &str, rv_match: &str, cont: &str) -> ApiResult<()> {
     let mut causes = vec![];
     if !rv_match.is_empty() {
-        let forbidden = |m: &str| Cause::new("FieldValueForbidden", "resourceVersionMatch", format!("Forbidden: {m}"));
+        let forbidden = |m: &str| {
+            Cause::new(
+                "FieldValueForbidden",
+                "resourceVersionMatch",
+                format!("Forbidden: {m}"),
+            )
+        };
         if rv.is_empty() {
-            causes.push(forbidden("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+            causes.push(forbidden(
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
         }
         if !cont.is_empty() {
-            causes.push(forbidden("resourceVersionMatch is forbidden when continue is provided"));
+            causes.push(forbidden(
+                "resourceVersionMatch is forbidden when continue is provided",
+            ));
         }
         if rv_match != "Exact" && rv_match != "NotOlderThan" {
             causes.push(Cause::new(
                 "FieldValueNotSupported",
                 "resourceVersionMatch",
-                format!("Unsupported value: \"{rv_match}\": supported values: \"Exact\", \"NotOlderThan\", \"\""),
+                format!(
+                    "Unsupported value: \"{rv_match}\": supported values: \"Exact\", \"NotOlderThan\", \"\""
+                ),
             ));
         }
         if rv_match == "Exact" && rv == "0" {
-            causes.push(forbidden("resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""));
+            causes.push(forbidden(
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ));
         }
     }
-    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes)) }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes))
+    }
 }

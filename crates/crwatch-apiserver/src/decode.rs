@@ -23,7 +23,11 @@ struct Seed<'a> {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Seed<'_> {
@@ -50,7 +54,9 @@ impl<'de> Visitor<'de> for Seed<'_> {
         Ok(Value::from(v))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null))
+        Ok(serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .unwrap_or(Value::Null))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::String(v.to_string()))
@@ -121,13 +127,17 @@ pub fn json(body: &[u8]) -> Result<Decoded, ApiError> {
 
 /// Decode JSON or YAML (apply patches may be either).
 pub fn json_or_yaml(body: &[u8]) -> Result<Decoded, ApiError> {
-    let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map(|i| body[i]);
+    let trimmed = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .map(|i| body[i]);
     if trimmed == Some(b'{') {
         return json(body);
     }
-    let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
-    let value: Value =
-        serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    let text =
+        std::str::from_utf8(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    let value: Value = serde_saphyr::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     Ok(Decoded {
         value,
         duplicates: vec![],
@@ -151,6 +161,9 @@ mod tests {
             assert!(json(bad).is_err());
         }
         assert!(json_or_yaml(b"a: [1, 2").is_err());
-        assert_eq!(json_or_yaml(b"a: 1\nb: x\n").unwrap().value, serde_json::json!({"a": 1, "b": "x"}));
+        assert_eq!(
+            json_or_yaml(b"a: 1\nb: x\n").unwrap().value,
+            serde_json::json!({"a": 1, "b": "x"})
+        );
     }
 }

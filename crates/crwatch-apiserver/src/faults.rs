@@ -174,11 +174,16 @@ impl Faults {
     pub(crate) async fn on_request(&self, record: RequestRecord) -> Result<(), ApiError> {
         let (latency, failure) = {
             let mut s = self.lock();
-            *s.counts.entry((record.verb.clone(), record.resource.clone())).or_default() += 1;
+            *s.counts
+                .entry((record.verb.clone(), record.resource.clone()))
+                .or_default() += 1;
             let failure = if record.resource.is_empty() {
                 None
             } else {
-                let found = s.failures.iter_mut().find(|f| f.remaining > 0 && f.only.matches(&record));
+                let found = s
+                    .failures
+                    .iter_mut()
+                    .find(|f| f.remaining > 0 && f.only.matches(&record));
                 found.map(|f| {
                     f.remaining -= 1;
                     (f.code, f.retry_after)
@@ -198,10 +203,22 @@ impl Faults {
             None => Ok(()),
             Some((code, retry_after)) => {
                 let mut err = match code {
-                    429 => ApiError::new(429, "TooManyRequests", "Too many requests, please try again later."),
-                    503 => ApiError::new(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+                    429 => ApiError::new(
+                        429,
+                        "TooManyRequests",
+                        "Too many requests, please try again later.",
+                    ),
+                    503 => ApiError::new(
+                        503,
+                        "ServiceUnavailable",
+                        "the server is currently unable to handle the request",
+                    ),
                     500 => ApiError::internal("injected failure"),
-                    other => ApiError::new(other, "InternalError", format!("injected failure with code {other}")),
+                    other => ApiError::new(
+                        other,
+                        "InternalError",
+                        format!("injected failure with code {other}"),
+                    ),
                 };
                 err.retry_after = retry_after;
                 Err(err)

@@ -129,7 +129,8 @@ impl Gc {
         let deleting = !meta_str(obj, "deletionTimestamp").is_empty();
         if kind != EventType::Deleted && deleting {
             if *gr == namespaces_gr() {
-                self.terminating_namespaces.insert(meta_str(obj, "name").to_string());
+                self.terminating_namespaces
+                    .insert(meta_str(obj, "name").to_string());
             }
             if *gr == crds_gr() && meta::finalizers(obj).iter().any(|f| f == CRD_CLEANUP_FINALIZER) {
                 self.deleting_crds.insert(meta_str(obj, "name").to_string());
@@ -140,7 +141,11 @@ impl Gc {
                 self.orphan_dependents(&uid);
                 self.remove_finalizer(gr, &key_of(obj), "orphan");
             } else if fins.iter().any(|f| f == "foregroundDeletion") {
-                let deps: Vec<Ref> = self.dependents.get(&uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+                let deps: Vec<Ref> = self
+                    .dependents
+                    .get(&uid)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
                 if deps.is_empty() {
                     self.remove_finalizer(gr, &key_of(obj), "foregroundDeletion");
                 } else {
@@ -162,9 +167,13 @@ impl Gc {
     /// The owner with `uid` is gone: delete dependents it owned alone, drop the reference
     /// from dependents that have other live owners.
     fn owner_gone(&mut self, uid: &str) {
-        let Some(deps) = self.dependents.get(uid).cloned() else { return };
+        let Some(deps) = self.dependents.get(uid).cloned() else {
+            return;
+        };
         for (gr, key) in deps {
-            let Some(obj) = self.api.store.get(&gr, &key) else { continue };
+            let Some(obj) = self.api.store.get(&gr, &key) else {
+                continue;
+            };
             let others_alive = meta::owner_uids(&obj)
                 .iter()
                 .any(|u| u != uid && self.api.store.by_uid(u).is_some());
@@ -177,15 +186,23 @@ impl Gc {
     }
 
     fn orphan_dependents(&mut self, uid: &str) {
-        let deps: Vec<Ref> = self.dependents.get(uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let deps: Vec<Ref> = self
+            .dependents
+            .get(uid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         for (gr, key) in deps {
             self.drop_owner_ref(&gr, &key, uid);
         }
     }
 
     fn delete(&self, gr: &GroupResource, key: &ObjKey, policy: &str) {
-        let Some(def) = self.api.registry().storage(gr) else { return };
-        let Some(obj) = self.api.store.get(gr, key) else { return };
+        let Some(def) = self.api.registry().storage(gr) else {
+            return;
+        };
+        let Some(obj) = self.api.store.get(gr, key) else {
+            return;
+        };
         if !meta_str(&obj, "deletionTimestamp").is_empty() && policy == "Background" {
             return;
         }
@@ -197,7 +214,9 @@ impl Gc {
     /// Rewrite an object with `f` until the write wins (a conflicting write means retry).
     fn rewrite(&self, gr: &GroupResource, key: &ObjKey, f: impl Fn(&mut Value) -> bool) {
         for _ in 0..16 {
-            let Some(cur) = self.api.store.get(gr, key) else { return };
+            let Some(cur) = self.api.store.get(gr, key) else {
+                return;
+            };
             let mut next = (*cur).clone();
             if !f(&mut next) {
                 return;
@@ -207,7 +226,10 @@ impl Gc {
             let finished = !meta_str(&next, "deletionTimestamp").is_empty()
                 && meta::finalizers(&next).is_empty()
                 && (*gr != namespaces_gr()
-                    || next.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty));
+                    || next
+                        .pointer("/spec/finalizers")
+                        .and_then(Value::as_array)
+                        .is_none_or(Vec::is_empty));
             let res = if finished {
                 self.api.store.delete(gr, next, rv)
             } else {
@@ -233,7 +255,11 @@ impl Gc {
                 return false;
             }
             let rest: Vec<String> = fins.into_iter().filter(|f| f != finalizer).collect();
-            set_meta(obj, "finalizers", if rest.is_empty() { Value::Null } else { json!(rest) });
+            set_meta(
+                obj,
+                "finalizers",
+                if rest.is_empty() { Value::Null } else { json!(rest) },
+            );
             true
         });
     }
@@ -247,7 +273,11 @@ impl Gc {
             if rest.len() == refs.len() {
                 return false;
             }
-            set_meta(obj, "ownerReferences", if rest.is_empty() { Value::Null } else { json!(rest) });
+            set_meta(
+                obj,
+                "ownerReferences",
+                if rest.is_empty() { Value::Null } else { json!(rest) },
+            );
             true
         });
     }
@@ -257,10 +287,17 @@ impl Gc {
         let registry = self.api.registry();
         for ns in self.terminating_namespaces.clone() {
             let mut remaining = 0usize;
-            for def in registry.all().iter().filter(|d| d.namespaced && d.version == d.storage_version) {
+            for def in registry
+                .all()
+                .iter()
+                .filter(|d| d.namespaced && d.version == d.storage_version)
+            {
                 let (objs, _) = self.api.store.list(&def.key(), Some(&ns));
                 remaining += objs.len();
-                for o in objs.iter().filter(|o| meta_str(o, "deletionTimestamp").is_empty()) {
+                for o in objs
+                    .iter()
+                    .filter(|o| meta_str(o, "deletionTimestamp").is_empty())
+                {
                     if let Err(e) = self.api.delete_object(def, o, "Background", false, vec![]) {
                         tracing::debug!(error = %e, "namespace cleanup delete failed; retried on the next event");
                     }
@@ -269,7 +306,10 @@ impl Gc {
             if remaining == 0 {
                 self.terminating_namespaces.remove(&ns);
                 self.rewrite(&namespaces_gr(), &(String::new(), ns.clone()), |obj| {
-                    let has = obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+                    let has = obj
+                        .pointer("/spec/finalizers")
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty());
                     if has {
                         obj["spec"]["finalizers"] = json!([]);
                     }
@@ -285,18 +325,29 @@ impl Gc {
                 .cloned()
             else {
                 self.deleting_crds.remove(&crd_name);
-                self.remove_finalizer(&crds_gr(), &(String::new(), crd_name.clone()), CRD_CLEANUP_FINALIZER);
+                self.remove_finalizer(
+                    &crds_gr(),
+                    &(String::new(), crd_name.clone()),
+                    CRD_CLEANUP_FINALIZER,
+                );
                 continue;
             };
             let (objs, _) = self.api.store.list(&def.key(), None);
-            for o in objs.iter().filter(|o| meta_str(o, "deletionTimestamp").is_empty()) {
+            for o in objs
+                .iter()
+                .filter(|o| meta_str(o, "deletionTimestamp").is_empty())
+            {
                 if let Err(e) = self.api.delete_object(&def, o, "Background", false, vec![]) {
                     tracing::debug!(error = %e, "CRD cleanup delete failed; retried on the next event");
                 }
             }
             if self.api.store.list(&def.key(), None).0.is_empty() {
                 self.deleting_crds.remove(&crd_name);
-                self.remove_finalizer(&crds_gr(), &(String::new(), crd_name.clone()), CRD_CLEANUP_FINALIZER);
+                self.remove_finalizer(
+                    &crds_gr(),
+                    &(String::new(), crd_name.clone()),
+                    CRD_CLEANUP_FINALIZER,
+                );
             }
         }
     }

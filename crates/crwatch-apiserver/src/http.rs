@@ -49,7 +49,8 @@ fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
 fn error_response(e: &ApiError) -> Response {
     let mut resp = json_response(e.code, &e.status(), &e.warnings);
     if let Some(secs) = e.retry_after {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }
@@ -139,25 +140,29 @@ fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")))
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
 }
 
 /// The whole request handler.
 pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_string();
-    let query: HashMap<String, String> = parts
-        .uri
-        .query()
-        .map(url_pairs)
-        .unwrap_or_default();
+    let query: HashMap<String, String> = parts.uri.query().map(url_pairs).unwrap_or_default();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let rp = parse_resource_path(&segs);
     let watch_param = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let record = match &rp {
         Some(p) => RequestRecord {
             verb: verb_of(&parts.method, p, watch_param).to_string(),
-            resource: if p.sub.is_empty() { p.resource.clone() } else { format!("{}/{}", p.resource, p.sub) },
+            resource: if p.sub.is_empty() {
+                p.resource.clone()
+            } else {
+                format!("{}/{}", p.resource, p.sub)
+            },
             group: p.group.clone(),
             namespace: p.namespace.clone(),
             name: p.name.clone(),
@@ -174,7 +179,10 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
     };
     // Authentication first: a bad token is 401 everywhere, no token is anonymous and may only
     // read the public endpoints, as with the real server's default RBAC.
-    let public = matches!(segs.as_slice(), ["version"] | ["healthz", ..] | ["livez", ..] | ["readyz", ..]);
+    let public = matches!(
+        segs.as_slice(),
+        ["version"] | ["healthz", ..] | ["livez", ..] | ["readyz", ..]
+    );
     if let Some(token) = &state.token {
         let given = parts
             .headers
@@ -199,7 +207,11 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
     let body = match http_body_util::Limited::new(body, state.max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return error_response(&ApiError::new(413, "RequestEntityTooLarge", "Request entity too large"));
+            return error_response(&ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large",
+            ));
         }
     };
     let user_agent = parts
@@ -218,7 +230,18 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
     match rp {
         Some(p) => {
             let params = Params(query);
-            match resource_request(&state, &parts.method, p, params, user_agent, &content_type, table, &body).await {
+            match resource_request(
+                &state,
+                &parts.method,
+                p,
+                params,
+                user_agent,
+                &content_type,
+                table,
+                &body,
+            )
+            .await
+            {
                 Ok(resp) => resp,
                 Err(e) => error_response(&e),
             }
@@ -226,8 +249,10 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         None if segs == ["openapi", "v2"] && accepts_only_protobuf(&parts.headers) => {
             // kubectl asks for the protobuf form only; it needs an answer, not a 406.
             let mut resp = Response::new(Body::from(crate::openapi::v2_protobuf_minimal()));
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::openapi::V2_PROTOBUF_CONTENT_TYPE));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::openapi::V2_PROTOBUF_CONTENT_TYPE),
+            );
             resp
         }
         None => match discovery(&state, &parts.method, &segs) {
@@ -282,7 +307,11 @@ async fn resource_request(
         def: def.clone(),
         namespace: p.namespace.clone(),
         name: p.name.clone(),
-        sub: if p.sub == "finalize" { String::new() } else { p.sub.clone() },
+        sub: if p.sub == "finalize" {
+            String::new()
+        } else {
+            p.sub.clone()
+        },
         params,
         user_agent,
         user: "admin".into(),
@@ -291,11 +320,16 @@ async fn resource_request(
     if matches!(verb, "create" | "update") {
         let base = content_type.split(';').next().unwrap_or_default().trim();
         // JSON bodies, and the protobuf bodies kubectl 1.32+ sends for `kubectl create <kind>`.
-        if !matches!(base, "application/json" | "" | "*/*" | "application/vnd.kubernetes.protobuf") {
+        if !matches!(
+            base,
+            "application/json" | "" | "*/*" | "application/vnd.kubernetes.protobuf"
+        ) {
             return Err(ApiError::new(
                 415,
                 "UnsupportedMediaType",
-                format!("the body of the request was in an unknown format - accepted media types include: application/json (got {base:?})"),
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json (got {base:?})"
+                ),
             ));
         }
     }
@@ -305,7 +339,8 @@ async fn resource_request(
         && !body.is_empty()
         && matches!(verb, "create" | "update" | "delete" | "deletecollection")
     {
-        converted = Bytes::from(serde_json::to_vec(&crate::protobuf::decode(body)?).map_err(ApiError::internal)?);
+        converted =
+            Bytes::from(serde_json::to_vec(&crate::protobuf::decode(body)?).map_err(ApiError::internal)?);
         &converted
     } else {
         body
@@ -313,7 +348,11 @@ async fn resource_request(
     let out = match verb {
         "watch" => {
             let full = ctx.params.get("includeObject") == Some("Object");
-            let format = if table { Format::Table { full_object: full } } else { Format::Object };
+            let format = if table {
+                Format::Table { full_object: full }
+            } else {
+                Format::Object
+            };
             let rx = watch::start(
                 state.api.clone(),
                 &ctx,
@@ -347,7 +386,11 @@ async fn resource_request(
         "deletecollection" => state.api.delete_collection(&ctx, body).await?,
         _ => return Err(ApiError::method_not_allowed()),
     };
-    let is_object = out.body.get("kind").and_then(Value::as_str).is_some_and(|k| k == def.kind);
+    let is_object = out
+        .body
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k == def.kind);
     let is_list = matches!(verb, "list");
     if table && (is_object || is_list) && matches!(verb, "get" | "list") {
         let full = ctx.params.get("includeObject") == Some("Object");
@@ -357,14 +400,17 @@ async fn resource_request(
             vec![out.body.clone()]
         };
         let refs: Vec<&Value> = items.iter().collect();
-        let meta = if is_list { out.body["metadata"].clone() } else { json!({"resourceVersion": out.body["metadata"]["resourceVersion"]}) };
+        let meta = if is_list {
+            out.body["metadata"].clone()
+        } else {
+            json!({"resourceVersion": out.body["metadata"]["resourceVersion"]})
+        };
         let mut t = crate::table::to_table(&def, &refs, meta, true);
-        if full
-            && let Some(rows) = t["rows"].as_array_mut() {
-                for (row, item) in rows.iter_mut().zip(items.iter()) {
-                    row["object"] = item.clone();
-                }
+        if full && let Some(rows) = t["rows"].as_array_mut() {
+            for (row, item) in rows.iter_mut().zip(items.iter()) {
+                row["object"] = item.clone();
             }
+        }
         return Ok(json_response(200, &t, &out.warnings));
     }
     Ok(json_response(out.code, &out.body, &out.warnings))
@@ -409,8 +455,11 @@ fn discovery(state: &AppState, method: &Method, segs: &[&str]) -> ApiResult<Valu
         }
         ["api", v] | ["apis", _, v] => {
             let group = if segs[0] == "api" { "" } else { segs[1] };
-            let defs: Vec<&Arc<ResourceDef>> =
-                registry.all().iter().filter(|d| d.group == group && d.version == *v).collect();
+            let defs: Vec<&Arc<ResourceDef>> = registry
+                .all()
+                .iter()
+                .filter(|d| d.group == group && d.version == *v)
+                .collect();
             if defs.is_empty() {
                 return Err(ApiError::no_route());
             }
@@ -424,8 +473,14 @@ fn discovery(state: &AppState, method: &Method, segs: &[&str]) -> ApiResult<Valu
                     resources.push(json!({"name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
                 }
             }
-            let gv = if group.is_empty() { v.to_string() } else { format!("{group}/{v}") };
-            Ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+            let gv = if group.is_empty() {
+                v.to_string()
+            } else {
+                format!("{group}/{v}")
+            };
+            Ok(
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+            )
         }
         ["openapi", "v2"] => Ok(crate::openapi::v2(registry.all())),
         ["openapi", "v3"] => Ok(crate::openapi::v3_index(registry.all())),
@@ -498,11 +553,19 @@ mod tests {
         assert_eq!(p("/api/v1/namespaces/default").unwrap().name, "default");
         assert_eq!(p("/api/v1/namespaces/default/status").unwrap().sub, "status");
         let cm = p("/api/v1/namespaces/ns/configmaps/x").unwrap();
-        assert_eq!((cm.namespace.as_str(), cm.resource.as_str(), cm.name.as_str()), ("ns", "configmaps", "x"));
+        assert_eq!(
+            (cm.namespace.as_str(), cm.resource.as_str(), cm.name.as_str()),
+            ("ns", "configmaps", "x")
+        );
         let db = p("/apis/stable.example.com/v1/watch/namespaces/ns/databases").unwrap();
         assert!(db.legacy_watch);
         assert_eq!(db.group, "stable.example.com");
-        assert_eq!(p("/apis/stable.example.com/v1/namespaces/ns/databases/x/status").unwrap().sub, "status");
+        assert_eq!(
+            p("/apis/stable.example.com/v1/namespaces/ns/databases/x/status")
+                .unwrap()
+                .sub,
+            "status"
+        );
         assert!(p("/apis/stable.example.com/v1").is_none());
     }
 

@@ -145,8 +145,13 @@ impl Drop for ApiServer {
 
 async fn bind(host: IpAddr, port: u16) -> Result<(TcpListener, u16), ServerError> {
     let addr = SocketAddr::new(host, port);
-    let l = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
-    let port = l.local_addr().map_err(|source| ServerError::Bind { addr, source })?.port();
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let port = l
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?
+        .port();
     Ok((l, port))
 }
 
@@ -176,7 +181,10 @@ impl ApiServer {
         };
         gc::spawn(api.clone(), stop.clone());
 
-        let token = config.token.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let token = config
+            .token
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let certs = tls::Certs::generate(&[config.host.to_string()])?;
         let (https, port) = bind(config.host, config.port).await?;
         let host = match config.host {
@@ -195,7 +203,12 @@ impl ApiServer {
             max_body: config.max_body_bytes,
         });
         let router = axum::Router::new().fallback(http::handle).with_state(state);
-        tokio::spawn(http::serve(https, Some(certs.server_config()?), router.clone(), stop.clone()));
+        tokio::spawn(http::serve(
+            https,
+            Some(certs.server_config()?),
+            router.clone(),
+            stop.clone(),
+        ));
         let http_url = match config.http_port {
             Some(p) => {
                 let (l, port) = bind(config.host, p).await?;
@@ -276,8 +289,16 @@ impl ApiServer {
 
     /// Create or replace an object given as JSON (any served kind), as `kubectl apply` would.
     pub async fn apply(&self, obj: Value) -> Result<Value, ServerError> {
-        let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        let av = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let def = self
             .api
             .registry()
@@ -308,6 +329,33 @@ impl ApiServer {
         Ok(out.body)
     }
 
+    /// Delete an object directly (background propagation, finalizers honoured), bypassing
+    /// HTTP: it works while [`Faults::pause`] holds client requests.
+    pub async fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), ServerError> {
+        let def =
+            self.api.registry().by_kind(api_version, kind).ok_or_else(|| {
+                ServerError::Manifest(format!("no kind {kind:?} is served at {api_version:?}"))
+            })?;
+        let ns = if def.namespaced { namespace } else { "" };
+        let cur = self
+            .api
+            .store
+            .get(&def.key(), &(ns.to_string(), name.to_string()))
+            .ok_or_else(|| {
+                ServerError::Manifest(format!("{} {ns}/{name} not found", def.group_resource()))
+            })?;
+        self.api
+            .delete_object(&def, &cur, "Background", false, vec![])
+            .map_err(|e| ServerError::Manifest(e.message))?;
+        Ok(())
+    }
+
     /// Apply every document of a YAML (or JSON) manifest file.
     pub async fn apply_file(&self, path: &Path) -> Result<Vec<Value>, ServerError> {
         let text = std::fs::read_to_string(path)
@@ -316,7 +364,11 @@ impl ApiServer {
             .map_err(|e| ServerError::Manifest(format!("parsing {}: {e}", path.display())))?;
         let mut out = vec![];
         for doc in docs.into_iter().filter(|d| !d.is_null()) {
-            out.push(self.apply(doc).await.map_err(|e| ServerError::Manifest(format!("{}: {e}", path.display())))?);
+            out.push(
+                self.apply(doc)
+                    .await
+                    .map_err(|e| ServerError::Manifest(format!("{}: {e}", path.display())))?,
+            );
         }
         Ok(out)
     }
@@ -365,8 +417,11 @@ fn save_state(store: &Store, path: &Path) -> Result<(), ServerError> {
         .collect();
     let doc = json!({"revision": store.revision(), "objects": objects});
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc).map_err(|e| err(e.to_string()))?)
-        .map_err(|e| err(e.to_string()))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&doc).map_err(|e| err(e.to_string()))?,
+    )
+    .map_err(|e| err(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
 }
 
@@ -376,7 +431,8 @@ fn load_state(store: &Store, path: &Path) -> Result<(), ServerError> {
         message,
     };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| err(format!("not a crwatch-apiserver state file: {e}")))?;
+    let doc: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| err(format!("not a crwatch-apiserver state file: {e}")))?;
     let objects = doc
         .get("objects")
         .and_then(Value::as_array)

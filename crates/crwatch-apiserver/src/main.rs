@@ -43,7 +43,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -60,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("starting the API server")?;
     for file in &args.crds {
-        let applied = server.apply_file(file).await.with_context(|| format!("applying {}", file.display()))?;
+        let applied = server
+            .apply_file(file)
+            .await
+            .with_context(|| format!("applying {}", file.display()))?;
         for obj in applied {
             eprintln!(
                 "applied {}/{}",
@@ -73,7 +78,10 @@ async fn main() -> anyhow::Result<()> {
         .write_kubeconfig(&args.kubeconfig)
         .with_context(|| format!("writing {}", args.kubeconfig.display()))?;
     let kubeconfig = std::fs::canonicalize(&args.kubeconfig).unwrap_or(args.kubeconfig.clone());
-    println!("crwatch-apiserver {} (Kubernetes v1.33 API)", env!("CARGO_PKG_VERSION"));
+    println!(
+        "crwatch-apiserver {} (Kubernetes v1.33 API)",
+        env!("CARGO_PKG_VERSION")
+    );
     println!("  serving {}", server.url());
     if let Some(u) = server.http_url() {
         println!("  serving {u} (plain HTTP, same token)");
@@ -84,7 +92,14 @@ async fn main() -> anyhow::Result<()> {
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  kubectl get namespaces");
     println!();
-    println!("Press Ctrl-C to stop{}.", if args.state.is_some() { " (state is saved on exit)" } else { "" });
+    println!(
+        "Press Ctrl-C to stop{}.",
+        if args.state.is_some() {
+            " (state is saved on exit)"
+        } else {
+            ""
+        }
+    );
     shutdown_signal().await;
     eprintln!("shutting down");
     server.shutdown().await.context("saving state")?;

@@ -54,7 +54,9 @@ fn get_path<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 fn remove_path(obj: &mut Value, path: &[String]) {
-    let Some((last, parent)) = path.split_last() else { return };
+    let Some((last, parent)) = path.split_last() else {
+        return;
+    };
     let mut cur = obj;
     for k in parent {
         match cur.get_mut(k) {
@@ -83,7 +85,9 @@ pub fn to_fields_v1(paths: &BTreeSet<Path>) -> Value {
     for p in paths {
         let mut cur = &mut root;
         for k in p {
-            let entry = cur.entry(format!("f:{k}")).or_insert_with(|| Value::Object(Map::new()));
+            let entry = cur
+                .entry(format!("f:{k}"))
+                .or_insert_with(|| Value::Object(Map::new()));
             match entry.as_object_mut() {
                 Some(m) => cur = m,
                 None => break,
@@ -172,12 +176,23 @@ pub fn set_entries(obj: &mut Value, list: Vec<Entry>) {
             v
         })
         .collect();
-    let value = if json.is_empty() { Value::Null } else { Value::Array(json) };
+    let value = if json.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(json)
+    };
     crate::meta::set_meta(obj, "managedFields", value);
 }
 
 /// Record an `Update` (create, update, patch) by `manager`: it takes the fields it changed.
-pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, sub: &str, now: &str) {
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    sub: &str,
+    now: &str,
+) {
     let mut list = old.map(entries).unwrap_or_default();
     let changed = match old {
         Some(old) => changed_paths(old, new),
@@ -193,7 +208,8 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_ve
             .find(|e| e.manager == manager && e.operation == "Update" && e.subresource == sub)
         {
             Some(e) => {
-                e.fields.extend(changed.into_iter().filter(|p| present.contains(p)));
+                e.fields
+                    .extend(changed.into_iter().filter(|p| present.contains(p)));
                 e.time = now.to_string();
                 e.api_version = api_version.to_string();
             }
@@ -249,7 +265,10 @@ pub fn apply(
         }
         for p in e.fields.intersection(&applied_paths) {
             if get_path(&obj, p) != get_path(applied, p) {
-                let key = format!("{}\u{0}{}\u{0}{}\u{0}{}", e.manager, e.operation, e.api_version, e.subresource);
+                let key = format!(
+                    "{}\u{0}{}\u{0}{}\u{0}{}",
+                    e.manager, e.operation, e.api_version, e.subresource
+                );
                 conflicts.push((print_manager(e), key, p.clone()));
             }
         }
@@ -261,7 +280,10 @@ pub fn apply(
             .map(|(m, _, p)| Cause::new("FieldManagerConflict", dotted(p), format!("conflict with {m}")))
             .collect();
         let message = if n == 1 {
-            format!("Apply failed with 1 conflict: {}: {}", causes[0].message, causes[0].field)
+            format!(
+                "Apply failed with 1 conflict: {}: {}",
+                causes[0].message, causes[0].field
+            )
         } else {
             // Grouped by manager, managers sorted, lines joined by newlines (getConflictMessage).
             let mut keys: Vec<(&String, &String)> = conflicts.iter().map(|(m, k, _)| (k, m)).collect();
@@ -327,7 +349,10 @@ mod tests {
         let obj = json!({"metadata": {"labels": {"a": "1"}, "name": "x"}, "spec": {"size": "1Gi", "users": [{"u": 1}]}});
         let paths = leaf_paths(&obj);
         let f = to_fields_v1(&paths);
-        assert_eq!(f, json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:size": {}, "f:users": {}}}));
+        assert_eq!(
+            f,
+            json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:size": {}, "f:users": {}}})
+        );
         assert_eq!(from_fields_v1(&f), paths);
     }
 
@@ -338,7 +363,10 @@ mod tests {
         let applied = json!({"spec": {"size": "2Gi"}});
         let err = apply(Some(&obj), &applied, "me", false, "v1", "", "t").unwrap_err();
         assert_eq!(err.code, 409);
-        assert_eq!(err.message, "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1: .spec.size");
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1: .spec.size"
+        );
         let out = apply(Some(&obj), &applied, "me", true, "v1", "", "t").unwrap();
         assert_eq!(out["spec"]["size"], "2Gi");
         let e = entries(&out);
@@ -348,8 +376,26 @@ mod tests {
 
     #[test]
     fn apply_removes_fields_the_manager_stopped_applying() {
-        let first = apply(None, &json!({"spec": {"a": 1, "b": 2}}), "me", false, "v1", "", "t").unwrap();
-        let second = apply(Some(&first), &json!({"spec": {"a": 1}}), "me", false, "v1", "", "t").unwrap();
+        let first = apply(
+            None,
+            &json!({"spec": {"a": 1, "b": 2}}),
+            "me",
+            false,
+            "v1",
+            "",
+            "t",
+        )
+        .unwrap();
+        let second = apply(
+            Some(&first),
+            &json!({"spec": {"a": 1}}),
+            "me",
+            false,
+            "v1",
+            "",
+            "t",
+        )
+        .unwrap();
         assert_eq!(second["spec"], json!({"a": 1}));
     }
 }

@@ -20,7 +20,11 @@ pub fn generate_name(prefix: &str) -> String {
         .collect();
     // The real server cuts the prefix so the whole name stays within 63 characters.
     let max_prefix = 63 - 5;
-    let prefix = if prefix.len() > max_prefix { &prefix[..max_prefix] } else { prefix };
+    let prefix = if prefix.len() > max_prefix {
+        &prefix[..max_prefix]
+    } else {
+        prefix
+    };
     format!("{prefix}{suffix}")
 }
 
@@ -30,7 +34,8 @@ const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lowe
 fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -44,7 +49,11 @@ pub fn is_subdomain(s: &str) -> bool {
 /// other kinds a DNS subdomain.
 pub fn name_problems(name: &str, label_only: bool) -> Vec<Cause> {
     let invalid = |detail: &str| {
-        Cause::new("FieldValueInvalid", "metadata.name", format!("Invalid value: \"{name}\": {detail}"))
+        Cause::new(
+            "FieldValueInvalid",
+            "metadata.name",
+            format!("Invalid value: \"{name}\": {detail}"),
+        )
     };
     let mut out = vec![];
     if label_only {
@@ -80,7 +89,11 @@ pub fn label_problems(obj: &Value) -> Vec<Cause> {
             ));
         }
         let Some(v) = v.as_str() else {
-            out.push(Cause::new("FieldValueTypeInvalid", format!("metadata.labels.{k}"), "Invalid value: must be a string"));
+            out.push(Cause::new(
+                "FieldValueTypeInvalid",
+                format!("metadata.labels.{k}"),
+                "Invalid value: must be a string",
+            ));
             continue;
         };
         let ok = v.is_empty()
@@ -114,7 +127,10 @@ pub fn field_manager(explicit: Option<&str>, user_agent: &str) -> String {
 
 /// A string field of `metadata`.
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or_default()
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// `metadata.finalizers` as strings.

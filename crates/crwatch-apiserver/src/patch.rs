@@ -26,9 +26,9 @@ impl PatchType {
             "application/json-patch+json" => Ok(PatchType::Json),
             "application/merge-patch+json" => Ok(PatchType::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+json" | "application/apply-patch+cbor" => {
-                Ok(PatchType::Apply)
-            }
+            "application/apply-patch+yaml"
+            | "application/apply-patch+json"
+            | "application/apply-patch+cbor" => Ok(PatchType::Apply),
             other => Err(ApiError::unsupported_media_type(other)),
         }
     }
@@ -42,7 +42,11 @@ pub fn json_patch(target: &Value, body: &[u8]) -> ApiResult<Value> {
     json_patch::patch(&mut out, &ops).map_err(|_| {
         // The real server answers a failed test or a missing path as 422 Invalid with this
         // generic message only (`NewGenericServerResponse` drops the json-patch error text).
-        ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request")
+        ApiError::new(
+            422,
+            "Invalid",
+            "the server rejected our request due to an error in our request",
+        )
     })?;
     Ok(out)
 }
@@ -52,7 +56,9 @@ pub fn merge_patch(target: &Value, body: &[u8]) -> ApiResult<Value> {
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     if !patch.is_object() {
-        return Err(ApiError::bad_request("json: cannot unmarshal into Go value of type map[string]interface {}"));
+        return Err(ApiError::bad_request(
+            "json: cannot unmarshal into Go value of type map[string]interface {}",
+        ));
     }
     let mut out = target.clone();
     json_patch::merge(&mut out, &patch);
@@ -63,7 +69,12 @@ pub fn merge_patch(target: &Value, body: &[u8]) -> ApiResult<Value> {
 /// Custom resources have none, so their lists are replaced (as a merge patch does).
 fn merge_key(field: &str) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
         | "secrets" => Some("name"),
         "volumeMounts" => Some("mountPath"),
         "ports" => Some("containerPort"),
@@ -79,7 +90,9 @@ pub fn strategic_merge_patch(target: &Value, body: &[u8], custom: bool) -> ApiRe
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     if !patch.is_object() {
-        return Err(ApiError::bad_request("json: cannot unmarshal into Go value of type map[string]interface {}"));
+        return Err(ApiError::bad_request(
+            "json: cannot unmarshal into Go value of type map[string]interface {}",
+        ));
     }
     let mut out = target.clone();
     smp_object(&mut out, &patch, custom);
@@ -110,7 +123,8 @@ fn smp_object(target: &mut Value, patch: &Value, custom: bool) {
             continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(list), Some(del)) = (tm.get_mut(field).and_then(Value::as_array_mut), pv.as_array()) {
+            if let (Some(list), Some(del)) = (tm.get_mut(field).and_then(Value::as_array_mut), pv.as_array())
+            {
                 list.retain(|x| !del.contains(x));
             }
             continue;
@@ -204,7 +218,13 @@ mod tests {
         let out = strategic_merge_patch(&target, patch.to_string().as_bytes(), false).unwrap();
         assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["image"], "a:1");
         assert_eq!(out["spec"]["template"]["spec"]["containers"][1]["image"], "b:2");
-        assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -319,8 +319,15 @@ pub fn defs_from_crd(crd: &Value) -> Result<Vec<ResourceDef>, CrdError> {
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .ok_or_else(|| CrdError("metadata.name: Required value".into()))?;
-    let spec = crd.get("spec").ok_or_else(|| CrdError("spec: Required value".into()))?;
-    let s = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    let spec = crd
+        .get("spec")
+        .ok_or_else(|| CrdError("spec: Required value".into()))?;
+    let s = |v: &Value, p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let strings = |v: &Value, p: &str| -> Vec<String> {
         v.pointer(p)
             .and_then(Value::as_array)
@@ -335,7 +342,11 @@ pub fn defs_from_crd(crd: &Value) -> Result<Vec<ResourceDef>, CrdError> {
         singular = kind.to_ascii_lowercase();
     }
     let namespaced = s(spec, "/scope") != "Cluster";
-    let versions = spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let versions = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let storage_version = versions
         .iter()
         .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
@@ -349,7 +360,10 @@ pub fn defs_from_crd(crd: &Value) -> Result<Vec<ResourceDef>, CrdError> {
         let scale = v.pointer("/subresources/scale").map(|sc| ScaleSpec {
             spec_replicas_path: s(sc, "/specReplicasPath"),
             status_replicas_path: s(sc, "/statusReplicasPath"),
-            label_selector_path: sc.get("labelSelectorPath").and_then(Value::as_str).map(String::from),
+            label_selector_path: sc
+                .get("labelSelectorPath")
+                .and_then(Value::as_str)
+                .map(String::from),
         });
         let printer_columns = v
             .get("additionalPrinterColumns")

@@ -42,7 +42,9 @@ pub fn valid_label_key(key: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     let prefix_ok = prefix.is_none_or(|p| {
@@ -50,7 +52,9 @@ pub fn valid_label_key(key: &str) -> bool {
             && p.len() <= 253
             && p.split('.').all(|part| {
                 !part.is_empty()
-                    && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                     && !part.starts_with('-')
                     && !part.ends_with('-')
             })
@@ -96,7 +100,9 @@ impl LabelSelector {
         for part in split_top_level(s) {
             let part = part.trim();
             if part.is_empty() {
-                return Err(SelectorError(format!("unable to parse requirement: found '', expected: identifier in \"{s}\"")));
+                return Err(SelectorError(format!(
+                    "unable to parse requirement: found '', expected: identifier in \"{s}\""
+                )));
             }
             requirements.push(parse_requirement(part)?);
         }
@@ -115,7 +121,11 @@ impl LabelSelector {
         }
         if let Some(exprs) = v.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
-                let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
+                let key = e
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
@@ -127,7 +137,11 @@ impl LabelSelector {
                     "NotIn" => Requirement::NotIn(key, values),
                     "Exists" => Requirement::Exists(key),
                     "DoesNotExist" => Requirement::DoesNotExist(key),
-                    other => return Err(SelectorError(format!("{other:?} is not a valid label selector operator"))),
+                    other => {
+                        return Err(SelectorError(format!(
+                            "{other:?} is not a valid label selector operator"
+                        )));
+                    }
                 });
             }
         }
@@ -141,8 +155,14 @@ impl LabelSelector {
             Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
             Requirement::Exists(k) => labels.contains_key(k),
             Requirement::DoesNotExist(k) => !labels.contains_key(k),
-            Requirement::Gt(k, n) => labels.get(k).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *n),
-            Requirement::Lt(k, n) => labels.get(k).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < *n),
+            Requirement::Gt(k, n) => labels
+                .get(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v > *n),
+            Requirement::Lt(k, n) => labels
+                .get(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < *n),
         })
     }
 
@@ -192,7 +212,11 @@ fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
                     let n = value.parse::<i64>().map_err(|_| {
                         SelectorError("unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer".into())
                     })?;
-                    if op == ">" { Requirement::Gt(key.into(), n) } else { Requirement::Lt(key.into(), n) }
+                    if op == ">" {
+                        Requirement::Gt(key.into(), n)
+                    } else {
+                        Requirement::Lt(key.into(), n)
+                    }
                 }
                 _ => Requirement::In(key.into(), vec![check_value(value)?]),
             });
@@ -215,7 +239,11 @@ fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
         let inner = list
             .strip_prefix('(')
             .and_then(|l| l.strip_suffix(')'))
-            .ok_or_else(|| SelectorError(format!("unable to parse requirement: found '{list}', expected: '('")))?;
+            .ok_or_else(|| {
+                SelectorError(format!(
+                    "unable to parse requirement: found '{list}', expected: '('"
+                ))
+            })?;
         if !valid_label_key(key) {
             return Err(bad_key(key));
         }
@@ -270,7 +298,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, v, true)
             } else {
-                return Err(SelectorError(format!("invalid selector: '{s}'; can't understand '{part}'")));
+                return Err(SelectorError(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                )));
             };
             let field = field.trim();
             if !allowed.contains(&field) {
@@ -321,7 +351,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

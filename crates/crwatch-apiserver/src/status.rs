@@ -55,7 +55,12 @@ impl ApiError {
 
     /// 404 for a path the server does not serve.
     pub fn no_route() -> Self {
-        ApiError::new(404, "NotFound", "the server could not find the requested resource").with_details(json!({}))
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     /// 409 AlreadyExists.
@@ -68,8 +73,12 @@ impl ApiError {
     /// 409 Conflict with the real server's wording: `Operation cannot be fulfilled on ...: why`.
     pub fn conflict(group: &str, resource: &str, name: &str, why: &str) -> Self {
         let gr = qualified(group, resource);
-        ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {gr} \"{name}\": {why}"))
-            .with_details(details(group, resource, name))
+        ApiError::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {gr} \"{name}\": {why}"),
+        )
+        .with_details(details(group, resource, name))
     }
 
     /// 409 Conflict for a stale resourceVersion.
@@ -84,9 +93,17 @@ impl ApiError {
 
     /// 422 Invalid: `Kind.group "name" is invalid: field: message` with one cause per error.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let gk = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let gk = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let list: Vec<String> = causes.iter().map(Cause::to_string).collect();
-        let joined = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+        let joined = if list.len() == 1 {
+            list[0].clone()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
         let causes_json: Vec<Value> = causes
             .iter()
             .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
@@ -112,20 +129,32 @@ impl ApiError {
 
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed() -> Self {
-        ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
-            .with_details(json!({}))
+        ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     /// 415 UnsupportedMediaType.
     /// Worded as `negotiation.NewUnsupportedMediaTypeError` words it for built-in kinds (the
     /// content type sent is not echoed back).
     pub fn unsupported_media_type(_ct: &str) -> Self {
-        ApiError::new(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml")
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
+        )
     }
 
     /// 500 InternalError.
     pub fn internal(message: impl std::fmt::Display) -> Self {
-        ApiError::new(500, "InternalError", format!("Internal error occurred: {message}"))
+        ApiError::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
+        )
     }
 
     /// 401 Unauthorized.
@@ -193,7 +222,11 @@ impl std::fmt::Display for Cause {
 }
 
 fn qualified(group: &str, resource: &str) -> String {
-    if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") }
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
 }
 
 fn details(group: &str, resource: &str, name: &str) -> Value {
@@ -223,14 +256,23 @@ mod tests {
             "x",
             vec![Cause::new("FieldValueRequired", "spec.version", "Required value")],
         );
-        assert_eq!(one.message, "Database.stable.example.com \"x\" is invalid: spec.version: Required value");
+        assert_eq!(
+            one.message,
+            "Database.stable.example.com \"x\" is invalid: spec.version: Required value"
+        );
         let two = ApiError::invalid(
             "",
             "ConfigMap",
             "x",
-            vec![Cause::new("FieldValueRequired", "a", "Required value"), Cause::new("FieldValueRequired", "b", "Required value")],
+            vec![
+                Cause::new("FieldValueRequired", "a", "Required value"),
+                Cause::new("FieldValueRequired", "b", "Required value"),
+            ],
         );
-        assert_eq!(two.message, "ConfigMap \"x\" is invalid: [a: Required value, b: Required value]");
+        assert_eq!(
+            two.message,
+            "ConfigMap \"x\" is invalid: [a: Required value, b: Required value]"
+        );
         assert_eq!(two.status()["details"]["causes"][1]["field"], "b");
     }
 

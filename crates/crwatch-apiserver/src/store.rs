@@ -104,12 +104,19 @@ fn rv_of(obj: &Value) -> u64 {
 }
 
 fn uid_of(obj: &Value) -> Option<String> {
-    obj.pointer("/metadata/uid").and_then(Value::as_str).map(String::from)
+    obj.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(String::from)
 }
 
 /// The `(namespace, name)` key of an object.
 pub fn key_of(obj: &Value) -> ObjKey {
-    let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     (s("/metadata/namespace"), s("/metadata/name"))
 }
 
@@ -188,7 +195,12 @@ impl Store {
     }
 
     /// The objects of a resource as they were at revision `rev`, rebuilt from history.
-    pub fn list_at(&self, gr: &GroupResource, ns: Option<&str>, rev: u64) -> Result<Vec<Arc<Value>>, Compacted> {
+    pub fn list_at(
+        &self,
+        gr: &GroupResource,
+        ns: Option<&str>,
+        rev: u64,
+    ) -> Result<Vec<Arc<Value>>, Compacted> {
         let inner = self.lock();
         if rev >= inner.rev {
             return Ok(Self::collect(&inner.objects, gr, ns));
@@ -222,7 +234,14 @@ impl Store {
             .collect())
     }
 
-    fn commit(&self, inner: &mut Inner, gr: &GroupResource, kind: EventType, object: Arc<Value>, prev: Option<Arc<Value>>) {
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        gr: &GroupResource,
+        kind: EventType,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+    ) {
         let ev = Arc::new(Event {
             rev: inner.rev,
             gr: gr.clone(),
@@ -259,14 +278,28 @@ impl Store {
         if let Some(uid) = uid_of(&obj) {
             inner.uids.insert(uid, (gr.clone(), key.clone()));
         }
-        inner.objects.entry(gr.clone()).or_default().insert(key, obj.clone());
+        inner
+            .objects
+            .entry(gr.clone())
+            .or_default()
+            .insert(key, obj.clone());
         self.commit(&mut inner, gr, EventType::Added, obj.clone(), None);
         Ok(obj)
     }
 
     /// The stored object at `key`, if its revision is `expected`.
-    fn expect(inner: &Inner, gr: &GroupResource, key: &ObjKey, expected: u64) -> Result<Arc<Value>, WriteError> {
-        let prev = inner.objects.get(gr).and_then(|m| m.get(key)).cloned().ok_or(WriteError::Missing)?;
+    fn expect(
+        inner: &Inner,
+        gr: &GroupResource,
+        key: &ObjKey,
+        expected: u64,
+    ) -> Result<Arc<Value>, WriteError> {
+        let prev = inner
+            .objects
+            .get(gr)
+            .and_then(|m| m.get(key))
+            .cloned()
+            .ok_or(WriteError::Missing)?;
         if rv_of(&prev) != expected {
             return Err(WriteError::Stale);
         }
@@ -274,20 +307,34 @@ impl Store {
     }
 
     /// Replace an object whose stored revision is `expected`.
-    pub fn update(&self, gr: &GroupResource, mut obj: Value, expected: u64) -> Result<Arc<Value>, WriteError> {
+    pub fn update(
+        &self,
+        gr: &GroupResource,
+        mut obj: Value,
+        expected: u64,
+    ) -> Result<Arc<Value>, WriteError> {
         let mut inner = self.lock();
         let key = key_of(&obj);
         let prev = Self::expect(&inner, gr, &key, expected)?;
         Self::stamp(&mut inner, &mut obj);
         let obj = Arc::new(obj);
-        inner.objects.entry(gr.clone()).or_default().insert(key, obj.clone());
+        inner
+            .objects
+            .entry(gr.clone())
+            .or_default()
+            .insert(key, obj.clone());
         self.commit(&mut inner, gr, EventType::Modified, obj.clone(), Some(prev));
         Ok(obj)
     }
 
     /// Remove an object whose stored revision is `expected`. `last` is the final state to
     /// report (watchers see it with the delete's revision).
-    pub fn delete(&self, gr: &GroupResource, mut last: Value, expected: u64) -> Result<Arc<Value>, WriteError> {
+    pub fn delete(
+        &self,
+        gr: &GroupResource,
+        mut last: Value,
+        expected: u64,
+    ) -> Result<Arc<Value>, WriteError> {
         let mut inner = self.lock();
         let key = key_of(&last);
         let prev = Self::expect(&inner, gr, &key, expected)?;
@@ -316,10 +363,7 @@ impl Store {
     }
 
     /// The changes after revision `from` still in history, plus a subscription for newer ones.
-    pub fn history_and_subscribe(
-        &self,
-        from: u64,
-    ) -> Result<Replay, Compacted> {
+    pub fn history_and_subscribe(&self, from: u64) -> Result<Replay, Compacted> {
         let inner = self.lock();
         if from < inner.compacted {
             return Err(Compacted {
@@ -395,7 +439,10 @@ mod tests {
         let b = s.create(&gr(), cm("b", "1")).unwrap();
         assert!(rv_of(&b) > rev_a);
         let a2 = s.update(&gr(), cm("a", "2"), rev_a).unwrap();
-        assert_eq!(s.update(&gr(), cm("a", "3"), rev_a).unwrap_err(), WriteError::Stale);
+        assert_eq!(
+            s.update(&gr(), cm("a", "3"), rev_a).unwrap_err(),
+            WriteError::Stale
+        );
         s.delete(&gr(), (*b).clone(), rv_of(&b)).unwrap();
         let at_a = s.list_at(&gr(), Some("ns"), rev_a).unwrap();
         assert_eq!(at_a.len(), 1);

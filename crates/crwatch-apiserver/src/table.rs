@@ -61,20 +61,36 @@ pub fn human_duration(secs: i64) -> String {
     if secs < 120 {
         format!("{secs}s")
     } else if m < 10 {
-        if secs % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", secs % 60) }
+        if secs % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", secs % 60)
+        }
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else if d < 365 * 8 {
         let y = d / 365;
-        if d % 365 == 0 { format!("{y}y") } else { format!("{y}y{}d", d % 365) }
+        if d % 365 == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{}d", d % 365)
+        }
     } else {
         format!("{}y", d / 365)
     }
@@ -107,12 +123,20 @@ const AGE_DESC: &str = "CreationTimestamp is a timestamp representing the server
 type Cells = fn(&Value) -> Vec<Value>;
 
 fn str_at(o: &Value, p: &str) -> String {
-    o.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string()
+    o.pointer(p)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn count_at(o: &Value, p: &str) -> usize {
     o.pointer(p)
-        .map(|v| v.as_object().map(|m| m.len()).or(v.as_array().map(Vec::len)).unwrap_or(0))
+        .map(|v| {
+            v.as_object()
+                .map(|m| m.len())
+                .or(v.as_array().map(Vec::len))
+                .unwrap_or(0)
+        })
         .unwrap_or(0)
 }
 
@@ -125,7 +149,12 @@ fn builtin_columns(def: &ResourceDef) -> Option<(Vec<PrinterColumn>, Cells)> {
             vec![json!(n), age(o.pointer("/metadata/creationTimestamp"))]
         }),
         ("", "Secret") => (
-            vec![name, col("Type", "string", "", "", 0), col("Data", "string", "", "", 0), age_col],
+            vec![
+                name,
+                col("Type", "string", "", "", 0),
+                col("Data", "string", "", "", 0),
+                age_col,
+            ],
             |o| {
                 vec![
                     json!(str_at(o, "/type")),
@@ -135,13 +164,22 @@ fn builtin_columns(def: &ResourceDef) -> Option<(Vec<PrinterColumn>, Cells)> {
             },
         ),
         ("", "Namespace") => (vec![name, col("Status", "string", "", "", 0), age_col], |o| {
-            vec![json!(str_at(o, "/status/phase")), age(o.pointer("/metadata/creationTimestamp"))]
+            vec![
+                json!(str_at(o, "/status/phase")),
+                age(o.pointer("/metadata/creationTimestamp")),
+            ]
         }),
         ("", "ServiceAccount") => (vec![name, col("Secrets", "string", "", "", 0), age_col], |o| {
-            vec![json!(count_at(o, "/secrets")), age(o.pointer("/metadata/creationTimestamp"))]
+            vec![
+                json!(count_at(o, "/secrets")),
+                age(o.pointer("/metadata/creationTimestamp")),
+            ]
         }),
         ("coordination.k8s.io", "Lease") => (vec![name, col("Holder", "string", "", "", 0), age_col], |o| {
-            vec![json!(str_at(o, "/spec/holderIdentity")), age(o.pointer("/metadata/creationTimestamp"))]
+            vec![
+                json!(str_at(o, "/spec/holderIdentity")),
+                age(o.pointer("/metadata/creationTimestamp")),
+            ]
         }),
         ("apps", "Deployment") => (
             vec![
@@ -184,10 +222,11 @@ fn builtin_columns(def: &ResourceDef) -> Option<(Vec<PrinterColumn>, Cells)> {
                 ]
             },
         ),
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => (
-            vec![name, col("Created At", "date", "", "", 0)],
-            |o| vec![json!(str_at(o, "/metadata/creationTimestamp"))],
-        ),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            (vec![name, col("Created At", "date", "", "", 0)], |o| {
+                vec![json!(str_at(o, "/metadata/creationTimestamp"))]
+            })
+        }
         (_, "Event") => (
             vec![
                 col("Last Seen", "string", "", "", 0),
@@ -204,9 +243,19 @@ fn builtin_columns(def: &ResourceDef) -> Option<(Vec<PrinterColumn>, Cells)> {
                     .or(o.pointer("/metadata/creationTimestamp"));
                 let regarding = o.get("involvedObject").or(o.get("regarding"));
                 let object = regarding
-                    .map(|r| format!("{}/{}", str_at(r, "/kind").to_ascii_lowercase(), str_at(r, "/name")))
+                    .map(|r| {
+                        format!(
+                            "{}/{}",
+                            str_at(r, "/kind").to_ascii_lowercase(),
+                            str_at(r, "/name")
+                        )
+                    })
                     .unwrap_or_default();
-                let message = o.get("message").or(o.get("note")).and_then(Value::as_str).unwrap_or_default();
+                let message = o
+                    .get("message")
+                    .or(o.get("note"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 vec![
                     age(last),
                     json!(str_at(o, "/type")),
@@ -225,7 +274,9 @@ fn name_cells_first(kind: &str) -> bool {
 }
 
 fn custom_cell(c: &PrinterColumn, obj: &Value) -> Value {
-    let Some(v) = eval(obj, &c.json_path) else { return Value::Null };
+    let Some(v) = eval(obj, &c.json_path) else {
+        return Value::Null;
+    };
     match c.type_.as_str() {
         "date" => age(Some(v)),
         "integer" => v.as_i64().map(|n| json!(n)).unwrap_or(Value::Null),
@@ -267,12 +318,18 @@ pub fn to_table(def: &ResourceDef, objects: &[&Value], list_meta: Value, with_co
             def.printer_columns.clone()
         };
         cols.extend(custom.iter().cloned());
-        (cols, Box::new(move |o: &Value| custom.iter().map(|c| custom_cell(c, o)).collect()))
+        (
+            cols,
+            Box::new(move |o: &Value| custom.iter().map(|c| custom_cell(c, o)).collect()),
+        )
     } else if let Some((cols, f)) = builtin_columns(def) {
         (cols, Box::new(f))
     } else {
         (
-            vec![col("Name", "string", "name", NAME_DESC, 0), col("Age", "string", "", AGE_DESC, 0)],
+            vec![
+                col("Name", "string", "name", NAME_DESC, 0),
+                col("Age", "string", "", AGE_DESC, 0),
+            ],
             Box::new(|o: &Value| vec![age(o.pointer("/metadata/creationTimestamp"))]),
         )
     };
@@ -312,7 +369,10 @@ mod tests {
         ]}});
         assert_eq!(eval(&o, ".spec.users[1].n"), Some(&json!("b")));
         assert_eq!(eval(&o, "{.spec.users[-1].n}"), Some(&json!("b")));
-        assert_eq!(eval(&o, ".status.conditions[?(@.type==\"Ready\")].status"), Some(&json!("True")));
+        assert_eq!(
+            eval(&o, ".status.conditions[?(@.type==\"Ready\")].status"),
+            Some(&json!("True"))
+        );
         assert_eq!(eval(&o, ".spec.missing"), None);
     }
 

@@ -43,7 +43,8 @@ impl TestServer {
 
     /// Start with a given configuration.
     pub async fn with_config(config: Config) -> Result<Self, ServerError> {
-        let dir = tempfile::tempdir().map_err(|e| ServerError::Manifest(format!("creating a temporary directory: {e}")))?;
+        let dir = tempfile::tempdir()
+            .map_err(|e| ServerError::Manifest(format!("creating a temporary directory: {e}")))?;
         let server = ApiServer::start(config).await?;
         let kubeconfig = dir.path().join("kubeconfig");
         server
@@ -54,7 +55,8 @@ impl TestServer {
         let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await
             .map_err(|e| ServerError::Manifest(format!("loading kubeconfig: {e}")))?;
-        let client = kube::Client::try_from(cfg).map_err(|e| ServerError::Manifest(format!("building client: {e}")))?;
+        let client = kube::Client::try_from(cfg)
+            .map_err(|e| ServerError::Manifest(format!("building client: {e}")))?;
         Ok(TestServer {
             server,
             client,
@@ -100,7 +102,10 @@ impl TestServer {
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.dir.path())
             .env_remove("KUBECTL_EXTERNAL_DIFF")
-            .arg(format!("--cache-dir={}", self.dir.path().join("kube-cache").display()));
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.path().join("kube-cache").display()
+            ));
         cmd
     }
 

@@ -19,7 +19,9 @@ pub struct Certs {
 impl std::fmt::Debug for Certs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the private key.
-        f.debug_struct("Certs").field("ca_pem", &self.ca_pem).finish_non_exhaustive()
+        f.debug_struct("Certs")
+            .field("ca_pem", &self.ca_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,13 +44,25 @@ impl Certs {
     pub fn generate(extra_names: &[String]) -> Result<Self, TlsError> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "crwatch-apiserver CA");
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "crwatch-apiserver CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         names.extend(extra_names.iter().cloned());
         let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, "crwatch-apiserver");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "crwatch-apiserver");
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &ca)?;
         Ok(Certs {

@@ -111,8 +111,12 @@ impl Encoder {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let object = match self.format {
-            Format::Object => json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": meta}),
-            Format::Table { .. } => json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": null, "rows": null}),
+            Format::Object => {
+                json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": meta})
+            }
+            Format::Table { .. } => {
+                json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": null, "rows": null})
+            }
         };
         line(&json!({"type": "BOOKMARK", "object": object}))
     }
@@ -165,7 +169,9 @@ pub fn start(
 ) -> ApiResult<mpsc::Receiver<Bytes>> {
     let (labels, mut fields) = api.selectors(ctx)?;
     if !ctx.name.is_empty() {
-        fields.terms.push(("metadata.name".into(), ctx.name.clone(), true));
+        fields
+            .terms
+            .push(("metadata.name".into(), ctx.name.clone(), true));
     }
     let filter = Filter {
         def: ctx.def.clone(),
@@ -176,7 +182,12 @@ pub fn start(
     let rv = ctx.params.get("resourceVersion").unwrap_or_default().to_string();
     let send_initial = flag(ctx, "sendInitialEvents");
     let bookmarks = flag(ctx, "allowWatchBookmarks").unwrap_or(false);
-    if send_initial.is_none() && ctx.params.get("resourceVersionMatch").is_some_and(|m| !m.is_empty()) {
+    if send_initial.is_none()
+        && ctx
+            .params
+            .get("resourceVersionMatch")
+            .is_some_and(|m| !m.is_empty())
+    {
         return Err(ApiError::invalid(
             "meta.k8s.io",
             "ListOptions",
@@ -234,13 +245,19 @@ pub fn start(
             let (_, rev, rx) = api.store.snapshot_and_subscribe(&ctx.def.key(), ns.as_deref());
             (vec![], vec![], rev, rx, false)
         } else {
-            let from: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+            let from: u64 = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
             match api.store.history_and_subscribe(from) {
                 Ok((backlog, _, rx)) => (vec![], backlog, from, rx, false),
                 Err(c) => {
                     // The real server answers 200 and then an ERROR event with 410 Expired.
                     let (tx, out) = mpsc::channel(1);
-                    let status = ApiError::gone(format!("too old resource version: {} ({})", c.requested, c.oldest)).status();
+                    let status = ApiError::gone(format!(
+                        "too old resource version: {} ({})",
+                        c.requested, c.oldest
+                    ))
+                    .status();
                     let _ = tx.try_send(line(&json!({"type": "ERROR", "object": status})));
                     return Ok(out);
                 }
@@ -262,13 +279,15 @@ pub fn start(
         for ev in &backlog {
             last_rev = ev.rev;
             if let Some((kind, obj)) = filter.translate(ev)
-                && !emit(&tx, enc.event(kind, obj), &mut drops, &stop, &rx, limit).await {
-                    return;
-                }
+                && !emit(&tx, enc.event(kind, obj), &mut drops, &stop, &rx, limit).await
+            {
+                return;
+            }
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + bookmark_interval, bookmark_interval);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + bookmark_interval, bookmark_interval);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -79,27 +79,68 @@ fn binary_serves_kubectl_applies_crds_and_keeps_state_across_restarts() {
     let args = ["--crd", crd.to_str().unwrap(), "--state", state.to_str().unwrap()];
 
     let first = start(dir.path(), &args);
-    assert!(first.stdout.contains("export KUBECONFIG="), "banner: {}", first.stdout);
-    assert!(first.stdout.contains("serving https://127.0.0.1:"), "banner: {}", first.stdout);
+    assert!(
+        first.stdout.contains("export KUBECONFIG="),
+        "banner: {}",
+        first.stdout
+    );
+    assert!(
+        first.stdout.contains("serving https://127.0.0.1:"),
+        "banner: {}",
+        first.stdout
+    );
     let db = "apiVersion: stable.example.com/v1\nkind: Database\nmetadata:\n  name: kept\nspec:\n  engine: PostgreSQL\n  version: \"15\"\n  size: 1Gi\n";
     std::fs::write(dir.path().join("db.yaml"), db).unwrap();
-    let out = kubectl(dir.path(), &["apply", "-f", dir.path().join("db.yaml").to_str().unwrap()]);
+    let out = kubectl(
+        dir.path(),
+        &["apply", "-f", dir.path().join("db.yaml").to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let before = kubectl(dir.path(), &["get", "db", "kept", "-o", "jsonpath={.metadata.uid} {.metadata.resourceVersion}"]);
+    let before = kubectl(
+        dir.path(),
+        &[
+            "get",
+            "db",
+            "kept",
+            "-o",
+            "jsonpath={.metadata.uid} {.metadata.resourceVersion}",
+        ],
+    );
     assert!(before.status.success());
     stop(first);
     assert!(state.exists(), "state file written on shutdown");
 
     // The same objects, uid and resourceVersion come back, and the CRD is served again.
     let second = start(dir.path(), &["--state", state.to_str().unwrap()]);
-    let after = kubectl(dir.path(), &["get", "db", "kept", "-o", "jsonpath={.metadata.uid} {.metadata.resourceVersion}"]);
-    assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stderr));
+    let after = kubectl(
+        dir.path(),
+        &[
+            "get",
+            "db",
+            "kept",
+            "-o",
+            "jsonpath={.metadata.uid} {.metadata.resourceVersion}",
+        ],
+    );
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
     assert_eq!(before.stdout, after.stdout);
     // New writes continue the revision sequence.
     let out = kubectl(dir.path(), &["label", "db", "kept", "x=y"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rv = kubectl(dir.path(), &["get", "db", "kept", "-o", "jsonpath={.metadata.resourceVersion}"]);
-    let old_rv: u64 = String::from_utf8_lossy(&before.stdout).split(' ').nth(1).unwrap().parse().unwrap();
+    let rv = kubectl(
+        dir.path(),
+        &["get", "db", "kept", "-o", "jsonpath={.metadata.resourceVersion}"],
+    );
+    let old_rv: u64 = String::from_utf8_lossy(&before.stdout)
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let new_rv: u64 = String::from_utf8_lossy(&rv.stdout).parse().unwrap();
     assert!(new_rv > old_rv);
     stop(second);
@@ -110,7 +151,11 @@ fn binary_rejects_a_wrong_token_and_a_bad_state_file() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path(), &["--token", "right"]);
     let kc = std::fs::read_to_string(dir.path().join("kubeconfig")).unwrap();
-    std::fs::write(dir.path().join("kubeconfig"), kc.replace("token: right", "token: wrong")).unwrap();
+    std::fs::write(
+        dir.path().join("kubeconfig"),
+        kc.replace("token: right", "token: wrong"),
+    )
+    .unwrap();
     let out = kubectl(dir.path(), &["get", "ns"]);
     assert!(!out.status.success());
     // Newer kubectl words the 401 of its discovery requests this way, as against a real cluster.

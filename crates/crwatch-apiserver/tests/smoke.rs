@@ -15,7 +15,10 @@ async fn create_and_get_a_configmap_with_kube_and_kubectl() {
         cm.data = Some([("k".to_string(), "v".to_string())].into());
         let created = cms.create(&PostParams::default(), &cm).await.unwrap();
         assert!(created.metadata.uid.is_some());
-        let out = t.kubectl_ok(&["get", "configmap", "hello", "-n", &ns, "-o", "jsonpath={.data.k}"], None);
+        let out = t.kubectl_ok(
+            &["get", "configmap", "hello", "-n", &ns, "-o", "jsonpath={.data.k}"],
+            None,
+        );
         assert_eq!(out, "v");
         t.cleanup().await;
     }

@@ -32,7 +32,10 @@ impl Readiness {
 
 async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         m.encode(),
     )
 }
@@ -60,11 +63,16 @@ pub fn probes_router(ready: Readiness) -> Router {
 }
 
 /// Bind `addr` and serve `router` until `cancel`; returns the bound address (port 0 picks one).
-pub async fn serve(addr: SocketAddr, router: Router, cancel: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move { cancel.cancelled().await });
+        let server =
+            axum::serve(listener, router).with_graceful_shutdown(async move { cancel.cancelled().await });
         if let Err(e) = server.await {
             tracing::error!(error = %e, %local, "HTTP endpoint stopped");
         }

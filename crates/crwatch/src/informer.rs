@@ -169,7 +169,10 @@ impl<K> Clone for Informer<K> {
 fn guarded(what: &str, f: impl FnOnce()) {
     // A handler that panics must not take the informer (and every other handler) down.
     if std::panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
-        tracing::error!(handler_call = what, "informer handler panicked; the event was skipped for that handler");
+        tracing::error!(
+            handler_call = what,
+            "informer handler panicked; the event was skipped for that handler"
+        );
     }
 }
 
@@ -259,7 +262,9 @@ where
         if self.inner.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let Some(source) = lock(&self.inner.source).take() else { return };
+        let Some(source) = lock(&self.inner.source).take() else {
+            return;
+        };
         let inner = self.inner.clone();
         tokio::spawn(async move { run(inner, source, cancel).await });
     }
@@ -327,7 +332,11 @@ where
                     }
                 }
                 for (old, new) in &replaced.updated {
-                    let diff = if handlers.is_empty() { Diff::default() } else { Diff::of(&**old, &**new) };
+                    let diff = if handlers.is_empty() {
+                        Diff::default()
+                    } else {
+                        Diff::of(&**old, &**new)
+                    };
                     for h in handlers.iter() {
                         guarded("on_update", || h.on_update(old, new, &diff));
                     }
@@ -351,7 +360,11 @@ where
                     }
                     Some(old) if same_version(&*old, &*new) => {}
                     Some(old) => {
-                        let diff = if handlers.is_empty() { Diff::default() } else { Diff::of(&*old, &*new) };
+                        let diff = if handlers.is_empty() {
+                            Diff::default()
+                        } else {
+                            Diff::of(&*old, &*new)
+                        };
                         for h in handlers.iter() {
                             guarded("on_update", || h.on_update(&old, &new, &diff));
                         }
@@ -466,7 +479,10 @@ impl InformerFactory {
             fields,
         };
         let mut map = lock(&self.informers);
-        if let Some(existing) = map.get(&key).and_then(|i| i.as_any().downcast_ref::<Informer<K>>()) {
+        if let Some(existing) = map
+            .get(&key)
+            .and_then(|i| i.as_any().downcast_ref::<Informer<K>>())
+        {
             return existing.clone();
         }
         let informer = Informer::new(source);

@@ -2,12 +2,17 @@
 //! changes out to handlers; controllers turn them into keys on a rate-limited workqueue and
 //! reconcile them; a manager runs it all with leader election, metrics and health probes.
 
+pub mod conditions;
 pub mod controller;
 pub mod diff;
+pub mod events;
+pub mod finalizer;
 pub mod health;
 pub mod informer;
-// pub mod manager;
+pub mod leader;
+pub mod manager;
 pub mod metrics;
 pub mod queue;
+pub mod retry;
 pub mod source;
 pub mod store;

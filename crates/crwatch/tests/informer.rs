@@ -24,7 +24,10 @@ fn recorder() -> (Arc<Mutex<Vec<Seen>>>, HandlerFns<ConfigMap>) {
     let h = HandlerFns::new()
         .on_add(move |c: &Arc<ConfigMap>| a.lock().unwrap().push(Seen::Add(name(c))))
         .on_update(move |_, n: &Arc<ConfigMap>, diff| {
-            u.lock().unwrap().push(Seen::Update(name(n), diff.paths().into_iter().map(String::from).collect()))
+            u.lock().unwrap().push(Seen::Update(
+                name(n),
+                diff.paths().into_iter().map(String::from).collect(),
+            ))
         })
         .on_delete(move |c: &Arc<ConfigMap>| d.lock().unwrap().push(Seen::Delete(name(c))));
     (seen, h)
@@ -36,7 +39,10 @@ async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -54,7 +60,9 @@ async fn one_watch_serves_every_handler_and_diffs_say_what_changed() {
     let server = TestServer::start().await.unwrap();
     let client = server.client();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    cms.create(&PostParams::default(), &cm("before", "1")).await.unwrap();
+    cms.create(&PostParams::default(), &cm("before", "1"))
+        .await
+        .unwrap();
 
     let factory = InformerFactory::new(client.clone());
     let first = factory.all::<ConfigMap>();
@@ -62,16 +70,23 @@ async fn one_watch_serves_every_handler_and_diffs_say_what_changed() {
     let (seen_a, ha) = recorder();
     first.add_handler(ha);
     factory.start();
-    factory.wait_for_cache_sync(Duration::from_secs(20)).await.unwrap();
+    factory
+        .wait_for_cache_sync(Duration::from_secs(20))
+        .await
+        .unwrap();
     // A handler added after sync first gets the current state as adds.
     let (seen_b, hb) = recorder();
     second.add_handler(hb);
     assert_eq!(seen_b.lock().unwrap().clone(), vec![Seen::Add("before".into())]);
 
     cms.create(&PostParams::default(), &cm("x", "1")).await.unwrap();
-    cms.patch("x", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"v": "2"}})))
-        .await
-        .unwrap();
+    cms.patch(
+        "x",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"v": "2"}})),
+    )
+    .await
+    .unwrap();
     cms.delete("x", &DeleteParams::default()).await.unwrap();
     let want = vec![
         Seen::Add("before".into()),
@@ -81,13 +96,19 @@ async fn one_watch_serves_every_handler_and_diffs_say_what_changed() {
     ];
     wait_for("all events", || (seen_a.lock().unwrap().len() >= 4).then_some(())).await;
     assert_eq!(seen_a.lock().unwrap().clone(), want);
-    wait_for("second handler", || (seen_b.lock().unwrap().len() >= 4).then_some(())).await;
+    wait_for("second handler", || {
+        (seen_b.lock().unwrap().len() >= 4).then_some(())
+    })
+    .await;
     assert_eq!(seen_b.lock().unwrap().clone(), want);
     // Two informer handles, two handlers, one list and one watch on the server.
     assert_eq!(server.faults().count("watch", "configmaps"), 1);
     assert_eq!(server.faults().count("list", "configmaps"), 1);
     // The default transform dropped managedFields before storing.
-    let stored = first.store().get(&ObjectKey::new(Some("default"), "before")).unwrap();
+    let stored = first
+        .store()
+        .get(&ObjectKey::new(Some("default"), "before"))
+        .unwrap();
     assert!(stored.metadata.managed_fields.is_none());
     factory.shutdown();
 }
@@ -105,7 +126,10 @@ async fn a_relist_after_410_reports_only_real_changes() {
     let (seen, h) = recorder();
     informer.add_handler(h);
     factory.start();
-    factory.wait_for_cache_sync(Duration::from_secs(20)).await.unwrap();
+    factory
+        .wait_for_cache_sync(Duration::from_secs(20))
+        .await
+        .unwrap();
     seen.lock().unwrap().clear();
 
     // While the informer is cut off: one change, one delete, one create; then the history
@@ -114,14 +138,20 @@ async fn a_relist_after_410_reports_only_real_changes() {
     let lists_before = faults.count("list", "configmaps");
     faults.pause();
     faults.drop_watches();
-    server.server().apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "changed", "namespace": "default"}, "data": {"v": "2"}})).await.unwrap();
-    server.server().apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new", "namespace": "default"}, "data": {"v": "1"}})).await.unwrap();
-    let direct: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    faults.resume();
-    direct.delete("gone", &DeleteParams::default()).await.unwrap();
+    let srv = server.server();
+    srv.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "changed", "namespace": "default"}, "data": {"v": "2"}})).await.unwrap();
+    srv.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new", "namespace": "default"}, "data": {"v": "1"}})).await.unwrap();
+    srv.delete("v1", "ConfigMap", "default", "gone").await.unwrap();
     faults.compact();
-    wait_for("relist", || (faults.count("list", "configmaps") > lists_before).then_some(())).await;
-    wait_for("three changes", || (seen.lock().unwrap().len() >= 3).then_some(())).await;
+    faults.resume();
+    wait_for("relist", || {
+        (faults.count("list", "configmaps") > lists_before).then_some(())
+    })
+    .await;
+    wait_for("three changes", || {
+        (seen.lock().unwrap().len() >= 3).then_some(())
+    })
+    .await;
     let mut got = seen.lock().unwrap().clone();
     got.sort_by_key(|s| format!("{s:?}"));
     let mut want = vec![
@@ -147,21 +177,39 @@ async fn resync_replays_the_cache_and_indexes_follow_changes() {
     let (seen, h) = recorder();
     informer.add_handler(h);
     factory.start();
-    factory.wait_for_cache_sync(Duration::from_secs(20)).await.unwrap();
+    factory
+        .wait_for_cache_sync(Duration::from_secs(20))
+        .await
+        .unwrap();
     let requests_before = server.faults().requests().len();
     wait_for("a resync update", || {
-        seen.lock().unwrap().iter().any(|s| matches!(s, Seen::Update(n, paths) if n == "a" && paths.is_empty())).then_some(())
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| matches!(s, Seen::Update(n, paths) if n == "a" && paths.is_empty()))
+            .then_some(())
     })
     .await;
-    assert_eq!(server.faults().requests().len(), requests_before, "resync makes no API calls");
+    assert_eq!(
+        server.faults().requests().len(),
+        requests_before,
+        "resync makes no API calls"
+    );
 
     let store = informer.store();
     assert_eq!(store.by_index(LABEL_INDEX, "app=web").len(), 1);
     assert_eq!(store.by_index(NAMESPACE_INDEX, "default").len(), 1);
-    cms.patch("a", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"app": "db"}}})))
-        .await
-        .unwrap();
-    wait_for("index update", || (store.by_index(LABEL_INDEX, "app=db").len() == 1).then_some(())).await;
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"app": "db"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("index update", || {
+        (store.by_index(LABEL_INDEX, "app=db").len() == 1).then_some(())
+    })
+    .await;
     assert!(store.by_index(LABEL_INDEX, "app=web").is_empty());
     let lister = store.lister();
     assert_eq!(lister.list_selector("app in (db,x)").unwrap().len(), 1);

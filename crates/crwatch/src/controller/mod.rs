@@ -38,7 +38,9 @@ impl Action {
 
     /// Reconcile again after `d` even if nothing changes (polling external state).
     pub fn requeue_after(d: Duration) -> Self {
-        Action { requeue_after: Some(d) }
+        Action {
+            requeue_after: Some(d),
+        }
     }
 
     /// The requested delay, if any.
@@ -246,7 +248,11 @@ where
     }
 
     /// Reconcile the primary keys `mapper` returns whenever an object of `informer` changes.
-    pub fn watches<O>(mut self, informer: Informer<O>, mapper: impl Fn(&O) -> Vec<ObjectKey> + Send + Sync + 'static) -> Self
+    pub fn watches<O>(
+        mut self,
+        informer: Informer<O>,
+        mapper: impl Fn(&O) -> Vec<ObjectKey> + Send + Sync + 'static,
+    ) -> Self
     where
         O: Resource + Clone + Serialize + Send + Sync + 'static,
     {
@@ -330,7 +336,10 @@ where
         let label = ControllerLabel {
             controller: self.name.clone(),
         };
-        metrics.max_concurrent.get_or_create(&label).set(self.concurrency as i64);
+        metrics
+            .max_concurrent
+            .get_or_create(&label)
+            .set(self.concurrency as i64);
         Controller {
             name: self.name,
             store: self.primary.store(),
@@ -433,11 +442,17 @@ where
                 self.queue.forget(key);
                 match action.requeue_delay() {
                     Some(d) => {
-                        self.metrics.reconcile_total.get_or_create(&result("requeue_after")).inc();
+                        self.metrics
+                            .reconcile_total
+                            .get_or_create(&result("requeue_after"))
+                            .inc();
                         self.queue.add_after(key.clone(), d);
                     }
                     None => {
-                        self.metrics.reconcile_total.get_or_create(&result("success")).inc();
+                        self.metrics
+                            .reconcile_total
+                            .get_or_create(&result("success"))
+                            .inc();
                     }
                 }
             }

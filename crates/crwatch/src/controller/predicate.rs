@@ -13,8 +13,10 @@ use kube::Resource;
 /// let p = Predicate::<ConfigMap>::generation_changed().or(Predicate::labels_changed());
 /// ```
 pub struct Predicate<K> {
-    f: Arc<dyn Fn(&K, &K) -> bool + Send + Sync>,
+    f: PredicateFn<K>,
 }
+
+type PredicateFn<K> = Arc<dyn Fn(&K, &K) -> bool + Send + Sync>;
 
 impl<K> Clone for Predicate<K> {
     fn clone(&self) -> Self {
@@ -30,7 +32,9 @@ impl<K: Resource + 'static> Predicate<K> {
 
     /// `metadata.generation` changed: the spec changed (status-only writes are ignored).
     pub fn generation_changed() -> Self {
-        Self::custom(|old, new| old.meta().generation != new.meta().generation || new.meta().generation.is_none())
+        Self::custom(|old, new| {
+            old.meta().generation != new.meta().generation || new.meta().generation.is_none()
+        })
     }
 
     /// `metadata.labels` changed.
@@ -58,14 +62,18 @@ impl<K: Resource + 'static> Predicate<K> {
         Self::custom(move |o, n| (self.f)(o, n) || (other.f)(o, n))
     }
 
-    /// The opposite.
-    pub fn not(self) -> Self {
-        Self::custom(move |o, n| !(self.f)(o, n))
-    }
-
     /// Evaluate.
     pub fn test(&self, old: &K, new: &K) -> bool {
         (self.f)(old, new)
+    }
+}
+
+/// The opposite predicate: `!Predicate::generation_changed()`.
+impl<K: Resource + 'static> std::ops::Not for Predicate<K> {
+    type Output = Predicate<K>;
+
+    fn not(self) -> Self {
+        Predicate::custom(move |o, n| !(self.f)(o, n))
     }
 }
 
@@ -96,7 +104,7 @@ mod tests {
         assert!(!either.test(&a, &status_only));
         let both = generation.clone().and(Predicate::labels_changed());
         assert!(!both.test(&a, &spec));
-        assert!(generation.not().test(&a, &status_only));
+        assert!((!generation).test(&a, &status_only));
         assert!(Predicate::<ConfigMap>::resource_version_changed().test(&a, &status_only));
         assert!(!Predicate::<ConfigMap>::annotations_changed().test(&a, &spec));
     }

@@ -289,7 +289,7 @@ where
             timer_wake: Arc::new(Notify::new()),
         });
         if let Some((metrics, _)) = &self.metrics {
-            let weak: Weak<dyn InProgress> = Arc::downgrade(&shared) as Weak<dyn InProgress>;
+            let weak: Weak<Shared<T>> = Arc::downgrade(&shared);
             metrics.track(weak);
         }
         WorkQueue { shared }
@@ -793,6 +793,7 @@ where
             && entry.key().0 <= now
         {
             let item = entry.remove();
+            state.waiting.remove(&item);
             self.add_locked(state, item, now);
         }
         shrink_map(&mut state.waiting);

@@ -24,6 +24,17 @@ where
     queue.get().now_or_never()
 }
 
+/// `get` that fails the test instead of hanging when nothing arrives; on the paused clock the
+/// hour passes instantly.
+async fn next<T>(queue: &WorkQueue<T>) -> Option<T>
+where
+    T: Clone + Eq + Hash + Send + Sync + fmt::Debug + 'static,
+{
+    timeout(Duration::from_secs(3600), queue.get())
+        .await
+        .expect("no item within an hour")
+}
+
 fn alive_tasks() -> usize {
     tokio::runtime::Handle::current().metrics().num_alive_tasks()
 }
@@ -105,7 +116,10 @@ async fn waiting_get_is_woken_by_add() {
     tokio::task::yield_now().await;
     assert!(!getter.is_finished());
     queue.add(7);
-    assert_eq!(getter.await.unwrap(), Some(7));
+    assert_eq!(
+        timeout(Duration::from_secs(5), getter).await.unwrap().unwrap(),
+        Some(7)
+    );
 }
 
 #[tokio::test]
@@ -218,7 +232,10 @@ async fn drain_wakes_idle_workers_when_the_last_item_is_taken() {
         "1 will come back, the idle worker must keep waiting"
     );
     queue.done(&one);
-    assert_eq!(idle.await.unwrap(), Some(1));
+    assert_eq!(
+        timeout(Duration::from_secs(5), idle).await.unwrap().unwrap(),
+        Some(1)
+    );
     assert_eq!(try_get(&queue), Some(None));
     assert!(!drain.is_finished());
     queue.done(&1);
@@ -251,7 +268,7 @@ async fn delayed_item_appears_exactly_after_its_delay() {
     advance(999 * MS).await;
     assert!(queue.is_empty());
     assert_eq!(try_get(&queue), None);
-    assert_eq!(queue.get().await, Some("a"));
+    assert_eq!(next(&queue).await, Some("a"));
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
 
@@ -267,7 +284,7 @@ async fn delayed_items_come_in_deadline_order_and_ties_are_fifo() {
     assert_eq!(queue.len(), 1, "a zero delay adds at once");
     let mut seen = Vec::new();
     for _ in 0..5 {
-        let item = queue.get().await.unwrap();
+        let item = next(&queue).await.unwrap();
         seen.push((item, start.elapsed()));
         queue.done(&item);
     }
@@ -290,7 +307,7 @@ async fn the_earliest_deadline_of_a_key_wins() {
     queue.add_after("a", Duration::from_secs(10));
     queue.add_after("a", Duration::from_secs(2));
     queue.add_after("a", Duration::from_secs(5));
-    assert_eq!(queue.get().await, Some("a"));
+    assert_eq!(next(&queue).await, Some("a"));
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     queue.done(&"a");
     // The later deadlines were merged into the earlier one, not kept.
@@ -305,9 +322,9 @@ async fn an_immediate_add_does_not_cancel_a_pending_delayed_add() {
     let start = Instant::now();
     queue.add_after("a", Duration::from_secs(3));
     queue.add("a");
-    assert_eq!(queue.get().await, Some("a"));
+    assert_eq!(next(&queue).await, Some("a"));
     queue.done(&"a");
-    assert_eq!(queue.get().await, Some("a"));
+    assert_eq!(next(&queue).await, Some("a"));
     assert_eq!(start.elapsed(), Duration::from_secs(3));
 }
 
@@ -319,7 +336,7 @@ async fn delayed_item_for_a_queued_key_is_deduplicated() {
     advance(5 * MS).await;
     tokio::task::yield_now().await;
     assert_eq!(queue.len(), 1);
-    assert_eq!(queue.get().await, Some("a"));
+    assert_eq!(next(&queue).await, Some("a"));
     queue.done(&"a");
     assert_eq!(try_get(&queue), None);
 }
@@ -331,7 +348,7 @@ async fn rate_limited_adds_back_off_exponentially_and_forget_resets() {
     for _ in 0..4 {
         let start = Instant::now();
         queue.add_rate_limited("a");
-        let item = queue.get().await.unwrap();
+        let item = next(&queue).await.unwrap();
         delays.push(start.elapsed());
         queue.done(&item);
     }
@@ -341,7 +358,7 @@ async fn rate_limited_adds_back_off_exponentially_and_forget_resets() {
     assert_eq!(queue.num_requeues(&"a"), 0);
     let start = Instant::now();
     queue.add_rate_limited("a");
-    queue.get().await;
+    next(&queue).await;
     assert_eq!(start.elapsed(), 5 * MS);
 }
 
@@ -350,7 +367,7 @@ async fn huge_delays_do_not_overflow() {
     let queue = WorkQueue::new("q");
     queue.add_after("never", Duration::MAX);
     queue.add_after("soon", MS);
-    assert_eq!(queue.get().await, Some("soon"));
+    assert_eq!(next(&queue).await, Some("soon"));
     assert!(timeout(Duration::from_secs(3600), queue.get()).await.is_err());
 }
 
@@ -651,9 +668,14 @@ async fn concurrent_delayed_adds_are_all_processed() {
     timeout(Duration::from_secs(30), caught_up)
         .await
         .expect("all adds processed");
-    queue.shut_down_with_drain().await;
+    timeout(Duration::from_secs(30), queue.shut_down_with_drain())
+        .await
+        .expect("drain finished");
     for worker in workers {
-        worker.await.unwrap();
+        timeout(Duration::from_secs(30), worker)
+            .await
+            .expect("worker ended")
+            .unwrap();
     }
 }
 
@@ -685,9 +707,9 @@ async fn metrics_have_controller_runtime_names_labels_and_values() {
     queue.add("a"); // not counted: already queued
     queue.add("b");
     advance(Duration::from_secs(2)).await;
-    let a = queue.get().await.unwrap();
+    let a = next(&queue).await.unwrap();
     advance(Duration::from_secs(1)).await;
-    let b = queue.get().await.unwrap();
+    let b = next(&queue).await.unwrap();
     advance(Duration::from_secs(3)).await;
     queue.add_rate_limited("c");
 
@@ -799,18 +821,73 @@ async fn depth_counts_items_re_added_while_processing_like_client_go() {
     assert_eq!(depth(&registry), "0");
 }
 
-#[test]
-fn queues_sharing_labels_are_merged_in_the_scrape_time_gauges() {
+#[tokio::test(start_paused = true)]
+async fn queues_sharing_labels_are_merged_in_the_scrape_time_gauges() {
     let mut registry = Registry::default();
     let metrics = QueueMetrics::new(&mut registry);
     let first: WorkQueue<u8> = WorkQueue::builder("q").metrics(metrics.clone(), "c").build();
     let second: WorkQueue<u8> = WorkQueue::builder("q").metrics(metrics.clone(), "c").build();
     let other: WorkQueue<u8> = WorkQueue::builder("other").metrics(metrics, "c").build();
+    first.add(1);
+    next(&first).await;
+    advance(Duration::from_secs(5)).await;
+    second.add(2);
+    next(&second).await;
+    advance(Duration::from_secs(2)).await;
     let text = encode_registry(&registry);
     assert_eq!(
         text.matches("workqueue_unfinished_work_seconds{").count(),
         2,
         "{text}"
     );
+    let s = samples(&text);
+    assert_eq!(
+        s[r#"workqueue_unfinished_work_seconds{name="q",controller="c"}"#],
+        "9.0"
+    );
+    assert_eq!(
+        s[r#"workqueue_longest_running_processor_seconds{name="q",controller="c"}"#],
+        "7.0"
+    );
+    assert_eq!(
+        s[r#"workqueue_longest_running_processor_seconds{name="other",controller="c"}"#],
+        "0.0"
+    );
     drop((first, second, other));
+}
+
+#[tokio::test]
+async fn drain_releases_every_idle_worker_once_nothing_is_left() {
+    let queue = WorkQueue::new("q");
+    queue.add(1);
+    let one = try_get(&queue).flatten().unwrap();
+    queue.add(1); // comes back once done
+    let idle: Vec<_> = (0..2)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.get().await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let mut drain = Box::pin(queue.shut_down_with_drain());
+    assert!(futures::poll!(drain.as_mut()).is_pending());
+    tokio::task::yield_now().await;
+    assert!(
+        idle.iter().all(|w| !w.is_finished()),
+        "1 will come back: nobody may give up yet"
+    );
+    queue.done(&one);
+    let mut results = Vec::new();
+    for worker in idle {
+        results.push(
+            timeout(Duration::from_secs(5), worker)
+                .await
+                .expect("idle worker released")
+                .unwrap(),
+        );
+    }
+    results.sort();
+    assert_eq!(results, [None, Some(1)]);
+    queue.done(&1);
+    assert!(futures::poll!(drain.as_mut()).is_ready());
 }

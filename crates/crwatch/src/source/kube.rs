@@ -6,7 +6,10 @@ use std::fmt::Debug;
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
+use std::time::Duration;
+
 use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::{self, Config};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -27,7 +30,53 @@ pub struct KubeSource<K: Resource> {
     api: Api<K>,
     config: Config,
     scope: String,
+    backoff: (Duration, Duration),
 }
+
+/// Reconnect backoff: exponential from `initial` to `max` with jitter, as client-go's
+/// reflector does; it resets after two minutes without errors.
+#[derive(Debug, Clone)]
+pub struct ReconnectBackoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl ReconnectBackoff {
+    /// From `initial`, doubling, up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        ReconnectBackoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+}
+
+impl Iterator for ReconnectBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // Up to +100% jitter (capped at max) so many clients do not reconnect in lockstep.
+        let jitter = rand::random_range(0.0..1.0);
+        Some(base.mul_f64(1.0 + jitter).min(self.max.max(base)))
+    }
+}
+
+impl Backoff for ReconnectBackoff {
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+fn backoff_of(b: (Duration, Duration)) -> ResetTimerBackoff<ReconnectBackoff> {
+    ResetTimerBackoff::new(ReconnectBackoff::new(b.0, b.1), Duration::from_secs(120))
+}
+
+/// client-go's reflector backoff: 800 ms doubling to 30 s.
+pub const DEFAULT_BACKOFF: (Duration, Duration) = (Duration::from_millis(800), Duration::from_secs(30));
 
 fn describe_scope(ns: Option<&str>) -> String {
     match ns {
@@ -74,6 +123,7 @@ impl<K: Resource> KubeSource<K> {
             api,
             config: Config::default(),
             scope: describe_scope(namespace),
+            backoff: DEFAULT_BACKOFF,
         }
     }
 
@@ -95,6 +145,12 @@ impl<K: Resource> KubeSource<K> {
         self
     }
 
+    /// Reconnect backoff after errors, from `initial` doubling to `max` (default 800 ms to 30 s).
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff = (initial, max);
+        self
+    }
+
     /// List page size (default 500).
     pub fn page_size(mut self, size: u32) -> Self {
         self.config = self.config.page_size(size);
@@ -108,7 +164,10 @@ impl<K: Resource> KubeSource<K> {
 
     /// The selectors, for keying shared informers.
     pub fn selectors(&self) -> (Option<String>, Option<String>) {
-        (self.config.label_selector.clone(), self.config.field_selector.clone())
+        (
+            self.config.label_selector.clone(),
+            self.config.field_selector.clone(),
+        )
     }
 
     /// Fetch metadata only (`PartialObjectMetadata`): far less memory for large objects.
@@ -117,6 +176,7 @@ impl<K: Resource> KubeSource<K> {
             api: self.api,
             config: self.config,
             scope: self.scope,
+            backoff: self.backoff,
         }
     }
 }
@@ -140,9 +200,8 @@ where
 
     fn events(self: Box<Self>) -> EventStream<K> {
         let name = self.describe();
-        let config = self.config;
-        watcher::watcher(self.api, config)
-            .default_backoff()
+        watcher::watcher(self.api, self.config)
+            .backoff(backoff_of(self.backoff))
             .map(move |r| r.map_err(|e| to_error(&name, e)))
             .boxed()
     }
@@ -153,6 +212,7 @@ pub struct MetadataSource<K: Resource> {
     api: Api<K>,
     config: Config,
     scope: String,
+    backoff: (Duration, Duration),
 }
 
 impl<K> Source<PartialObjectMeta<K>> for MetadataSource<K>
@@ -169,6 +229,32 @@ where
         // of every scope; this function does the same metadata-only requests.
         #[allow(deprecated)]
         let stream = watcher::metadata_watcher(self.api, self.config);
-        stream.default_backoff().map(move |r| r.map_err(|e| to_error(&name, e))).boxed()
+        stream
+            .backoff(backoff_of(self.backoff))
+            .map(move |r| r.map_err(|e| to_error(&name, e)))
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = ReconnectBackoff::new(Duration::from_millis(800), Duration::from_secs(30));
+        let first: Vec<Duration> = (&mut b).take(10).collect();
+        for (i, d) in first.iter().enumerate() {
+            let base = Duration::from_millis(800) * 2u32.pow(i as u32);
+            let base = base.min(Duration::from_secs(30));
+            assert!(
+                *d >= base && *d <= (base * 2).min(Duration::from_secs(30)).max(base),
+                "step {i}: {d:?}"
+            );
+        }
+        assert_eq!(first[9], Duration::from_secs(30));
+        b.reset();
+        let again = b.next().unwrap();
+        assert!(again >= Duration::from_millis(800) && again <= Duration::from_millis(1600));
     }
 }

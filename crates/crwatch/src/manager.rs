@@ -1,0 +1,290 @@
+//! The manager: runs several controllers over shared informers, starts their workers only
+//! after the caches synced, serves `/metrics`, `/healthz` and `/readyz`, takes part in leader
+//! election, and shuts down gracefully on SIGTERM / SIGINT.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::Controller;
+use crate::health::{self, Readiness};
+use crate::informer::InformerFactory;
+use crate::leader::{LeaderElectionConfig, LeaderElector, LeaderState};
+use crate::metrics::Metrics;
+
+/// How a manager runs. Defaults follow controller-runtime.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Where `/metrics` is served (`None`: not served). Default `0.0.0.0:8080`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where `/healthz` and `/readyz` are served (`None`: not served). Default `0.0.0.0:8081`.
+    pub probe_addr: Option<SocketAddr>,
+    /// How long to wait for caches before giving up. Default 2 minutes.
+    pub cache_sync_timeout: Duration,
+    /// Leader election; `None` runs controllers unconditionally.
+    pub leader_election: Option<LeaderElectionConfig>,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            probe_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
+            cache_sync_timeout: Duration::from_secs(120),
+            leader_election: None,
+        }
+    }
+}
+
+/// Why a manager stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The caches did not sync in time.
+    #[error(transparent)]
+    CacheSync(#[from] crate::informer::CacheSyncTimeout),
+    /// An endpoint could not be bound.
+    #[error("serving {what} on {addr}: {source}")]
+    Bind {
+        /// Which endpoint.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The leader election configuration is invalid.
+    #[error(transparent)]
+    LeaderElection(#[from] crate::leader::LeaderElectionError),
+    /// This replica was leader and lost the lease; controllers were stopped at once.
+    /// Restart the process to take part in the election again (as controller-runtime does).
+    #[error("leader election lost")]
+    LeadershipLost,
+}
+
+type RunFn = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
+
+/// Runs controllers. Build it, add controllers made from [`Manager::factory`]'s informers,
+/// then [`Manager::run`].
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use crwatch::controller::{Action, Builder, Request};
+/// use crwatch::manager::{Manager, ManagerConfig};
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// # async fn f(client: kube::Client) -> anyhow::Result<()> {
+/// let mut mgr = Manager::new(client, ManagerConfig::default());
+/// let ctrl = Builder::new("cm", mgr.factory().all::<ConfigMap>())
+///     .metrics(mgr.metrics())
+///     .build(|_req: Request<ConfigMap>, _ctx: Arc<()>| async { Ok(Action::done()) }, Arc::new(()));
+/// mgr.add(ctrl);
+/// mgr.run(crwatch::manager::shutdown_signal()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Manager {
+    client: kube::Client,
+    factory: Arc<InformerFactory>,
+    metrics: Metrics,
+    config: ManagerConfig,
+    controllers: Vec<RunFn>,
+    ready: Readiness,
+    leader_state: tokio::sync::watch::Sender<Option<LeaderState>>,
+    bound: tokio::sync::watch::Sender<(Option<SocketAddr>, Option<SocketAddr>)>,
+}
+
+impl Manager {
+    /// A manager using `client`.
+    pub fn new(client: kube::Client, config: ManagerConfig) -> Self {
+        Manager {
+            factory: Arc::new(InformerFactory::new(client.clone())),
+            client,
+            metrics: Metrics::default(),
+            config,
+            controllers: vec![],
+            ready: Readiness::default(),
+            leader_state: tokio::sync::watch::channel(None).0,
+            bound: tokio::sync::watch::channel((None, None)).0,
+        }
+    }
+
+    /// The shared informer factory: every controller's informers should come from here.
+    pub fn factory(&self) -> &InformerFactory {
+        &self.factory
+    }
+
+    /// The client.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The metrics registry served on `/metrics` (pass it to controller builders).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Readiness (true once caches synced).
+    pub fn readiness(&self) -> Readiness {
+        self.ready.clone()
+    }
+
+    /// Leader state: `None` without leader election.
+    pub fn leader_state(&self) -> tokio::sync::watch::Receiver<Option<LeaderState>> {
+        self.leader_state.subscribe()
+    }
+
+    /// The metrics and probe addresses actually bound, once running (useful with port 0).
+    pub fn bound_addresses(&self) -> tokio::sync::watch::Receiver<(Option<SocketAddr>, Option<SocketAddr>)> {
+        self.bound.subscribe()
+    }
+
+    /// Add a controller.
+    pub fn add<K, C>(&mut self, controller: Controller<K, C>)
+    where
+        K: kube::Resource + Clone + Send + Sync + 'static,
+        C: Send + Sync + 'static,
+    {
+        self.controllers
+            .push(Box::new(move |cancel| Box::pin(controller.run(cancel))));
+    }
+
+    /// Run until `shutdown` completes (see [`shutdown_signal`]): serve endpoints, start and
+    /// sync caches, win the election if configured, run the controllers; then stop taking
+    /// work, let in-flight reconciles finish, stop the watches and release the lease.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ManagerError> {
+        let stop_endpoints = CancellationToken::new();
+        let _stop_endpoints_guard = stop_endpoints.clone().drop_guard();
+        let mut bound = (None, None);
+        if let Some(addr) = self.config.metrics_addr {
+            let a = health::serve(
+                addr,
+                health::metrics_router(self.metrics.clone()),
+                stop_endpoints.clone(),
+            )
+            .await
+            .map_err(|source| ManagerError::Bind {
+                what: "metrics",
+                addr,
+                source,
+            })?;
+            bound.0 = Some(a);
+        }
+        if let Some(addr) = self.config.probe_addr {
+            let a = health::serve(
+                addr,
+                health::probes_router(self.ready.clone()),
+                stop_endpoints.clone(),
+            )
+            .await
+            .map_err(|source| ManagerError::Bind {
+                what: "probes",
+                addr,
+                source,
+            })?;
+            bound.1 = Some(a);
+        }
+        self.bound.send_replace(bound);
+
+        tokio::pin!(shutdown);
+        self.factory.start();
+        tokio::select! {
+            r = self.factory.wait_for_cache_sync(self.config.cache_sync_timeout) => r?,
+            _ = &mut shutdown => {
+                self.factory.shutdown();
+                return Ok(());
+            }
+        }
+        self.ready.set(true);
+
+        let controllers_cancel = CancellationToken::new();
+        let elector_cancel = CancellationToken::new();
+        let mut elector_task = None;
+        if let Some(le) = self.config.leader_election.clone() {
+            let elector = Arc::new(LeaderElector::new(self.client.clone(), le)?);
+            let mut state = elector.state();
+            {
+                let elector = elector.clone();
+                let cancel = elector_cancel.clone();
+                elector_task = Some(tokio::spawn(async move { elector.run(cancel).await }));
+            }
+            // Standbys wait here with warm caches.
+            loop {
+                let current = state.borrow_and_update().clone();
+                self.leader_state.send_replace(Some(current.clone()));
+                if current == LeaderState::Leader {
+                    break;
+                }
+                tokio::select! {
+                    changed = state.changed() => if changed.is_err() { break },
+                    _ = &mut shutdown => {
+                        elector_cancel.cancel();
+                        if let Some(t) = elector_task { let _ = t.await; }
+                        self.factory.shutdown();
+                        return Ok(());
+                    }
+                }
+            }
+            let lost = controllers_cancel.clone();
+            let tx = self.leader_state.clone();
+            tokio::spawn(async move {
+                while state.changed().await.is_ok() {
+                    let s = state.borrow_and_update().clone();
+                    tx.send_replace(Some(s.clone()));
+                    if s != LeaderState::Leader {
+                        // Stop reconciling at once: another replica may already be leader.
+                        lost.cancel();
+                        return;
+                    }
+                }
+            });
+        }
+
+        let mut running = tokio::task::JoinSet::new();
+        for c in self.controllers {
+            running.spawn(c(controllers_cancel.clone()));
+        }
+        let lost_leadership = tokio::select! {
+            _ = &mut shutdown => false,
+            _ = controllers_cancel.cancelled() => true,
+        };
+        tracing::info!(lost_leadership, "stopping controllers");
+        controllers_cancel.cancel();
+        while running.join_next().await.is_some() {}
+        self.factory.shutdown();
+        self.ready.set(false);
+        elector_cancel.cancel();
+        if let Some(t) = elector_task {
+            let _ = t.await;
+        }
+        if lost_leadership {
+            Err(ManagerError::LeadershipLost)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

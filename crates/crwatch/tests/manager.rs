@@ -1,0 +1,240 @@
+//! The manager against crwatch-apiserver: probes and metrics, workers only after sync,
+//! graceful shutdown that lets in-flight reconciles finish, and leader election where
+//! exactly one of two managers reconciles and the other takes over when it stops.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crwatch::controller::{Action, Builder, Request};
+use crwatch::leader::{LeaderElectionConfig, LeaderState};
+use crwatch::manager::{Manager, ManagerConfig, ManagerError};
+use crwatch_apiserver::TestServer;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn local_config() -> ManagerConfig {
+    ManagerConfig {
+        metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        probe_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..ManagerConfig::default()
+    }
+}
+
+fn cm(name: &str) -> ConfigMap {
+    let mut c = ConfigMap::default();
+    c.metadata.name = Some(name.into());
+    c
+}
+
+#[derive(Default)]
+struct Ctx {
+    started: AtomicUsize,
+    finished: AtomicUsize,
+    slow: AtomicBool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_metrics_and_graceful_shutdown() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("a")).await.unwrap();
+    let mut mgr = Manager::new(client.clone(), local_config());
+    let ctx = Arc::new(Ctx::default());
+    let ctrl = Builder::new("cms", mgr.factory().all::<ConfigMap>())
+        .metrics(mgr.metrics())
+        .build(
+            |_req: Request<ConfigMap>, ctx: Arc<Ctx>| async move {
+                ctx.started.fetch_add(1, Ordering::SeqCst);
+                if ctx.slow.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                ctx.finished.fetch_add(1, Ordering::SeqCst);
+                Ok(Action::done())
+            },
+            ctx.clone(),
+        );
+    mgr.add(ctrl);
+    let mut bound = mgr.bound_addresses();
+    let ready = mgr.readiness();
+    let stop = CancellationToken::new();
+    let stop2 = stop.clone();
+    let run = tokio::spawn(mgr.run(async move { stop2.cancelled().await }));
+    let (metrics_addr, probe_addr) = loop {
+        if let (Some(m), Some(p)) = *bound.borrow_and_update() {
+            break (m, p);
+        }
+        bound.changed().await.unwrap();
+    };
+    assert_eq!(http_get(probe_addr, "/healthz").await.0, 200);
+    wait_for(20, "ready after sync", || ready.get().then_some(())).await;
+    assert_eq!(http_get(probe_addr, "/readyz").await, (200, "ok".into()));
+    wait_for(20, "first reconcile", || {
+        (ctx.finished.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let (code, text) = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "controller_runtime_reconcile_total{controller=\"cms\",result=\"success\"} 1",
+        "controller_runtime_max_concurrent_reconciles{controller=\"cms\"} 1",
+        "controller_runtime_active_workers{controller=\"cms\"} 0",
+        "controller_runtime_reconcile_time_seconds_bucket",
+        "workqueue_adds_total{name=\"cms\",controller=\"cms\"} 1",
+        "workqueue_depth{name=\"cms\",controller=\"cms\"} 0",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+
+    // Shutdown while a reconcile is in flight: it finishes before run() returns.
+    ctx.slow.store(true, Ordering::SeqCst);
+    cms.create(&PostParams::default(), &cm("b")).await.unwrap();
+    wait_for(20, "slow reconcile started", || {
+        (ctx.started.load(Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        ctx.finished.load(Ordering::SeqCst),
+        2,
+        "the in-flight reconcile completed"
+    );
+    assert!(!ready.get());
+}
+
+#[derive(Default)]
+struct Who {
+    reconciled_by: Mutex<HashSet<String>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_of_two_managers_reconciles_and_the_other_takes_over() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let who = Arc::new(Who::default());
+    let election = |id: &str| {
+        let mut le = LeaderElectionConfig::new("default", "crwatch-test");
+        le.identity = id.to_string();
+        le.lease_duration = Duration::from_secs(2);
+        le.renew_deadline = Duration::from_millis(1500);
+        le.retry_period = Duration::from_millis(200);
+        le
+    };
+    let start = |id: &'static str| {
+        let mut mgr = Manager::new(
+            client.clone(),
+            ManagerConfig {
+                metrics_addr: None,
+                probe_addr: None,
+                leader_election: Some(election(id)),
+                ..ManagerConfig::default()
+            },
+        );
+        let ctrl = Builder::new("elected", mgr.factory().all::<ConfigMap>()).build(
+            move |req: Request<ConfigMap>, who: Arc<Who>| async move {
+                who.reconciled_by
+                    .lock()
+                    .unwrap()
+                    .insert(format!("{id}:{}", req.key().name));
+                Ok(Action::done())
+            },
+            who.clone(),
+        );
+        mgr.add(ctrl);
+        let state = mgr.leader_state();
+        let stop = CancellationToken::new();
+        let stop2 = stop.clone();
+        let task = tokio::spawn(mgr.run(async move { stop2.cancelled().await }));
+        (state, stop, task)
+    };
+    let (state_a, stop_a, task_a) = start("a");
+    let (state_b, stop_b, task_b) = start("b");
+    let leader =
+        |s: &tokio::sync::watch::Receiver<Option<LeaderState>>| *s.borrow() == Some(LeaderState::Leader);
+    wait_for(20, "a leader", || {
+        (leader(&state_a) || leader(&state_b)).then_some(())
+    })
+    .await;
+    let (first, second) = if leader(&state_a) { ("a", "b") } else { ("b", "a") };
+    assert!(!(leader(&state_a) && leader(&state_b)), "two leaders");
+    cms.create(&PostParams::default(), &cm("one")).await.unwrap();
+    wait_for(20, "leader reconciles", || {
+        who.reconciled_by
+            .lock()
+            .unwrap()
+            .contains(&format!("{first}:one"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !who.reconciled_by
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k.starts_with(second)),
+        "the standby reconciled"
+    );
+
+    // Stop the leader: it releases the lease and the standby takes over well within the
+    // lease duration.
+    let ((stop_first, task_first), (stop_second, task_second), state_second) = if first == "a" {
+        ((stop_a, task_a), (stop_b, task_b), state_b.clone())
+    } else {
+        ((stop_b, task_b), (stop_a, task_a), state_a.clone())
+    };
+    let stopped_at = tokio::time::Instant::now();
+    stop_first.cancel();
+    task_first.await.unwrap().unwrap();
+    wait_for(10, "standby takes over", || leader(&state_second).then_some(())).await;
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(2),
+        "took over within the lease duration"
+    );
+    cms.create(&PostParams::default(), &cm("two")).await.unwrap();
+    wait_for(20, "new leader reconciles", || {
+        who.reconciled_by
+            .lock()
+            .unwrap()
+            .contains(&format!("{second}:two"))
+            .then_some(())
+    })
+    .await;
+    stop_second.cancel();
+    match task_second.await.unwrap() {
+        Ok(()) | Err(ManagerError::LeadershipLost) => {}
+        Err(e) => panic!("{e}"),
+    }
+}
