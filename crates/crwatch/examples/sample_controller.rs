@@ -1,0 +1,323 @@
+//! A sample controller in the style of client-go's sample-controller: a `Foo` custom resource
+//! (`samplecontroller.k8s.io/v1alpha1`) owns a Deployment with `spec.replicas` replicas and
+//! reports the Deployment's available replicas in its status.
+//!
+//! ```text
+//! # against a running API server (crwatch-apiserver or a real cluster), until Ctrl-C:
+//! cargo run -p crwatch --example sample_controller
+//! # self-contained, with an embedded crwatch-apiserver, reconciling 2000 Foos and exiting:
+//! cargo run --release -p crwatch --example sample_controller -- --embedded --objects 2000
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use crwatch::conditions::patch_status_if_changed;
+use crwatch::controller::{Action, Builder, Predicate, ReconcileError, Request};
+use crwatch::events::{EventType, Recorder};
+use crwatch::manager::{Manager, ManagerConfig};
+use crwatch::store::{ObjectKey, Store};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::api::{Api, PostParams, ResourceExt};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{CustomResource, CustomResourceExt, Resource};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The desired state: a Deployment named `deploymentName` with `replicas` replicas.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "samplecontroller.k8s.io",
+    version = "v1alpha1",
+    kind = "Foo",
+    namespaced
+)]
+#[kube(status = "FooStatus", shortname = "foo")]
+#[kube(printcolumn = r#"{"name":"Deployment","type":"string","jsonPath":".spec.deploymentName"}"#)]
+#[kube(printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.availableReplicas"}"#)]
+#[serde(rename_all = "camelCase")]
+pub struct FooSpec {
+    /// Name of the Deployment to own.
+    pub deployment_name: String,
+    /// Replicas wanted.
+    pub replicas: i32,
+}
+
+/// What the controller observed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FooStatus {
+    /// Available replicas of the owned Deployment.
+    pub available_replicas: i32,
+    /// The generation last acted on.
+    pub observed_generation: Option<i64>,
+}
+
+struct Ctx {
+    client: kube::Client,
+    deployments: Store<Deployment>,
+    recorder: Recorder,
+}
+
+fn deployment_for(foo: &Foo) -> Deployment {
+    let labels = std::collections::BTreeMap::from([
+        ("app".to_string(), "nginx".to_string()),
+        ("controller".to_string(), foo.name_any()),
+    ]);
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(foo.spec.deployment_name.clone()),
+            namespace: foo.namespace(),
+            owner_references: foo.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(foo.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "nginx".into(),
+                        image: Some("nginx:latest".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn reconcile(req: Request<Foo>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    // Owned Deployments go with their Foo through garbage collection; nothing to clean up.
+    let Request::Apply(foo) = req else {
+        return Ok(Action::done());
+    };
+    let ns = foo.namespace().unwrap_or_default();
+    let reference = foo.object_ref(&());
+    if foo.spec.deployment_name.is_empty() {
+        ctx.recorder
+            .publish(
+                &reference,
+                EventType::Warning,
+                "InvalidSpec",
+                "spec.deploymentName must be set",
+                "Reconcile",
+            )
+            .await?;
+        return Err(ReconcileError::terminal(anyhow::anyhow!(
+            "spec.deploymentName must be set"
+        )));
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = ObjectKey::new(Some(&ns), &foo.spec.deployment_name);
+    let deployment = match ctx.deployments.get(&key) {
+        Some(d) => {
+            let owned = d
+                .owner_references()
+                .iter()
+                .any(|r| Some(&r.uid) == foo.uid().as_ref());
+            if !owned {
+                let msg = format!("Resource {:?} already exists and is not managed by Foo", key.name);
+                ctx.recorder
+                    .publish(
+                        &reference,
+                        EventType::Warning,
+                        "ErrResourceExists",
+                        &msg,
+                        "Reconcile",
+                    )
+                    .await?;
+                return Err(ReconcileError::terminal(anyhow::anyhow!(msg)));
+            }
+            if d.spec.as_ref().and_then(|s| s.replicas) != Some(foo.spec.replicas) {
+                deployments
+                    .replace(&key.name, &PostParams::default(), &{
+                        let mut next = (*d).clone();
+                        if let Some(spec) = next.spec.as_mut() {
+                            spec.replicas = Some(foo.spec.replicas);
+                        }
+                        next
+                    })
+                    .await?
+            } else {
+                (*d).clone()
+            }
+        }
+        None => {
+            let created = match deployments
+                .create(&PostParams::default(), &deployment_for(&foo))
+                .await
+            {
+                Ok(d) => d,
+                // The cache had not seen it yet: take the server's copy.
+                Err(kube::Error::Api(e)) if e.code == 409 => deployments.get(&key.name).await?,
+                Err(e) => return Err(e.into()),
+            };
+            ctx.recorder
+                .publish(
+                    &reference,
+                    EventType::Normal,
+                    "Synced",
+                    "Foo synced successfully",
+                    "Reconcile",
+                )
+                .await?;
+            created
+        }
+    };
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    let status = FooStatus {
+        available_replicas: available,
+        observed_generation: foo.metadata.generation,
+    };
+    let foos: Api<Foo> = Api::namespaced(ctx.client.clone(), &ns);
+    patch_status_if_changed(&foos, &foo.name_any(), &foo, serde_json::to_value(&status)?).await?;
+    Ok(Action::done())
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let embedded = args.iter().any(|a| a == "--embedded");
+    let objects: Option<usize> = args
+        .iter()
+        .position(|a| a == "--objects")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse())
+        .transpose()
+        .context("--objects takes a number")?;
+
+    let server = if embedded {
+        Some(
+            crwatch_apiserver::TestServer::start()
+                .await
+                .context("starting the embedded API server")?,
+        )
+    } else {
+        None
+    };
+    let client = match &server {
+        Some(s) => s.client(),
+        None => kube::Client::try_default()
+            .await
+            .context("connecting with KUBECONFIG")?,
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = Foo::crd();
+    match crds.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e).context("installing the Foo CRD"),
+    }
+    let established = await_condition(
+        crds,
+        "foos.samplecontroller.k8s.io",
+        conditions::is_crd_established(),
+    );
+    tokio::time::timeout(Duration::from_secs(30), established)
+        .await
+        .context("CRD not established")??;
+
+    let mut mgr = Manager::new(
+        client.clone(),
+        ManagerConfig {
+            metrics_addr: Some(([127, 0, 0, 1], 0).into()),
+            probe_addr: Some(([127, 0, 0, 1], 0).into()),
+            ..ManagerConfig::default()
+        },
+    );
+    let deployments = mgr.factory().all::<Deployment>();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        deployments: deployments.store(),
+        recorder: Recorder::new(client.clone(), "sample-controller"),
+    });
+    let controller = Builder::new("foo", mgr.factory().all::<Foo>())
+        .owns(deployments)
+        .with_predicate(Predicate::generation_changed().or(Predicate::labels_changed()))
+        .concurrency(8)
+        .metrics(mgr.metrics())
+        .build(reconcile, ctx);
+    mgr.add(controller);
+
+    let Some(n) = objects else {
+        println!("sample-controller running; Ctrl-C to stop");
+        mgr.run(crwatch::manager::shutdown_signal()).await?;
+        return Ok(());
+    };
+
+    // Benchmark mode: create n Foos, wait until every one reports status, print the figures.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop2 = stop.clone();
+    let running = tokio::spawn(mgr.run(async move { stop2.cancelled().await }));
+    let foos: Api<Foo> = Api::namespaced(client.clone(), "default");
+    let started = Instant::now();
+    for i in 0..n {
+        let foo = Foo::new(
+            &format!("foo-{i}"),
+            FooSpec {
+                deployment_name: format!("foo-{i}-nginx"),
+                replicas: 1 + (i % 3) as i32,
+            },
+        );
+        foos.create(&PostParams::default(), &foo)
+            .await
+            .with_context(|| format!("creating foo-{i}"))?;
+    }
+    let created = started.elapsed();
+    loop {
+        let list = foos.list(&Default::default()).await?;
+        let done = list
+            .items
+            .iter()
+            .filter(|f| f.status.as_ref().and_then(|s| s.observed_generation).is_some())
+            .count();
+        if done == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = started.elapsed();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let owned = deployments.list(&Default::default()).await?.items.len();
+    println!(
+        "reconciled {n} Foos ({owned} Deployments) in {:.2} s (creating them took {:.2} s)",
+        wall.as_secs_f64(),
+        created.as_secs_f64()
+    );
+    match peak_rss_mib() {
+        Some(mib) if embedded => {
+            println!("peak RSS {mib:.1} MiB (controller and embedded API server in one process)")
+        }
+        Some(mib) => println!("peak RSS {mib:.1} MiB"),
+        None => println!("peak RSS unavailable (no /proc)"),
+    }
+    stop.cancel();
+    running.await??;
+    Ok(())
+}
