@@ -63,20 +63,20 @@ struct Ctx {
     recorder: Recorder,
 }
 
-fn deployment_for(foo: &Foo) -> Deployment {
+fn deployment_for(desired: &Foo) -> Deployment {
     let labels = std::collections::BTreeMap::from([
         ("app".to_string(), "nginx".to_string()),
-        ("controller".to_string(), foo.name_any()),
+        ("controller".to_string(), desired.name_any()),
     ]);
     Deployment {
         metadata: ObjectMeta {
-            name: Some(foo.spec.deployment_name.clone()),
-            namespace: foo.namespace(),
-            owner_references: foo.controller_owner_ref(&()).map(|r| vec![r]),
+            name: Some(desired.spec.deployment_name.clone()),
+            namespace: desired.namespace(),
+            owner_references: desired.controller_owner_ref(&()).map(|r| vec![r]),
             ..Default::default()
         },
         spec: Some(DeploymentSpec {
-            replicas: Some(foo.spec.replicas),
+            replicas: Some(desired.spec.replicas),
             selector: LabelSelector {
                 match_labels: Some(labels.clone()),
                 ..Default::default()
@@ -103,12 +103,12 @@ fn deployment_for(foo: &Foo) -> Deployment {
 
 async fn reconcile(req: Request<Foo>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     // Owned Deployments go with their Foo through garbage collection; nothing to clean up.
-    let Request::Apply(foo) = req else {
+    let Request::Apply(desired) = req else {
         return Ok(Action::done());
     };
-    let ns = foo.namespace().unwrap_or_default();
-    let reference = foo.object_ref(&());
-    if foo.spec.deployment_name.is_empty() {
+    let ns = desired.namespace().unwrap_or_default();
+    let reference = desired.object_ref(&());
+    if desired.spec.deployment_name.is_empty() {
         ctx.recorder
             .publish(
                 &reference,
@@ -123,13 +123,13 @@ async fn reconcile(req: Request<Foo>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
         )));
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = ObjectKey::new(Some(&ns), &foo.spec.deployment_name);
+    let key = ObjectKey::new(Some(&ns), &desired.spec.deployment_name);
     let deployment = match ctx.deployments.get(&key) {
         Some(d) => {
             let owned = d
                 .owner_references()
                 .iter()
-                .any(|r| Some(&r.uid) == foo.uid().as_ref());
+                .any(|r| Some(&r.uid) == desired.uid().as_ref());
             if !owned {
                 let msg = format!("Resource {:?} already exists and is not managed by Foo", key.name);
                 ctx.recorder
@@ -143,12 +143,12 @@ async fn reconcile(req: Request<Foo>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
                     .await?;
                 return Err(ReconcileError::terminal(anyhow::anyhow!(msg)));
             }
-            if d.spec.as_ref().and_then(|s| s.replicas) != Some(foo.spec.replicas) {
+            if d.spec.as_ref().and_then(|s| s.replicas) != Some(desired.spec.replicas) {
                 deployments
                     .replace(&key.name, &PostParams::default(), &{
                         let mut next = (*d).clone();
                         if let Some(spec) = next.spec.as_mut() {
-                            spec.replicas = Some(foo.spec.replicas);
+                            spec.replicas = Some(desired.spec.replicas);
                         }
                         next
                     })
@@ -159,7 +159,7 @@ async fn reconcile(req: Request<Foo>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
         }
         None => {
             let created = match deployments
-                .create(&PostParams::default(), &deployment_for(&foo))
+                .create(&PostParams::default(), &deployment_for(&desired))
                 .await
             {
                 Ok(d) => d,
@@ -186,10 +186,16 @@ async fn reconcile(req: Request<Foo>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
         .unwrap_or(0);
     let status = FooStatus {
         available_replicas: available,
-        observed_generation: foo.metadata.generation,
+        observed_generation: desired.metadata.generation,
     };
     let foos: Api<Foo> = Api::namespaced(ctx.client.clone(), &ns);
-    patch_status_if_changed(&foos, &foo.name_any(), &foo, serde_json::to_value(&status)?).await?;
+    patch_status_if_changed(
+        &foos,
+        &desired.name_any(),
+        &desired,
+        serde_json::to_value(&status)?,
+    )
+    .await?;
     Ok(Action::done())
 }
 
@@ -278,14 +284,14 @@ async fn main() -> anyhow::Result<()> {
     let foos: Api<Foo> = Api::namespaced(client.clone(), "default");
     let started = Instant::now();
     for i in 0..n {
-        let foo = Foo::new(
+        let desired = Foo::new(
             &format!("foo-{i}"),
             FooSpec {
                 deployment_name: format!("foo-{i}-nginx"),
                 replicas: 1 + (i % 3) as i32,
             },
         );
-        foos.create(&PostParams::default(), &foo)
+        foos.create(&PostParams::default(), &desired)
             .await
             .with_context(|| format!("creating foo-{i}"))?;
     }
