@@ -136,15 +136,28 @@ fn verb_of(method: &Method, p: &ResourcePath, watch: bool) -> &'static str {
     }
 }
 
-fn wants_table(headers: &HeaderMap) -> bool {
-    headers
+/// What representation the client asked for with the first media type of its Accept header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    Json,
+    Table,
+    /// `as=PartialObjectMetadata` / `as=PartialObjectMetadataList`: metadata only.
+    Metadata,
+}
+
+fn wanted_view(headers: &HeaderMap) -> View {
+    let first = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| {
-            a.split(',')
-                .next()
-                .is_some_and(|first| first.contains("as=Table"))
-        })
+        .and_then(|a| a.split(',').next())
+        .unwrap_or_default();
+    if first.contains("as=Table") {
+        View::Table
+    } else if first.contains("as=PartialObjectMetadata") {
+        View::Metadata
+    } else {
+        View::Json
+    }
 }
 
 /// The whole request handler.
@@ -226,7 +239,7 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let table = wants_table(&parts.headers);
+    let view = wanted_view(&parts.headers);
     match rp {
         Some(p) => {
             let params = Params(query);
@@ -237,7 +250,7 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, req: Request) -> 
                 params,
                 user_agent,
                 &content_type,
-                table,
+                view,
                 &body,
             )
             .await
@@ -281,7 +294,7 @@ async fn resource_request(
     params: Params,
     user_agent: String,
     content_type: &str,
-    table: bool,
+    view: View,
     body: &Bytes,
 ) -> ApiResult<Response> {
     let registry = state.api.registry();
@@ -348,10 +361,10 @@ async fn resource_request(
     let out = match verb {
         "watch" => {
             let full = ctx.params.get("includeObject") == Some("Object");
-            let format = if table {
-                Format::Table { full_object: full }
-            } else {
-                Format::Object
+            let format = match view {
+                View::Table => Format::Table { full_object: full },
+                View::Metadata => Format::Metadata,
+                View::Json => Format::Object,
             };
             let rx = watch::start(
                 state.api.clone(),
@@ -392,7 +405,19 @@ async fn resource_request(
         .and_then(Value::as_str)
         .is_some_and(|k| k == def.kind);
     let is_list = matches!(verb, "list");
-    if table && (is_object || is_list) && matches!(verb, "get" | "list") {
+    if view == View::Metadata && (is_object || is_list) && matches!(verb, "get" | "list") {
+        let body = if is_list {
+            let items: Vec<Value> = out.body["items"]
+                .as_array()
+                .map(|a| a.iter().map(crate::table::partial_metadata).collect())
+                .unwrap_or_default();
+            json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": out.body["metadata"], "items": items})
+        } else {
+            crate::table::partial_metadata(&out.body)
+        };
+        return Ok(json_response(200, &body, &out.warnings));
+    }
+    if view == View::Table && (is_object || is_list) && matches!(verb, "get" | "list") {
         let full = ctx.params.get("includeObject") == Some("Object");
         let items: Vec<Value> = if is_list {
             out.body["items"].as_array().cloned().unwrap_or_default()

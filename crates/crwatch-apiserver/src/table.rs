@@ -294,12 +294,10 @@ fn column_json(c: &PrinterColumn) -> Value {
     json!({"name": c.name, "type": c.type_, "format": c.format, "description": c.description, "priority": c.priority})
 }
 
-/// The object's metadata as the `PartialObjectMetadata` tables embed per row.
+/// The object's metadata as `PartialObjectMetadata` (what tables embed per row and what
+/// metadata-only requests get), managedFields included as on the real server.
 pub fn partial_metadata(obj: &Value) -> Value {
-    let mut meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    if let Some(m) = meta.as_object_mut() {
-        m.remove("managedFields");
-    }
+    let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
 }
 

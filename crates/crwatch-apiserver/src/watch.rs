@@ -27,6 +27,8 @@ pub enum Format {
         /// Embed the full object in each row instead of its metadata.
         full_object: bool,
     },
+    /// `meta.k8s.io/v1` PartialObjectMetadata: metadata only.
+    Metadata,
 }
 
 /// Settings of the watch machinery.
@@ -88,6 +90,7 @@ impl Encoder {
     fn event(&mut self, kind: &str, obj: &Value) -> Bytes {
         let object = match self.format {
             Format::Object => Api::present(&self.def, obj),
+            Format::Metadata => crate::table::partial_metadata(obj),
             Format::Table { full_object } => {
                 let mut t = crate::table::to_table(
                     &self.def,
@@ -113,6 +116,9 @@ impl Encoder {
         let object = match self.format {
             Format::Object => {
                 json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": meta})
+            }
+            Format::Metadata => {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
             }
             Format::Table { .. } => {
                 json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": null, "rows": null})

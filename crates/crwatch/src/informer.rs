@@ -478,14 +478,23 @@ impl InformerFactory {
             labels,
             fields,
         };
+        self.get_or_insert(key, || Informer::new(source))
+    }
+
+    /// The informer registered under `key`, or a new one from `make` (started at once when
+    /// the factory already runs).
+    fn get_or_insert<T>(&self, key: FactoryKey, make: impl FnOnce() -> Informer<T>) -> Informer<T>
+    where
+        T: Resource + Clone + Serialize + Send + Sync + 'static,
+    {
         let mut map = lock(&self.informers);
         if let Some(existing) = map
             .get(&key)
-            .and_then(|i| i.as_any().downcast_ref::<Informer<K>>())
+            .and_then(|i| i.as_any().downcast_ref::<Informer<T>>())
         {
             return existing.clone();
         }
-        let informer = Informer::new(source);
+        let informer = make();
         if self.started.load(Ordering::SeqCst) {
             informer.start(self.cancel.child_token());
         }
@@ -500,6 +509,34 @@ impl InformerFactory {
         K::DynamicType: Default,
     {
         self.informer(KubeSource::all(self.client.clone()))
+    }
+
+    /// An untyped informer for any kind, found by group/version/kind through discovery
+    /// (`namespace` `None`: all namespaces).
+    pub async fn dynamic(
+        &self,
+        gvk: &kube::api::GroupVersionKind,
+        namespace: Option<&str>,
+    ) -> Result<Informer<kube::api::DynamicObject>, kube::Error> {
+        let (resource, _caps) = kube::discovery::pinned_kind(&self.client, gvk).await?;
+        Ok(self.informer(KubeSource::dynamic(self.client.clone(), &resource, namespace)))
+    }
+
+    /// A metadata-only informer (`PartialObjectMetadata`): names, labels, owners and the like
+    /// without the rest of each object, for kinds whose objects are large.
+    pub fn metadata<K>(&self, source: KubeSource<K>) -> Informer<kube::core::PartialObjectMeta<K>>
+    where
+        K: Resource + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default,
+    {
+        let (labels, fields) = source.selectors();
+        let key = FactoryKey {
+            type_id: TypeId::of::<kube::core::PartialObjectMeta<K>>(),
+            url: source.describe_url(),
+            labels,
+            fields,
+        };
+        self.get_or_insert(key, || Informer::new(source.metadata_only()))
     }
 
     /// Start every informer made so far, and every one made from now on.

@@ -215,3 +215,58 @@ async fn resync_replays_the_cache_and_indexes_follow_changes() {
     assert_eq!(lister.list_selector("app in (db,x)").unwrap().len(), 1);
     factory.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_informers_by_gvk_and_metadata_only_informers() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let crd = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/database-crd.yaml"
+    ))
+    .unwrap();
+    let crd: serde_json::Value = serde_saphyr::from_str(&crd).unwrap();
+    server.server().apply(crd).await.unwrap();
+    server
+        .server()
+        .apply(
+            serde_json::json!({"apiVersion": "stable.example.com/v1", "kind": "Database",
+            "metadata": {"name": "db1", "namespace": "default", "labels": {"tier": "gold"}},
+            "spec": {"engine": "PostgreSQL", "version": "15", "size": "1Gi"}}),
+        )
+        .await
+        .unwrap();
+    let mut big = cm("big", &"x".repeat(10_000));
+    big.metadata.labels = Some([("size".to_string(), "large".to_string())].into());
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &big)
+        .await
+        .unwrap();
+
+    let factory = InformerFactory::new(client.clone());
+    let gvk = kube::api::GroupVersionKind::gvk("stable.example.com", "v1", "Database");
+    let dbs = factory.dynamic(&gvk, Some("default")).await.unwrap();
+    let meta = factory.metadata(crwatch::source::kube::KubeSource::<ConfigMap>::all(
+        client.clone(),
+    ));
+    let again = factory.metadata(crwatch::source::kube::KubeSource::<ConfigMap>::all(
+        client.clone(),
+    ));
+    factory.start();
+    factory
+        .wait_for_cache_sync(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let db = dbs.store().get(&ObjectKey::new(Some("default"), "db1")).unwrap();
+    assert_eq!(db.data["spec"]["engine"], "PostgreSQL");
+    assert_eq!(dbs.store().by_index(LABEL_INDEX, "tier=gold").len(), 1);
+    let partial = again
+        .store()
+        .get(&ObjectKey::new(Some("default"), "big"))
+        .unwrap();
+    assert_eq!(partial.metadata.labels.as_ref().unwrap()["size"], "large");
+    assert_eq!(meta.store().len(), again.store().len());
+    // Metadata-only watches ask the server for PartialObjectMetadata, once.
+    assert_eq!(server.faults().count("watch", "configmaps"), 1);
+    factory.shutdown();
+}
