@@ -25,7 +25,8 @@ use crate::store::{ObjectKey, Store, SyncTimeout};
 /// Reacts to changes of objects in an informer's store. All methods default to doing nothing.
 ///
 /// Handlers run on the informer's task, in order, for every change: keep them quick (enqueue a
-/// key, send on a channel) and hand slow work elsewhere.
+/// key, send on a channel) and hand slow work elsewhere. A handler must not call
+/// [`Informer::add_handler`] on the informer that calls it (that would deadlock).
 pub trait Handler<K>: Send + Sync + 'static {
     /// An object appeared (or the handler was added after start: the current state, as adds).
     fn on_add(&self, obj: &Arc<K>) {
@@ -307,77 +308,95 @@ where
             return;
         };
         inner.stats.events.fetch_add(1, Ordering::Relaxed);
-        let transform = read(&inner.transform).clone();
-        let prepare = |mut o: K| {
-            if let Some(t) = &transform {
-                t(&mut o);
+        // A panicking transform or index function loses this one event, not the informer.
+        if std::panic::catch_unwind(AssertUnwindSafe(|| apply_event(&inner, &mut buffer, next))).is_err() {
+            inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(informer = %inner.name, "processing an event panicked; the event was skipped");
+        }
+    }
+}
+
+/// Apply one source event to the store and tell the handlers what really changed.
+fn apply_event<K>(
+    inner: &Inner<K>,
+    buffer: &mut Option<Vec<K>>,
+    next: Result<Event<K>, crate::source::SourceError>,
+) where
+    K: Resource + Clone + Serialize + Send + Sync + 'static,
+{
+    let transform = read(&inner.transform).clone();
+    let prepare = |mut o: K| {
+        if let Some(t) = &transform {
+            t(&mut o);
+        }
+        o
+    };
+    match next {
+        Err(e) => {
+            inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(informer = %inner.name, error = %e, "watch failed; retrying with backoff");
+        }
+        Ok(Event::Init) => *buffer = Some(vec![]),
+        Ok(Event::InitApply(o)) => buffer.get_or_insert_with(Vec::new).push(prepare(o)),
+        Ok(Event::InitDone) => {
+            let objs = buffer.take().unwrap_or_default();
+            let handlers = read(&inner.handlers);
+            let replaced = inner.store.replace(objs);
+            inner.stats.relists.fetch_add(1, Ordering::Relaxed);
+            for obj in &replaced.added {
+                for h in handlers.iter() {
+                    guarded("on_add", || h.on_add(obj));
+                }
             }
-            o
-        };
-        match next {
-            Err(e) => {
-                inner.stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(informer = %inner.name, error = %e, "watch failed; retrying with backoff");
+            for (old, new) in &replaced.updated {
+                let diff = if handlers.is_empty() {
+                    Diff::default()
+                } else {
+                    Diff::of(&**old, &**new)
+                };
+                for h in handlers.iter() {
+                    guarded("on_update", || h.on_update(old, new, &diff));
+                }
             }
-            Ok(Event::Init) => buffer = Some(vec![]),
-            Ok(Event::InitApply(o)) => buffer.get_or_insert_with(Vec::new).push(prepare(o)),
-            Ok(Event::InitDone) => {
-                let objs = buffer.take().unwrap_or_default();
-                let handlers = read(&inner.handlers);
-                let replaced = inner.store.replace(objs);
-                inner.stats.relists.fetch_add(1, Ordering::Relaxed);
-                for obj in &replaced.added {
+            for obj in &replaced.deleted {
+                for h in handlers.iter() {
+                    guarded("on_delete", || h.on_delete(obj));
+                }
+            }
+            inner.store.mark_synced();
+        }
+        Ok(Event::Apply(o)) => {
+            let o = prepare(o);
+            let handlers = read(&inner.handlers);
+            let new = Arc::new(o.clone());
+            match inner.store.apply(o) {
+                None => {
                     for h in handlers.iter() {
-                        guarded("on_add", || h.on_add(obj));
+                        guarded("on_add", || h.on_add(&new));
                     }
                 }
-                for (old, new) in &replaced.updated {
+                Some(old) if same_version(&*old, &*new) => {}
+                Some(old) => {
                     let diff = if handlers.is_empty() {
                         Diff::default()
                     } else {
-                        Diff::of(&**old, &**new)
+                        Diff::of(&*old, &*new)
                     };
                     for h in handlers.iter() {
-                        guarded("on_update", || h.on_update(old, new, &diff));
-                    }
-                }
-                for obj in &replaced.deleted {
-                    for h in handlers.iter() {
-                        guarded("on_delete", || h.on_delete(obj));
-                    }
-                }
-                inner.store.mark_synced();
-            }
-            Ok(Event::Apply(o)) => {
-                let o = prepare(o);
-                let handlers = read(&inner.handlers);
-                let new = Arc::new(o.clone());
-                match inner.store.apply(o) {
-                    None => {
-                        for h in handlers.iter() {
-                            guarded("on_add", || h.on_add(&new));
-                        }
-                    }
-                    Some(old) if same_version(&*old, &*new) => {}
-                    Some(old) => {
-                        let diff = if handlers.is_empty() {
-                            Diff::default()
-                        } else {
-                            Diff::of(&*old, &*new)
-                        };
-                        for h in handlers.iter() {
-                            guarded("on_update", || h.on_update(&old, &new, &diff));
-                        }
+                        guarded("on_update", || h.on_update(&old, &new, &diff));
                     }
                 }
             }
-            Ok(Event::Delete(o)) => {
-                let handlers = read(&inner.handlers);
-                let key = key_of(&o);
-                if let Some(last) = inner.store.delete(&key) {
-                    for h in handlers.iter() {
-                        guarded("on_delete", || h.on_delete(&last));
-                    }
+        }
+        Ok(Event::Delete(o)) => {
+            let handlers = read(&inner.handlers);
+            let key = key_of(&o);
+            // The delete event carries the final state (finalizers, deletionTimestamp);
+            // handlers get that rather than the cache's older copy.
+            if inner.store.delete(&key).is_some() {
+                let last = Arc::new(prepare(o));
+                for h in handlers.iter() {
+                    guarded("on_delete", || h.on_delete(&last));
                 }
             }
         }
@@ -388,6 +407,7 @@ where
 trait AnyInformer: Send + Sync {
     fn start_erased(&self, cancel: CancellationToken);
     fn synced(&self) -> bool;
+    fn wait_synced_erased(&self, timeout: Duration) -> futures::future::BoxFuture<'static, bool>;
     fn describe(&self) -> String;
     fn as_any(&self) -> &dyn Any;
 }
@@ -401,6 +421,10 @@ where
     }
     fn synced(&self) -> bool {
         self.has_synced()
+    }
+    fn wait_synced_erased(&self, timeout: Duration) -> futures::future::BoxFuture<'static, bool> {
+        let store = self.store();
+        Box::pin(async move { store.wait_synced(timeout).await.is_ok() })
     }
     fn describe(&self) -> String {
         self.name().to_string()
@@ -549,25 +573,30 @@ impl InformerFactory {
 
     /// Wait until every informer has synced.
     pub async fn wait_for_cache_sync(&self, timeout: Duration) -> Result<(), CacheSyncTimeout> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let pending: Vec<String> = lock(&self.informers)
-                .values()
-                .filter(|i| !i.synced())
-                .map(|i| i.describe())
-                .collect();
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(CacheSyncTimeout { timeout, pending });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let waits: Vec<_> = lock(&self.informers)
+            .values()
+            .map(|i| i.wait_synced_erased(timeout))
+            .collect();
+        let all = futures::future::join_all(waits).await;
+        if all.iter().all(|ok| *ok) {
+            return Ok(());
         }
+        let pending = lock(&self.informers)
+            .values()
+            .filter(|i| !i.synced())
+            .map(|i| i.describe())
+            .collect();
+        Err(CacheSyncTimeout { timeout, pending })
     }
-
     /// Stop every informer.
     pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Drop for InformerFactory {
+    fn drop(&mut self) {
+        // Watches must not outlive the factory that started them.
         self.cancel.cancel();
     }
 }

@@ -65,7 +65,7 @@ pub enum ManagerError {
     LeadershipLost,
 }
 
-type RunFn = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
+type RunFn = Box<dyn FnOnce(CancellationToken, CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
 /// Runs controllers. Build it, add controllers made from [`Manager::factory`]'s informers,
 /// then [`Manager::run`].
@@ -146,8 +146,9 @@ impl Manager {
         K: kube::Resource + Clone + Send + Sync + 'static,
         C: Send + Sync + 'static,
     {
-        self.controllers
-            .push(Box::new(move |cancel| Box::pin(controller.run(cancel))));
+        self.controllers.push(Box::new(move |cancel, abort| {
+            Box::pin(controller.run_until(cancel, abort))
+        }));
     }
 
     /// Run until `shutdown` completes (see [`shutdown_signal`]): serve endpoints, start and
@@ -187,6 +188,10 @@ impl Manager {
         }
         self.bound.send_replace(bound);
 
+        if let Some(le) = &self.config.leader_election {
+            // Refuse a bad configuration before spending minutes syncing caches.
+            le.validate()?;
+        }
         tokio::pin!(shutdown);
         self.factory.start();
         tokio::select! {
@@ -199,6 +204,7 @@ impl Manager {
         self.ready.set(true);
 
         let controllers_cancel = CancellationToken::new();
+        let controllers_abort = CancellationToken::new();
         let elector_cancel = CancellationToken::new();
         let mut elector_task = None;
         if let Some(le) = self.config.leader_election.clone() {
@@ -226,7 +232,7 @@ impl Manager {
                     }
                 }
             }
-            let lost = controllers_cancel.clone();
+            let lost = controllers_abort.clone();
             let tx = self.leader_state.clone();
             tokio::spawn(async move {
                 while state.changed().await.is_ok() {
@@ -243,11 +249,11 @@ impl Manager {
 
         let mut running = tokio::task::JoinSet::new();
         for c in self.controllers {
-            running.spawn(c(controllers_cancel.clone()));
+            running.spawn(c(controllers_cancel.clone(), controllers_abort.clone()));
         }
         let lost_leadership = tokio::select! {
             _ = &mut shutdown => false,
-            _ = controllers_cancel.cancelled() => true,
+            _ = controllers_abort.cancelled() => true,
         };
         tracing::info!(lost_leadership, "stopping controllers");
         controllers_cancel.cancel();

@@ -371,3 +371,61 @@ async fn owned_and_mapped_objects_enqueue_primaries_and_predicates_filter_update
     run.await.unwrap();
     factory.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_retried_after_an_error_still_carries_the_last_known_object() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let factory = InformerFactory::new(client.clone());
+    #[derive(Default)]
+    struct Deletions {
+        applied: AtomicBool,
+        seen: Mutex<Vec<Option<String>>>,
+    }
+    let deletions = Arc::new(Deletions::default());
+    let controller = Builder::new("tombstones", factory.all::<ConfigMap>()).build(
+        |req: Request<ConfigMap>, d: Arc<Deletions>| async move {
+            if let Request::Apply(_) = &req {
+                d.applied.store(true, Ordering::SeqCst);
+            }
+            if let Request::Deleted { last_known, .. } = req {
+                let value = last_known.and_then(|c| c.data.as_ref().and_then(|m| m.get("v")).cloned());
+                let attempt = {
+                    let mut seen = d.seen.lock().unwrap();
+                    seen.push(value);
+                    seen.len()
+                };
+                if attempt < 3 {
+                    return Err(ReconcileError::transient(anyhow::anyhow!(
+                        "external cleanup failed"
+                    )));
+                }
+            }
+            Ok(Action::done())
+        },
+        deletions.clone(),
+    );
+    factory.start();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(controller.run(cancel.clone()));
+    cms.create(&PostParams::default(), &cm("doomed", "last"))
+        .await
+        .unwrap();
+    wait_for(20, "the object reconciled", || {
+        deletions.applied.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    cms.delete("doomed", &DeleteParams::default()).await.unwrap();
+    wait_for(20, "three deletion attempts", || {
+        (deletions.seen.lock().unwrap().len() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        deletions.seen.lock().unwrap().clone(),
+        vec![Some("last".to_string()); 3],
+        "every retry sees the last known object"
+    );
+    cancel.cancel();
+    run.await.unwrap();
+}

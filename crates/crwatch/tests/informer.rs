@@ -181,6 +181,11 @@ async fn resync_replays_the_cache_and_indexes_follow_changes() {
         .wait_for_cache_sync(Duration::from_secs(20))
         .await
         .unwrap();
+    // The watch starts right after the list; count requests from then on.
+    wait_for("the watch", || {
+        (server.faults().count("watch", "configmaps") == 1).then_some(())
+    })
+    .await;
     let requests_before = server.faults().requests().len();
     wait_for("a resync update", || {
         seen.lock()
@@ -266,7 +271,11 @@ async fn dynamic_informers_by_gvk_and_metadata_only_informers() {
         .unwrap();
     assert_eq!(partial.metadata.labels.as_ref().unwrap()["size"], "large");
     assert_eq!(meta.store().len(), again.store().len());
-    // Metadata-only watches ask the server for PartialObjectMetadata, once.
+    // Two handles, one metadata-only watch.
+    wait_for("the watch", || {
+        (server.faults().count("watch", "configmaps") >= 1).then_some(())
+    })
+    .await;
     assert_eq!(server.faults().count("watch", "configmaps"), 1);
     factory.shutdown();
 }

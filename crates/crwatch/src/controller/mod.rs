@@ -24,6 +24,10 @@ use crate::queue::WorkQueue;
 use crate::store::{ObjectKey, Store};
 pub use predicate::Predicate;
 
+/// How long a controller run without a manager waits for its cache (controller-runtime's
+/// default).
+pub const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What to do after a successful reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Action {
@@ -177,8 +181,12 @@ pub struct Builder<K> {
     shutdown_timeout: Duration,
     metrics: Option<ControllerMetrics>,
     queue_metrics: Option<crate::queue::metrics::QueueMetrics>,
-    watches: Vec<Box<dyn FnOnce(WorkQueue<ObjectKey>) + Send>>,
+    watches: Vec<Wiring>,
 }
+
+/// Connects an informer's handlers to the controller's queue; run when the controller starts,
+/// so a standby replica's queue stays empty.
+type Wiring = Box<dyn FnOnce(WorkQueue<ObjectKey>) + Send>;
 
 fn owner_keys<O: Resource>(obj: &O, kind: &str, group: &str) -> Vec<ObjectKey> {
     let ns = obj.meta().namespace.clone();
@@ -240,7 +248,11 @@ where
             informer.add_handler(
                 HandlerFns::new()
                     .on_add(move |o: &Arc<O>| e1(o))
-                    .on_update(move |_, n: &Arc<O>, _| e2(n))
+                    .on_update(move |o: &Arc<O>, n: &Arc<O>, _| {
+                        // The old object may point at another primary (owner or mapping changed).
+                        e2(o);
+                        e2(n);
+                    })
                     .on_delete(move |o: &Arc<O>| e3(o)),
             );
         }));
@@ -267,7 +279,11 @@ where
             informer.add_handler(
                 HandlerFns::new()
                     .on_add(move |o: &Arc<O>| e1(o))
-                    .on_update(move |_, n: &Arc<O>, _| e2(n))
+                    .on_update(move |o: &Arc<O>, n: &Arc<O>, _| {
+                        // The old object may point at another primary (owner or mapping changed).
+                        e2(o);
+                        e2(n);
+                    })
                     .on_delete(move |o: &Arc<O>| e3(o)),
             );
         }));
@@ -305,33 +321,35 @@ where
         }
         let queue: WorkQueue<ObjectKey> = qb.build();
         let tombstones: Arc<Mutex<HashMap<ObjectKey, Arc<K>>>> = Arc::default();
+        let mut wiring: Vec<Wiring> = Vec::with_capacity(self.watches.len() + 1);
         {
-            let (q1, q2, q3) = (queue.clone(), queue.clone(), queue.clone());
+            let primary = self.primary.clone();
             let predicate = self.predicate.clone();
             let ts_add = tombstones.clone();
             let ts_del = tombstones.clone();
-            self.primary.add_handler(
-                HandlerFns::new()
-                    .on_add(move |o: &Arc<K>| {
-                        let key = ObjectKey::of(&**o);
-                        lock(&ts_add).remove(&key);
-                        q1.add(key);
-                    })
-                    .on_update(move |old: &Arc<K>, new: &Arc<K>, _| {
-                        if predicate.as_ref().is_none_or(|p| p.test(old, new)) {
-                            q2.add(ObjectKey::of(&**new));
-                        }
-                    })
-                    .on_delete(move |o: &Arc<K>| {
-                        let key = ObjectKey::of(&**o);
-                        lock(&ts_del).insert(key.clone(), o.clone());
-                        q3.add(key);
-                    }),
-            );
+            wiring.push(Box::new(move |queue: WorkQueue<ObjectKey>| {
+                let (q1, q2, q3) = (queue.clone(), queue.clone(), queue);
+                primary.add_handler(
+                    HandlerFns::new()
+                        .on_add(move |o: &Arc<K>| {
+                            let key = ObjectKey::of(&**o);
+                            lock(&ts_add).remove(&key);
+                            q1.add(key);
+                        })
+                        .on_update(move |old: &Arc<K>, new: &Arc<K>, _| {
+                            if predicate.as_ref().is_none_or(|p| p.test(old, new)) {
+                                q2.add(ObjectKey::of(&**new));
+                            }
+                        })
+                        .on_delete(move |o: &Arc<K>| {
+                            let key = ObjectKey::of(&**o);
+                            lock(&ts_del).insert(key.clone(), o.clone());
+                            q3.add(key);
+                        }),
+                );
+            }));
         }
-        for w in self.watches {
-            w(queue.clone());
-        }
+        wiring.extend(self.watches);
         let metrics = self.metrics.unwrap_or_else(ControllerMetrics::standalone);
         let label = ControllerLabel {
             controller: self.name.clone(),
@@ -344,6 +362,7 @@ where
             name: self.name,
             store: self.primary.store(),
             queue,
+            wiring: Mutex::new(wiring),
             tombstones,
             reconciler: Arc::new(reconciler),
             ctx,
@@ -364,6 +383,7 @@ pub struct Controller<K, C> {
     name: String,
     store: Store<K>,
     queue: WorkQueue<ObjectKey>,
+    wiring: Mutex<Vec<Wiring>>,
     tombstones: Arc<Mutex<HashMap<ObjectKey, Arc<K>>>>,
     reconciler: Arc<dyn Reconciler<K, C>>,
     ctx: Arc<C>,
@@ -390,6 +410,26 @@ where
     /// Run the workers until `cancel` fires; then stop taking work and let in-flight
     /// reconciles finish (up to the shutdown timeout).
     pub async fn run(self, cancel: CancellationToken) {
+        self.run_until(cancel, CancellationToken::new()).await
+    }
+
+    /// Like [`Controller::run`], and when `abort` fires, in-flight reconciles are abandoned at
+    /// once (a manager does this when it loses the leader lease, since another replica may
+    /// already be reconciling the same objects).
+    pub async fn run_until(self, cancel: CancellationToken, abort: CancellationToken) {
+        let wiring: Vec<Wiring> = std::mem::take(&mut *lock(&self.wiring));
+        for w in wiring {
+            w(self.queue.clone());
+        }
+        // Reconciling against a cache that has not listed yet would report live objects as
+        // deleted; the manager waits for every cache, a bare controller waits for its own.
+        tokio::select! {
+            synced = self.store.wait_synced(CACHE_SYNC_TIMEOUT) => if let Err(e) = synced {
+                tracing::error!(controller = %self.name, error = %e, "cache did not sync; not starting workers");
+                return;
+            },
+            _ = cancel.cancelled() => return,
+        }
         let this = Arc::new(self);
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..this.concurrency {
@@ -401,15 +441,27 @@ where
                 }
             });
         }
-        cancel.cancelled().await;
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = abort.cancelled() => {}
+        }
         this.queue.shut_down();
-        let drained = tokio::time::timeout(this.shutdown_timeout, async {
-            while workers.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(controller = %this.name, timeout = ?this.shutdown_timeout, "reconciles still running at the shutdown deadline; abandoning them");
+        let drained = tokio::select! {
+            d = tokio::time::timeout(this.shutdown_timeout, async {
+                while workers.join_next().await.is_some() {}
+            }) => d.is_ok(),
+            _ = abort.cancelled() => false,
+        };
+        if !drained {
+            tracing::warn!(controller = %this.name, timeout = ?this.shutdown_timeout, aborted = abort.is_cancelled(), "abandoning reconciles still running");
             workers.abort_all();
+            while workers.join_next().await.is_some() {}
+        }
+    }
+
+    fn clear_tombstone(&self, key: &ObjectKey) {
+        if self.store.get(key).is_none() {
+            lock(&self.tombstones).remove(key);
         }
     }
 
@@ -419,15 +471,19 @@ where
         };
         let req = match self.store.get(key) {
             Some(obj) => Request::Apply(obj),
+            // Keep the tombstone until the deletion was handled: a retry needs it too.
             None => Request::Deleted {
                 key: key.clone(),
-                last_known: lock(&self.tombstones).remove(key),
+                last_known: lock(&self.tombstones).get(key).cloned(),
             },
         };
         self.metrics.active_workers.get_or_create(&label).inc();
         let started = Instant::now();
-        let fut = self.reconciler.reconcile(req, self.ctx.clone());
-        let outcome = AssertUnwindSafe(fut).catch_unwind().await;
+        // The call itself is inside the catch too: a reconciler may panic before its future.
+        let (reconciler, ctx) = (self.reconciler.clone(), self.ctx.clone());
+        let outcome = AssertUnwindSafe(async move { reconciler.reconcile(req, ctx).await })
+            .catch_unwind()
+            .await;
         self.metrics
             .reconcile_time
             .get_or_create(&label)
@@ -440,6 +496,7 @@ where
         match outcome {
             Ok(Ok(action)) => {
                 self.queue.forget(key);
+                self.clear_tombstone(key);
                 match action.requeue_delay() {
                     Some(d) => {
                         self.metrics
@@ -462,6 +519,7 @@ where
                 self.metrics.terminal_errors.get_or_create(&label).inc();
                 tracing::error!(controller = %self.name, key = %key, error = format!("{e:#}"), "reconcile failed terminally; not retrying until the object changes");
                 self.queue.forget(key);
+                self.clear_tombstone(key);
             }
             Ok(Err(ReconcileError::Transient(e))) => {
                 self.metrics.reconcile_total.get_or_create(&result("error")).inc();
