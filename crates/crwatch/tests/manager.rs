@@ -238,3 +238,68 @@ async fn exactly_one_of_two_managers_reconciles_and_the_other_takes_over() {
         Err(e) => panic!("{e}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_lease_stops_reconciling_at_once() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut le = LeaderElectionConfig::new("default", "crwatch-lose");
+    le.lease_duration = Duration::from_secs(2);
+    le.renew_deadline = Duration::from_millis(1500);
+    le.retry_period = Duration::from_millis(200);
+    let mut mgr = Manager::new(
+        client.clone(),
+        ManagerConfig {
+            metrics_addr: None,
+            probe_addr: None,
+            leader_election: Some(le),
+            ..ManagerConfig::default()
+        },
+    );
+    let ctx = Arc::new(Ctx::default());
+    let ctrl = Builder::new("slow", mgr.factory().all::<ConfigMap>())
+        .shutdown_timeout(Duration::from_secs(30))
+        .build(
+            |_req: Request<ConfigMap>, ctx: Arc<Ctx>| async move {
+                ctx.started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                ctx.finished.fetch_add(1, Ordering::SeqCst);
+                Ok(Action::done())
+            },
+            ctx.clone(),
+        );
+    mgr.add(ctrl);
+    let state = mgr.leader_state();
+    let task = tokio::spawn(mgr.run(std::future::pending()));
+    wait_for(20, "leader", || {
+        (*state.borrow() == Some(LeaderState::Leader)).then_some(())
+    })
+    .await;
+    cms.create(&PostParams::default(), &cm("x")).await.unwrap();
+    wait_for(20, "reconcile in flight", || {
+        (ctx.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // Every lease renewal fails from now on: the leader must step down within the renew
+    // deadline and abandon the in-flight reconcile instead of draining it for 30 s.
+    server
+        .faults()
+        .fail_next(1000, 500, crwatch_apiserver::Match::resource("leases"));
+    let lost_at = tokio::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("manager stopped")
+        .unwrap();
+    assert!(matches!(result, Err(ManagerError::LeadershipLost)), "{result:?}");
+    assert!(
+        lost_at.elapsed() < Duration::from_secs(5),
+        "stopped {:?} after renewals began failing",
+        lost_at.elapsed()
+    );
+    assert_eq!(
+        ctx.finished.load(Ordering::SeqCst),
+        0,
+        "the in-flight reconcile was abandoned"
+    );
+}
