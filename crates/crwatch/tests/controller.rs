@@ -3,6 +3,9 @@
 //! once (checked); panics and errors are retried with backoff; terminal errors are not;
 //! owned and mapped objects enqueue their primaries; predicates filter updates.
 
+mod common;
+
+use common::{cm, wait_for};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,27 +19,6 @@ use crwatch_apiserver::{Match, TestServer};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
-
-async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn cm(name: &str, value: &str) -> ConfigMap {
-    let mut c = ConfigMap::default();
-    c.metadata.name = Some(name.into());
-    c.data = Some([("v".to_string(), value.to_string())].into());
-    c
-}
 
 #[derive(Default)]
 struct Seen {

@@ -1,6 +1,9 @@
 //! Shared informers against crwatch-apiserver: one watch however many users, handlers with
 //! diffs, late handlers, relists that report only real changes, resync, transforms, indexes.
 
+mod common;
+
+use common::{cm, wait_for};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,28 +34,6 @@ fn recorder() -> (Arc<Mutex<Vec<Seen>>>, HandlerFns<ConfigMap>) {
         })
         .on_delete(move |c: &Arc<ConfigMap>| d.lock().unwrap().push(Seen::Delete(name(c))));
     (seen, h)
-}
-
-async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn cm(name: &str, value: &str) -> ConfigMap {
-    let mut c = ConfigMap::default();
-    c.metadata.name = Some(name.into());
-    c.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
-    c.data = Some([("v".to_string(), value.to_string())].into());
-    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,9 +75,12 @@ async fn one_watch_serves_every_handler_and_diffs_say_what_changed() {
         Seen::Update("x".into(), vec!["data.v".into()]),
         Seen::Delete("x".into()),
     ];
-    wait_for("all events", || (seen_a.lock().unwrap().len() >= 4).then_some(())).await;
+    wait_for(20, "all events", || {
+        (seen_a.lock().unwrap().len() >= 4).then_some(())
+    })
+    .await;
     assert_eq!(seen_a.lock().unwrap().clone(), want);
-    wait_for("second handler", || {
+    wait_for(20, "second handler", || {
         (seen_b.lock().unwrap().len() >= 4).then_some(())
     })
     .await;
@@ -144,11 +128,11 @@ async fn a_relist_after_410_reports_only_real_changes() {
     srv.delete("v1", "ConfigMap", "default", "gone").await.unwrap();
     faults.compact();
     faults.resume();
-    wait_for("relist", || {
+    wait_for(20, "relist", || {
         (faults.count("list", "configmaps") > lists_before).then_some(())
     })
     .await;
-    wait_for("three changes", || {
+    wait_for(20, "three changes", || {
         (seen.lock().unwrap().len() >= 3).then_some(())
     })
     .await;
@@ -182,12 +166,12 @@ async fn resync_replays_the_cache_and_indexes_follow_changes() {
         .await
         .unwrap();
     // The watch starts right after the list; count requests from then on.
-    wait_for("the watch", || {
+    wait_for(20, "the watch", || {
         (server.faults().count("watch", "configmaps") == 1).then_some(())
     })
     .await;
     let requests_before = server.faults().requests().len();
-    wait_for("a resync update", || {
+    wait_for(20, "a resync update", || {
         seen.lock()
             .unwrap()
             .iter()
@@ -211,7 +195,7 @@ async fn resync_replays_the_cache_and_indexes_follow_changes() {
     )
     .await
     .unwrap();
-    wait_for("index update", || {
+    wait_for(20, "index update", || {
         (store.by_index(LABEL_INDEX, "app=db").len() == 1).then_some(())
     })
     .await;
@@ -272,7 +256,7 @@ async fn dynamic_informers_by_gvk_and_metadata_only_informers() {
     assert_eq!(partial.metadata.labels.as_ref().unwrap()["size"], "large");
     assert_eq!(meta.store().len(), again.store().len());
     // Two handles, one metadata-only watch.
-    wait_for("the watch", || {
+    wait_for(20, "the watch", || {
         (server.faults().count("watch", "configmaps") >= 1).then_some(())
     })
     .await;

@@ -2,6 +2,9 @@
 //! graceful shutdown that lets in-flight reconciles finish, and leader election where
 //! exactly one of two managers reconciles and the other takes over when it stops.
 
+mod common;
+
+use common::{cm, wait_for};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,32 +32,12 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
-async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn local_config() -> ManagerConfig {
     ManagerConfig {
         metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         probe_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..ManagerConfig::default()
     }
-}
-
-fn cm(name: &str) -> ConfigMap {
-    let mut c = ConfigMap::default();
-    c.metadata.name = Some(name.into());
-    c
 }
 
 #[derive(Default)]
@@ -69,7 +52,7 @@ async fn probes_metrics_and_graceful_shutdown() {
     let server = TestServer::start().await.unwrap();
     let client = server.client();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    cms.create(&PostParams::default(), &cm("a")).await.unwrap();
+    cms.create(&PostParams::default(), &cm("a", "")).await.unwrap();
     let mut mgr = Manager::new(client.clone(), local_config());
     let ctx = Arc::new(Ctx::default());
     let ctrl = Builder::new("cms", mgr.factory().all::<ConfigMap>())
@@ -119,7 +102,7 @@ async fn probes_metrics_and_graceful_shutdown() {
 
     // Shutdown while a reconcile is in flight: it finishes before run() returns.
     ctx.slow.store(true, Ordering::SeqCst);
-    cms.create(&PostParams::default(), &cm("b")).await.unwrap();
+    cms.create(&PostParams::default(), &cm("b", "")).await.unwrap();
     wait_for(20, "slow reconcile started", || {
         (ctx.started.load(Ordering::SeqCst) == 2).then_some(())
     })
@@ -190,7 +173,7 @@ async fn exactly_one_of_two_managers_reconciles_and_the_other_takes_over() {
     .await;
     let (first, second) = if leader(&state_a) { ("a", "b") } else { ("b", "a") };
     assert!(!(leader(&state_a) && leader(&state_b)), "two leaders");
-    cms.create(&PostParams::default(), &cm("one")).await.unwrap();
+    cms.create(&PostParams::default(), &cm("one", "")).await.unwrap();
     wait_for(20, "leader reconciles", || {
         who.reconciled_by
             .lock()
@@ -223,7 +206,7 @@ async fn exactly_one_of_two_managers_reconciles_and_the_other_takes_over() {
         stopped_at.elapsed() < Duration::from_secs(2),
         "took over within the lease duration"
     );
-    cms.create(&PostParams::default(), &cm("two")).await.unwrap();
+    cms.create(&PostParams::default(), &cm("two", "")).await.unwrap();
     wait_for(20, "new leader reconciles", || {
         who.reconciled_by
             .lock()
@@ -276,7 +259,7 @@ async fn losing_the_lease_stops_reconciling_at_once() {
         (*state.borrow() == Some(LeaderState::Leader)).then_some(())
     })
     .await;
-    cms.create(&PostParams::default(), &cm("x")).await.unwrap();
+    cms.create(&PostParams::default(), &cm("x", "")).await.unwrap();
     wait_for(20, "reconcile in flight", || {
         (ctx.started.load(Ordering::SeqCst) == 1).then_some(())
     })

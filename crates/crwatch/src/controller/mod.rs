@@ -231,32 +231,14 @@ where
 
     /// Reconcile the controlling owner (an ownerReference with `controller: true` to a `K`)
     /// whenever an object of `informer` changes.
-    pub fn owns<O>(mut self, informer: Informer<O>) -> Self
+    pub fn owns<O>(self, informer: Informer<O>) -> Self
     where
         O: Resource + Clone + Serialize + Send + Sync + 'static,
     {
         let dt = K::DynamicType::default();
         let kind = K::kind(&dt).to_string();
         let group = K::group(&dt).to_string();
-        self.watches.push(Box::new(move |queue| {
-            let enqueue = move |o: &O| {
-                for k in owner_keys(o, &kind, &group) {
-                    queue.add(k);
-                }
-            };
-            let (e1, e2, e3) = (enqueue.clone(), enqueue.clone(), enqueue);
-            informer.add_handler(
-                HandlerFns::new()
-                    .on_add(move |o: &Arc<O>| e1(o))
-                    .on_update(move |o: &Arc<O>, n: &Arc<O>, _| {
-                        // The old object may point at another primary (owner or mapping changed).
-                        e2(o);
-                        e2(n);
-                    })
-                    .on_delete(move |o: &Arc<O>| e3(o)),
-            );
-        }));
-        self
+        self.watches(informer, move |o: &O| owner_keys(o, &kind, &group))
     }
 
     /// Reconcile the primary keys `mapper` returns whenever an object of `informer` changes.
