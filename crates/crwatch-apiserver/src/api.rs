@@ -170,9 +170,10 @@ impl Api {
         f(&mut r);
     }
 
-    /// The object as served at `def`'s version.
+    /// The object as served at `def`'s version (converted when that version's schema differs
+    /// from the storage schema, as events.k8s.io/v1 Events do).
     pub fn present(def: &ResourceDef, obj: &Value) -> Value {
-        let mut o = obj.clone();
+        let mut o = crate::convert::to_version(def, obj);
         o["apiVersion"] = json!(def.api_version());
         o["kind"] = json!(def.kind);
         o
@@ -199,6 +200,21 @@ impl Api {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let mut allowed = vec!["metadata.name", "metadata.namespace"];
         match (ctx.def.group.as_str(), ctx.def.kind.as_str()) {
+            // As `AddFieldLabelConversionsForEvent` of events.k8s.io/v1: mapped onto the stored
+            // core v1 fields below.
+            ("events.k8s.io", "Event") => allowed.extend([
+                "regarding.kind",
+                "regarding.namespace",
+                "regarding.name",
+                "regarding.uid",
+                "regarding.apiVersion",
+                "regarding.resourceVersion",
+                "regarding.fieldPath",
+                "reason",
+                "reportingController",
+                "source",
+                "type",
+            ]),
             ("", "Secret") => allowed.push("type"),
             ("", "Namespace") => allowed.push("status.phase"),
             ("", "Event") => allowed.extend([
@@ -216,8 +232,11 @@ impl Api {
             ]),
             _ => {}
         }
-        let fields = FieldSelector::parse(ctx.params.get("fieldSelector").unwrap_or_default(), &allowed)
+        let mut fields = FieldSelector::parse(ctx.params.get("fieldSelector").unwrap_or_default(), &allowed)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        for term in &mut fields.terms {
+            term.0 = crate::convert::storage_field(&ctx.def, &term.0);
+        }
         Ok((labels, fields))
     }
 
@@ -516,11 +535,11 @@ impl Api {
         warnings: &mut Vec<String>,
     ) -> ApiResult<Value> {
         let def = ctx.def.clone();
-        let storage_av = if def.group.is_empty() {
-            def.storage_version.clone()
-        } else {
-            format!("{}/{}", def.group, def.storage_version)
-        };
+        let storage_av = def.storage_api_version();
+        // Fields the requested version's schema lacks (for built-in kinds with a known schema),
+        // then the object in the storage schema.
+        let mut unknown_builtin = crate::convert::unknown_fields(&def, &new);
+        new = crate::convert::to_storage(&def, new);
         if !new.get("metadata").is_some_and(Value::is_object) {
             new["metadata"] = json!({});
         }
@@ -659,7 +678,8 @@ impl Api {
         }
         self.kind_defaults(&def, &mut new)?;
 
-        let (unknown, mut causes) = Self::apply_schema(&def, &mut new);
+        let (mut unknown, mut causes) = Self::apply_schema(&def, &mut new);
+        unknown.append(&mut unknown_builtin);
         Self::unknown_field_outcome(ctx, &unknown, duplicates, warnings)?;
         let name = meta_str(&new, "name").to_string();
         let label_only = def.kind == "Namespace" && def.group.is_empty();
@@ -714,7 +734,13 @@ impl Api {
         };
         let before_admission = new.clone();
         let admitted = self.admit(ctx, operation, Some(new), old, warnings).await?;
-        let mut new = admitted.unwrap_or(before_admission.clone());
+        // Webhooks see (and mutate) the object at the requested version; without any, it comes
+        // back as it went in.
+        let mut new = match admitted {
+            Some(o) if o == before_admission => o,
+            Some(o) => crate::convert::to_storage(&def, o),
+            None => before_admission.clone(),
+        };
         if new != before_admission {
             new["apiVersion"] = json!(storage_av);
             let (_, causes) = Self::apply_schema(&def, &mut new);
@@ -805,6 +831,10 @@ impl Api {
                 if obj.pointer("/status/phase").is_none() {
                     obj["status"] = json!({"phase": "Active"});
                 }
+            }
+            ("", "Event") => {
+                // Stored as Go encodes a core v1 Event, whichever version it was written at.
+                *obj = crate::convert::normalize_storage(def, obj.take());
             }
             ("apps", "Deployment") => {
                 let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
@@ -1790,6 +1820,21 @@ impl Api {
 }
 
 fn meta_managed_update(old: Option<&Value>, new: &mut Value, manager: &str, def: &ResourceDef, sub: &str) {
+    if crate::convert::converts(def) {
+        // Field ownership is recorded in the schema of the version written, as on the real server.
+        let old_v = old.map(|o| Api::present(def, o));
+        let mut new_v = Api::present(def, new);
+        crate::managed::record_update(
+            old_v.as_ref(),
+            &mut new_v,
+            manager,
+            &def.api_version(),
+            sub,
+            &meta::now(),
+        );
+        set_meta(new, "managedFields", new_v["metadata"]["managedFields"].clone());
+        return;
+    }
     crate::managed::record_update(old, new, manager, &def.api_version(), sub, &meta::now());
 }
 

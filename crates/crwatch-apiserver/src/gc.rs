@@ -290,7 +290,9 @@ impl Gc {
             for def in registry
                 .all()
                 .iter()
-                .filter(|d| d.namespaced && d.version == d.storage_version)
+                // One def per storage key: resources sharing storage (events.k8s.io and core
+                // Events) are emptied, and counted, once.
+                .filter(|d| d.namespaced && d.is_storage())
             {
                 let (objs, _) = self.api.store.list(&def.key(), Some(&ns));
                 remaining += objs.len();
@@ -321,7 +323,7 @@ impl Gc {
             let Some(def) = registry
                 .all()
                 .iter()
-                .find(|d| d.crd.as_deref() == Some(crd_name.as_str()) && d.version == d.storage_version)
+                .find(|d| d.crd.as_deref() == Some(crd_name.as_str()) && d.is_storage())
                 .cloned()
             else {
                 self.deleting_crds.remove(&crd_name);

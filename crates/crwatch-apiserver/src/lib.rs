@@ -19,6 +19,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod convert;
 pub mod decode;
 pub mod faults;
 mod gc;

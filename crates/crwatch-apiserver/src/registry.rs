@@ -87,6 +87,10 @@ pub struct ResourceDef {
     pub requires_resource_version_on_update: bool,
     /// The version objects are stored in; other served versions are converted by apiVersion only.
     pub storage_version: String,
+    /// The group objects are stored under (the group of [`ResourceDef::key`]). It differs from
+    /// `group` only for a resource that shares another group's storage, like `events.k8s.io`
+    /// Events, which are core `v1` Events converted on every read and write.
+    pub storage_group: String,
 }
 
 impl ResourceDef {
@@ -117,11 +121,27 @@ impl ResourceDef {
         }
     }
 
-    /// The storage key shared by all versions of the resource.
+    /// The storage key shared by all versions of the resource (and by every group that shares
+    /// its storage).
     pub fn key(&self) -> GroupResource {
         GroupResource {
-            group: self.group.clone(),
+            group: self.storage_group.clone(),
             resource: self.plural.clone(),
+        }
+    }
+
+    /// Whether this is the group and version the stored objects are in: exactly one served
+    /// resource per storage key is, so walking only these visits every stored object once.
+    pub fn is_storage(&self) -> bool {
+        self.version == self.storage_version && self.group == self.storage_group
+    }
+
+    /// The `apiVersion` stored objects carry.
+    pub fn storage_api_version(&self) -> String {
+        if self.storage_group.is_empty() {
+            self.storage_version.clone()
+        } else {
+            format!("{}/{}", self.storage_group, self.storage_version)
         }
     }
 
@@ -150,6 +170,7 @@ impl ResourceDef {
             delete_returns_object: false,
             requires_resource_version_on_update: false,
             storage_version: version.into(),
+            storage_group: group.into(),
         }
     }
 
@@ -211,8 +232,9 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
     crd.status_subresource = true;
     crd.has_generation = true;
     crd.delete_returns_object = true;
-    let mut events_v1 = ResourceDef::builtin("events.k8s.io", "v1", "Event", "events", true).short(&["ev"]);
-    events_v1.short_names.clear();
+    // As on the real server, events.k8s.io/v1 Events are the core v1 Events, converted.
+    let mut events_v1 = ResourceDef::builtin("events.k8s.io", "v1", "Event", "events", true);
+    events_v1.storage_group = String::new();
     let mut vwc = ResourceDef::builtin(
         "admissionregistration.k8s.io",
         "v1",
@@ -277,7 +299,7 @@ impl Registry {
     pub fn storage(&self, gr: &GroupResource) -> Option<Arc<ResourceDef>> {
         self.defs
             .iter()
-            .find(|d| d.group == gr.group && d.plural == gr.resource && d.version == d.storage_version)
+            .find(|d| d.key() == *gr && d.is_storage())
             .cloned()
     }
 
@@ -400,6 +422,7 @@ pub fn defs_from_crd(crd: &Value) -> Result<Vec<ResourceDef>, CrdError> {
             delete_returns_object: true,
             requires_resource_version_on_update: true,
             storage_version: storage_version.clone(),
+            storage_group: group.clone(),
         });
     }
     Ok(out)
@@ -427,7 +450,7 @@ pub fn api_resource(def: &ResourceDef) -> Value {
 fn storage_version_hash(def: &ResourceDef) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&def.group, &def.storage_version, &def.kind).hash(&mut h);
+    (&def.storage_group, &def.storage_version, &def.kind).hash(&mut h);
     let bytes = h.finish().to_be_bytes();
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)[..11].to_string()
 }

@@ -335,6 +335,20 @@ impl FieldSelector {
 
 /// The value of a selectable field (`metadata.name`, `spec.x`, `type`) as a string.
 pub fn field_value(obj: &Value, field: &str) -> Option<String> {
+    // A core Event's `source` selects on `source.component`, or `reportingComponent` when that
+    // is empty (as the real server's `ToSelectableFields` for Events).
+    if field == "source" && obj.get("kind").and_then(Value::as_str) == Some("Event") {
+        let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();
+        let component = s("/source/component");
+        return Some(
+            if component.is_empty() {
+                s("/reportingComponent")
+            } else {
+                component
+            }
+            .to_string(),
+        );
+    }
     let mut cur = obj;
     for part in field.split('.') {
         cur = cur.get(part)?;

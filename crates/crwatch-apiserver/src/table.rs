@@ -228,40 +228,62 @@ fn builtin_columns(def: &ResourceDef) -> Option<(Vec<PrinterColumn>, Cells)> {
             })
         }
         (_, "Event") => (
+            // As the real server's printEvent (both versions print the core Event).
             vec![
                 col("Last Seen", "string", "", "", 0),
                 col("Type", "string", "", "", 0),
                 col("Reason", "string", "", "", 0),
                 col("Object", "string", "", "", 0),
+                col("Subobject", "string", "", "", 1),
+                col("Source", "string", "", "", 1),
                 col("Message", "string", "", "", 0),
+                col("First Seen", "string", "", "", 1),
+                col("Count", "string", "", "", 1),
+                col("Name", "string", "name", NAME_DESC, 1),
             ],
             |o| {
-                let last = o
-                    .pointer("/lastTimestamp")
-                    .filter(|v| !v.is_null())
-                    .or(o.pointer("/eventTime"))
-                    .or(o.pointer("/metadata/creationTimestamp"));
-                let regarding = o.get("involvedObject").or(o.get("regarding"));
-                let object = regarding
-                    .map(|r| {
-                        format!(
-                            "{}/{}",
-                            str_at(r, "/kind").to_ascii_lowercase(),
-                            str_at(r, "/name")
-                        )
-                    })
-                    .unwrap_or_default();
-                let message = o
-                    .get("message")
-                    .or(o.get("note"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let o = &crate::convert::event_as_v1(o);
+                let set = |p: &str| o.pointer(p).filter(|v| !v.is_null());
+                let first = age(set("/firstTimestamp").or(set("/eventTime")));
+                let mut last = match set("/lastTimestamp") {
+                    Some(t) => age(Some(t)),
+                    None => first.clone(),
+                };
+                let mut count = o.get("count").and_then(Value::as_i64).unwrap_or(0);
+                if let Some(series) = set("/series") {
+                    last = age(series.get("lastObservedTime"));
+                    count = series.get("count").and_then(Value::as_i64).unwrap_or(0);
+                } else if count == 0 {
+                    // Singleton events have no count in the new API.
+                    count = 1;
+                }
+                let kind = str_at(o, "/involvedObject/kind").to_ascii_lowercase();
+                let name = str_at(o, "/involvedObject/name");
+                let object = if name.is_empty() {
+                    kind
+                } else {
+                    format!("{kind}/{name}")
+                };
+                let first_non_empty = |a: String, b: String| if a.is_empty() { b } else { a };
+                let component =
+                    first_non_empty(str_at(o, "/source/component"), str_at(o, "/reportingComponent"));
+                let instance = first_non_empty(str_at(o, "/source/host"), str_at(o, "/reportingInstance"));
+                let source = if instance.is_empty() {
+                    component
+                } else {
+                    format!("{component}, {instance}")
+                };
                 vec![
-                    age(last),
+                    last,
                     json!(str_at(o, "/type")),
                     json!(str_at(o, "/reason")),
                     json!(object),
-                    json!(message),
+                    json!(str_at(o, "/involvedObject/fieldPath")),
+                    json!(source),
+                    json!(str_at(o, "/message").trim()),
+                    first,
+                    json!(count),
+                    json!(str_at(o, "/metadata/name")),
                 ]
             },
         ),
