@@ -245,6 +245,8 @@ pub struct LeaderElector {
     api: Api<Lease>,
     config: LeaderElectionConfig,
     state: watch::Sender<LeaderState>,
+    /// Counts terms that ended, so a lose-then-regain between two looks at `state` is seen.
+    step_downs: watch::Sender<u64>,
     running: AtomicBool,
 }
 
@@ -265,6 +267,7 @@ impl LeaderElector {
             api: Api::namespaced(client, &config.namespace),
             config,
             state: watch::channel(LeaderState::Follower { leader: None }).0,
+            step_downs: watch::channel(0).0,
             running: AtomicBool::new(false),
         })
     }
@@ -282,6 +285,13 @@ impl LeaderElector {
     /// ```
     pub fn state(&self) -> watch::Receiver<LeaderState> {
         self.state.subscribe()
+    }
+
+    /// How many terms as leader have ended. A watcher of [`LeaderElector::state`] may see only
+    /// the latest state; this counter changes on every step-down, however quickly the lease is
+    /// won back, so whoever acted as leader knows to stop.
+    pub fn step_downs(&self) -> watch::Receiver<u64> {
+        self.step_downs.subscribe()
     }
 
     /// Whether this candidate leads right now.
@@ -627,14 +637,20 @@ impl LeaderElector {
 
     /// Publish `new` if it differs; says whether it did.
     fn set_state(&self, new: LeaderState) -> bool {
-        self.state.send_if_modified(|s| {
+        let mut stepped_down = false;
+        let changed = self.state.send_if_modified(|s| {
             if *s == new {
                 false
             } else {
+                stepped_down = *s == LeaderState::Leader;
                 *s = new;
                 true
             }
-        })
+        });
+        if stepped_down {
+            self.step_downs.send_modify(|n| *n += 1);
+        }
+        changed
     }
 }
 
@@ -899,6 +915,8 @@ mod tests {
         let a = start(&server, config("a"));
         let b = start(&server, config("b"));
         let (leader, _follower) = one_leader(&a, &b).await;
+        let step_downs = leader.elector.step_downs();
+        assert_eq!(*step_downs.borrow(), 0);
 
         // Every write to the Lease fails from now on; reads still work.
         let writes = Match {
@@ -921,6 +939,7 @@ mod tests {
             "stepped down early: {held:?}"
         );
         assert!(!a.elector.is_leader() && !b.elector.is_leader());
+        assert_eq!(*step_downs.borrow(), 1, "the ended term is counted");
     }
 
     #[tokio::test]

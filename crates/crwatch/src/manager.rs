@@ -210,6 +210,7 @@ impl Manager {
         if let Some(le) = self.config.leader_election.clone() {
             let elector = Arc::new(LeaderElector::new(self.client.clone(), le)?);
             let mut state = elector.state();
+            let mut step_downs = elector.step_downs();
             {
                 let elector = elector.clone();
                 let cancel = elector_cancel.clone();
@@ -217,6 +218,9 @@ impl Manager {
             }
             // Standbys wait here with warm caches.
             loop {
+                // Read the step-down count before the state: a step-down after this point
+                // shows up as a change, one before it shows in the state read next.
+                step_downs.borrow_and_update();
                 let current = state.borrow_and_update().clone();
                 self.leader_state.send_replace(Some(current.clone()));
                 if current == LeaderState::Leader {
@@ -235,13 +239,22 @@ impl Manager {
             let lost = controllers_abort.clone();
             let tx = self.leader_state.clone();
             tokio::spawn(async move {
-                while state.changed().await.is_ok() {
-                    let s = state.borrow_and_update().clone();
-                    tx.send_replace(Some(s.clone()));
-                    if s != LeaderState::Leader {
-                        // Stop reconciling at once: another replica may already be leader.
-                        lost.cancel();
-                        return;
+                loop {
+                    tokio::select! {
+                        // Any step-down ends this term, even if the lease was won back since.
+                        changed = step_downs.changed() => {
+                            let _ = changed;
+                            tx.send_replace(Some(state.borrow().clone()));
+                            lost.cancel();
+                            return;
+                        }
+                        changed = state.changed() => {
+                            if changed.is_err() {
+                                lost.cancel();
+                                return;
+                            }
+                            tx.send_replace(Some(state.borrow_and_update().clone()));
+                        }
                     }
                 }
             });
