@@ -1758,15 +1758,9 @@ impl Api {
             Some(p) => crate::table::eval(obj, p)
                 .and_then(Value::as_str)
                 .map(String::from),
-            None if def.kind == "Deployment" => obj
-                .pointer("/spec/selector/matchLabels")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                }),
+            None if def.kind == "Deployment" => {
+                crate::selector::match_labels_string(obj, "/spec/selector/matchLabels")
+            }
             None => None,
         };
         if let Some(sel) = selector {

@@ -263,6 +263,17 @@ fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
     Ok(Requirement::Exists(part.to_string()))
 }
 
+/// A `matchLabels` map as the selector string `k=v,k2=v2` (what `kubectl get -o wide` and
+/// the scale subresource show).
+pub fn match_labels_string(obj: &Value, pointer: &str) -> Option<String> {
+    obj.pointer(pointer).and_then(Value::as_object).map(|m| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
 /// `metadata.labels` as a map (missing or malformed labels are empty).
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
     obj.pointer("/metadata/labels")

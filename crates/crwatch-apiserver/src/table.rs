@@ -201,16 +201,8 @@ fn builtin_columns(def: &ResourceDef) -> Option<(Vec<PrinterColumn>, Cells)> {
                     .unwrap_or_default();
                 let names: Vec<String> = containers.iter().map(|c| str_at(c, "/name")).collect();
                 let images: Vec<String> = containers.iter().map(|c| str_at(c, "/image")).collect();
-                let selector = o
-                    .pointer("/spec/selector/matchLabels")
-                    .and_then(Value::as_object)
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
+                let selector =
+                    crate::selector::match_labels_string(o, "/spec/selector/matchLabels").unwrap_or_default();
                 vec![
                     json!(format!("{}/{}", n("/status/readyReplicas"), n("/spec/replicas"))),
                     json!(n("/status/updatedReplicas")),
