@@ -368,8 +368,9 @@ fn apply_event<K>(
         Ok(Event::Apply(o)) => {
             let o = prepare(o);
             let handlers = read(&inner.handlers);
-            let new = Arc::new(o.clone());
-            match inner.store.apply(o) {
+            // The store and the handlers share one copy.
+            let new = Arc::new(o);
+            match inner.store.apply(new.clone()) {
                 None => {
                     for h in handlers.iter() {
                         guarded("on_add", || h.on_add(&new));

@@ -382,7 +382,8 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         }
     }
 
-    /// Inserts or replaces an object; returns the previous version.
+    /// Inserts or replaces an object (owned or already in an `Arc`, which is then shared, not
+    /// copied); returns the previous version.
     ///
     /// ```
     /// use crwatch::store::Store;
@@ -394,9 +395,9 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
     /// assert!(store.apply(cm.clone()).is_none());
     /// assert!(store.apply(cm).is_some());
     /// ```
-    pub fn apply(&self, obj: K) -> Option<Arc<K>> {
-        let key = ObjectKey::of(&obj);
-        let obj = Arc::new(obj);
+    pub fn apply(&self, obj: impl Into<Arc<K>>) -> Option<Arc<K>> {
+        let obj: Arc<K> = obj.into();
+        let key = ObjectKey::of(&*obj);
         let indexers = Arc::clone(&self.read().indexers);
         let values = indexers.compute(&obj);
         let mut st = self.write();
