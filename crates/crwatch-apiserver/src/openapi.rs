@@ -329,19 +329,7 @@ fn custom_schema(flavor: Flavor, crd_schema: &Value) -> Value {
         }
         to_v2(&mut s);
     }
-    let mut props = Map::new();
-    props.insert(
-        "apiVersion".into(),
-        json!({ "description": API_VERSION_DESC, "type": "string" }),
-    );
-    props.insert(
-        "kind".into(),
-        json!({ "description": KIND_DESC, "type": "string" }),
-    );
-    props.insert(
-        "metadata".into(),
-        flavor.ref_property(&format!("{META}.ObjectMeta"), OBJECT_META_DESC),
-    );
+    let mut props = type_meta_properties(flavor);
     if let Some(own) = s.get("properties").and_then(Value::as_object) {
         for (k, v) in own {
             if k != "apiVersion" && k != "kind" && k != "metadata" {
@@ -521,9 +509,8 @@ https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions
     })
 }
 
-/// A permissive schema for a built-in kind: the well-known top-level fields are named (so `kubectl
-/// explain` has something to show), everything below them is accepted as is.
-fn builtin_schema(flavor: Flavor, def: &ResourceDef) -> Value {
+/// `apiVersion`, `kind` and `metadata`, as every kind's schema starts.
+fn type_meta_properties(flavor: Flavor) -> Map<String, Value> {
     let mut props = Map::new();
     props.insert(
         "apiVersion".into(),
@@ -537,6 +524,13 @@ fn builtin_schema(flavor: Flavor, def: &ResourceDef) -> Value {
         "metadata".into(),
         flavor.ref_property(&format!("{META}.ObjectMeta"), OBJECT_META_DESC),
     );
+    props
+}
+
+/// A permissive schema for a built-in kind: the well-known top-level fields are named (so `kubectl
+/// explain` has something to show), everything below them is accepted as is.
+fn builtin_schema(flavor: Flavor, def: &ResourceDef) -> Value {
+    let mut props = type_meta_properties(flavor);
     for (name, type_, description) in builtin_fields(&def.kind) {
         let field = match *type_ {
             "object" => json!({
