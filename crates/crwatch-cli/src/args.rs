@@ -1,0 +1,82 @@
+//! The command line, as clap parses it; flags follow kubectl's.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `crwatch`: kubectl get -w that says what changed.
+#[derive(Debug, Parser)]
+#[command(
+    name = "crwatch",
+    version,
+    about = "Watch Kubernetes resources and see what changed"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Display one or many resources, optionally watching them for changes.
+    Get(GetArgs),
+}
+
+/// Output formats of `crwatch get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns: NAME and the resource's printer columns.
+    Table,
+    /// The table with the additional (priority > 0) columns.
+    Wide,
+    /// The object or a `List`, as indented JSON.
+    Json,
+    /// The object or a `List`, as YAML.
+    Yaml,
+    /// One object per line as compact JSON (in watch mode `{"type", "object", "diff"}`).
+    Jsonl,
+    /// `kind.group/name`.
+    Name,
+}
+
+/// `crwatch get RESOURCE [NAME]`.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// Resource type: plural, singular, short name, kind, `plural.group` or
+    /// `plural.version.group`.
+    pub resource: String,
+    /// Only this object.
+    pub name: Option<String>,
+    /// After listing, watch for changes.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// Watch for changes without printing the current state first.
+    #[arg(long)]
+    pub watch_only: bool,
+    /// Namespace (default: the kubeconfig context's, else `default`).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// All namespaces.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Label selector, e.g. `app=web,tier in (a,b)`.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Field selector, e.g. `metadata.name=x`.
+    #[arg(long)]
+    pub field_selector: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// In watch mode, print under each MODIFIED row which fields changed.
+    #[arg(long)]
+    pub diff: bool,
+    /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`, then in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+}
