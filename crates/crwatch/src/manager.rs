@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::Controller;
+use crate::controller::{Builder, Controller};
 use crate::health::{self, Readiness};
 use crate::informer::InformerFactory;
 use crate::leader::{LeaderElectionConfig, LeaderElector, LeaderState};
@@ -138,6 +138,17 @@ impl Manager {
     /// The metrics and probe addresses actually bound, once running (useful with port 0).
     pub fn bound_addresses(&self) -> tokio::sync::watch::Receiver<(Option<SocketAddr>, Option<SocketAddr>)> {
         self.bound.subscribe()
+    }
+
+    /// A controller builder for `primary` that already reports into this manager's
+    /// `/metrics` (a controller built with [`Builder::new`] needs `.metrics(mgr.metrics())`
+    /// for that).
+    pub fn controller<K>(&self, name: &str, primary: crate::informer::Informer<K>) -> Builder<K>
+    where
+        K: kube::Resource + Clone + serde::Serialize + Send + Sync + 'static,
+        K::DynamicType: Default,
+    {
+        Builder::new(name, primary).metrics(&self.metrics)
     }
 
     /// Add a controller.

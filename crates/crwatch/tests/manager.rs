@@ -55,19 +55,18 @@ async fn probes_metrics_and_graceful_shutdown() {
     cms.create(&PostParams::default(), &cm("a", "")).await.unwrap();
     let mut mgr = Manager::new(client.clone(), local_config());
     let ctx = Arc::new(Ctx::default());
-    let ctrl = Builder::new("cms", mgr.factory().all::<ConfigMap>())
-        .metrics(mgr.metrics())
-        .build(
-            |_req: Request<ConfigMap>, ctx: Arc<Ctx>| async move {
-                ctx.started.fetch_add(1, Ordering::SeqCst);
-                if ctx.slow.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                ctx.finished.fetch_add(1, Ordering::SeqCst);
-                Ok(Action::done())
-            },
-            ctx.clone(),
-        );
+    // Built through the manager, so it reports into the manager's /metrics.
+    let ctrl = mgr.controller("cms", mgr.factory().all::<ConfigMap>()).build(
+        |_req: Request<ConfigMap>, ctx: Arc<Ctx>| async move {
+            ctx.started.fetch_add(1, Ordering::SeqCst);
+            if ctx.slow.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            ctx.finished.fetch_add(1, Ordering::SeqCst);
+            Ok(Action::done())
+        },
+        ctx.clone(),
+    );
     mgr.add(ctrl);
     let mut bound = mgr.bound_addresses();
     let ready = mgr.readiness();
