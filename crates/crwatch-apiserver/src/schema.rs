@@ -426,29 +426,7 @@ fn prune_node(x: &mut Value, s: Option<&Value>, force_embedded: bool, path: &str
                 map.clear();
                 return;
             };
-            let embedded = force_embedded || flag(s, "x-kubernetes-embedded-resource");
-            let props = properties(s);
-            let mut remove = Vec::new();
-            for (k, v) in map.iter_mut() {
-                if embedded && is_meta_field(k) {
-                    continue;
-                }
-                if let Some(p) = props.and_then(|p| p.get(k)) {
-                    prune_node(v, Some(p), false, &child_path(path, k), out);
-                } else {
-                    match additional_properties(s) {
-                        AddProps::Schema(a) => prune_node(v, Some(a), false, &child_path(path, k), out),
-                        AddProps::Bool(_) => prune_node(v, None, false, &child_path(path, k), out),
-                        AddProps::Absent => {
-                            out.push(child_path(path, k));
-                            remove.push(k.clone());
-                        }
-                    }
-                }
-            }
-            for k in remove {
-                map.shift_remove(&k);
-            }
+            prune_object(map, s, force_embedded, path, false, out);
         }
         Value::Array(items) => {
             let item_schema = s.and_then(items_schema);
@@ -460,28 +438,48 @@ fn prune_node(x: &mut Value, s: Option<&Value>, force_embedded: bool, path: &str
     }
 }
 
+/// Prune the fields of one object against schema `s`: specified properties and
+/// additionalProperties by their own schemas; unknown fields are removed (and reported)
+/// unless `keep_unknown` (inside x-kubernetes-preserve-unknown-fields).
+fn prune_object(
+    map: &mut Map<String, Value>,
+    s: &Value,
+    force_embedded: bool,
+    path: &str,
+    keep_unknown: bool,
+    out: &mut Vec<String>,
+) {
+    let embedded = force_embedded || flag(s, "x-kubernetes-embedded-resource");
+    let props = properties(s);
+    let mut remove = Vec::new();
+    for (k, v) in map.iter_mut() {
+        if embedded && is_meta_field(k) {
+            continue;
+        }
+        if let Some(p) = props.and_then(|p| p.get(k)) {
+            prune_node(v, Some(p), false, &child_path(path, k), out);
+        } else {
+            match additional_properties(s) {
+                AddProps::Schema(a) => prune_node(v, Some(a), false, &child_path(path, k), out),
+                AddProps::Bool(_) => prune_node(v, None, false, &child_path(path, k), out),
+                AddProps::Absent if keep_unknown => {}
+                AddProps::Absent => {
+                    out.push(child_path(path, k));
+                    remove.push(k.clone());
+                }
+            }
+        }
+    }
+    for k in remove {
+        map.shift_remove(&k);
+    }
+}
+
 /// Inside x-kubernetes-preserve-unknown-fields unknown fields stay, but specified fields below are still
 /// pruned by their own schemas.
 fn skip_prune(x: &mut Value, s: &Value, force_embedded: bool, path: &str, out: &mut Vec<String>) {
     match x {
-        Value::Object(map) => {
-            let embedded = force_embedded || flag(s, "x-kubernetes-embedded-resource");
-            let props = properties(s);
-            for (k, v) in map.iter_mut() {
-                if embedded && is_meta_field(k) {
-                    continue;
-                }
-                if let Some(p) = props.and_then(|p| p.get(k)) {
-                    prune_node(v, Some(p), false, &child_path(path, k), out);
-                } else {
-                    match additional_properties(s) {
-                        AddProps::Schema(a) => prune_node(v, Some(a), false, &child_path(path, k), out),
-                        AddProps::Bool(_) => prune_node(v, None, false, &child_path(path, k), out),
-                        AddProps::Absent => {}
-                    }
-                }
-            }
-        }
+        Value::Object(map) => prune_object(map, s, force_embedded, path, true, out),
         Value::Array(items) => {
             if let Some(item_schema) = items_schema(s) {
                 for (i, v) in items.iter_mut().enumerate() {
