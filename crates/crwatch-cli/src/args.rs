@@ -22,6 +22,39 @@ pub struct Cli {
 pub enum Command {
     /// Display one or many resources, optionally watching them for changes.
     Get(GetArgs),
+    /// Forward changes of chosen resources to webhooks, NATS, AMQP or files as CloudEvents.
+    Forward(ForwardArgs),
+    /// Run the demo: an embedded API server, the Database CRD, sample objects changing, and the
+    /// watch with diffs.
+    Demo(DemoArgs),
+}
+
+/// `crwatch forward -f forward.yaml`.
+#[derive(Debug, Clone, Args)]
+pub struct ForwardArgs {
+    /// The forwarder configuration (YAML).
+    #[arg(short = 'f', long = "config")]
+    pub config: PathBuf,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`, then in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// `crwatch demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Pause between steps, e.g. `1s`, `300ms`.
+    #[arg(long, default_value = "1s")]
+    pub pace: humantime::Duration,
+    /// Keep the API server running after the demo until Ctrl-C, and print its kubeconfig path.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Output formats of `crwatch get`.

@@ -3,6 +3,8 @@
 //! binary only parses arguments and reports errors.
 
 pub mod args;
+pub mod demo;
+pub mod forward;
 pub mod get;
 pub mod resolve;
 pub mod table;
@@ -48,5 +50,7 @@ pub async fn connect(conn: &Connection) -> anyhow::Result<(kube::Client, String)
 pub async fn run(cli: args::Cli) -> anyhow::Result<()> {
     match cli.command {
         args::Command::Get(a) => get::run(a).await,
+        args::Command::Forward(a) => forward::run(a).await,
+        args::Command::Demo(a) => demo::run(a).await,
     }
 }

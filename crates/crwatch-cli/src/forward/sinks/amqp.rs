@@ -1,0 +1,1 @@
+//! amqp sink: to be written.

@@ -1,0 +1,1 @@
+//! file sink: to be written.

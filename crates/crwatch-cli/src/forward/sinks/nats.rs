@@ -1,0 +1,1 @@
+//! nats sink: to be written.

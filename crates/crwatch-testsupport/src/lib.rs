@@ -1,0 +1,13 @@
+//! Real database and message servers for tests, started from Debian's binaries on free loopback
+//! ports in temporary directories and stopped (and their data removed) when dropped.
+//!
+//! Each server type has `start()`; tests that share one server per test binary keep it in a
+//! `tokio::sync::OnceCell` and give each test its own database, subject or exchange.
+
+pub mod mariadb;
+pub mod nats;
+pub mod postgres;
+pub mod process;
+pub mod rabbitmq;
+
+pub use process::{free_port, wait_for_tcp};

@@ -1,0 +1,1 @@
+//! nats: to be written.

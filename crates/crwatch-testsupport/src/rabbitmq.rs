@@ -1,0 +1,1 @@
+//! rabbitmq: to be written.
