@@ -37,8 +37,13 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Spawn `cmd`; `what` names it in errors.
     pub fn spawn(mut cmd: Command, what: &str) -> anyhow::Result<Self> {
-        let child = cmd.spawn().with_context(|| format!("starting {what} ({cmd:?})"))?;
-        Ok(Self { child: Some(child), what: what.to_string() })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {what} ({cmd:?})"))?;
+        Ok(Self {
+            child: Some(child),
+            what: what.to_string(),
+        })
     }
 
     /// The process id.
