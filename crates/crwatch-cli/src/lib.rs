@@ -24,6 +24,12 @@ pub struct Connection {
 
 /// A client for the cluster `conn` names, and the context's default namespace.
 pub async fn connect(conn: &Connection) -> anyhow::Result<(kube::Client, String)> {
+    let (client, namespace, _) = connect_with_url(conn).await?;
+    Ok((client, namespace))
+}
+
+/// Like [`connect`], also returning the API server's URL (for messages and CloudEvent sources).
+pub async fn connect_with_url(conn: &Connection) -> anyhow::Result<(kube::Client, String, String)> {
     let options = KubeConfigOptions {
         context: conn.context.clone(),
         ..Default::default()
@@ -42,8 +48,9 @@ pub async fn connect(conn: &Connection) -> anyhow::Result<(kube::Client, String)
         None => kube::Config::infer().await.context("finding a kubeconfig")?,
     };
     let namespace = config.default_namespace.clone();
+    let url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).context("creating the Kubernetes client")?;
-    Ok((client, namespace))
+    Ok((client, namespace, url))
 }
 
 /// Run a parsed command line.

@@ -1,0 +1,509 @@
+//! The `forward.yaml` configuration: its types, and loading with errors that name the file, the
+//! line and the field. Unknown fields are rejected everywhere, so a typo never silently turns a
+//! setting off.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::sink::Template;
+use super::sinks::file::FileConfig;
+use super::sinks::webhook::WebhookConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ForwardConfig {
+    /// What to watch.
+    pub resources: Vec<ResourceConfig>,
+    /// Where to send changes.
+    pub sinks: Vec<SinkConfig>,
+    /// Where to remember what every sink acknowledged, so a restart resumes there.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointConfig>,
+    /// Prometheus metrics address (`/metrics`); `off` disables. Default `0.0.0.0:8080`.
+    #[serde(default = "default_metrics")]
+    pub metrics: Address,
+    /// Probe address (`/healthz`, `/readyz`); `off` disables. Default `0.0.0.0:8081`.
+    #[serde(default = "default_probes")]
+    pub probes: Address,
+    /// CloudEvents `source` prefix; default: the API server's URL.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// How long a shutdown waits for queued changes to be delivered. Default 10s.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// A listen address or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Address {
+    /// Listen here.
+    On(SocketAddr),
+    /// Disabled.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "off" || s.is_empty() {
+            return Ok(Address::Off);
+        }
+        // `:8080` means every interface, as Go programs (and controller-runtime flags) accept.
+        let full = if s.starts_with(':') {
+            format!("0.0.0.0{s}")
+        } else {
+            s.clone()
+        };
+        full.parse().map(Address::On).map_err(|_| {
+            serde::de::Error::custom(format!("invalid address {s:?}: expected host:port or off"))
+        })
+    }
+}
+
+fn default_metrics() -> Address {
+    Address::On(SocketAddr::from(([0, 0, 0, 0], 8080)))
+}
+
+fn default_probes() -> Address {
+    Address::On(SocketAddr::from(([0, 0, 0, 0], 8081)))
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// One resource type to watch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceConfig {
+    /// Resource name as `crwatch get` takes it: plural, singular, short name, kind,
+    /// `plural.group` or `plural.version.group`.
+    pub resource: Spanned<String>,
+    /// Namespaces to watch; empty means all (or the resource is cluster-scoped).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Label selector.
+    #[serde(default)]
+    pub label_selector: Option<String>,
+    /// Field selector.
+    #[serde(default)]
+    pub field_selector: Option<String>,
+    /// Which changes to forward; default all three.
+    #[serde(default = "all_events")]
+    pub events: Vec<EventType>,
+    /// Forward a modification only when one of these field paths changed (e.g. `spec` ignores
+    /// status-only updates). Additions and deletions always pass.
+    #[serde(default)]
+    pub fields: Vec<Spanned<String>>,
+    /// Sink names; default every sink.
+    #[serde(default)]
+    pub sinks: Vec<Spanned<String>>,
+    /// Do not forward objects that already exist when the forwarder starts without a checkpoint.
+    #[serde(default)]
+    pub skip_existing: bool,
+}
+
+fn all_events() -> Vec<EventType> {
+    vec![EventType::Added, EventType::Modified, EventType::Deleted]
+}
+
+/// A kind of change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    /// The object appeared.
+    Added,
+    /// The object changed.
+    Modified,
+    /// The object is gone.
+    Deleted,
+}
+
+impl EventType {
+    /// `added`, `modified` or `deleted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "added",
+            EventType::Modified => "modified",
+            EventType::Deleted => "deleted",
+        }
+    }
+}
+
+/// Where and how often the checkpoint is written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CheckpointConfig {
+    /// The checkpoint file (written atomically: temporary file, fsync, rename).
+    pub path: PathBuf,
+    /// How often a changed checkpoint is written. Default 1s.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// One sink: a name, exactly one destination, and delivery settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SinkConfig {
+    /// Name used in `resources[].sinks`, metrics and logs.
+    pub name: Spanned<String>,
+    /// HTTP webhook.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// NATS (core or JetStream).
+    #[serde(default)]
+    pub nats: Option<NatsSection>,
+    /// AMQP 0.9.1 (RabbitMQ).
+    #[serde(default)]
+    pub amqp: Option<AmqpSection>,
+    /// JSON lines to a file or stdout.
+    #[serde(default)]
+    pub file: Option<FileConfig>,
+    /// Retry settings.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Changes the sink refused for good go here as JSON lines; without it they are logged and
+    /// dropped.
+    #[serde(default)]
+    pub dead_letter: Option<PathBuf>,
+    /// Changes queued for this sink before the watch is held back. Default 1000.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Parallel deliveries; changes of one object always go through the same lane, in order.
+    /// Default 1.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+}
+
+fn default_queue_size() -> usize {
+    1000
+}
+
+fn default_parallelism() -> usize {
+    1
+}
+
+/// Retry settings: exponential backoff with full jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryConfig {
+    /// First backoff. Default 500ms.
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest backoff. Default 1m.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Attempts before a change goes to the dead-letter file; default unlimited (at least once).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            max_attempts: None,
+        }
+    }
+}
+
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[cfg(feature = "nats")]
+/// The NATS section.
+pub type NatsSection = super::sinks::nats::NatsConfig;
+#[cfg(not(feature = "nats"))]
+/// The NATS section (this build has no NATS support).
+pub type NatsSection = serde::de::IgnoredAny;
+
+#[cfg(feature = "amqp")]
+/// The AMQP section.
+pub type AmqpSection = super::sinks::amqp::AmqpConfig;
+#[cfg(not(feature = "amqp"))]
+/// The AMQP section (this build has no AMQP support).
+pub type AmqpSection = serde::de::IgnoredAny;
+
+/// A configuration error, located in the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {message}", location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// Line and column, when known.
+    pub location: Option<(u64, u64)>,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl ForwardConfig {
+    /// Read and check `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            location: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and check `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let config: ForwardConfig = serde_saphyr::from_str(text).map_err(|e| {
+            let location = e.location().map(|l| (l.line(), l.column()));
+            ConfigError {
+                file: file.to_string(),
+                location,
+                message: saphyr_message(&e.to_string()),
+            }
+        })?;
+        config.check(file)?;
+        Ok(config)
+    }
+
+    fn check(&self, file: &str) -> Result<(), ConfigError> {
+        let at = |loc: &serde_saphyr::Location, message: String| ConfigError {
+            file: file.to_string(),
+            location: Some((loc.line(), loc.column())),
+            message,
+        };
+        let whole = |message: String| ConfigError {
+            file: file.to_string(),
+            location: None,
+            message,
+        };
+        if self.resources.is_empty() {
+            return Err(whole("resources: at least one resource is needed".into()));
+        }
+        if self.sinks.is_empty() {
+            return Err(whole("sinks: at least one sink is needed".into()));
+        }
+        let mut names = BTreeSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let loc = &sink.name.referenced;
+            if sink.name.value.is_empty() {
+                return Err(at(loc, format!("sinks[{i}].name: must not be empty")));
+            }
+            if !names.insert(sink.name.value.as_str()) {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].name: duplicate sink name {:?}", sink.name.value),
+                ));
+            }
+            let kinds = [
+                sink.webhook.is_some(),
+                sink.nats.is_some(),
+                sink.amqp.is_some(),
+                sink.file.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(at(
+                    loc,
+                    format!(
+                        "sinks[{i}] ({}): set exactly one of webhook, nats, amqp, file",
+                        sink.name.value
+                    ),
+                ));
+            }
+            #[cfg(not(feature = "nats"))]
+            if sink.nats.is_some() {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].nats: this crwatch was built without NATS support"),
+                ));
+            }
+            #[cfg(not(feature = "amqp"))]
+            if sink.amqp.is_some() {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].amqp: this crwatch was built without AMQP support"),
+                ));
+            }
+            if sink.queue_size == 0 {
+                return Err(at(loc, format!("sinks[{i}].queueSize: must be at least 1")));
+            }
+            if sink.parallelism == 0 || sink.parallelism > sink.queue_size {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].parallelism: must be between 1 and queueSize"),
+                ));
+            }
+            if sink.retry.initial_backoff > sink.retry.max_backoff {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].retry: initialBackoff is above maxBackoff"),
+                ));
+            }
+            if sink.retry.max_attempts == Some(0) {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].retry.maxAttempts: must be at least 1"),
+                ));
+            }
+        }
+        for (i, r) in self.resources.iter().enumerate() {
+            if r.resource.value.trim().is_empty() {
+                return Err(at(
+                    &r.resource.referenced,
+                    format!("resources[{i}].resource: must not be empty"),
+                ));
+            }
+            if r.events.is_empty() {
+                return Err(at(
+                    &r.resource.referenced,
+                    format!("resources[{i}].events: empty list forwards nothing; omit it for all events"),
+                ));
+            }
+            for s in &r.sinks {
+                if !names.contains(s.value.as_str()) {
+                    return Err(at(
+                        &s.referenced,
+                        format!(
+                            "resources[{i}].sinks: no sink named {:?} (sinks: {})",
+                            s.value,
+                            names.iter().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+            for f in &r.fields {
+                if let Err(e) = crwatch::diff::Filter::none().try_ignore(&f.value) {
+                    return Err(at(&f.referenced, format!("resources[{i}].fields: {e}")));
+                }
+            }
+            if let Some(Err(e)) = r.label_selector.as_deref().map(crwatch::store::parse_selector) {
+                return Err(at(
+                    &r.resource.referenced,
+                    format!("resources[{i}].labelSelector: {e}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sinks a resource entry routes to (indexes into `sinks`).
+    pub fn sinks_of(&self, resource: &ResourceConfig) -> Vec<usize> {
+        if resource.sinks.is_empty() {
+            return (0..self.sinks.len()).collect();
+        }
+        self.sinks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| resource.sinks.iter().any(|n| n.value == s.name.value))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+/// The first line of a serde-saphyr error without its own `line N column M:` prefix (the caller
+/// puts the location in front as `file:line:column`).
+fn saphyr_message(rendered: &str) -> String {
+    let first = rendered.lines().next().unwrap_or(rendered);
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first.find(": ") {
+        Some(i) if first.starts_with("line ") => first[i + 2..].to_string(),
+        _ => first.to_string(),
+    }
+}
+
+/// Parse a template, turning its error into a located config error.
+pub fn template(t: &Spanned<String>, field: &str, file: &str) -> Result<Template, ConfigError> {
+    Template::parse(&t.value).map_err(|message| ConfigError {
+        file: file.to_string(),
+        location: Some((t.referenced.line(), t.referenced.column())),
+        message: format!("{field}: {message}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        ForwardConfig::parse(yaml, "forward.yaml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    const SINK: &str = "sinks:\n  - name: out\n    file:\n      path: \"-\"\n";
+
+    #[test]
+    fn a_minimal_config_parses_with_defaults() {
+        let c = ForwardConfig::parse(&format!("resources:\n  - resource: db\n{SINK}"), "f").unwrap();
+        assert_eq!(c.resources[0].events.len(), 3);
+        assert_eq!(c.metrics, default_metrics());
+        assert_eq!(c.sinks[0].queue_size, 1000);
+        assert_eq!(c.sinks_of(&c.resources[0]), vec![0]);
+    }
+
+    #[test]
+    fn unknown_fields_name_file_line_and_field() {
+        let e = err(&format!(
+            "resources:\n  - resource: db\n    namespace: [a]\n{SINK}"
+        ));
+        assert!(
+            e.starts_with("forward.yaml:3:5: unknown field `namespace`"),
+            "{e}"
+        );
+        let e = err(
+            "resources:\n  - resource: db\nsinks:\n  - name: out\n    file:\n      path: x\n      maxsize: 1\n",
+        );
+        assert!(e.starts_with("forward.yaml:7:7: unknown field `maxsize`"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_located() {
+        let e = err(&format!(
+            "resources:\n  - resource: db\n    sinks: [nope]\n{SINK}"
+        ));
+        assert!(
+            e.starts_with("forward.yaml:3:13: resources[0].sinks: no sink named \"nope\""),
+            "{e}"
+        );
+        let e = err("resources:\n  - resource: db\nsinks:\n  - name: out\n");
+        assert!(
+            e.contains("forward.yaml:4:11: sinks[0] (out): set exactly one of"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "resources:\n  - resource: db\n    events: [added, changed]\n{SINK}"
+        ));
+        assert!(
+            e.contains(":3:") && e.contains("unknown variant `changed`"),
+            "{e}"
+        );
+        let e = err(&format!("resources:\n  - resource: db\n{SINK}metrics: nowhere\n"));
+        assert!(e.contains("invalid address \"nowhere\""), "{e}");
+        let e = err(&format!(
+            "resources:\n  - resource: db\n    fields: [\"spec..x\"]\n{SINK}"
+        ));
+        assert!(e.starts_with("forward.yaml:3:14: resources[0].fields:"), "{e}");
+    }
+
+    #[test]
+    fn addresses_accept_go_style_and_off() {
+        let c = ForwardConfig::parse(
+            &format!("resources:\n  - resource: db\n{SINK}metrics: \":9090\"\nprobes: \"off\"\n"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.metrics, Address::On(SocketAddr::from(([0, 0, 0, 0], 9090))));
+        assert_eq!(c.probes, Address::Off);
+    }
+}

@@ -1,0 +1,161 @@
+//! Changes as the forwarder sees them, and their CloudEvents 1.0 form (structured JSON).
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::config::EventType;
+use super::sink::{Delivery, TemplateVars};
+use crate::resolve::ResourceType;
+
+/// One change of one object.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Added, modified or deleted.
+    pub event: EventType,
+    /// `namespace/name` (`name` when cluster-scoped).
+    pub key: String,
+    /// The object after the change (the last known state for deletions).
+    pub object: Arc<Value>,
+    /// The object before the change, when known.
+    pub old: Option<Arc<Value>>,
+    /// Field changes from `old` to `object` (modifications only).
+    pub diff: crwatch::diff::Diff,
+}
+
+fn meta<'a>(object: &'a Value, field: &str) -> &'a str {
+    object
+        .pointer(&format!("/metadata/{field}"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The CloudEvent id of a change: `uid:resourceVersion`, plus `:deleted` for deletions (a
+/// deletion found by a relist carries the last known resourceVersion, which an earlier
+/// change already used).
+pub fn event_id(change: &Change) -> String {
+    let uid = meta(&change.object, "uid");
+    let rv = meta(&change.object, "resourceVersion");
+    match change.event {
+        EventType::Deleted => format!("{uid}:{rv}:deleted"),
+        _ => format!("{uid}:{rv}"),
+    }
+}
+
+/// Builds deliveries for one resource type.
+#[derive(Debug, Clone)]
+pub struct EventBuilder {
+    source: String,
+    rt: ResourceType,
+}
+
+impl EventBuilder {
+    /// `source_prefix` is the CloudEvents source's start (the API server URL by default); the
+    /// API path of the resource is appended.
+    pub fn new(source_prefix: &str, rt: ResourceType) -> Self {
+        let path = if rt.group.is_empty() {
+            format!("/api/{}/{}", rt.version, rt.plural)
+        } else {
+            format!("/apis/{}/{}/{}", rt.group, rt.version, rt.plural)
+        };
+        Self {
+            source: format!("{}{path}", source_prefix.trim_end_matches('/')),
+            rt,
+        }
+    }
+
+    /// The delivery of `change`.
+    pub fn delivery(&self, change: &Change) -> Delivery {
+        let id = event_id(change);
+        let namespace = meta(&change.object, "namespace");
+        let name = meta(&change.object, "name");
+        let subject = if namespace.is_empty() {
+            name.to_string()
+        } else {
+            format!("{namespace}/{name}")
+        };
+        let mut data = json!({ "object": &*change.object });
+        if change.event == EventType::Modified {
+            data["diff"] = serde_json::to_value(&change.diff).unwrap_or(Value::Null);
+        }
+        let event = json!({
+            "specversion": "1.0",
+            "id": id,
+            "source": self.source,
+            "type": format!("io.crwatch.resource.{}", change.event.as_str()),
+            "subject": subject,
+            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "datacontenttype": "application/json",
+            "resourceversion": meta(&change.object, "resourceVersion"),
+            "kind": self.rt.kind,
+            "data": data,
+        });
+        let vars = TemplateVars {
+            group: if self.rt.group.is_empty() {
+                "core".into()
+            } else {
+                self.rt.group.clone()
+            },
+            version: self.rt.version.clone(),
+            kind: self.rt.kind.clone(),
+            resource: self.rt.plural.clone(),
+            namespace: if namespace.is_empty() {
+                "_".into()
+            } else {
+                namespace.to_string()
+            },
+            name: name.to_string(),
+            event: change.event.as_str().to_string(),
+        };
+        Delivery {
+            id,
+            event: Arc::new(event),
+            vars: Arc::new(vars),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloudevents_carry_stable_ids_and_the_diff() {
+        let rt = ResourceType {
+            group: "stable.example.com".into(),
+            version: "v1".into(),
+            kind: "Database".into(),
+            plural: "databases".into(),
+            singular: "database".into(),
+            short_names: vec![],
+            namespaced: true,
+            preferred: true,
+        };
+        let b = EventBuilder::new("https://127.0.0.1:6443/", rt);
+        let old = json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u1", "resourceVersion": "5"}, "spec": {"size": "1Gi"}});
+        let new = json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u1", "resourceVersion": "6"}, "spec": {"size": "2Gi"}});
+        let change = Change {
+            event: EventType::Modified,
+            key: "ns/a".into(),
+            diff: crwatch::diff::Diff::between(&old, &new),
+            object: Arc::new(new),
+            old: Some(Arc::new(old)),
+        };
+        let d = b.delivery(&change);
+        assert_eq!(d.id, "u1:6");
+        assert_eq!(
+            d.event["source"],
+            "https://127.0.0.1:6443/apis/stable.example.com/v1/databases"
+        );
+        assert_eq!(d.event["type"], "io.crwatch.resource.modified");
+        assert_eq!(d.event["subject"], "ns/a");
+        assert_eq!(d.event["data"]["diff"][0]["path"], "spec.size");
+        assert_eq!(d.vars.namespace, "ns");
+        let deleted = Change {
+            event: EventType::Deleted,
+            ..change
+        };
+        assert_eq!(b.delivery(&deleted).id, "u1:6:deleted");
+        assert!(b.delivery(&deleted).event["data"].get("diff").is_none());
+    }
+}

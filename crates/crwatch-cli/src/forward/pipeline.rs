@@ -1,0 +1,311 @@
+//! From changes to acknowledged deliveries: filters, per-sink bounded queues split into lanes
+//! by object (so one object's changes stay in order), retries with exponential backoff and full
+//! jitter, dead-lettering, and acknowledgement to the [`Committer`].
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoint::{Committer, Op, Ticket};
+use super::config::{EventType, RetryConfig};
+use super::event::{Change, EventBuilder};
+use super::metrics::{ForwardMetrics, ResourceLabels, SinkLabels};
+use super::sink::{Delivery, Sink, SinkError};
+use super::sinks::file::JsonlWriter;
+
+/// What a stream routes where, and which changes pass.
+pub struct Route {
+    /// Builds the CloudEvents.
+    pub builder: EventBuilder,
+    /// Indexes of the sinks this stream feeds.
+    pub sinks: Vec<usize>,
+    /// Event types that pass.
+    pub events: Vec<EventType>,
+    /// When not empty, a modification passes only when its diff touches one of these paths.
+    pub fields: Vec<String>,
+    /// `plural.group`, for metrics.
+    pub resource: String,
+}
+
+impl Route {
+    /// Whether `change` should be delivered.
+    pub fn passes(&self, change: &Change) -> bool {
+        if !self.events.contains(&change.event) {
+            return false;
+        }
+        if change.event == EventType::Modified {
+            if change.diff.is_empty() {
+                return false;
+            }
+            if !self.fields.is_empty() && !self.fields.iter().any(|f| change.diff.touches(f)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One queued delivery.
+struct Item {
+    delivery: Delivery,
+    ticket: Ticket,
+    seen: Instant,
+}
+
+/// A sink with its settings, ready to run.
+pub struct SinkRunner {
+    /// Name from the configuration.
+    pub name: String,
+    /// The destination.
+    pub sink: Arc<dyn Sink>,
+    /// Retry settings.
+    pub retry: RetryConfig,
+    /// Dead-letter file.
+    pub dead_letter: Option<PathBuf>,
+    /// Queue capacity.
+    pub queue_size: usize,
+    /// Lanes.
+    pub parallelism: usize,
+}
+
+struct SinkQueues {
+    lanes: Vec<mpsc::Sender<Item>>,
+    labels: SinkLabels,
+}
+
+/// Routes changes of every stream to the sinks' queues.
+pub struct Dispatcher {
+    routes: Vec<Route>,
+    queues: Vec<SinkQueues>,
+    committer: Arc<Committer>,
+    metrics: ForwardMetrics,
+}
+
+impl Dispatcher {
+    /// Start a worker per sink lane and return the dispatcher feeding them, plus the workers'
+    /// handles. Workers stop when every dispatcher clone is dropped and their queues are empty,
+    /// or at once when `abort` is cancelled (undelivered changes stay uncommitted and are sent
+    /// again after a restart).
+    pub fn start(
+        routes: Vec<Route>,
+        sinks: Vec<SinkRunner>,
+        committer: Arc<Committer>,
+        metrics: ForwardMetrics,
+        abort: CancellationToken,
+    ) -> anyhow::Result<(Arc<Dispatcher>, Vec<tokio::task::JoinHandle<()>>)> {
+        let mut queues = Vec::new();
+        let mut workers = Vec::new();
+        for s in sinks {
+            let labels = SinkLabels { sink: s.name.clone() };
+            let dead_letter = match &s.dead_letter {
+                Some(path) => Some(Arc::new(JsonlWriter::open(path, 100 * 1024 * 1024, 5, true)?)),
+                None => None,
+            };
+            let per_lane = (s.queue_size / s.parallelism).max(1);
+            let mut lanes = Vec::new();
+            for _ in 0..s.parallelism {
+                let (tx, rx) = mpsc::channel(per_lane);
+                lanes.push(tx);
+                let lane = Lane {
+                    name: s.name.clone(),
+                    sink: s.sink.clone(),
+                    retry: s.retry.clone(),
+                    dead_letter: dead_letter.clone(),
+                    committer: committer.clone(),
+                    metrics: metrics.clone(),
+                    labels: labels.clone(),
+                    abort: abort.clone(),
+                };
+                workers.push(tokio::spawn(lane.run(rx)));
+            }
+            queues.push(SinkQueues { lanes, labels });
+        }
+        Ok((
+            Arc::new(Dispatcher {
+                routes,
+                queues,
+                committer,
+                metrics,
+            }),
+            workers,
+        ))
+    }
+
+    /// Hand a change of stream `stream` to its sinks, waiting while their queues are full (this
+    /// holds the watch back, which bounds memory with a slow sink). `resource_version` is where
+    /// the stream may resume once this change is acknowledged (`None` inside a relist).
+    pub async fn dispatch(
+        &self,
+        stream: usize,
+        change: Option<Change>,
+        op: Op,
+        resource_version: Option<String>,
+    ) {
+        let route = &self.routes[stream];
+        let Some(change) = change else {
+            self.committer.enqueue(stream, op, resource_version, 0).await;
+            return;
+        };
+        let labels = ResourceLabels {
+            resource: route.resource.clone(),
+            event: change.event.as_str().into(),
+        };
+        self.metrics.received.get_or_create(&labels).inc();
+        if !route.passes(&change) {
+            self.metrics.filtered.get_or_create(&labels).inc();
+            self.committer.enqueue(stream, op, resource_version, 0).await;
+            return;
+        }
+        let delivery = route.builder.delivery(&change);
+        let ticket = self
+            .committer
+            .enqueue(stream, op, resource_version, route.sinks.len())
+            .await;
+        let mut h = DefaultHasher::new();
+        (stream, &change.key).hash(&mut h);
+        let hash = h.finish() as usize;
+        let seen = Instant::now();
+        for &s in &route.sinks {
+            let q = &self.queues[s];
+            let lane = &q.lanes[hash % q.lanes.len()];
+            let depth = self.metrics.queue_depth.get_or_create(&q.labels).clone();
+            depth.inc();
+            let item = Item {
+                delivery: delivery.clone(),
+                ticket,
+                seen,
+            };
+            if lane.send(item).await.is_err() {
+                // The lane stopped (shutdown): the change stays uncommitted and is sent again
+                // after a restart.
+                depth.dec();
+            }
+        }
+    }
+}
+
+struct Lane {
+    name: String,
+    sink: Arc<dyn Sink>,
+    retry: RetryConfig,
+    dead_letter: Option<Arc<JsonlWriter>>,
+    committer: Arc<Committer>,
+    metrics: ForwardMetrics,
+    labels: SinkLabels,
+    abort: CancellationToken,
+}
+
+/// Exponential backoff with full jitter: a random wait in `[0, min(max, initial·2^attempt)]`,
+/// so many forwarders retrying one receiver spread out instead of hammering it together.
+pub fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
+    let exp = retry
+        .initial_backoff
+        .saturating_mul(2u32.saturating_pow(attempt.min(30)));
+    let cap = exp.min(retry.max_backoff);
+    let millis = cap.as_millis().min(u64::MAX as u128) as u64;
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+impl Lane {
+    async fn run(self, mut rx: mpsc::Receiver<Item>) {
+        loop {
+            let item = tokio::select! {
+                _ = self.abort.cancelled() => return,
+                item = rx.recv() => match item { Some(i) => i, None => return },
+            };
+            self.metrics.queue_depth.get_or_create(&self.labels).dec();
+            if !self.deliver(&item).await {
+                return;
+            }
+            self.committer.ack(item.ticket);
+        }
+    }
+
+    /// Deliver until acknowledged or refused for good; false when aborted first.
+    async fn deliver(&self, item: &Item) -> bool {
+        let mut attempt: u32 = 0;
+        loop {
+            let result = tokio::select! {
+                _ = self.abort.cancelled() => return false,
+                r = self.sink.deliver(&item.delivery) => r,
+            };
+            let error = match result {
+                Ok(()) => {
+                    self.metrics.delivered.get_or_create(&self.labels).inc();
+                    self.metrics
+                        .latency
+                        .get_or_create(&self.labels)
+                        .observe(item.seen.elapsed().as_secs_f64());
+                    return true;
+                }
+                Err(SinkError::Permanent(e)) => {
+                    self.metrics.failed.get_or_create(&self.labels).inc();
+                    self.dead_letter(item, &e, attempt + 1).await;
+                    return true;
+                }
+                Err(SinkError::Retryable(e)) => e,
+            };
+            self.metrics.failed.get_or_create(&self.labels).inc();
+            attempt += 1;
+            if self.retry.max_attempts.is_some_and(|max| attempt >= max) {
+                self.dead_letter(
+                    item,
+                    &format!("gave up after {attempt} attempts: {error}"),
+                    attempt,
+                )
+                .await;
+                return true;
+            }
+            let wait = backoff(&self.retry, attempt - 1);
+            tracing::warn!(sink = %self.name, id = %item.delivery.id, attempt, error = %error, retry_in = ?wait, "delivery failed");
+            tokio::select! {
+                _ = self.abort.cancelled() => return false,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            self.metrics.retried.get_or_create(&self.labels).inc();
+        }
+    }
+
+    async fn dead_letter(&self, item: &Item, error: &str, attempts: u32) {
+        self.metrics.dead_lettered.get_or_create(&self.labels).inc();
+        tracing::error!(sink = %self.name, id = %item.delivery.id, error = %error, "sink refused the change for good");
+        let Some(writer) = &self.dead_letter else { return };
+        let record = serde_json::json!({
+            "sink": self.name,
+            "error": error,
+            "attempts": attempts,
+            "time": chrono::Utc::now().to_rfc3339(),
+            "event": &*item.delivery.event,
+        });
+        // A dead-letter file that cannot be written must not stop delivery of everything else;
+        // the change was logged above with its id.
+        if let Err(e) = writer.write(&record).await {
+            tracing::error!(sink = %self.name, error = %e, "cannot write the dead-letter file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let r = RetryConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_attempts: None,
+        };
+        for attempt in 0..40 {
+            let cap = Duration::from_millis(100 * 2u64.pow(attempt.min(20))).min(Duration::from_secs(1));
+            assert!(backoff(&r, attempt) <= cap);
+        }
+        let spread: std::collections::BTreeSet<_> = (0..50).map(|_| backoff(&r, 5)).collect();
+        assert!(spread.len() > 1, "jitter spreads retries");
+    }
+}
