@@ -1,27 +1,46 @@
-//! `crwatch get`: list resources as kubectl does (server-side Table with the CRD's printer
-//! columns, or JSON / YAML / JSON lines / names), and with `-w` keep watching, printing only
-//! real changes (a relist after a reconnect or 410 Gone prints what changed, never repeats),
+//! `crwatch get`: list resources as kubectl does (server-side Table with the printer columns,
+//! or JSON / YAML / JSON lines / names), and with `-w` keep watching, printing only real
+//! changes (a relist after a reconnect or 410 Gone prints what changed, never repeats),
 //! optionally with the field-level diff of each modification.
+//!
+//! The watch asks the server for Tables with the full object embedded (`includeObject=Object`,
+//! as `kubectl get -w` does), so every row has the columns of the initial list, built-in kinds
+//! included, while the objects feed the diffs. A server that answers with plain objects gets
+//! its columns computed client-side from the CRD.
+//!
+//! On a terminal, long lists show a spinner on stderr and events are coloured (never with
+//! `NO_COLOR`); output is flushed after every event, piped or not.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use crwatch::diff::Diff;
-use crwatch::source::Source;
-use crwatch::source::kube::KubeSource;
+use crwatch::diff::{Diff, FieldChange, Op};
+use crwatch::source::kube::{DEFAULT_BACKOFF, ReconnectBackoff};
 use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kube::Client;
-use kube::api::{Api, DynamicObject, GetParams, ListParams};
-use kube::core::TypeMeta;
+use kube::api::{Api, DynamicObject, GetParams, ListParams, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::args::{GetArgs, Output};
 use crate::resolve::{ResourceType, discover, resolve};
-use crate::table::{Column, Grid, cells, crd_columns, from_server_table};
+use crate::table::{Column, Grid, cells, crd_columns, is_table, row_cells, server_columns, visible};
 use crate::{Connection, connect};
 
 const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+/// Objects per list page (kubectl's `--chunk-size` default).
+const PAGE_SIZE: u32 = 500;
+/// Server-side watch timeout; the watch then resumes from the last resourceVersion.
+const WATCH_TIMEOUT_SECS: u32 = 290;
+/// A watch silent for this long past its timeout is taken for a dead connection.
+const IDLE_MARGIN: Duration = Duration::from_secs(30);
+/// Lists that take longer than this show a spinner (on a terminal).
+const PROGRESS_DELAY: Duration = Duration::from_millis(250);
 
 /// An error the API server returned, printed as kubectl prints it:
 /// `Error from server (NotFound): databases.stable.example.com "x" not found`.
@@ -41,8 +60,69 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-fn server_error(e: kube::Error, what: &str) -> anyhow::Error {
+/// The server could not be reached, printed as kubectl prints it:
+/// `The connection to the server 127.0.0.1:1 was refused - did you specify the right host or port?`
+#[derive(Debug)]
+pub struct ConnectError {
+    /// The server URL tried, e.g. `https://127.0.0.1:6443` (`None` if unknown).
+    pub url: Option<String>,
+    /// Whether the connection was refused (nothing listens there).
+    pub refused: bool,
+    /// The innermost cause, e.g. `Connection refused (os error 111)`.
+    pub cause: String,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.url.as_deref().unwrap_or("").trim_end_matches('/');
+        let host = url.split_once("://").map_or(url, |(_, h)| h);
+        match (self.refused, host.is_empty()) {
+            (true, false) => write!(
+                f,
+                "The connection to the server {host} was refused - did you specify the right host or port?"
+            ),
+            (true, true) => write!(
+                f,
+                "The connection to the server was refused - did you specify the right host or port?"
+            ),
+            (false, false) => write!(f, "Unable to connect to the server {url}: {}", self.cause),
+            (false, true) => write!(f, "Unable to connect to the server: {}", self.cause),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Whether `e` failed before any HTTP answer (connection, TLS, reading the stream).
+fn is_transport(e: &kube::Error) -> bool {
+    matches!(
+        e,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_)
+    )
+}
+
+/// The innermost message of an error chain, and whether an I/O error in it was a refusal.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> (String, bool) {
+    let mut cur = e;
+    let mut refused = false;
+    loop {
+        if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        match cur.source() {
+            Some(next) => cur = next,
+            None => return (cur.to_string(), refused),
+        }
+    }
+}
+
+/// A kube error as the user should read it: server errors as kubectl prints them, transport
+/// errors as [`ConnectError`], anything else with `what` for context.
+fn explain(e: kube::Error, what: &str) -> anyhow::Error {
     match e {
+        kube::Error::Api(s) if s.code == 401 => {
+            anyhow::anyhow!("You must be logged in to the server (Unauthorized)")
+        }
         kube::Error::Api(s) => ServerError {
             reason: if s.reason.is_empty() {
                 s.code.to_string()
@@ -52,8 +132,50 @@ fn server_error(e: kube::Error, what: &str) -> anyhow::Error {
             message: s.message.clone(),
         }
         .into(),
+        e if is_transport(&e) => {
+            let (cause, refused) = root_cause(&e);
+            ConnectError {
+                url: None,
+                refused,
+                cause,
+            }
+            .into()
+        }
         other => anyhow::Error::new(other).context(what.to_string()),
     }
+}
+
+/// [`explain`] for an error that may wrap a kube error (as discovery's do).
+fn explain_any(e: anyhow::Error) -> anyhow::Error {
+    let transport_or_auth = e.downcast_ref::<kube::Error>().is_some_and(|k| {
+        is_transport(k) || matches!(k, kube::Error::Api(s) if s.code == 401 || s.code == 403)
+    });
+    if transport_or_auth {
+        let what = e.to_string();
+        match e.downcast::<kube::Error>() {
+            Ok(k) => explain(k, &what),
+            Err(e) => e,
+        }
+    } else {
+        e
+    }
+}
+
+/// The server URL the connection flags lead to (for error messages).
+async fn cluster_url(conn: &Connection) -> Option<String> {
+    let options = KubeConfigOptions {
+        context: conn.context.clone(),
+        ..Default::default()
+    };
+    let config = match &conn.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).ok()?;
+            kube::Config::from_custom_kubeconfig(kc, &options).await.ok()?
+        }
+        None if conn.context.is_some() => kube::Config::from_kubeconfig(&options).await.ok()?,
+        None => kube::Config::infer().await.ok()?,
+    };
+    Some(config.cluster_url.to_string())
 }
 
 /// Where to look: the resolved type, its namespace scope and the API path.
@@ -69,6 +191,74 @@ impl Target {
     fn show_namespace(&self) -> bool {
         self.all_namespaces && self.rt.namespaced
     }
+
+    /// `databases.stable.example.com in namespace default`, for the spinner.
+    fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} in namespace {ns}", self.rt.full_name()),
+            None => self.rt.full_name(),
+        }
+    }
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// It appeared.
+    Added,
+    /// It changed.
+    Modified,
+    /// It went away.
+    Deleted,
+}
+
+impl ChangeKind {
+    /// `ADDED`, `MODIFIED` or `DELETED`, as watch events name them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "ADDED",
+            ChangeKind::Modified => "MODIFIED",
+            ChangeKind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// What a watch tells a program that embeds it (the demo), besides printing.
+#[derive(Debug, Clone)]
+pub enum WatchReport {
+    /// The initial list is done (and printed, unless `--watch-only`).
+    Synced,
+    /// A change was printed (and flushed).
+    Printed {
+        /// What happened.
+        kind: ChangeKind,
+        /// The object as printed (the last known state for deletions).
+        object: Value,
+    },
+}
+
+/// Hooks for programs that run the watch in process (the demo): a stop signal besides Ctrl-C,
+/// and a report of every printed change.
+#[derive(Debug, Default, Clone)]
+pub struct Embed {
+    /// Ends the watch (successfully) when cancelled.
+    pub stop: CancellationToken,
+    /// Receives a [`WatchReport`] after the initial sync and after every printed change.
+    pub reports: Option<tokio::sync::mpsc::UnboundedSender<WatchReport>>,
+    /// The embedding program handles Ctrl-C (and ends the watch through `stop`).
+    pub external_ctrl_c: bool,
+    /// Least widths of columns by header (`NAME`, `PHASE`), so rows printed before wider
+    /// values arrive line up with them (a script knows its values in advance).
+    pub min_widths: Vec<(String, usize)>,
+}
+
+impl Embed {
+    fn report(&self, r: WatchReport) {
+        if let Some(tx) = &self.reports {
+            // The embedding program may stop listening; the watch goes on regardless.
+            let _ = tx.send(r);
+        }
+    }
 }
 
 /// Run `crwatch get` with its arguments.
@@ -78,7 +268,38 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         context: args.context.clone(),
     };
     let (client, default_ns) = connect(&conn).await?;
-    let types = discover(&client).await?;
+    match run_with(&client, default_ns, &args, Embed::default()).await {
+        Err(mut e) => {
+            if is_broken_pipe(&e) {
+                return Ok(());
+            }
+            if let Some(c) = e.downcast_mut::<ConnectError>()
+                && c.url.is_none()
+            {
+                c.url = cluster_url(&conn).await;
+            }
+            Err(e)
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Run `crwatch get` against a connected client (`default_ns` for namespaced types without
+/// `-n`); with `-w` until Ctrl-C or `embed.stop`.
+pub async fn run_with(
+    client: &Client,
+    default_ns: String,
+    args: &GetArgs,
+    embed: Embed,
+) -> anyhow::Result<()> {
+    let types = discover(client).await.map_err(explain_any)?;
     let rt = resolve(&types, &args.resource)?;
     let namespace = match (rt.namespaced, args.all_namespaces) {
         (false, _) | (true, true) => None,
@@ -96,99 +317,395 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         api,
     };
     if args.watch || args.watch_only {
-        watch(&client, &target, &args).await
+        watch(client, &target, args, &embed).await
     } else {
-        list(&client, &target, &args).await
+        list(client, &target, args).await
     }
 }
 
-fn list_params(args: &GetArgs) -> ListParams {
-    let mut lp = ListParams::default();
-    if let Some(l) = &args.selector {
-        lp = lp.labels(l);
-    }
-    if let Some(f) = &args.field_selector {
-        lp = lp.fields(f);
-    }
-    lp
+/// Label and field selectors (a NAME becomes `metadata.name=NAME` for watches).
+struct Selectors {
+    labels: Option<String>,
+    fields: Option<String>,
 }
 
-fn request(target: &Target, args: &GetArgs) -> anyhow::Result<http::Request<Vec<u8>>> {
-    let req = kube::core::Request::new(target.api.resource_url());
-    match &args.name {
-        Some(name) => req.get(name, &GetParams::default()),
-        None => req.list(&list_params(args)),
+impl Selectors {
+    fn of(args: &GetArgs, name_as_field: bool) -> Self {
+        let name = args.name.as_ref().filter(|_| name_as_field);
+        let fields = match (&args.field_selector, name) {
+            (Some(f), Some(n)) => Some(format!("{f},metadata.name={n}")),
+            (Some(f), None) => Some(f.clone()),
+            (None, Some(n)) => Some(format!("metadata.name={n}")),
+            (None, None) => None,
+        };
+        Selectors {
+            labels: args.selector.clone(),
+            fields,
+        }
     }
-    .context("building the request")
+
+    fn list_params(&self) -> ListParams {
+        let mut lp = ListParams::default();
+        if let Some(l) = &self.labels {
+            lp = lp.labels(l);
+        }
+        if let Some(f) = &self.fields {
+            lp = lp.fields(f);
+        }
+        lp
+    }
+
+    fn watch_params(&self) -> WatchParams {
+        let mut wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+        if let Some(l) = &self.labels {
+            wp = wp.labels(l);
+        }
+        if let Some(f) = &self.fields {
+            wp = wp.fields(f);
+        }
+        wp
+    }
+}
+
+/// Ask for a Table (`includeObject=Object` embeds the full object in each row).
+fn as_table(mut req: http::Request<Vec<u8>>, include_object: bool) -> http::Request<Vec<u8>> {
+    req.headers_mut()
+        .insert(http::header::ACCEPT, http::HeaderValue::from_static(TABLE_ACCEPT));
+    if include_object {
+        let uri = req.uri().to_string();
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        if let Ok(u) = format!("{uri}{sep}includeObject=Object").parse() {
+            *req.uri_mut() = u;
+        }
+    }
+    req
+}
+
+/// An object as the watch knows it: the object and, when the server rendered it, its cells.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    object: Value,
+    cells: Option<Vec<Value>>,
+}
+
+/// The object with `apiVersion` and `kind` set (list items often come without them) and
+/// without managedFields (noise, as kubectl hides them).
+fn typed(mut o: Value, rt: &ResourceType) -> Value {
+    if let Some(m) = o.as_object_mut() {
+        let ar = rt.api_resource();
+        m.entry("apiVersion").or_insert_with(|| json!(ar.api_version));
+        m.entry("kind").or_insert_with(|| json!(ar.kind));
+    }
+    if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    o
+}
+
+/// The objects a list answer or a watch event carries: the rows of a Table, else the object
+/// (or list items) itself.
+fn seen_in(v: Value, rt: &ResourceType) -> Vec<Seen> {
+    if is_table(&v) {
+        let rows = match v {
+            Value::Object(mut m) => m.remove("rows"),
+            _ => None,
+        };
+        let rows = match rows {
+            Some(Value::Array(rows)) => rows,
+            _ => vec![],
+        };
+        rows.into_iter()
+            .map(|mut row| Seen {
+                object: typed(row["object"].take(), rt),
+                cells: match row["cells"].take() {
+                    Value::Array(c) => Some(c),
+                    _ => None,
+                },
+            })
+            .collect()
+    } else if let Some(items) = v.get("items").and_then(Value::as_array) {
+        items
+            .iter()
+            .map(|o| Seen {
+                object: typed(o.clone(), rt),
+                cells: None,
+            })
+            .collect()
+    } else {
+        vec![Seen {
+            object: typed(v, rt),
+            cells: None,
+        }]
+    }
+}
+
+/// A whole list, paged.
+struct Listed {
+    /// The Table's columns (`None` if the server sent plain objects).
+    columns: Option<Vec<Column>>,
+    items: Vec<Seen>,
+    resource_version: String,
+}
+
+/// List every page; a continue token that expired (410) starts the list over.
+async fn list_all(
+    client: &Client,
+    target: &Target,
+    sel: &Selectors,
+    table: Option<bool>,
+    progress: &mut ListProgress,
+) -> Result<Listed, kube::Error> {
+    let mut restarts = 0;
+    'again: loop {
+        let mut listed = Listed {
+            columns: None,
+            items: vec![],
+            resource_version: String::new(),
+        };
+        let mut cont: Option<String> = None;
+        loop {
+            let mut lp = sel.list_params().limit(PAGE_SIZE);
+            if let Some(c) = &cont {
+                lp = lp.continue_token(c);
+            }
+            let req = kube::core::Request::new(target.api.resource_url())
+                .list(&lp)
+                .map_err(kube::Error::BuildRequest)?;
+            let req = match table {
+                Some(include_object) => as_table(req, include_object),
+                None => req,
+            };
+            let page = match progress.wait(client.request_text(req)).await {
+                Err(kube::Error::Api(s)) if s.code == 410 && cont.is_some() && restarts < 5 => {
+                    restarts += 1;
+                    continue 'again;
+                }
+                other => other?,
+            };
+            let page: Value = serde_json::from_str(&page).map_err(kube::Error::SerdeError)?;
+            if listed.columns.is_none() && is_table(&page) {
+                listed.columns = server_columns(&page);
+            }
+            listed.resource_version = page["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            cont = page["metadata"]["continue"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .map(str::to_string);
+            listed.items.extend(seen_in(page, &target.rt));
+            progress.set(listed.items.len());
+            if cont.is_none() {
+                return Ok(listed);
+            }
+        }
+    }
+}
+
+/// A spinner on stderr with the count of objects listed, shown only on a terminal and only
+/// once listing takes longer than [`PROGRESS_DELAY`].
+struct ListProgress {
+    what: String,
+    enabled: bool,
+    started: Instant,
+    count: usize,
+    bar: Option<ProgressBar>,
+}
+
+impl ListProgress {
+    fn new(what: String, enabled: bool) -> Self {
+        ListProgress {
+            what,
+            enabled,
+            started: Instant::now(),
+            count: 0,
+            bar: None,
+        }
+    }
+
+    fn message(&self) -> String {
+        format!("listing {}: {} so far", self.what, self.count)
+    }
+
+    fn show(&mut self) {
+        if !self.enabled {
+            return;
+        }
+        if self.bar.is_none() {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(100));
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.message());
+        }
+    }
+
+    fn set(&mut self, count: usize) {
+        self.count = count;
+        if self.bar.is_some() || self.started.elapsed() >= PROGRESS_DELAY {
+            self.show();
+        }
+    }
+
+    /// Await `fut`, showing the spinner if it takes past the delay.
+    async fn wait<F: Future>(&mut self, fut: F) -> F::Output {
+        if !self.enabled || self.bar.is_some() {
+            return fut.await;
+        }
+        let deadline = tokio::time::Instant::from_std(self.started + PROGRESS_DELAY);
+        let mut fut = std::pin::pin!(fut);
+        tokio::select! {
+            out = &mut fut => out,
+            _ = tokio::time::sleep_until(deadline) => {
+                self.show();
+                fut.await
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for ListProgress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Whether to colour stdout: a terminal, `NO_COLOR` unset (or empty), `TERM` not `dumb`.
+pub fn colour_for(stream_is_terminal: bool) -> bool {
+    stream_is_terminal
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
+/// ANSI escapes used for colours.
+pub mod ansi {
+    /// Green (ADDED, new values).
+    pub const GREEN: &str = "\x1b[32m";
+    /// Yellow (MODIFIED).
+    pub const YELLOW: &str = "\x1b[33m";
+    /// Red (DELETED, old values).
+    pub const RED: &str = "\x1b[31m";
+    /// Dim (headers of diff groups, narration).
+    pub const DIM: &str = "\x1b[2m";
+    /// Back to normal.
+    pub const RESET: &str = "\x1b[0m";
 }
 
 /// Print the current state once.
 async fn list(client: &Client, target: &Target, args: &GetArgs) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    let mut req = request(target, args)?;
-    if matches!(args.output, Output::Table | Output::Wide) {
-        req.headers_mut()
-            .insert(http::header::ACCEPT, http::HeaderValue::from_static(TABLE_ACCEPT));
-        let text = client
-            .request_text(req)
+    let table = matches!(args.output, Output::Table | Output::Wide);
+    let mut progress = ListProgress::new(target.describe(), std::io::stderr().is_terminal());
+    let (columns, items) = match &args.name {
+        Some(name) => {
+            let req = kube::core::Request::new(target.api.resource_url())
+                .get(name, &GetParams::default())
+                .context("building the request")?;
+            let req = if table { as_table(req, false) } else { req };
+            let text = client
+                .request_text(req)
+                .await
+                .map_err(|e| explain(e, "getting"))?;
+            let got: Value = serde_json::from_str(&text).context("decoding the server's answer")?;
+            let columns = if is_table(&got) {
+                server_columns(&got)
+            } else {
+                None
+            };
+            (columns, seen_in(got, &target.rt))
+        }
+        None => {
+            let listed = list_all(
+                client,
+                target,
+                &Selectors::of(args, false),
+                table.then_some(false),
+                &mut progress,
+            )
             .await
-            .map_err(|e| server_error(e, "listing"))?;
-        let table: Value = serde_json::from_str(&text).context("decoding the server's Table")?;
-        let (header, rows) = from_server_table(&table, args.output == Output::Wide);
-        if rows.is_empty() {
-            eprintln!("{}", no_resources(target));
-            return Ok(());
+            .map_err(|e| explain(e, "listing"))?;
+            (listed.columns, listed.items)
         }
-        let show_ns = target.show_namespace();
-        let mut grid_rows = vec![];
-        grid_rows.push(with_ns(show_ns, "NAMESPACE".into(), header));
-        for (ns, cells) in rows {
-            grid_rows.push(with_ns(show_ns, ns.unwrap_or_default(), cells));
-        }
-        for line in Grid::default().format(&grid_rows) {
-            writeln!(out, "{line}")?;
-        }
-        return Ok(());
-    }
-    let text = client
-        .request_text(req)
-        .await
-        .map_err(|e| server_error(e, "listing"))?;
-    let got: Value = serde_json::from_str(&text).context("decoding the server's answer")?;
-    let single = args.name.is_some();
-    let items: Vec<Value> = if single {
-        vec![got]
-    } else {
-        got["items"].as_array().cloned().unwrap_or_default()
     };
-    let items: Vec<Value> = items.into_iter().map(|o| typed(o, &target.rt)).collect();
-    if items.is_empty() && !single && args.output != Output::Json && args.output != Output::Yaml {
+    progress.finish();
+    let single = args.name.is_some();
+    let mut out = std::io::stdout().lock();
+    if items.is_empty() && !single && !matches!(args.output, Output::Json | Output::Yaml) {
         eprintln!("{}", no_resources(target));
         return Ok(());
     }
-    let whole = || {
-        if single {
-            items[0].clone()
-        } else {
-            json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}})
-        }
-    };
+    let wide = args.output == Output::Wide;
     match args.output {
-        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&whole())?)?,
-        Output::Yaml => write!(out, "{}", to_yaml(&whole())?)?,
+        Output::Table | Output::Wide => {
+            let columns = match columns {
+                Some(c) => c,
+                None => watch_columns(client, target).await,
+            };
+            let show_ns = target.show_namespace();
+            let header = visible(&columns, wide)
+                .map(|(_, c)| c.name.to_uppercase())
+                .collect();
+            let mut rows = vec![with_ns(show_ns, "NAMESPACE".into(), header)];
+            for s in &items {
+                let ns = s.object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                rows.push(with_ns(show_ns, ns, row_of(s, &columns, wide)));
+            }
+            for line in Grid::default().format(&rows) {
+                writeln!(out, "{line}")?;
+            }
+        }
+        Output::Json | Output::Yaml => {
+            let objects: Vec<Value> = items.into_iter().map(|s| s.object).collect();
+            let whole = match (single, objects.first()) {
+                (true, Some(o)) => o.clone(),
+                _ => {
+                    json!({"apiVersion": "v1", "kind": "List", "items": objects, "metadata": {"resourceVersion": ""}})
+                }
+            };
+            if args.output == Output::Json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&whole)?)?;
+            } else {
+                write!(out, "{}", to_yaml(&whole)?)?;
+            }
+        }
         Output::Jsonl => {
-            for o in &items {
-                writeln!(out, "{}", serde_json::to_string(o)?)?;
+            for s in &items {
+                writeln!(out, "{}", serde_json::to_string(&s.object)?)?;
             }
         }
         Output::Name => {
-            for o in &items {
-                writeln!(out, "{}", name_of(o, &target.rt))?;
+            for s in &items {
+                writeln!(out, "{}", name_of(&s.object, &target.rt))?;
             }
         }
-        Output::Table | Output::Wide => {}
     }
+    out.flush()?;
     Ok(())
+}
+
+/// The shown cells of an object: the server's when it sent them, else computed client-side.
+fn row_of(s: &Seen, columns: &[Column], wide: bool) -> Vec<String> {
+    match &s.cells {
+        Some(c) => row_cells(c, columns, wide),
+        None => {
+            let shown: Vec<Column> = visible(columns, wide).map(|(_, c)| c.clone()).collect();
+            cells(&s.object, &shown)
+        }
+    }
 }
 
 fn with_ns(show: bool, ns: String, mut cells: Vec<String>) -> Vec<String> {
@@ -209,16 +726,6 @@ fn to_yaml(v: &Value) -> anyhow::Result<String> {
     serde_saphyr::to_string(v).context("writing YAML")
 }
 
-/// The object with `apiVersion` and `kind` set (list items often come without them).
-fn typed(mut o: Value, rt: &ResourceType) -> Value {
-    if let Some(m) = o.as_object_mut() {
-        let ar = rt.api_resource();
-        m.entry("apiVersion").or_insert_with(|| json!(ar.api_version));
-        m.entry("kind").or_insert_with(|| json!(ar.kind));
-    }
-    o
-}
-
 /// `kind.group/name` (`kind/name` for the core group), as `kubectl get -o name` prints it.
 pub fn name_of(o: &Value, rt: &ResourceType) -> String {
     let name = o["metadata"]["name"].as_str().unwrap_or("");
@@ -230,27 +737,9 @@ pub fn name_of(o: &Value, rt: &ResourceType) -> String {
     }
 }
 
-/// A change the watch prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Added,
-    Modified,
-    Deleted,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Added => "ADDED",
-            Kind::Modified => "MODIFIED",
-            Kind::Deleted => "DELETED",
-        }
-    }
-}
-
 struct Change {
-    kind: Kind,
-    object: Value,
+    kind: ChangeKind,
+    seen: Seen,
     diff: Option<Diff>,
 }
 
@@ -258,7 +747,7 @@ struct Change {
 /// really changed.
 #[derive(Default)]
 struct Tracker {
-    objects: BTreeMap<String, Value>,
+    objects: BTreeMap<String, Seen>,
 }
 
 fn key(o: &Value) -> String {
@@ -278,33 +767,33 @@ fn same_version(a: &Value, b: &Value) -> bool {
 }
 
 impl Tracker {
-    fn apply(&mut self, o: Value) -> Option<Change> {
-        match self.objects.insert(key(&o), o.clone()) {
+    fn apply(&mut self, s: Seen) -> Option<Change> {
+        match self.objects.insert(key(&s.object), s.clone()) {
             None => Some(Change {
-                kind: Kind::Added,
-                object: o,
+                kind: ChangeKind::Added,
+                seen: s,
                 diff: None,
             }),
-            Some(old) if same_version(&old, &o) => None,
+            Some(old) if same_version(&old.object, &s.object) => None,
             Some(old) => Some(Change {
-                kind: Kind::Modified,
-                diff: Some(Diff::between(&old, &o)),
-                object: o,
+                kind: ChangeKind::Modified,
+                diff: Some(Diff::between(&old.object, &s.object)),
+                seen: s,
             }),
         }
     }
 
-    fn delete(&mut self, o: Value) -> Option<Change> {
-        self.objects.remove(&key(&o)).map(|_| Change {
-            kind: Kind::Deleted,
-            object: o,
+    fn delete(&mut self, s: Seen) -> Option<Change> {
+        self.objects.remove(&key(&s.object)).map(|_| Change {
+            kind: ChangeKind::Deleted,
+            seen: s,
             diff: None,
         })
     }
 
     /// Replace everything with a fresh list; the changes against what was known.
-    fn replace(&mut self, objs: Vec<Value>) -> Vec<Change> {
-        let mut fresh: BTreeMap<String, Value> = objs.into_iter().map(|o| (key(&o), o)).collect();
+    fn replace(&mut self, objs: Vec<Seen>) -> Vec<Change> {
+        let fresh: BTreeMap<String, Seen> = objs.into_iter().map(|s| (key(&s.object), s)).collect();
         let mut changes = vec![];
         let gone: Vec<String> = self
             .objects
@@ -313,16 +802,16 @@ impl Tracker {
             .cloned()
             .collect();
         for k in gone {
-            if let Some(o) = self.objects.remove(&k) {
+            if let Some(s) = self.objects.remove(&k) {
                 changes.push(Change {
-                    kind: Kind::Deleted,
-                    object: o,
+                    kind: ChangeKind::Deleted,
+                    seen: s,
                     diff: None,
                 });
             }
         }
-        for (_, o) in std::mem::take(&mut fresh) {
-            changes.extend(self.apply(o));
+        for (_, s) in fresh {
+            changes.extend(self.apply(s));
         }
         changes
     }
@@ -332,41 +821,63 @@ impl Tracker {
 struct Printer {
     output: Output,
     rt: ResourceType,
+    /// Every column (the shown ones are picked by priority).
     columns: Vec<Column>,
     show_ns: bool,
     diff: bool,
+    colour: bool,
     grid: Grid,
     header_done: bool,
 }
 
 impl Printer {
+    /// The header cells of a table.
+    fn header(&self) -> Vec<String> {
+        let mut h = vec!["EVENT".to_string()];
+        if self.show_ns {
+            h.push("NAMESPACE".into());
+        }
+        let wide = self.output == Output::Wide;
+        h.extend(visible(&self.columns, wide).map(|(_, c)| c.name.to_uppercase()));
+        h
+    }
+
+    /// Least widths of the table's columns: room for `MODIFIED`, and the `hints` by header.
+    fn min_widths(&self, hints: &[(String, usize)]) -> Vec<usize> {
+        self.header()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let hint = hints.iter().find(|(n, _)| n == h).map_or(0, |(_, w)| *w);
+                let event = if i == 0 {
+                    ChangeKind::Modified.as_str().len()
+                } else {
+                    0
+                };
+                hint.max(event)
+            })
+            .collect()
+    }
+
     fn print(&mut self, changes: &[Change]) -> std::io::Result<()> {
         if changes.is_empty() {
             return Ok(());
         }
         let mut out = std::io::stdout().lock();
+        let wide = self.output == Output::Wide;
         match self.output {
             Output::Table | Output::Wide => {
                 let mut rows = vec![];
                 if !self.header_done {
-                    let mut h = vec!["EVENT".to_string()];
-                    if self.show_ns {
-                        h.push("NAMESPACE".into());
-                    }
-                    h.extend(self.columns.iter().map(|c| c.name.to_uppercase()));
-                    rows.push(h);
+                    rows.push(self.header());
                 }
                 for c in changes {
                     let mut r = vec![c.kind.as_str().to_string()];
                     if self.show_ns {
-                        r.push(
-                            c.object["metadata"]["namespace"]
-                                .as_str()
-                                .unwrap_or("")
-                                .to_string(),
-                        );
+                        let ns = c.seen.object["metadata"]["namespace"].as_str().unwrap_or("");
+                        r.push(ns.to_string());
                     }
-                    r.extend(cells(&c.object, &self.columns));
+                    r.extend(row_of(&c.seen, &self.columns, wide));
                     rows.push(r);
                 }
                 let lines = self.grid.format(&rows);
@@ -378,82 +889,126 @@ impl Printer {
                     self.header_done = true;
                 }
                 for (c, line) in changes.iter().zip(lines) {
-                    writeln!(out, "{line}")?;
+                    writeln!(out, "{}", self.event_line(c.kind, &line))?;
                     self.print_diff(&mut out, c)?;
+                    out.flush()?;
                 }
             }
             Output::Name => {
                 for c in changes {
-                    writeln!(out, "{}", name_of(&c.object, &self.rt))?;
+                    writeln!(out, "{}", name_of(&c.seen.object, &self.rt))?;
                     self.print_diff(&mut out, c)?;
+                    out.flush()?;
                 }
             }
             Output::Json => {
                 for c in changes {
-                    writeln!(out, "{}", serde_json::to_string_pretty(&c.object)?)?;
+                    writeln!(out, "{}", serde_json::to_string_pretty(&c.seen.object)?)?;
+                    out.flush()?;
                 }
             }
             Output::Yaml => {
                 for c in changes {
-                    let y = to_yaml(&c.object).map_err(std::io::Error::other)?;
+                    let y = to_yaml(&c.seen.object).map_err(std::io::Error::other)?;
                     write!(out, "---\n{y}")?;
+                    out.flush()?;
                 }
             }
             Output::Jsonl => {
                 for c in changes {
-                    let mut line = json!({"type": c.kind.as_str(), "object": c.object});
+                    let mut line = json!({"type": c.kind.as_str(), "object": c.seen.object});
                     if let (true, Some(d)) = (self.diff, &c.diff) {
                         line["diff"] = serde_json::to_value(d)?;
                     }
                     writeln!(out, "{}", serde_json::to_string(&line)?)?;
+                    out.flush()?;
                 }
             }
         }
         out.flush()
     }
 
+    /// The row with its event word coloured (the line starts with it).
+    fn event_line(&self, kind: ChangeKind, line: &str) -> String {
+        if !self.colour {
+            return line.to_string();
+        }
+        let colour = match kind {
+            ChangeKind::Added => ansi::GREEN,
+            ChangeKind::Modified => ansi::YELLOW,
+            ChangeKind::Deleted => ansi::RED,
+        };
+        let word = kind.as_str();
+        let rest = line.strip_prefix(word).unwrap_or(line);
+        format!("{colour}{word}{}{rest}", ansi::RESET)
+    }
+
     fn print_diff(&self, out: &mut impl Write, c: &Change) -> std::io::Result<()> {
         let (true, Some(diff)) = (self.diff, &c.diff) else {
             return Ok(());
         };
-        for (group, lines) in diff_groups(diff) {
-            writeln!(out, "    {group}:")?;
-            for l in lines {
-                writeln!(out, "      {l}")?;
+        for (group, changes) in grouped(diff) {
+            if self.colour {
+                writeln!(out, "    {}{group}:{}", ansi::DIM, ansi::RESET)?;
+            } else {
+                writeln!(out, "    {group}:")?;
+            }
+            for ch in changes {
+                writeln!(out, "      {}", diff_line(ch, self.colour))?;
             }
         }
         Ok(())
     }
 }
 
+/// One diff line: `path: old → new`, `+ path: new`, `- path: old`; with colour, old values
+/// red and new ones green (the text without the escapes is the same).
+pub fn diff_line(c: &FieldChange, colour: bool) -> String {
+    if !colour {
+        return c.to_string();
+    }
+    let show = |v: &Option<Value>| v.as_ref().map_or_else(|| "null".to_owned(), Value::to_string);
+    let (g, r, d, x) = (ansi::GREEN, ansi::RED, ansi::DIM, ansi::RESET);
+    match c.op {
+        Op::Changed => format!(
+            "{}: {r}{}{x} {d}→{x} {g}{}{x}",
+            c.path,
+            show(&c.old),
+            show(&c.new)
+        ),
+        Op::Added => format!("{g}+ {}: {}{x}", c.path, show(&c.new)),
+        Op::Removed => format!("{r}- {}: {}{x}", c.path, show(&c.old)),
+    }
+}
+
 /// The changes of `diff` grouped by top-level field: `spec` first, then `status`, then the
 /// others in order of appearance.
-pub fn diff_groups(diff: &Diff) -> Vec<(String, Vec<String>)> {
-    let mut groups: Vec<(String, Vec<String>)> = vec![("spec".into(), vec![]), ("status".into(), vec![])];
+fn grouped(diff: &Diff) -> Vec<(String, Vec<&FieldChange>)> {
+    let mut groups: Vec<(String, Vec<&FieldChange>)> =
+        vec![("spec".into(), vec![]), ("status".into(), vec![])];
     for c in diff {
         let top = c.path.split(['.', '[']).next().unwrap_or("").to_string();
-        let line = c.to_string();
         match groups.iter_mut().find(|(g, _)| *g == top) {
-            Some((_, lines)) => lines.push(line),
-            None => groups.push((top, vec![line])),
+            Some((_, lines)) => lines.push(c),
+            None => groups.push((top, vec![c])),
         }
     }
     groups.retain(|(_, l)| !l.is_empty());
     groups
 }
 
-fn to_value(mut o: DynamicObject, rt: &ResourceType) -> Value {
-    let ar = rt.api_resource();
-    o.types = Some(TypeMeta {
-        api_version: ar.api_version,
-        kind: ar.kind,
-    });
-    o.metadata.managed_fields = None;
-    serde_json::to_value(&o).unwrap_or(Value::Null)
+/// The changes of `diff` grouped by top-level field: `spec` first, then `status`, then the
+/// others in order of appearance; each change as its `Display` line.
+pub fn diff_groups(diff: &Diff) -> Vec<(String, Vec<String>)> {
+    grouped(diff)
+        .into_iter()
+        .map(|(g, cs)| (g, cs.iter().map(|c| c.to_string()).collect()))
+        .collect()
 }
 
-/// The printer columns for watch rows, from the CRD (NAME and AGE for other kinds).
-async fn watch_columns(client: &Client, target: &Target, wide: bool) -> Vec<Column> {
+/// Client-side printer columns, for servers that send plain objects instead of Tables: the
+/// CRD's (NAME and AGE for other kinds).
+async fn watch_columns(client: &Client, target: &Target) -> Vec<Column> {
     let crd = if target.rt.group.is_empty() {
         None
     } else {
@@ -467,108 +1022,223 @@ async fn watch_columns(client: &Client, target: &Target, wide: bool) -> Vec<Colu
         }
     };
     crd_columns(crd.as_ref(), &target.rt.version)
-        .into_iter()
-        .filter(|c| wide || c.priority == 0)
-        .collect()
 }
 
-/// List, then watch, printing changes until interrupted.
-async fn watch(client: &Client, target: &Target, args: &GetArgs) -> anyhow::Result<()> {
-    let mut source = KubeSource::from_api(target.api.clone(), target.namespace.as_deref());
-    if let Some(l) = &args.selector {
-        source = source.labels(l);
+fn new_backoff() -> ReconnectBackoff {
+    ReconnectBackoff::new(DEFAULT_BACKOFF.0, DEFAULT_BACKOFF.1)
+}
+
+/// A failure worth retrying even before the first sync (the server is there but busy).
+fn retryable(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 429 || s.code >= 500)
+}
+
+fn message_of(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => root_cause(other).0,
     }
-    let fields = match (&args.field_selector, &args.name) {
-        (Some(f), Some(n)) => Some(format!("{f},metadata.name={n}")),
-        (Some(f), None) => Some(f.clone()),
-        (None, Some(n)) => Some(format!("metadata.name={n}")),
-        (None, None) => None,
-    };
-    if let Some(f) = &fields {
-        source = source.fields(f);
+}
+
+/// Stderr notes about the connection, each said once per outage.
+#[derive(Default)]
+struct Notes {
+    interrupted: bool,
+}
+
+impl Notes {
+    fn interrupted(&mut self, why: &str) {
+        if !self.interrupted {
+            eprintln!("crwatch: watch interrupted ({why}); reconnecting");
+        }
+        self.interrupted = true;
     }
-    let columns = if matches!(args.output, Output::Table | Output::Wide) {
-        watch_columns(client, target, args.output == Output::Wide).await
-    } else {
-        vec![]
+
+    fn expired(&mut self) {
+        eprintln!("crwatch: watch expired (410 Gone); relisting to catch up");
+        self.interrupted = true;
+    }
+
+    fn reconnected(&mut self, changes: Option<usize>) {
+        if std::mem::take(&mut self.interrupted) {
+            match changes {
+                Some(n) => eprintln!("crwatch: reconnected; {n} change(s) since"),
+                None => eprintln!("crwatch: reconnected"),
+            }
+        }
+    }
+}
+
+/// List, then watch, printing changes until interrupted (Ctrl-C or `embed.stop`).
+async fn watch(client: &Client, target: &Target, args: &GetArgs, embed: &Embed) -> anyhow::Result<()> {
+    let stop = embed.stop.clone();
+    let ctrl_c = async {
+        if embed.external_ctrl_c {
+            std::future::pending::<()>().await;
+        }
+        // An error means no signal handling: then only `stop` ends the watch.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
+    tokio::select! {
+        _ = ctrl_c => Ok(()),
+        _ = stop.cancelled() => Ok(()),
+        r = follow(client, target, args, embed) => match r {
+            Err(e) if is_broken_pipe(&e) => Ok(()),
+            other => other,
+        },
+    }
+}
+
+async fn follow(client: &Client, target: &Target, args: &GetArgs, embed: &Embed) -> anyhow::Result<()> {
+    let table = matches!(args.output, Output::Table | Output::Wide);
+    let sel = Selectors::of(args, true);
     let mut printer = Printer {
         output: args.output,
         rt: target.rt.clone(),
-        columns,
+        columns: vec![],
         show_ns: target.show_namespace(),
         diff: args.diff,
-        grid: Grid::with_min_widths(vec![Kind::Modified.as_str().len()]),
+        colour: colour_for(std::io::stdout().is_terminal()),
+        grid: Grid::with_min_widths(vec![ChangeKind::Modified.as_str().len()]),
         header_done: false,
     };
-    let mut events = Box::new(source).events();
     let mut tracker = Tracker::default();
-    let mut buffer: Option<Vec<Value>> = None;
+    let mut backoff = new_backoff();
+    let mut notes = Notes::default();
     let mut synced = false;
-    let mut interrupted = false;
-    loop {
-        let next = tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            next = events.next() => next,
-        };
-        let Some(next) = next else {
-            anyhow::bail!("the watch ended");
-        };
-        use kube::runtime::watcher::Event;
-        let changes = match next {
+    let idle = Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS)) + IDLE_MARGIN;
+    let stderr_tty = std::io::stderr().is_terminal();
+    'relist: loop {
+        let mut progress = ListProgress::new(target.describe(), stderr_tty);
+        let listed = list_all(client, target, &sel, table.then_some(true), &mut progress).await;
+        progress.finish();
+        let listed = match listed {
+            Ok(l) => l,
+            Err(e) if !synced && !retryable(&e) => return Err(explain(e, "listing")),
             Err(e) => {
-                if !interrupted {
-                    eprintln!("crwatch: watch interrupted ({}); reconnecting", e.message);
-                }
-                interrupted = true;
-                continue;
+                notes.interrupted(&message_of(&e));
+                tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
+                continue 'relist;
             }
-            Ok(Event::Init) => {
-                if synced {
-                    eprintln!("crwatch: relisting to catch up after a reconnect");
-                }
-                buffer = Some(vec![]);
-                continue;
-            }
-            Ok(Event::InitApply(o)) => {
-                buffer.get_or_insert_with(Vec::new).push(to_value(o, &target.rt));
-                continue;
-            }
-            Ok(Event::InitDone) => {
-                let objs = buffer.take().unwrap_or_default();
-                let changes = tracker.replace(objs);
-                let first = !synced;
-                synced = true;
-                if interrupted {
-                    eprintln!("crwatch: reconnected; {} change(s) since", changes.len());
-                    interrupted = false;
-                }
-                if first && args.watch_only { vec![] } else { changes }
-            }
-            Ok(Event::Apply(o)) => {
-                if interrupted {
-                    eprintln!("crwatch: reconnected");
-                    interrupted = false;
-                }
-                tracker.apply(to_value(o, &target.rt)).into_iter().collect()
-            }
-            Ok(Event::Delete(o)) => tracker.delete(to_value(o, &target.rt)).into_iter().collect(),
         };
-        if let Err(e) = printer.print(&changes) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(());
+        if table && printer.columns.is_empty() {
+            printer.columns = match listed.columns {
+                Some(c) => c,
+                None => watch_columns(client, target).await,
+            };
+            printer.grid = Grid::with_min_widths(printer.min_widths(&embed.min_widths));
+        }
+        let changes = tracker.replace(listed.items);
+        notes.reconnected(Some(changes.len()));
+        let first = !synced;
+        synced = true;
+        if !(first && args.watch_only) {
+            print(&mut printer, changes, embed)?;
+        }
+        if first {
+            embed.report(WatchReport::Synced);
+        }
+        let mut rv = listed.resource_version;
+        loop {
+            let req = kube::core::Request::new(target.api.resource_url())
+                .watch(&sel.watch_params(), &rv)
+                .context("building the watch request")?;
+            let req = if table { as_table(req, true) } else { req };
+            let stream = match client.request_events::<Value>(req).await {
+                Ok(s) => s,
+                Err(kube::Error::Api(s)) if s.code == 410 => {
+                    notes.expired();
+                    continue 'relist;
+                }
+                Err(e) => {
+                    notes.interrupted(&message_of(&e));
+                    tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
+                    continue;
+                }
+            };
+            let mut stream = std::pin::pin!(stream);
+            let mut got_any = false;
+            loop {
+                let event = match tokio::time::timeout(idle, stream.next()).await {
+                    // A dead connection, or the end of the server's timeout: resume from `rv`.
+                    Err(_) | Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        notes.interrupted(&message_of(&e));
+                        tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
+                        break;
+                    }
+                    Ok(Some(Ok(event))) => event,
+                };
+                let (kind, object) = match event {
+                    WatchEvent::Error(s) if s.code == 410 => {
+                        notes.expired();
+                        continue 'relist;
+                    }
+                    WatchEvent::Error(s) => {
+                        notes.interrupted(&s.message);
+                        tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
+                        break;
+                    }
+                    WatchEvent::Bookmark(b) => {
+                        rv = b.metadata.resource_version;
+                        (None, None)
+                    }
+                    WatchEvent::Added(o) | WatchEvent::Modified(o) => (Some(false), Some(o)),
+                    WatchEvent::Deleted(o) => (Some(true), Some(o)),
+                };
+                if !got_any {
+                    got_any = true;
+                    backoff = new_backoff();
+                    notes.reconnected(None);
+                }
+                let (Some(deleted), Some(object)) = (kind, object) else {
+                    continue;
+                };
+                if table && printer.columns.is_empty() && is_table(&object) {
+                    printer.columns = server_columns(&object).unwrap_or_default();
+                }
+                for seen in seen_in(object, &target.rt) {
+                    if let Some(v) = seen.object["metadata"]["resourceVersion"].as_str() {
+                        rv = v.to_string();
+                    }
+                    let change = if deleted {
+                        tracker.delete(seen)
+                    } else {
+                        tracker.apply(seen)
+                    };
+                    print(&mut printer, change.into_iter().collect(), embed)?;
+                }
             }
-            return Err(e).context("writing to stdout");
+            if !got_any {
+                // Closed without a single event: do not hammer a server that keeps doing so.
+                tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
+            }
         }
     }
+}
+
+fn print(printer: &mut Printer, changes: Vec<Change>, embed: &Embed) -> anyhow::Result<()> {
+    printer.print(&changes).context("writing to stdout")?;
+    for c in changes {
+        embed.report(WatchReport::Printed {
+            kind: c.kind,
+            object: c.seen.object,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn obj(name: &str, rv: &str, size: &str) -> Value {
-        json!({"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}, "spec": {"size": size}})
+    fn obj(name: &str, rv: &str, size: &str) -> Seen {
+        Seen {
+            object: json!({"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}, "spec": {"size": size}}),
+            cells: None,
+        }
     }
 
     #[test]
@@ -577,20 +1247,20 @@ mod tests {
         let first = t.replace(vec![obj("a", "1", "1Gi"), obj("b", "2", "1Gi")]);
         assert_eq!(
             first.iter().map(|c| c.kind).collect::<Vec<_>>(),
-            [Kind::Added, Kind::Added]
+            [ChangeKind::Added, ChangeKind::Added]
         );
         assert!(
             t.replace(vec![obj("a", "1", "1Gi"), obj("b", "2", "1Gi")])
                 .is_empty()
         );
         let again = t.replace(vec![obj("a", "3", "2Gi"), obj("c", "4", "1Gi")]);
-        let kinds: Vec<_> = again.iter().map(|c| (c.kind, key(&c.object))).collect();
+        let kinds: Vec<_> = again.iter().map(|c| (c.kind, key(&c.seen.object))).collect();
         assert_eq!(
             kinds,
             [
-                (Kind::Deleted, "ns/b".to_string()),
-                (Kind::Modified, "ns/a".to_string()),
-                (Kind::Added, "ns/c".to_string())
+                (ChangeKind::Deleted, "ns/b".to_string()),
+                (ChangeKind::Modified, "ns/a".to_string()),
+                (ChangeKind::Added, "ns/c".to_string())
             ]
         );
         assert_eq!(
@@ -611,5 +1281,85 @@ mod tests {
         let names: Vec<&str> = g.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["spec", "status", "metadata"]);
         assert_eq!(g[0].1, ["spec.size: \"1\" → \"2\""]);
+    }
+
+    fn strip_ansi(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn coloured_diff_lines_read_the_same_without_escapes() {
+        let d = Diff::between(
+            &json!({"spec": {"size": "1Gi", "users": [{"username": "a"}], "gone": 1}}),
+            &json!({"spec": {"size": "2Gi", "users": [{"username": "a"}, {"username": "b"}]}}),
+        );
+        assert_eq!(d.len(), 3);
+        for c in &d {
+            let coloured = diff_line(c, true);
+            assert!(coloured.contains('\x1b'), "{coloured:?}");
+            assert_eq!(strip_ansi(&coloured), c.to_string());
+            assert_eq!(diff_line(c, false), c.to_string());
+        }
+    }
+
+    #[test]
+    fn table_rows_carry_their_object_and_cells() {
+        let rt = ResourceType {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+            singular: "configmap".into(),
+            short_names: vec![],
+            namespaced: true,
+            preferred: true,
+        };
+        let t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "rows": [
+            {"cells": ["a", 2, "5s"], "object": {"metadata": {"name": "a", "managedFields": []}, "data": {"k": "v"}}}]});
+        let seen = seen_in(t, &rt);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].cells, Some(vec![json!("a"), json!(2), json!("5s")]));
+        assert_eq!(
+            seen[0].object,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}})
+        );
+        let plain = seen_in(json!({"items": [{"metadata": {"name": "b"}}]}), &rt);
+        assert_eq!(plain[0].cells, None);
+        assert_eq!(plain[0].object["kind"], "ConfigMap");
+    }
+
+    #[test]
+    fn connection_errors_name_the_server() {
+        let refused = ConnectError {
+            url: Some("https://127.0.0.1:1/".into()),
+            refused: true,
+            cause: "Connection refused (os error 111)".into(),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "The connection to the server 127.0.0.1:1 was refused - did you specify the right host or port?"
+        );
+        let other = ConnectError {
+            url: Some("https://nowhere.invalid:6443/".into()),
+            refused: false,
+            cause: "dns error".into(),
+        };
+        assert_eq!(
+            other.to_string(),
+            "Unable to connect to the server https://nowhere.invalid:6443: dns error"
+        );
     }
 }

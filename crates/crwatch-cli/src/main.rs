@@ -1,9 +1,11 @@
 //! The `crwatch` binary: parses arguments, runs [`crwatch_cli::run`], and prints errors the way
-//! kubectl does (`error: ...` on stderr, exit code 1).
+//! kubectl does (`error: ...` on stderr, server and connection errors without the prefix; exit
+//! code 1, 2 for usage errors).
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use crwatch_cli::get::{ConnectError, ServerError};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -18,10 +20,13 @@ async fn main() -> ExitCode {
     match crwatch_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            match e.downcast_ref::<crwatch_cli::get::ServerError>() {
-                // kubectl prints server errors without the `error: ` prefix.
-                Some(server) => eprintln!("{server}"),
-                None => eprintln!("error: {e:#}"),
+            // kubectl prints server and connection errors without the `error: ` prefix.
+            if let Some(server) = e.downcast_ref::<ServerError>() {
+                eprintln!("{server}");
+            } else if let Some(conn) = e.downcast_ref::<ConnectError>() {
+                eprintln!("{conn}");
+            } else {
+                eprintln!("error: {e:#}");
             }
             ExitCode::FAILURE
         }

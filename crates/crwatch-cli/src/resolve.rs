@@ -123,10 +123,20 @@ pub async fn discover(client: &Client) -> anyhow::Result<Vec<ResourceType>> {
     for g in groups.groups {
         let preferred = g.preferred_version.as_ref().map(|p| p.version.clone());
         for (i, v) in g.versions.iter().enumerate() {
-            let list = client
-                .list_api_group_resources(&v.group_version)
-                .await
-                .with_context(|| format!("discovering /apis/{}", v.group_version))?;
+            let list = match client.list_api_group_resources(&v.group_version).await {
+                Ok(list) => list,
+                // One broken aggregated API (a metrics server that is down answers 503) must
+                // not hide every other type; kubectl skips it the same way.
+                Err(kube::Error::Api(s)) => {
+                    tracing::warn!("skipping /apis/{}: {}", v.group_version, s.message);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("discovering /apis/{}", v.group_version))
+                    );
+                }
+            };
             let is_preferred = preferred.as_deref().map_or(i == 0, |p| p == v.version);
             push_resources(&mut out, &g.name, &v.version, is_preferred, list);
         }

@@ -1,6 +1,7 @@
-//! Tables as kubectl prints them: the server-side `meta.k8s.io/v1` Table for lists, and the
-//! same printer columns computed client-side (from the CRD's `additionalPrinterColumns`) for
-//! watch events; columns aligned with three spaces between them.
+//! Tables as kubectl prints them: the server-side `meta.k8s.io/v1` Table (for lists and, with
+//! `-w`, for every watch event), or the same printer columns computed client-side (from the
+//! CRD's `additionalPrinterColumns`) when a server sends plain objects; columns aligned with
+//! three spaces between them.
 
 use serde_json::Value;
 
@@ -13,7 +14,8 @@ pub struct Column {
     pub type_: String,
     /// 0 for the default view, more for `-o wide` only.
     pub priority: i64,
-    /// Where the value sits in the object (client-side columns only).
+    /// Where the value sits in the object (client-side columns only; `None` for the columns of
+    /// a server-side Table, whose rows carry their cells).
     pub json_path: Option<String>,
 }
 
@@ -74,16 +76,9 @@ pub type Row = (Option<String>, Vec<String>);
 /// Columns and rows of a server-side Table (`columnDefinitions`, `rows[].cells`), filtered to
 /// priority 0 unless `wide`; each row with the namespace of its object (from `rows[].object`).
 pub fn from_server_table(table: &Value, wide: bool) -> (Vec<String>, Vec<Row>) {
-    let defs = table["columnDefinitions"].as_array().cloned().unwrap_or_default();
-    let keep: Vec<bool> = defs
-        .iter()
-        .map(|d| wide || d["priority"].as_i64().unwrap_or(0) == 0)
-        .collect();
-    let header = defs
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .map(|(d, _)| d["name"].as_str().unwrap_or("").to_uppercase())
+    let columns = server_columns(table).unwrap_or_default();
+    let header = visible(&columns, wide)
+        .map(|(_, c)| c.name.to_uppercase())
         .collect();
     let rows = table["rows"]
         .as_array()
@@ -91,22 +86,52 @@ pub fn from_server_table(table: &Value, wide: bool) -> (Vec<String>, Vec<Row>) {
             rows.iter()
                 .map(|r| {
                     let ns = r["object"]["metadata"]["namespace"].as_str().map(str::to_string);
-                    let cells = r["cells"]
-                        .as_array()
-                        .map(|c| {
-                            c.iter()
-                                .zip(&keep)
-                                .filter(|(_, k)| **k)
-                                .map(|(v, _)| cell_text(v))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    (ns, cells)
+                    let cells = r["cells"].as_array().map(Vec::as_slice).unwrap_or_default();
+                    (ns, row_cells(cells, &columns, wide))
                 })
                 .collect()
         })
         .unwrap_or_default();
     (header, rows)
+}
+
+/// Whether `v` is a `meta.k8s.io` Table (what servers answer to the Table `Accept` header).
+pub fn is_table(v: &Value) -> bool {
+    v["kind"] == "Table"
+        && v["apiVersion"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("meta.k8s.io/"))
+}
+
+/// The columns of a server-side Table (`columnDefinitions`), or `None` when it carries none
+/// (servers send them only with the first event of a watch).
+pub fn server_columns(table: &Value) -> Option<Vec<Column>> {
+    let defs = table["columnDefinitions"].as_array()?;
+    Some(
+        defs.iter()
+            .map(|d| Column {
+                name: d["name"].as_str().unwrap_or("").to_string(),
+                type_: d["type"].as_str().unwrap_or("string").to_string(),
+                priority: d["priority"].as_i64().unwrap_or(0),
+                json_path: None,
+            })
+            .collect(),
+    )
+}
+
+/// The columns shown (priority 0 unless `wide`), with their index among all columns.
+pub fn visible(columns: &[Column], wide: bool) -> impl Iterator<Item = (usize, &Column)> {
+    columns
+        .iter()
+        .enumerate()
+        .filter(move |(_, c)| wide || c.priority == 0)
+}
+
+/// The shown cells of a server-side row whose cells follow `columns`.
+pub fn row_cells(cells: &[Value], columns: &[Column], wide: bool) -> Vec<String> {
+    visible(columns, wide)
+        .map(|(i, _)| cells.get(i).map(cell_text).unwrap_or_default())
+        .collect()
 }
 
 /// The client-side columns of a custom resource version (NAME first, then the CRD's
@@ -203,12 +228,18 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
-/// The cells of `obj` for `columns` (dates as ages).
+/// The cells of `obj` for `columns` (dates as ages). A column without a JSONPath (a server
+/// column, for an object the server sent without cells) shows the name if it is the NAME
+/// column and nothing otherwise.
 pub fn cells(obj: &Value, columns: &[Column]) -> Vec<String> {
     columns
         .iter()
         .map(|c| {
-            let v = c.json_path.as_deref().and_then(|p| eval(obj, p));
+            let v = match &c.json_path {
+                Some(p) => eval(obj, p),
+                None if c.name.eq_ignore_ascii_case("name") => obj.pointer("/metadata/name"),
+                None => None,
+            };
             match (c.type_.as_str(), v) {
                 ("date", Some(Value::String(ts))) => chrono::DateTime::parse_from_rfc3339(ts)
                     .map(|t| human_duration((chrono::Utc::now() - t.to_utc()).num_seconds()))
@@ -258,14 +289,33 @@ mod tests {
     #[test]
     fn server_tables_filter_by_priority() {
         let t = json!({
+            "kind": "Table", "apiVersion": "meta.k8s.io/v1",
             "columnDefinitions": [{"name": "Name", "priority": 0}, {"name": "Extra", "priority": 1}],
             "rows": [{"cells": ["a", true], "object": {"metadata": {"namespace": "ns"}}}],
         });
+        assert!(is_table(&t));
+        assert!(!is_table(
+            &json!({"kind": "Table", "apiVersion": "example.com/v1"})
+        ));
         let (h, rows) = from_server_table(&t, false);
         assert_eq!(h, ["NAME"]);
         assert_eq!(rows, [(Some("ns".to_string()), vec!["a".to_string()])]);
         let (h, rows) = from_server_table(&t, true);
         assert_eq!(h, ["NAME", "EXTRA"]);
         assert_eq!(rows[0].1, ["a", "true"]);
+        // Watch events after the first carry no column definitions.
+        assert_eq!(server_columns(&json!({"columnDefinitions": null})), None);
+    }
+
+    #[test]
+    fn server_columns_fall_back_to_the_name_for_objects_without_cells() {
+        let cols = server_columns(&json!({"columnDefinitions": [
+            {"name": "Name", "type": "string"}, {"name": "Data", "type": "string"}]}))
+        .unwrap_or_default();
+        assert_eq!(
+            cells(&json!({"metadata": {"name": "x"}}), &cols),
+            ["x".to_string(), String::new()]
+        );
+        assert_eq!(row_cells(&[json!("x"), json!(2)], &cols, false), ["x", "2"]);
     }
 }

@@ -1,34 +1,19 @@
 //! `crwatch get` end to end: the built binary against an in-process crwatch-apiserver, output
-//! checked line by line.
+//! checked line by line; errors (unknown types, forbidden, unreachable servers) with their exit
+//! codes.
+
+mod common;
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::{BIN, database, databases, server, words};
 use crwatch_apiserver::TestServer;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::discovery::ApiResource;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_crwatch");
-
-async fn server() -> TestServer {
-    let server = TestServer::start().await.expect("server starts");
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/database-crd.yaml");
-    server.server().apply_file(&crd).await.expect("CRD applied");
-    server
-}
-
-fn database(name: &str, ns: &str, size: &str, labels: Value) -> Value {
-    json!({
-        "apiVersion": "stable.example.com/v1",
-        "kind": "Database",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"engine": "PostgreSQL", "version": "15", "size": size},
-    })
-}
 
 struct Out {
     code: i32,
@@ -37,14 +22,23 @@ struct Out {
 }
 
 async fn crwatch(server: &TestServer, args: &[&str]) -> Out {
+    crwatch_with(server.kubeconfig(), args).await
+}
+
+/// `crwatch get ARGS --kubeconfig KUBECONFIG`, to completion (at most 20 s).
+async fn crwatch_with(kubeconfig: &Path, args: &[&str]) -> Out {
     let out = Command::new(BIN)
         .arg("get")
         .args(args)
         .arg("--kubeconfig")
-        .arg(server.kubeconfig())
+        .arg(kubeconfig)
         .env_remove("KUBECONFIG")
-        .output()
+        .env_remove("NO_COLOR")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(common::WAIT, out)
         .await
+        .expect("crwatch ends within 20 s")
         .expect("crwatch runs");
     Out {
         code: out.status.code().unwrap_or(-1),
@@ -54,10 +48,6 @@ async fn crwatch(server: &TestServer, args: &[&str]) -> Out {
             .collect(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-fn words(line: &str) -> Vec<&str> {
-    line.split_whitespace().collect()
 }
 
 #[tokio::test]
@@ -243,6 +233,7 @@ impl Watch {
             .arg("--kubeconfig")
             .arg(server.kubeconfig())
             .env_remove("KUBECONFIG")
+            .env_remove("NO_COLOR")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -301,14 +292,7 @@ async fn watch_with_diff_survives_dropped_watches_and_compaction_without_duplica
     assert_eq!(words(&added)[..4], ["ADDED", "my-app-db", "PostgreSQL", "15"]);
     assert!(added.starts_with("ADDED      my-app-db   "), "{added:?}");
 
-    let ar = ApiResource {
-        group: "stable.example.com".into(),
-        version: "v1".into(),
-        api_version: "stable.example.com/v1".into(),
-        kind: "Database".into(),
-        plural: "databases".into(),
-    };
-    let api: Api<DynamicObject> = Api::namespaced_with(server.client(), "default", &ar);
+    let api = databases(&server, "default");
     api.patch(
         "my-app-db",
         &PatchParams::default(),
@@ -384,4 +368,214 @@ async fn watch_only_skips_the_current_state() {
         .unwrap();
     assert_eq!(watch.line().await, "database.stable.example.com/new-db");
     watch.child.kill().await.unwrap();
+}
+
+/// Lines of `watch` until `done` holds for them.
+async fn lines_until(watch: &mut Watch, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let mut lines = vec![];
+    while !done(&lines) {
+        lines.push(watch.line().await);
+    }
+    lines
+}
+
+#[tokio::test]
+async fn watch_in_a_pipe_is_plain_and_streams_line_by_line() {
+    let server = server().await;
+    common::scenario_setup(&server).await;
+    let mut watch = Watch::start(&server, &common::SCENARIO_ARGS[1..]);
+    // Each event arrives while crwatch runs: output is flushed per event even in a pipe.
+    let mut lines = lines_until(&mut watch, |l| l.iter().any(|l| l.starts_with("ADDED"))).await;
+    common::scenario_changes(&server).await;
+    lines.extend(lines_until(&mut watch, common::scenario_done).await);
+    common::check_scenario(&lines);
+    assert!(
+        lines.iter().all(|l| !l.contains('\x1b')),
+        "no colours in a pipe: {lines:?}"
+    );
+    watch.child.kill().await.unwrap();
+    let mut stderr = vec![];
+    while let Ok(Ok(Some(l))) = tokio::time::timeout(common::WAIT, watch.stderr.next_line()).await {
+        stderr.push(l);
+    }
+    assert_eq!(stderr, Vec::<String>::new(), "no spinner or notes in a pipe");
+}
+
+#[tokio::test]
+async fn watch_rows_of_built_in_kinds_have_the_columns_of_the_list() {
+    let server = server().await;
+    let cm = |name: &str, data: Value| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default", "labels": {"test": "yes"}}, "data": data})
+    };
+    server.server().apply(cm("a", json!({"x": "1"}))).await.unwrap();
+    let out = crwatch(&server, &["cm", "-l", "test=yes"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(words(&out.stdout[0]), ["NAME", "DATA", "AGE"]);
+
+    let mut watch = Watch::start(&server, &["configmaps", "-l", "test=yes", "-w", "--diff"]);
+    let header = watch.line().await;
+    assert_eq!(words(&header), ["EVENT", "NAME", "DATA", "AGE"]);
+    let cells = |line: &str| common::cells_at(&header, line)[..3].to_vec();
+    assert_eq!(cells(&watch.line().await), ["ADDED", "a", "1"]);
+    server
+        .server()
+        .apply(cm("b", json!({"x": "1", "y": "2"})))
+        .await
+        .unwrap();
+    assert_eq!(cells(&watch.line().await), ["ADDED", "b", "2"]);
+    let cms: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        server.client(),
+        "default",
+        &kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+    );
+    cms.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"z": "3"}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cells(&watch.line().await), ["MODIFIED", "b", "3"]);
+    assert_eq!(watch.line().await, "    data:");
+    assert_eq!(watch.line().await, "      + data.z: \"3\"");
+    cms.delete("b", &Default::default()).await.unwrap();
+    assert_eq!(cells(&watch.line().await), ["DELETED", "b", "3"]);
+    watch.child.kill().await.unwrap();
+}
+
+/// A copy of the server's kubeconfig with `from` replaced by `to` (the server URL, the token).
+fn kubeconfig_with(server: &TestServer, from: &str, to: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    assert!(text.contains(from), "{from} in {text}");
+    let path = server.dir().join(format!("kubeconfig-{}", to.len()));
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    path
+}
+
+fn assert_no_panic(out: &Out) {
+    assert!(
+        !out.stderr.contains("panicked") && !out.stderr.contains("RUST_BACKTRACE"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn unreachable_servers_are_named_and_exit_1() {
+    let server = server().await;
+    let url = server.server().url().to_string();
+    let kubeconfig = kubeconfig_with(&server, &url, "https://127.0.0.1:1");
+    for args in [
+        &["databases"][..],
+        &["databases", "-w"],
+        &["db", "x", "-o", "yaml"],
+    ] {
+        let out = crwatch_with(&kubeconfig, args).await;
+        assert_no_panic(&out);
+        assert_eq!(
+            (out.code, out.stderr.trim_end()),
+            (
+                1,
+                "The connection to the server 127.0.0.1:1 was refused - did you specify the right host or port?"
+            ),
+            "{args:?}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn wrong_credentials_and_usage_errors_exit_with_their_codes() {
+    let server = server().await;
+    let token = server.server().token().to_string();
+    let kubeconfig = kubeconfig_with(&server, &token, "not-the-token");
+    for args in [&["databases"][..], &["databases", "-w"]] {
+        let out = crwatch_with(&kubeconfig, args).await;
+        assert_no_panic(&out);
+        assert_eq!(
+            (out.code, out.stderr.trim_end()),
+            (1, "error: You must be logged in to the server (Unauthorized)"),
+            "{args:?}"
+        );
+    }
+    // No such resource type, listing or watching.
+    for args in [&["nosuchthings"][..], &["nosuchthings", "-w"]] {
+        let out = crwatch(&server, args).await;
+        assert_no_panic(&out);
+        assert_eq!(
+            (out.code, out.stderr.trim_end()),
+            (
+                1,
+                "error: the server doesn't have a resource type \"nosuchthings\""
+            )
+        );
+    }
+    // Usage errors are clap's: exit code 2.
+    let out = Command::new(BIN).arg("get").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN)
+        .args(["get", "db", "-o", "nonsense"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+const FORBIDDEN: &str = "configmaps is forbidden: User \"alice\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\"";
+
+/// A server that serves discovery (ConfigMaps only) and forbids everything else, as a real
+/// cluster answers a user without RBAC permissions.
+async fn forbidding_server(dir: &Path) -> std::path::PathBuf {
+    use axum::http::{StatusCode, Uri, header};
+    let app = axum::Router::new().fallback(|uri: Uri| async move {
+        let ok = |v: Value| (StatusCode::OK, v.to_string());
+        let (code, body) = match uri.path() {
+            "/api" => ok(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})),
+            "/api/v1" => ok(json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                {"name": "configmaps", "singularName": "configmap", "namespaced": true, "kind": "ConfigMap",
+                 "verbs": ["get", "list", "watch"], "shortNames": ["cm"]}]})),
+            "/apis" => ok(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})),
+            _ => (
+                StatusCode::FORBIDDEN,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": FORBIDDEN, "reason": "Forbidden", "details": {"kind": "configmaps"}, "code": 403})
+                .to_string(),
+            ),
+        };
+        (code, [(header::CONTENT_TYPE, "application/json")], body)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let path = dir.join("forbidden-kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stub\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: alice\n  user:\n    token: alice\ncontexts:\n- name: stub\n  context:\n    cluster: stub\n    user: alice\n    namespace: default\ncurrent-context: stub\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn forbidden_answers_print_the_servers_message_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = forbidding_server(dir.path()).await;
+    // Listing, getting one, and watching (which must not retry forever).
+    for args in [
+        &["configmaps"][..],
+        &["cm", "x"],
+        &["cm", "-w", "--diff"],
+        &["cm", "-o", "json"],
+    ] {
+        let out = crwatch_with(&kubeconfig, args).await;
+        assert_no_panic(&out);
+        assert_eq!(
+            (out.code, out.stderr.trim_end()),
+            (1, format!("Error from server (Forbidden): {FORBIDDEN}").as_str()),
+            "{args:?}"
+        );
+    }
 }
