@@ -10,11 +10,14 @@
 //! * [`quantity`]: Kubernetes quantities as bytes.
 
 pub mod certs;
+pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod engine;
 pub mod naming;
 pub mod password;
 pub mod quantity;
+pub mod run;
 pub mod types;
 pub mod validate;
 pub mod webhook;

@@ -362,18 +362,18 @@ impl PostgresEngine {
 
     /// See [`super::Engine::database_size`].
     pub async fn database_size(&self, name: &str) -> Result<u64, EngineError> {
-        let op = format_args!("measure database {name:?}");
+        let op = format!("measure database {name:?}");
         let size: Option<i64> =
             sqlx::query_scalar("SELECT pg_database_size(datname) FROM pg_database WHERE datname = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(|e| self.error(op, e))?;
+                .map_err(|e| self.error(&op, e))?;
         match size {
             Some(bytes) => Ok(u64::try_from(bytes).unwrap_or(0)),
             None => Err(self
                 .ctx
-                .error(op, ErrorKind::NotFound(format!("database {name:?}")))),
+                .error(&op, ErrorKind::NotFound(format!("database {name:?}")))),
         }
     }
 
