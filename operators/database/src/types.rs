@@ -246,7 +246,7 @@ pub enum DeletionPolicy {
 string_enum_schema!(
     DeletionPolicy,
     "What happens to the database on the server when this object is deleted: Retain keeps it \
-     (users are removed), Delete drops it.",
+     and its users, Delete drops both.",
     ["Retain", "Delete"],
     default = "Retain"
 );

@@ -574,18 +574,14 @@ const CLUSTER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
     (
         "stable.example.com",
         "databases",
-        &["get", "list", "watch", "update", "patch"],
+        &["get", "list", "watch", "patch"],
     ),
-    (
-        "stable.example.com",
-        "databases/status",
-        &["get", "update", "patch"],
-    ),
+    ("stable.example.com", "databases/status", &["patch"]),
     ("stable.example.com", "databases/finalizers", &["update"]),
     (
         "",
         "secrets",
-        &["get", "list", "watch", "create", "update", "patch", "delete"],
+        &["get", "list", "watch", "create", "update"],
     ),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
