@@ -734,14 +734,13 @@ async fn two_hundred_databases_reach_ready() {
     );
     op.stop().await;
     let engine = Engine::connect(DatabaseEngine::PostgreSQL, &pg.admin_url()).unwrap();
+    let mut drops = tokio::task::JoinSet::new();
     for i in 0..n {
-        engine
-            .drop_database(&database_name(
-                DatabaseEngine::PostgreSQL,
-                "bulk",
-                &format!("b-{i}"),
-            ))
-            .await
-            .unwrap();
+        let engine = engine.clone();
+        let name = database_name(DatabaseEngine::PostgreSQL, "bulk", &format!("b-{i}"));
+        drops.spawn(async move { engine.drop_database(&name).await });
+    }
+    while let Some(done) = drops.join_next().await {
+        done.unwrap().unwrap();
     }
 }

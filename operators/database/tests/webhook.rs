@@ -578,11 +578,7 @@ const CLUSTER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ),
     ("stable.example.com", "databases/status", &["patch"]),
     ("stable.example.com", "databases/finalizers", &["update"]),
-    (
-        "",
-        "secrets",
-        &["get", "list", "watch", "create", "update"],
-    ),
+    ("", "secrets", &["get", "list", "watch", "create", "update"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
