@@ -224,47 +224,22 @@ impl StreamRunner {
             }
         }
         for (key, new) in listed {
-            match seen.get(&key) {
+            let change = match seen.get(&key) {
                 Some(old) if old.uid == new.uid && old.resource_version == new.resource_version => continue,
-                Some(old) if old.uid == new.uid => {
-                    let change = forward.then(|| modified(&key, old, &new));
-                    self.dispatcher
-                        .dispatch(
-                            self.spec.index,
-                            change,
-                            Op::Upsert(key.clone(), new.clone()),
-                            None,
-                        )
-                        .await;
-                }
+                Some(old) if old.uid == new.uid => modified(&key, old, &new),
                 Some(old) => {
                     // Deleted and created again under the same name while we were not looking.
-                    let change = forward.then(|| deleted(&key, old));
-                    self.dispatcher
-                        .dispatch(self.spec.index, change, Op::Remove(key.clone()), None)
-                        .await;
-                    let change = forward.then(|| added(&key, &new));
-                    self.dispatcher
-                        .dispatch(
-                            self.spec.index,
-                            change,
-                            Op::Upsert(key.clone(), new.clone()),
-                            None,
-                        )
-                        .await;
+                    let gone = forward.then(|| deleted(&key, old));
+                    let op = Op::Remove(key.clone());
+                    self.dispatcher.dispatch(self.spec.index, gone, op, None).await;
+                    added(&key, &new)
                 }
-                None => {
-                    let change = forward.then(|| added(&key, &new));
-                    self.dispatcher
-                        .dispatch(
-                            self.spec.index,
-                            change,
-                            Op::Upsert(key.clone(), new.clone()),
-                            None,
-                        )
-                        .await;
-                }
-            }
+                None => added(&key, &new),
+            };
+            let op = Op::Upsert(key.clone(), new.clone());
+            self.dispatcher
+                .dispatch(self.spec.index, forward.then_some(change), op, None)
+                .await;
             seen.insert(key, new);
         }
     }
