@@ -312,7 +312,15 @@ async fn watch_with_diff_survives_dropped_watches_and_compaction_without_duplica
     // watch gets 410 Gone and must relist, printing nothing for the unchanged object.
     let faults = server.faults();
     faults.pause();
+    let watches = faults.count("watch", "databases");
     faults.drop_watches();
+    // Only once the old watch is gone (its successor held by the pause) does compaction force a
+    // relist; a watch still open would simply carry on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while faults.count("watch", "databases") <= watches {
+        assert!(std::time::Instant::now() < deadline, "crwatch never watched again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server
         .server()
         .apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bump", "namespace": "default"}}))

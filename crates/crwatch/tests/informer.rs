@@ -121,7 +121,14 @@ async fn a_relist_after_410_reports_only_real_changes() {
     let faults = server.faults();
     let lists_before = faults.count("list", "configmaps");
     faults.pause();
+    let watches = faults.count("watch", "configmaps");
     faults.drop_watches();
+    // The old watch must be gone (its successor is held by the pause) before the writes, or it
+    // could still deliver them and no relist would be needed.
+    wait_for(20, "the informer to watch again", || {
+        (faults.count("watch", "configmaps") > watches).then_some(())
+    })
+    .await;
     let srv = server.server();
     srv.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "changed", "namespace": "default"}, "data": {"v": "2"}})).await.unwrap();
     srv.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new", "namespace": "default"}, "data": {"v": "1"}})).await.unwrap();

@@ -298,7 +298,14 @@ fn write_file(path: &Path, keys: &[String], streams: &[StreamState]) -> anyhow::
     let tmp = path.with_extension("tmp");
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        // It holds whole objects, Secrets included: readable by the owner only (as the file sink).
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&bytes)
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()
