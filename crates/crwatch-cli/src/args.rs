@@ -55,6 +55,21 @@ pub struct DemoArgs {
     /// Keep the API server running after the demo until Ctrl-C, and print its kubeconfig path.
     #[arg(long)]
     pub keep: bool,
+    /// Run the Database operator in process against a local PostgreSQL (the default when
+    /// crwatch is built with the `demo-operator` feature).
+    #[arg(long, overrides_with = "no_operator")]
+    pub operator: bool,
+    /// Play the scripted demo: the script writes status itself, no operator or PostgreSQL.
+    #[arg(long, overrides_with = "operator")]
+    pub no_operator: bool,
+}
+
+impl DemoArgs {
+    /// Whether the demo runs the operator: `--operator`, or by default when built with the
+    /// `demo-operator` feature; `--no-operator` (the last of the two wins) turns it off.
+    pub fn wants_operator(&self) -> bool {
+        !self.no_operator && (self.operator || cfg!(feature = "demo-operator"))
+    }
 }
 
 /// Output formats of `crwatch get`.

@@ -1,6 +1,10 @@
 //! `crwatch demo` end to end: the built binary runs the whole script and ends by itself, its
 //! watch output checked line by line; `--keep` leaves a server that kubectl can use until
 //! Ctrl-C; and an operator plugged in through the library takes over the status steps.
+//!
+//! With the `demo-operator` feature (`cargo test -p crwatch-cli --features demo-operator --test
+//! demo`, as scripts/test runs it), the demo with the real Database operator on a local
+//! PostgreSQL is checked too, and its fallback to the script when PostgreSQL is missing.
 
 mod common;
 
@@ -19,7 +23,7 @@ use tokio::process::Command;
 #[tokio::test]
 async fn the_demo_plays_its_script_and_ends_by_itself() {
     let out = Command::new(BIN)
-        .args(["demo", "--pace", "0s"])
+        .args(["demo", "--pace", "0s", "--no-operator"])
         .env_remove("NO_COLOR")
         .kill_on_drop(true)
         .output();
@@ -100,7 +104,7 @@ async fn the_demo_plays_its_script_and_ends_by_itself() {
 #[tokio::test]
 async fn with_keep_the_server_stays_for_kubectl_until_ctrl_c() {
     let mut child = Command::new(BIN)
-        .args(["demo", "--pace", "0s", "--keep"])
+        .args(["demo", "--pace", "0s", "--keep", "--no-operator"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -264,4 +268,183 @@ fn the_script_covers_create_edit_status_and_delete() {
     assert_eq!(count(|s| matches!(s, Step::Patch { .. })), 2);
     assert_eq!(count(|s| matches!(s, Step::Status { .. })), 2);
     assert_eq!(count(|s| matches!(s, Step::Delete(_))), 1);
+}
+
+#[test]
+fn the_operator_script_provisions_logs_in_resizes_adds_a_user_and_drops() {
+    use crwatch_cli::demo::{Step, operator_script};
+    let steps = operator_script();
+    let count = |f: fn(&Step) -> bool| steps.iter().filter(|s| f(s)).count();
+    assert_eq!(count(|s| matches!(s, Step::Apply(_))), 2);
+    assert_eq!(
+        count(|s| matches!(s, Step::Status { .. })),
+        0,
+        "status is the operator's"
+    );
+    assert_eq!(count(|s| matches!(s, Step::Settled { .. })), 4);
+    assert_eq!(count(|s| matches!(s, Step::ShowSecret(_))), 2);
+    assert_eq!(count(|s| matches!(s, Step::Login { .. })), 1);
+    assert!(matches!(steps.last(), Some(Step::Dropped(_))));
+    // The deleted one is the one whose database the operator drops.
+    let Some(Step::Apply(reports)) = steps
+        .iter()
+        .find(|s| matches!(s, Step::Apply(m) if m["metadata"]["name"] == "reports-db"))
+    else {
+        panic!("reports-db is created");
+    };
+    assert_eq!(reports["spec"]["deletionPolicy"], "Delete");
+}
+
+/// The demo with the Database operator on a local PostgreSQL, end to end.
+#[cfg(feature = "demo-operator")]
+#[tokio::test]
+async fn with_the_operator_the_demo_provisions_on_a_local_postgresql() {
+    let out = Command::new(BIN)
+        .args(["demo", "--pace", "0s"])
+        .env_remove("NO_COLOR")
+        .env_remove("CRWATCH_PG_BIN")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), out)
+        .await
+        .expect("the demo ends within 3 minutes")
+        .expect("the demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let header = lines[0];
+    // Rows as EVENT|NAMESPACE|NAME|ENGINE|VERSION|PHASE|READY, diff lines as they are.
+    let rows: Vec<String> = lines[1..]
+        .iter()
+        .filter(|l| !l.starts_with(' '))
+        .map(|l| cells_at(header, l)[..7].join("|"))
+        .collect();
+    let row = |r: &str| {
+        rows.iter()
+            .position(|x| x == r)
+            .unwrap_or_else(|| panic!("no row {r}:\n{stdout}"))
+    };
+    let ready_app = row("MODIFIED|default|my-app-db|PostgreSQL|15|Ready|true");
+    let ready_reports = row("MODIFIED|analytics|reports-db|PostgreSQL|15|Ready|true");
+    let provisioning = row("MODIFIED|default|my-app-db|PostgreSQL|15|Provisioning|false");
+    assert!(
+        row("ADDED|default|my-app-db|PostgreSQL|15||") < provisioning && provisioning < ready_app,
+        "{stdout}"
+    );
+    assert!(ready_app < ready_reports, "{stdout}");
+    assert_eq!(
+        rows.last().map(String::as_str),
+        Some("DELETED|analytics|reports-db|PostgreSQL|15|Deleting|false"),
+        "{stdout}"
+    );
+    // The operator's status changes, as diffs, in order.
+    let diff_at = |line: &str| {
+        lines
+            .iter()
+            .position(|l| *l == line)
+            .unwrap_or_else(|| panic!("no line {line}:\n{stdout}"))
+    };
+    let provisioned = "      status.phase: \"Provisioning\" → \"Ready\"";
+    assert_eq!(
+        lines.iter().filter(|l| **l == provisioned).count(),
+        2,
+        "both Databases go Provisioning → Ready: {stdout}"
+    );
+    let resized = diff_at("      spec.size: \"1Gi\" → \"2Gi\"");
+    let observed = diff_at("      status.observedGeneration: 1 → 2");
+    let user_added = diff_at("      + spec.users[2]: {\"username\":\"reporting\"}");
+    let deleting = diff_at("      status.phase: \"Ready\" → \"Deleting\"");
+    assert!(
+        diff_at(provisioned) < resized
+            && resized < observed
+            && observed < user_added
+            && user_added < deleting,
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("      + status.users[2]: \"reporting_")),
+        "{stdout}"
+    );
+
+    // The narration: the Secret without passwords, the login, the dropped database.
+    let said: Vec<&str> = stderr.lines().collect();
+    let at = |prefix: &str| {
+        said.iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix}...:\n{stderr}"))
+    };
+    let pg_line = said[at("crwatch demo: PostgreSQL 15.")];
+    assert!(
+        said.contains(&"    appuser.password: <32 characters>"),
+        "{stderr}"
+    );
+    assert!(
+        said.contains(&"  + reporting.password: <32 characters>"),
+        "{stderr}"
+    );
+    let uris: Vec<&&str> = said.iter().filter(|l| l.contains(".uri: ")).collect();
+    assert_eq!(uris.len(), 3, "{stderr}");
+    assert!(
+        uris.iter().all(|l| l.contains(":<password>@127.0.0.1:")),
+        "no password in the URIs: {stderr}"
+    );
+    let login = at("  ✓ login succeeded: appuser_");
+    let dropped = at("  ✓ database dropped: analytics_reports_db_");
+    assert!(login < at("→ kubectl create namespace analytics"), "{stderr}");
+    assert!(
+        at("→ kubectl delete db reports-db -n analytics") < dropped,
+        "{stderr}"
+    );
+    assert_eq!(
+        said.last().copied(),
+        Some("crwatch demo: done; PostgreSQL stopped and its data removed."),
+        "{stderr}"
+    );
+    assert!(!stdout.contains('\x1b') && !stderr.contains('\x1b'));
+
+    // PostgreSQL is gone: its port no longer answers.
+    let port: u16 = pg_line
+        .split(" at 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the PostgreSQL line names its port");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "PostgreSQL still listens on {port}"
+    );
+}
+
+/// Without PostgreSQL binaries the operator demo falls back to the script, saying so.
+#[cfg(feature = "demo-operator")]
+#[tokio::test]
+async fn with_the_operator_but_no_postgresql_the_demo_falls_back_to_the_script() {
+    let empty = tempfile::tempdir().expect("a directory without PostgreSQL");
+    let out = Command::new(BIN)
+        .args(["demo", "--pace", "0s", "--operator"])
+        .env("CRWATCH_PG_BIN", empty.path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("the demo ends within 20 s")
+        .expect("the demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("crwatch demo: note: PostgreSQL cannot be started")),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("      status.phase: \"Provisioning\" → \"Ready\"\n"),
+        "the scripted status steps: {stdout}"
+    );
+    assert!(stdout.contains("MySQL"), "the scripted Databases: {stdout}");
+    assert_eq!(stderr.lines().last(), Some("crwatch demo: done."));
 }
