@@ -318,7 +318,10 @@ async fn watch_with_diff_survives_dropped_watches_and_compaction_without_duplica
     // relist; a watch still open would simply carry on.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while faults.count("watch", "databases") <= watches {
-        assert!(std::time::Instant::now() < deadline, "crwatch never watched again");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "crwatch never watched again"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     server

@@ -6,27 +6,17 @@
 //! Grant tables are real (no `--skip-grant-tables`), so tests see the server's actual
 //! authentication and privilege checks. When the test runs as root, the server runs as
 //! `nobody` (as [`crate::postgres`] does) rather than with `--user=root`. The server runs in its
-//! own process group under the watchdog of [`crate::nats`], so it dies with the test process.
+//! own process group under the watchdog of [`crate::process`], so it dies with the test process.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use tempfile::TempDir;
+use anyhow::Context;
 
-use crate::nats::{find_binary, kill_group, log_tail, spawn_group, wait_port_free};
-use crate::postgres::{
-    SETPRIV, owned_tempdir, random_password, read_pid, setpriv_args, signal, unprivileged_user_if_root,
-};
-use crate::process::{ChildGuard, free_port};
+use crate::process::{ServerProcess, find_binary, random_password, succeeds};
 
 /// How long installation plus the first start may take, and how long a restart may take.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long a clean shutdown may take before the server is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Server options for installation and every start: small, since tests want speed and a small
 /// footprint (the default redo log alone is 96 MB), not durability.
@@ -51,13 +41,10 @@ const ADMIN_USER: &str = "admin";
 /// ```
 #[derive(Debug)]
 pub struct MariaDb {
-    child: Option<ChildGuard>,
-    port: u16,
+    process: ServerProcess,
     password: String,
     server: PathBuf,
     client: PathBuf,
-    run_as: Option<(u32, u32)>,
-    dir: TempDir,
 }
 
 impl MariaDb {
@@ -69,61 +56,35 @@ impl MariaDb {
         let install = find_binary("mariadb-install-db", &["/usr/bin/mariadb-install-db"])?;
         let server = find_binary("mariadbd", &["/usr/sbin/mariadbd"])?;
         let client = find_binary("mariadb", &["/usr/bin/mariadb"])?;
-        let dir = owned_tempdir("crwatch-mariadb-")?;
-        let run_as = unprivileged_user_if_root(dir.path())?;
+        let process = ServerProcess::unprivileged("mariadbd", "crwatch-mariadb-", START_TIMEOUT)?;
         let password = random_password()?;
         // Bootstrap runs without grant tables; FLUSH PRIVILEGES loads them so that CREATE USER
         // and GRANT work in the extra file.
-        let init = dir.path().join("init.sql");
-        std::fs::write(
-            &init,
-            format!(
+        let init = process.write_file(
+            "init.sql",
+            &format!(
                 "FLUSH PRIVILEGES;\n\
                  CREATE USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED BY '{password}';\n\
                  GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'127.0.0.1' WITH GRANT OPTION;\n"
             ),
-        )
-        .context("writing the bootstrap SQL")?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(&init, Some(uid), Some(gid))?;
-        }
+        )?;
         let mut cmd = tokio::process::Command::new(install);
         cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .arg(format!("--datadir={}", process.path("data").display()))
             .args([
                 "--auth-root-authentication-method=socket",
                 "--skip-test-db",
                 "--skip-name-resolve",
             ])
             .arg(format!("--extra-file={}", init.display()))
-            .args(SERVER_OPTIONS)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        if let Some((uid, gid)) = run_as {
-            cmd.uid(uid).gid(gid);
-        }
-        let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
-            .await
-            .context("mariadb-install-db timed out")?
-            .context("running mariadb-install-db")?;
+            .args(SERVER_OPTIONS);
+        process.run_setup(cmd, "mariadb-install-db").await?;
         std::fs::remove_file(&init).context("removing the bootstrap SQL")?;
-        if !out.status.success() {
-            bail!(
-                "mariadb-install-db failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
         let mut db = Self {
-            child: None,
-            port: free_port()?,
+            process,
             password,
             server,
             client,
-            run_as,
-            dir,
         };
         db.spawn().await?;
         Ok(db)
@@ -131,7 +92,11 @@ impl MariaDb {
 
     /// `mysql://admin:PASSWORD@127.0.0.1:PORT/`: the administrator, over TCP.
     pub fn admin_url(&self) -> String {
-        format!("mysql://{ADMIN_USER}:{}@127.0.0.1:{}/", self.password, self.port)
+        format!(
+            "mysql://{ADMIN_USER}:{}@127.0.0.1:{}/",
+            self.password,
+            self.port()
+        )
     }
 
     /// The administrator's user name, `admin`.
@@ -151,103 +116,71 @@ impl MariaDb {
 
     /// The TCP port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port()
     }
 
     /// The data directory (kept across [`stop`](Self::stop) and [`restart`](Self::restart)).
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.process.path("data")
     }
 
     /// The server's error log.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("mariadbd.log")
+        self.process.path("mariadbd.log")
     }
 
     /// Whether the server process is running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.is_running())
+        self.process.is_running()
     }
 
     /// Stop the server cleanly (SIGTERM: connections are closed, data is kept), killing it if
     /// it has not exited within 15 s. Returns once the process is gone.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = read_pid(&self.pid_path()) {
-            signal(pid, "TERM");
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            // The watchdog (the guard's process) exits right after the server does.
-            while child.is_running() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        kill_group(&mut child);
+        let pid_file = self.pid_path();
+        self.process.stop_with("TERM", &pid_file);
     }
 
     /// Start the server again on the same port with the same data (stopping it first if it
     /// still runs), and wait until `admin` can log in.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        wait_port_free(self.port, Duration::from_secs(10)).await?;
+        self.process.wait_port_free().await?;
         self.spawn().await
     }
 
     fn pid_path(&self) -> PathBuf {
-        self.dir.path().join("mariadbd.pid")
+        self.process.path("mariadbd.pid")
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let log = self.log_path();
-        // Output of the process itself (before the error log is open) goes to a second file.
-        let console = self.dir.path().join("mariadbd.out");
-        let mut owned: Vec<String> = self.run_as.map(setpriv_args).unwrap_or_default();
-        if self.run_as.is_some() {
-            owned.push(self.server.display().to_string());
-        }
-        owned.extend([
+        let mut args = vec![
             "--no-defaults".to_string(),
             format!("--datadir={}", self.data_dir().display()),
-            format!("--port={}", self.port),
+            format!("--port={}", self.port()),
             "--bind-address=127.0.0.1".to_string(),
-            format!("--socket={}", self.dir.path().join("mariadbd.sock").display()),
+            format!("--socket={}", self.process.path("mariadbd.sock").display()),
             format!("--pid-file={}", self.pid_path().display()),
             format!("--log-error={}", log.display()),
             "--skip-name-resolve".to_string(),
             "--max-connections=300".to_string(),
-        ]);
-        owned.extend(SERVER_OPTIONS.iter().map(|o| o.to_string()));
-        let args: Vec<&std::ffi::OsStr> = owned.iter().map(|a| a.as_ref()).collect();
-        let program: &Path = if self.run_as.is_some() {
-            Path::new(SETPRIV)
-        } else {
-            &self.server
-        };
-        let mut child = spawn_group(program, &args, &[], self.dir.path(), &console, "mariadbd")?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() && self.can_log_in().await {
-                break;
-            }
-            if !child.is_running() {
-                bail!(
-                    "mariadbd exited during startup; its log:\n{}\n{}",
-                    log_tail(&console),
-                    log_tail(&log)
-                );
-            }
-            if Instant::now() > deadline {
-                kill_group(&mut child);
-                bail!(
-                    "mariadbd did not accept logins on {addr} within {START_TIMEOUT:?}; its log:\n{}",
-                    log_tail(&log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.child = Some(child);
+        ];
+        args.extend(SERVER_OPTIONS.iter().map(|o| o.to_string()));
+        // Output of the process itself (before the error log is open) goes to a second file.
+        let console = self.process.path("mariadbd.out");
+        let child = self
+            .process
+            .launch(
+                &self.server,
+                &args,
+                &console,
+                &[&log],
+                "accept logins",
+                async || self.can_log_in().await,
+            )
+            .await?;
+        self.process.started(child);
         Ok(())
     }
 
@@ -260,25 +193,17 @@ impl MariaDb {
             "--skip-ssl",
             "--connect-timeout=5",
         ])
-        .args(["-h", "127.0.0.1", "-P", &self.port.to_string(), "-u", ADMIN_USER])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &self.port().to_string(),
+            "-u",
+            ADMIN_USER,
+        ])
         .args(["-e", "SELECT 1"])
-        .env("MYSQL_PWD", &self.password)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(10), cmd.status()).await,
-            Ok(Ok(status)) if status.success()
-        )
-    }
-}
-
-impl Drop for MariaDb {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_group(&mut child);
-        }
+        .env("MYSQL_PWD", &self.password);
+        succeeds(cmd).await
     }
 }
 

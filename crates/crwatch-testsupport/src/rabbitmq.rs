@@ -5,7 +5,7 @@
 //!
 //! Startup takes a few seconds (about 5 s on an idle machine); tests share one broker per test
 //! binary where they can. Everything runs in process groups under the watchdog of
-//! [`crate::nats`], so `epmd`, `beam.smp` and their helpers die with the test process.
+//! [`crate::process`], so `epmd`, `beam.smp` and their helpers die with the test process.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
-use crate::nats::{find_binary, kill_group, log_tail, spawn_group, wait_port_free};
-use crate::process::{ChildGuard, free_port};
+use crate::process::{ChildGuard, find_binary, free_port, kill_group, log_tail, spawn_group, wait_port_free};
 
 /// How long the broker may take to accept an AMQP connection.
 const START_TIMEOUT: Duration = Duration::from_secs(60);

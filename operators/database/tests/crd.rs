@@ -15,6 +15,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
+/// An API server with the CRD installed, and the `Database` API of namespace `default`.
+async fn start() -> (TestServer, Api<Database>) {
+    let server = TestServer::start().await.unwrap();
+    let dbs = install(&server).await;
+    (server, dbs)
+}
+
 /// Install the CRD exactly as `deploy/database-crd.yaml` holds it and wait until it is served.
 async fn install(server: &TestServer) -> Api<Database> {
     let crd: CustomResourceDefinition =
@@ -35,6 +42,26 @@ async fn install(server: &TestServer) -> Api<Database> {
     dbs
 }
 
+/// Create [`example`] through the typed API.
+async fn create_example(dbs: &Api<Database>) -> Database {
+    dbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(example()).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Merge `status` into the example's status.
+async fn patch_status(dbs: &Api<Database>, status: Value) -> kube::Result<Database> {
+    dbs.patch_status(
+        "my-app-db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+}
+
 fn example() -> Value {
     json!({
         "apiVersion": "stable.example.com/v1",
@@ -51,15 +78,8 @@ fn example() -> Value {
 
 #[tokio::test]
 async fn the_design_example_round_trips_with_defaults() {
-    let server = TestServer::start().await.unwrap();
-    let dbs = install(&server).await;
-    let created: Database = dbs
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(example()).unwrap(),
-        )
-        .await
-        .unwrap();
+    let (_server, dbs) = start().await;
+    let created = create_example(&dbs).await;
     assert_eq!(created.spec.engine, DatabaseEngine::PostgreSQL);
     assert_eq!(
         created.spec.deletion_policy,
@@ -91,8 +111,7 @@ async fn the_design_example_round_trips_with_defaults() {
 
 #[tokio::test]
 async fn the_schema_rejects_bad_specs() {
-    let server = TestServer::start().await.unwrap();
-    install(&server).await;
+    let (server, _) = start().await;
     let cases: &[(&str, Value)] = &[
         ("engine", json!({"engine": "Oracle"})),
         ("version", json!({"version": "fifteen"})),
@@ -139,14 +158,8 @@ async fn the_schema_rejects_bad_specs() {
 
 #[tokio::test]
 async fn status_is_kept_and_checked() {
-    let server = TestServer::start().await.unwrap();
-    let dbs = install(&server).await;
-    dbs.create(
-        &PostParams::default(),
-        &serde_json::from_value(example()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let (_server, dbs) = start().await;
+    create_example(&dbs).await;
     let mut conditions = Vec::new();
     set_condition(
         &mut conditions,
@@ -164,23 +177,11 @@ async fn status_is_kept_and_checked() {
         message: Some("Database is ready".into()),
         users: vec!["admin_fe56c46b".into(), "appuser_fe56c46b".into()],
     };
-    let patched = dbs
-        .patch_status(
-            "my-app-db",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await
-        .unwrap();
+    let patched = patch_status(&dbs, json!(status)).await.unwrap();
     assert_eq!(patched.status.as_ref(), Some(&status));
     assert_eq!(dbs.get("my-app-db").await.unwrap().status, Some(status));
 
-    let bad = dbs
-        .patch_status(
-            "my-app-db",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Exploded"}})),
-        )
+    let bad = patch_status(&dbs, json!({"phase": "Exploded"}))
         .await
         .unwrap_err();
     assert!(matches!(bad, kube::Error::Api(ref s) if s.code == 422), "{bad:?}");
@@ -189,21 +190,11 @@ async fn status_is_kept_and_checked() {
 // kubectl runs as a blocking child process; the server needs a worker of its own meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_shows_the_printer_columns() {
-    let server = TestServer::start().await.unwrap();
-    let dbs = install(&server).await;
-    dbs.create(
-        &PostParams::default(),
-        &serde_json::from_value(example()).unwrap(),
-    )
-    .await
-    .unwrap();
-    dbs.patch_status(
-        "my-app-db",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Ready", "ready": true}})),
-    )
-    .await
-    .unwrap();
+    let (server, dbs) = start().await;
+    create_example(&dbs).await;
+    patch_status(&dbs, json!({"phase": "Ready", "ready": true}))
+        .await
+        .unwrap();
     for resource in ["databases", "database", "db", "databases.stable.example.com"] {
         let out = server
             .kubectl()

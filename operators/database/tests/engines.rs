@@ -27,33 +27,71 @@ struct Server {
 }
 
 async fn server(kind: DatabaseEngine) -> Server {
-    match kind {
+    let (admin_url, admin_password, host, port) = match kind {
         PostgreSQL => {
             let pg = POSTGRES
                 .get_or_init(|| async { Postgres::start().await.expect("start PostgreSQL") })
                 .await;
-            Server {
-                kind,
-                admin_url: pg.admin_url(),
-                admin_password: pg.password().to_string(),
-                host: pg.host(),
-                port: pg.port(),
-            }
+            (pg.admin_url(), pg.password(), pg.host(), pg.port())
         }
         MySQL => {
             let db = MARIADB
                 .get_or_init(|| async { MariaDb::start().await.expect("start MariaDB") })
                 .await;
-            Server {
-                kind,
-                admin_url: db.admin_url(),
-                admin_password: db.password().to_string(),
-                host: db.host(),
-                port: db.port(),
-            }
+            (db.admin_url(), db.password(), db.host(), db.port())
+        }
+    };
+    Server {
+        kind,
+        admin_url,
+        admin_password: admin_password.to_string(),
+        host,
+        port,
+    }
+}
+
+/// A connection to a test server of either kind.
+enum Conn {
+    Postgres(sqlx::PgConnection),
+    MySql(sqlx::MySqlConnection),
+}
+
+impl Conn {
+    /// Run `sql` as a simple query (which may hold several statements).
+    async fn run(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        match self {
+            Conn::Postgres(conn) => sqlx::raw_sql(sql).execute(conn).await.map(|_| ()),
+            Conn::MySql(conn) => sqlx::raw_sql(sql).execute(conn).await.map(|_| ()),
+        }
+    }
+
+    /// Run `sql` as a prepared statement, as the engines do.
+    async fn run_prepared(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        match self {
+            Conn::Postgres(conn) => sqlx::query(sql).persistent(false).execute(conn).await.map(|_| ()),
+            Conn::MySql(conn) => sqlx::query(sql).persistent(false).execute(conn).await.map(|_| ()),
+        }
+    }
+
+    /// The first (text) column of the rows `sql` returns.
+    async fn strings(&mut self, sql: &str) -> Vec<String> {
+        match self {
+            Conn::Postgres(conn) => sqlx::query_scalar(sql).fetch_all(conn).await,
+            Conn::MySql(conn) => sqlx::query_scalar(sql).fetch_all(conn).await,
+        }
+        .unwrap()
+    }
+
+    async fn close(self) -> Result<(), sqlx::Error> {
+        match self {
+            Conn::Postgres(conn) => conn.close().await,
+            Conn::MySql(conn) => conn.close().await,
         }
     }
 }
+
+/// MariaDB's databases (only those the user has privileges on).
+const MARIADB_DATABASES: &str = "SELECT CONVERT(SCHEMA_NAME USING utf8mb4) FROM information_schema.SCHEMATA";
 
 impl Server {
     fn engine(&self) -> Engine {
@@ -68,15 +106,9 @@ impl Server {
         check_login(self.kind, self.host, self.port, database, user, password).await
     }
 
-    /// Run `statements` as `user` in `database`, returning the first error's text.
-    async fn run_as(
-        &self,
-        database: &str,
-        user: &str,
-        password: &Password,
-        statements: &[&str],
-    ) -> Result<(), String> {
-        match self.kind {
+    /// A connection to `database` as `user`.
+    async fn connect_as(&self, database: &str, user: &str, password: &Password) -> Result<Conn, sqlx::Error> {
+        Ok(match self.kind {
             PostgreSQL => {
                 let options = sqlx::postgres::PgConnectOptions::new()
                     .host(self.host)
@@ -84,16 +116,7 @@ impl Server {
                     .database(database)
                     .username(user)
                     .password(password.expose());
-                let mut conn = sqlx::PgConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for sql in statements {
-                    sqlx::raw_sql(sql)
-                        .execute(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                conn.close().await.map_err(|e| e.to_string())
+                Conn::Postgres(sqlx::PgConnection::connect_with(&options).await?)
             }
             MySQL => {
                 let options = sqlx::mysql::MySqlConnectOptions::new()
@@ -102,88 +125,74 @@ impl Server {
                     .database(database)
                     .username(user)
                     .password(password.expose());
-                let mut conn = sqlx::MySqlConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for sql in statements {
-                    sqlx::raw_sql(sql)
-                        .execute(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                conn.close().await.map_err(|e| e.to_string())
+                Conn::MySql(sqlx::MySqlConnection::connect_with(&options).await?)
             }
+        })
+    }
+
+    /// A connection as the administrator.
+    async fn connect_admin(&self) -> Conn {
+        match self.kind {
+            PostgreSQL => Conn::Postgres(sqlx::PgConnection::connect(&self.admin_url).await.unwrap()),
+            MySQL => Conn::MySql(sqlx::MySqlConnection::connect(&self.admin_url).await.unwrap()),
         }
+    }
+
+    /// Run `statements` as `user` in `database`, returning the first error's text.
+    async fn run_as(
+        &self,
+        database: &str,
+        user: &str,
+        password: &Password,
+        statements: &[&str],
+    ) -> Result<(), String> {
+        let result = async {
+            let mut conn = self.connect_as(database, user, password).await?;
+            for sql in statements {
+                conn.run(sql).await?;
+            }
+            conn.close().await
+        };
+        result.await.map_err(|e| e.to_string())
     }
 
     /// The databases `user` can see (MariaDB's SHOW DATABASES lists only those it has
     /// privileges on).
     async fn visible_databases(&self, user: &str, password: &Password, database: &str) -> Vec<String> {
         assert_eq!(self.kind, MySQL);
-        let options = sqlx::mysql::MySqlConnectOptions::new()
-            .host(self.host)
-            .port(self.port)
-            .database(database)
-            .username(user)
-            .password(password.expose());
-        let mut conn = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT CONVERT(SCHEMA_NAME USING utf8mb4) FROM information_schema.SCHEMATA")
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
+        let mut conn = self.connect_as(database, user, password).await.unwrap();
+        let names = conn.strings(MARIADB_DATABASES).await;
+        conn.close().await.unwrap();
+        names
+    }
+
+    /// The first (text) column of the rows `postgres_sql` or `mariadb_sql` returns, as the
+    /// administrator.
+    async fn admin_strings(&self, postgres_sql: &str, mariadb_sql: &str) -> Vec<String> {
+        let mut conn = self.connect_admin().await;
+        let names = conn
+            .strings(match self.kind {
+                PostgreSQL => postgres_sql,
+                MySQL => mariadb_sql,
+            })
+            .await;
         conn.close().await.unwrap();
         names
     }
 
     /// All database names on the server, as the administrator sees them.
     async fn all_databases(&self) -> Vec<String> {
-        match self.kind {
-            PostgreSQL => {
-                let mut conn = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
-                let names = sqlx::query_scalar("SELECT datname::text FROM pg_database")
-                    .fetch_all(&mut conn)
-                    .await
-                    .unwrap();
-                conn.close().await.unwrap();
-                names
-            }
-            MySQL => {
-                let mut conn = sqlx::MySqlConnection::connect(&self.admin_url).await.unwrap();
-                let names = sqlx::query_scalar(
-                    "SELECT CONVERT(SCHEMA_NAME USING utf8mb4) FROM information_schema.SCHEMATA",
-                )
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
-                conn.close().await.unwrap();
-                names
-            }
-        }
+        self.admin_strings("SELECT datname::text FROM pg_database", MARIADB_DATABASES)
+            .await
     }
 
     /// All role / user names on the server.
     async fn all_roles(&self) -> Vec<String> {
-        match self.kind {
-            PostgreSQL => {
-                let mut conn = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
-                let names = sqlx::query_scalar("SELECT rolname::text FROM pg_roles")
-                    .fetch_all(&mut conn)
-                    .await
-                    .unwrap();
-                conn.close().await.unwrap();
-                names
-            }
-            MySQL => {
-                let mut conn = sqlx::MySqlConnection::connect(&self.admin_url).await.unwrap();
-                let names = sqlx::query_scalar("SELECT CONVERT(User USING utf8mb4) FROM mysql.user")
-                    .fetch_all(&mut conn)
-                    .await
-                    .unwrap();
-                conn.close().await.unwrap();
-                names
-            }
-        }
+        self.admin_strings(
+            "SELECT rolname::text FROM pg_roles",
+            "SELECT CONVERT(User USING utf8mb4) FROM mysql.user",
+        )
+        .await
     }
 
     /// The administrator's own database, which users must not reach.
@@ -659,25 +668,8 @@ async fn unreachable_servers_are_transient() {
 #[tokio::test]
 async fn prepared_statements_refuse_a_second_statement() {
     for kind in [PostgreSQL, MySQL] {
-        let server = server(kind).await;
-        let err = match kind {
-            PostgreSQL => {
-                let mut conn = sqlx::PgConnection::connect(&server.admin_url).await.unwrap();
-                sqlx::query("SELECT 1; SELECT 2")
-                    .persistent(false)
-                    .execute(&mut conn)
-                    .await
-                    .unwrap_err()
-            }
-            MySQL => {
-                let mut conn = sqlx::MySqlConnection::connect(&server.admin_url).await.unwrap();
-                sqlx::query("SELECT 1; SELECT 2")
-                    .persistent(false)
-                    .execute(&mut conn)
-                    .await
-                    .unwrap_err()
-            }
-        };
+        let mut conn = server(kind).await.connect_admin().await;
+        let err = conn.run_prepared("SELECT 1; SELECT 2").await.unwrap_err();
         assert!(matches!(err, sqlx::Error::Database(_)), "{kind}: {err}");
     }
 }

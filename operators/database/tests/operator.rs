@@ -36,14 +36,36 @@ async fn mariadb() -> &'static MariaDb {
         .await
 }
 
-fn pg_server(url: String, port: u16) -> Server {
+/// The operator's configuration of a test server as its `default` server.
+fn default_server(engine: DatabaseEngine, admin_url: String, port: u16) -> Server {
     Server {
         name: "default".into(),
-        engine: DatabaseEngine::PostgreSQL,
-        admin_dsn: url,
+        engine,
+        admin_dsn: admin_url,
         host: "127.0.0.1".into(),
         port,
     }
+}
+
+fn pg_server(pg: &Postgres) -> Vec<Server> {
+    vec![default_server(
+        DatabaseEngine::PostgreSQL,
+        pg.admin_url(),
+        pg.port(),
+    )]
+}
+
+/// The engine for `pg`, as the administrator.
+fn pg_engine(pg: &Postgres) -> Engine {
+    Engine::connect(DatabaseEngine::PostgreSQL, &pg.admin_url()).unwrap()
+}
+
+/// An API server with the CRD and the namespace `ns`, and the `Database` API of `ns`.
+async fn cluster_with_namespace(ns: &str) -> (TestServer, Api<Database>) {
+    let server = cluster().await;
+    namespace(&server, ns).await;
+    let api = Api::namespaced(server.client(), ns);
+    (server, api)
 }
 
 async fn cluster() -> TestServer {
@@ -116,6 +138,23 @@ fn database(name: &str, engine: &str, users: &[&str], policy: &str) -> Database 
     .unwrap()
 }
 
+/// Create the Database `name` (see [`database`]).
+async fn create(api: &Api<Database>, name: &str, engine: &str, users: &[&str], policy: &str) {
+    api.create(&PostParams::default(), &database(name, engine, users, policy))
+        .await
+        .unwrap();
+}
+
+/// Merge `patch` into the object `name`.
+async fn merge<K>(api: &Api<K>, name: &str, patch: Value)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
 async fn wait_until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -137,6 +176,33 @@ async fn ready(api: &Api<Database>, name: &str) -> Database {
         (s.ready && s.observed_generation == db.metadata.generation).then_some(db)
     })
     .await
+}
+
+/// Wait until the Database `name` is gone (deleted and its finalizer done).
+async fn gone(api: &Api<Database>, name: &str, timeout: Duration) {
+    wait_until(&format!("{name} gone"), timeout, async || {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+/// How many Databases are Ready.
+async fn count_ready(api: &Api<Database>) -> Option<usize> {
+    let list = api.list(&Default::default()).await.ok()?;
+    Some(
+        list.items
+            .iter()
+            .filter(|d| d.status.as_ref().is_some_and(|s| s.ready))
+            .count(),
+    )
+}
+
+/// Whether the Database carries the operator's finalizer.
+fn protected(db: &Database) -> bool {
+    db.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == "stable.example.com/database-protection"))
 }
 
 fn condition<'a>(db: &'a Database, type_: &str) -> Option<&'a crwatch::conditions::Condition> {
@@ -161,6 +227,11 @@ async fn logs_in(kind: DatabaseEngine, s: &Secret, user: &str) -> bool {
     .is_ok()
 }
 
+/// Whether an event with `reason` was recorded for `name`.
+async fn has_event(server: &TestServer, ns: &str, name: &str, reason: &str) -> bool {
+    events_for(server, ns, name).await.iter().any(|r| r == reason)
+}
+
 async fn events_for(server: &TestServer, ns: &str, name: &str) -> Vec<String> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(server.client(), ns);
     api.list(&Default::default())
@@ -176,17 +247,10 @@ async fn events_for(server: &TestServer, ns: &str, name: &str) -> Vec<String> {
 #[tokio::test]
 async fn postgresql_databases_users_secrets_and_deletion() {
     let pg = postgres().await;
-    let server = cluster().await;
-    namespace(&server, "team-a").await;
-    let op = Operator::start(&server, vec![pg_server(pg.admin_url(), pg.port())]);
-    let api: Api<Database> = Api::namespaced(server.client(), "team-a");
+    let (server, api) = cluster_with_namespace("team-a").await;
+    let op = Operator::start(&server, pg_server(pg));
     let secrets: Api<Secret> = Api::namespaced(server.client(), "team-a");
-    api.create(
-        &PostParams::default(),
-        &database("app", "PostgreSQL", &["admin", "appuser"], "Delete"),
-    )
-    .await
-    .unwrap();
+    create(&api, "app", "PostgreSQL", &["admin", "appuser"], "Delete").await;
     let db = ready(&api, "app").await;
     let status = db.status.clone().unwrap();
     let dbname = database_name(DatabaseEngine::PostgreSQL, "team-a", "app");
@@ -194,13 +258,7 @@ async fn postgresql_databases_users_secrets_and_deletion() {
         status.connection_string.as_deref(),
         Some(&*format!("postgresql://127.0.0.1:{}/{dbname}", pg.port()))
     );
-    assert!(
-        db.metadata
-            .finalizers
-            .as_ref()
-            .unwrap()
-            .contains(&"stable.example.com/database-protection".into())
-    );
+    assert!(protected(&db));
     assert!(status.actual_size.is_some());
     let secret = secrets.get("app-credentials").await.unwrap();
     assert_eq!(
@@ -221,15 +279,17 @@ async fn postgresql_databases_users_secrets_and_deletion() {
     );
 
     // Rename appuser to reader (remove one, add one), keep admin.
-    let patch = json!({"spec": {"users": [{"username": "admin"}, {"username": "reader"}]}});
-    api.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    merge(
+        &api,
+        "app",
+        json!({"spec": {"users": [{"username": "admin"}, {"username": "reader"}]}}),
+    )
+    .await;
     ready(&api, "app").await;
     let secret = secrets.get("app-credentials").await.unwrap();
     assert!(logs_in(DatabaseEngine::PostgreSQL, &secret, "reader").await);
     assert!(!secret.data.as_ref().unwrap().contains_key("appuser.password"));
-    let engine = Engine::connect(DatabaseEngine::PostgreSQL, &pg.admin_url()).unwrap();
+    let engine = pg_engine(pg);
     let users: BTreeSet<String> = engine.list_users(&dbname).await.unwrap().into_iter().collect();
     let want: BTreeSet<String> = ["admin", "reader"]
         .iter()
@@ -258,10 +318,7 @@ async fn postgresql_databases_users_secrets_and_deletion() {
 
     // An edited password is set on the server.
     let patch = json!({"data": {"admin.password": base64_of("Changed-by-hand-1")}});
-    secrets
-        .patch("app-credentials", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    merge(&secrets, "app-credentials", patch).await;
     wait_until(
         "the edited password to work",
         Duration::from_secs(30),
@@ -275,13 +332,7 @@ async fn postgresql_databases_users_secrets_and_deletion() {
     .await;
 
     // A size below what the database uses raises SizeExceeded.
-    api.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"size": "1Ki"}})),
-    )
-    .await
-    .unwrap();
+    merge(&api, "app", json!({"spec": {"size": "1Ki"}})).await;
     let db = ready(&api, "app").await;
     assert_eq!(
         condition(&db, "SizeExceeded").map(|c| c.status.as_str()),
@@ -290,10 +341,7 @@ async fn postgresql_databases_users_secrets_and_deletion() {
 
     // deletionPolicy Delete drops the database before the finalizer goes.
     api.delete("app", &DeleteParams::default()).await.unwrap();
-    wait_until("the Database gone", Duration::from_secs(30), async || {
-        api.get_opt("app").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    gone(&api, "app", Duration::from_secs(30)).await;
     assert!(!engine.database_exists(&dbname).await.unwrap());
     assert!(engine.list_users(&dbname).await.unwrap().is_empty());
     let reasons = events_for(&server, "team-a", "app").await;
@@ -317,23 +365,13 @@ fn base64_of(s: &str) -> String {
 #[tokio::test]
 async fn retain_keeps_the_database_and_invalid_specs_fail_without_touching_the_server() {
     let pg = postgres().await;
-    let server = cluster().await;
-    namespace(&server, "team-b").await;
-    let op = Operator::start(&server, vec![pg_server(pg.admin_url(), pg.port())]);
-    let api: Api<Database> = Api::namespaced(server.client(), "team-b");
-    api.create(
-        &PostParams::default(),
-        &database("kept", "PostgreSQL", &["app"], "Retain"),
-    )
-    .await
-    .unwrap();
+    let (server, api) = cluster_with_namespace("team-b").await;
+    let op = Operator::start(&server, pg_server(pg));
+    create(&api, "kept", "PostgreSQL", &["app"], "Retain").await;
     ready(&api, "kept").await;
     api.delete("kept", &DeleteParams::default()).await.unwrap();
-    wait_until("the Database gone", Duration::from_secs(30), async || {
-        api.get_opt("kept").await.ok()?.is_none().then_some(())
-    })
-    .await;
-    let engine = Engine::connect(DatabaseEngine::PostgreSQL, &pg.admin_url()).unwrap();
+    gone(&api, "kept", Duration::from_secs(30)).await;
+    let engine = pg_engine(pg);
     let dbname = database_name(DatabaseEngine::PostgreSQL, "team-b", "kept");
     assert!(
         engine.database_exists(&dbname).await.unwrap(),
@@ -342,12 +380,7 @@ async fn retain_keeps_the_database_and_invalid_specs_fail_without_touching_the_s
     assert_eq!(engine.list_users(&dbname).await.unwrap().len(), 1, "and its user");
 
     // The schema lets `postgres` through (it is a valid identifier); the reconciler refuses it.
-    api.create(
-        &PostParams::default(),
-        &database("bad", "PostgreSQL", &["postgres"], "Delete"),
-    )
-    .await
-    .unwrap();
+    create(&api, "bad", "PostgreSQL", &["postgres"], "Delete").await;
     let db = wait_until("phase Failed", Duration::from_secs(30), async || {
         let db = api.get("bad").await.ok()?;
         (db.status.as_ref()?.phase.map(|p| p.as_str()) == Some("Failed")).then_some(db)
@@ -365,29 +398,13 @@ async fn retain_keeps_the_database_and_invalid_specs_fail_without_touching_the_s
         !engine.database_exists(&bad_db).await.unwrap(),
         "nothing created for an invalid spec"
     );
-    assert!(
-        events_for(&server, "team-b", "bad")
-            .await
-            .contains(&"InvalidSpec".to_string())
-    );
+    assert!(has_event(&server, "team-b", "bad", "InvalidSpec").await);
     // Fixing the spec makes it Ready.
-    api.patch(
-        "bad",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"users": [{"username": "owner"}]}})),
-    )
-    .await
-    .unwrap();
+    merge(&api, "bad", json!({"spec": {"users": [{"username": "owner"}]}})).await;
     let db = ready(&api, "bad").await;
     assert!(condition(&db, "Invalid").is_none());
     // A version the server does not run is a condition, not a failure.
-    api.patch(
-        "bad",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"version": "16"}})),
-    )
-    .await
-    .unwrap();
+    merge(&api, "bad", json!({"spec": {"version": "16"}})).await;
     let db = ready(&api, "bad").await;
     assert_eq!(
         condition(&db, "VersionMatched").map(|c| c.reason.as_str()),
@@ -400,24 +417,15 @@ async fn retain_keeps_the_database_and_invalid_specs_fail_without_touching_the_s
 #[tokio::test]
 async fn mariadb_databases_and_users() {
     let maria = mariadb().await;
-    let server = cluster().await;
-    namespace(&server, "team-m").await;
-    let servers = vec![Server {
-        name: "default".into(),
-        engine: DatabaseEngine::MySQL,
-        admin_dsn: maria.admin_url(),
-        host: "127.0.0.1".into(),
-        port: maria.port(),
-    }];
+    let (server, api) = cluster_with_namespace("team-m").await;
+    let servers = vec![default_server(
+        DatabaseEngine::MySQL,
+        maria.admin_url(),
+        maria.port(),
+    )];
     let op = Operator::start(&server, servers);
-    let api: Api<Database> = Api::namespaced(server.client(), "team-m");
     let secrets: Api<Secret> = Api::namespaced(server.client(), "team-m");
-    api.create(
-        &PostParams::default(),
-        &database("shop", "MySQL", &["web", "batch"], "Delete"),
-    )
-    .await
-    .unwrap();
+    create(&api, "shop", "MySQL", &["web", "batch"], "Delete").await;
     ready(&api, "shop").await;
     let secret = secrets.get("shop-credentials").await.unwrap();
     for user in ["web", "batch"] {
@@ -427,10 +435,7 @@ async fn mariadb_databases_and_users() {
         );
     }
     api.delete("shop", &DeleteParams::default()).await.unwrap();
-    wait_until("the Database gone", Duration::from_secs(30), async || {
-        api.get_opt("shop").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    gone(&api, "shop", Duration::from_secs(30)).await;
     let engine = Engine::connect(DatabaseEngine::MySQL, &maria.admin_url()).unwrap();
     assert!(
         !engine
@@ -444,52 +449,31 @@ async fn mariadb_databases_and_users() {
 #[tokio::test]
 async fn an_unreachable_server_degrades_and_delays_deletion_then_recovers() {
     let mut pg = Postgres::start().await.unwrap();
-    let server = cluster().await;
-    namespace(&server, "outage").await;
-    let op = Operator::start(&server, vec![pg_server(pg.admin_url(), pg.port())]);
-    let api: Api<Database> = Api::namespaced(server.client(), "outage");
+    let (server, api) = cluster_with_namespace("outage").await;
+    let op = Operator::start(&server, pg_server(&pg));
     pg.stop();
-    api.create(
-        &PostParams::default(),
-        &database("x", "PostgreSQL", &["app"], "Delete"),
-    )
-    .await
-    .unwrap();
+    create(&api, "x", "PostgreSQL", &["app"], "Delete").await;
     wait_until("Degraded", Duration::from_secs(60), async || {
         let db = api.get("x").await.ok()?;
         (condition(&db, "Degraded")?.reason == "ServerUnreachable").then_some(())
     })
     .await;
-    assert!(
-        events_for(&server, "outage", "x")
-            .await
-            .contains(&"ServerUnreachable".to_string())
-    );
+    assert!(has_event(&server, "outage", "x", "ServerUnreachable").await);
     pg.restart().await.unwrap();
     ready(&api, "x").await;
 
     pg.stop();
     api.delete("x", &DeleteParams::default()).await.unwrap();
     wait_until("DeletionBlocked", Duration::from_secs(60), async || {
-        events_for(&server, "outage", "x")
+        has_event(&server, "outage", "x", "DeletionBlocked")
             .await
-            .contains(&"DeletionBlocked".to_string())
             .then_some(())
     })
     .await;
-    let db = api.get("x").await.unwrap();
-    assert!(
-        db.metadata
-            .finalizers
-            .unwrap()
-            .contains(&"stable.example.com/database-protection".into())
-    );
+    assert!(protected(&api.get("x").await.unwrap()));
     pg.restart().await.unwrap();
-    wait_until("the Database gone", Duration::from_secs(90), async || {
-        api.get_opt("x").await.ok()?.is_none().then_some(())
-    })
-    .await;
-    let engine = Engine::connect(DatabaseEngine::PostgreSQL, &pg.admin_url()).unwrap();
+    gone(&api, "x", Duration::from_secs(90)).await;
+    let engine = pg_engine(&pg);
     assert!(
         !engine
             .database_exists(&database_name(DatabaseEngine::PostgreSQL, "outage", "x"))
@@ -502,10 +486,8 @@ async fn an_unreachable_server_degrades_and_delays_deletion_then_recovers() {
 #[tokio::test]
 async fn hostile_names_are_refused_or_made_safe() {
     let pg = postgres().await;
-    let server = cluster().await;
-    namespace(&server, "hostile").await;
-    let op = Operator::start(&server, vec![pg_server(pg.admin_url(), pg.port())]);
-    let api: Api<Database> = Api::namespaced(server.client(), "hostile");
+    let (server, api) = cluster_with_namespace("hostile").await;
+    let op = Operator::start(&server, pg_server(pg));
     for bad in [
         "x\"; DROP DATABASE postgres; --",
         "robert'); DROP TABLE students;--",
@@ -523,26 +505,18 @@ async fn hostile_names_are_refused_or_made_safe() {
     }
     // A 200-character object name gets a truncated, hashed database name.
     let long = format!("{}-db", "n".repeat(197));
-    api.create(
-        &PostParams::default(),
-        &database(&long, "PostgreSQL", &["app"], "Delete"),
-    )
-    .await
-    .unwrap();
+    create(&api, &long, "PostgreSQL", &["app"], "Delete").await;
     ready(&api, &long).await;
     let dbname = database_name(DatabaseEngine::PostgreSQL, "hostile", &long);
     assert!(dbname.len() <= 63);
-    let engine = Engine::connect(DatabaseEngine::PostgreSQL, &pg.admin_url()).unwrap();
+    let engine = pg_engine(pg);
     assert!(engine.database_exists(&dbname).await.unwrap());
     assert!(
         engine.database_exists("postgres").await.unwrap(),
         "postgres is still there"
     );
     api.delete(&long, &DeleteParams::default()).await.unwrap();
-    wait_until("deleted", Duration::from_secs(30), async || {
-        api.get_opt(&long).await.ok()?.is_none().then_some(())
-    })
-    .await;
+    gone(&api, &long, Duration::from_secs(30)).await;
     op.stop().await;
 }
 
@@ -565,29 +539,15 @@ fn spawn_binary(server: &TestServer, dsn: &str, extra: &[&str]) -> tokio::proces
 #[tokio::test]
 async fn killed_mid_reconcile_the_binary_converges_without_duplicates_or_leaks() {
     let pg = postgres().await;
-    let server = cluster().await;
-    namespace(&server, "kill").await;
-    let api: Api<Database> = Api::namespaced(server.client(), "kill");
+    let (server, api) = cluster_with_namespace("kill").await;
     let n = 30;
     for i in 0..n {
-        api.create(
-            &PostParams::default(),
-            &database(&format!("db-{i}"), "PostgreSQL", &["a", "b"], "Delete"),
-        )
-        .await
-        .unwrap();
+        create(&api, &format!("db-{i}"), "PostgreSQL", &["a", "b"], "Delete").await;
     }
     let mut child = spawn_binary(&server, &pg.admin_url(), &[]);
     // Kill it as soon as it made some progress, mid-way through the batch.
     wait_until("some Databases Ready", Duration::from_secs(60), async || {
-        let list = api.list(&Default::default()).await.ok()?;
-        (list
-            .items
-            .iter()
-            .filter(|d| d.status.as_ref().is_some_and(|s| s.ready))
-            .count()
-            >= 3)
-            .then_some(())
+        (count_ready(&api).await? >= 3).then_some(())
     })
     .await;
     child.kill().await.unwrap();
@@ -595,7 +555,7 @@ async fn killed_mid_reconcile_the_binary_converges_without_duplicates_or_leaks()
     for i in 0..n {
         ready(&api, &format!("db-{i}")).await;
     }
-    let engine = Engine::connect(DatabaseEngine::PostgreSQL, &pg.admin_url()).unwrap();
+    let engine = pg_engine(pg);
     for i in 0..n {
         let dbname = database_name(DatabaseEngine::PostgreSQL, "kill", &format!("db-{i}"));
         assert!(engine.database_exists(&dbname).await.unwrap());
@@ -629,8 +589,7 @@ async fn killed_mid_reconcile_the_binary_converges_without_duplicates_or_leaks()
 #[tokio::test]
 async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     let pg = postgres().await;
-    let server = cluster().await;
-    namespace(&server, "ha").await;
+    let (server, api) = cluster_with_namespace("ha").await;
     namespace(&server, "database-operator").await;
     let lease_flags = [
         "--leader-elect",
@@ -656,13 +615,7 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     })
     .await;
     let mut second = spawn_binary(&server, &pg.admin_url(), &lease_flags);
-    let api: Api<Database> = Api::namespaced(server.client(), "ha");
-    api.create(
-        &PostParams::default(),
-        &database("one", "PostgreSQL", &["app"], "Delete"),
-    )
-    .await
-    .unwrap();
+    create(&api, "one", "PostgreSQL", &["app"], "Delete").await;
     ready(&api, "one").await;
     let lease = leases.get("database-operator").await.unwrap();
     assert_eq!(
@@ -683,15 +636,10 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     })
     .await;
     assert_ne!(next, holder);
-    api.create(
-        &PostParams::default(),
-        &database("two", "PostgreSQL", &["app"], "Delete"),
-    )
-    .await
-    .unwrap();
+    create(&api, "two", "PostgreSQL", &["app"], "Delete").await;
     ready(&api, "two").await;
     second.kill().await.unwrap();
-    let engine = Engine::connect(DatabaseEngine::PostgreSQL, &pg.admin_url()).unwrap();
+    let engine = pg_engine(pg);
     for name in ["one", "two"] {
         engine
             .drop_database(&database_name(DatabaseEngine::PostgreSQL, "ha", name))
@@ -703,29 +651,15 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
 #[tokio::test]
 async fn two_hundred_databases_reach_ready() {
     let pg = postgres().await;
-    let server = cluster().await;
-    namespace(&server, "bulk").await;
-    let op = Operator::start(&server, vec![pg_server(pg.admin_url(), pg.port())]);
-    let api: Api<Database> = Api::namespaced(server.client(), "bulk");
+    let (server, api) = cluster_with_namespace("bulk").await;
+    let op = Operator::start(&server, pg_server(pg));
     let n = 200;
     let started = Instant::now();
     for i in 0..n {
-        api.create(
-            &PostParams::default(),
-            &database(&format!("b-{i}"), "PostgreSQL", &["app"], "Delete"),
-        )
-        .await
-        .unwrap();
+        create(&api, &format!("b-{i}"), "PostgreSQL", &["app"], "Delete").await;
     }
     wait_until("200 Ready", Duration::from_secs(300), async || {
-        let list = api.list(&Default::default()).await.ok()?;
-        (list
-            .items
-            .iter()
-            .filter(|d| d.status.as_ref().is_some_and(|s| s.ready))
-            .count()
-            == n)
-            .then_some(())
+        (count_ready(&api).await? == n).then_some(())
     })
     .await;
     println!(
@@ -733,7 +667,7 @@ async fn two_hundred_databases_reach_ready() {
         started.elapsed().as_secs_f64()
     );
     op.stop().await;
-    let engine = Engine::connect(DatabaseEngine::PostgreSQL, &pg.admin_url()).unwrap();
+    let engine = pg_engine(pg);
     let mut drops = tokio::task::JoinSet::new();
     for i in 0..n {
         let engine = engine.clone();

@@ -28,6 +28,7 @@ pub mod mysql;
 pub mod postgres;
 
 use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::password::Password;
@@ -214,9 +215,20 @@ pub async fn check_login(
     user: &str,
     password: &Password,
 ) -> Result<(), EngineError> {
+    let ctx = ErrorContext {
+        engine: kind,
+        server: format!("{host}:{port}"),
+    };
+    let op = format!("log in to {database:?} as {user:?}");
     match kind {
-        DatabaseEngine::PostgreSQL => postgres::check_login(host, port, database, user, password).await,
-        DatabaseEngine::MySQL => mysql::check_login(host, port, database, user, password).await,
+        DatabaseEngine::PostgreSQL => {
+            let options = postgres::login_options(host, port, database, user, password);
+            ctx.log_in::<sqlx::PgConnection>(&op, &options).await
+        }
+        DatabaseEngine::MySQL => {
+            let options = mysql::login_options(host, port, database, user, password);
+            ctx.log_in::<sqlx::MySqlConnection>(&op, &options).await
+        }
     }
 }
 
@@ -319,7 +331,42 @@ pub(crate) struct ErrorContext {
     pub(crate) server: String,
 }
 
+/// The operation of everything that goes wrong with the administrator URL.
+const PARSE_ADMIN_URL: &str = "parse administrator URL";
+
 impl ErrorContext {
+    /// The context for the server `admin_url` names, once it is a URL with one of `schemes`
+    /// and a host (`default_port` where it names no port).
+    pub(crate) fn for_admin_url(
+        engine: DatabaseEngine,
+        admin_url: &str,
+        schemes: &[&str],
+        default_port: u16,
+    ) -> Result<Self, EngineError> {
+        let unparsed = ErrorContext {
+            engine,
+            server: "(unknown)".into(),
+        };
+        let url = parse_admin_url(admin_url, schemes, |reason| {
+            unparsed.error(PARSE_ADMIN_URL, ErrorKind::InvalidUrl(reason))
+        })?;
+        Ok(ErrorContext {
+            engine,
+            server: host_port(&url, default_port),
+        })
+    }
+
+    /// The driver's connect options parsed from the administrator URL `url`.
+    pub(crate) fn driver_options<O: FromStr>(&self, url: &str) -> Result<O, EngineError> {
+        O::from_str(url).map_err(|_| {
+            // The driver's message may quote the URL; say only that it refused it.
+            self.error(
+                PARSE_ADMIN_URL,
+                ErrorKind::InvalidUrl("rejected by the driver".into()),
+            )
+        })
+    }
+
     pub(crate) fn error(&self, operation: impl fmt::Display, kind: ErrorKind) -> EngineError {
         EngineError {
             engine: self.engine,
@@ -328,6 +375,77 @@ impl ErrorContext {
             kind,
         }
     }
+
+    /// An error from sqlx, classified by this engine's rules ([`classify`]).
+    pub(crate) fn sql_error(&self, operation: impl fmt::Display, error: sqlx::Error) -> EngineError {
+        let classify_database = match self.engine {
+            DatabaseEngine::PostgreSQL => postgres::classify_database_error,
+            DatabaseEngine::MySQL => mysql::classify_database_error,
+        };
+        self.error(operation, classify(error, classify_database))
+    }
+
+    /// The engine's `Debug` output: its type `name` and the server, nothing from the pool's
+    /// options (they hold the password).
+    pub(crate) fn fmt_engine(&self, f: &mut fmt::Formatter<'_>, name: &str) -> fmt::Result {
+        f.debug_struct(name)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+
+    /// A connection with `options`, or an unreachable error saying `timed_out` after `timeout`.
+    pub(crate) async fn connect_within<C: sqlx::Connection>(
+        &self,
+        operation: &str,
+        options: &C::Options,
+        timeout: Duration,
+        timed_out: impl FnOnce() -> String,
+    ) -> Result<C, EngineError> {
+        match tokio::time::timeout(timeout, C::connect_with(options)).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(self.sql_error(operation, e)),
+            Err(_) => Err(self.error(operation, ErrorKind::Unreachable(timed_out()))),
+        }
+    }
+
+    /// Log in with `options` (within 10 s) and run `SELECT 1`: [`check_login`] for either engine.
+    async fn log_in<C>(&self, operation: &str, options: &C::Options) -> Result<(), EngineError>
+    where
+        C: sqlx::Connection,
+        for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+        for<'q> <C::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, C::Database>,
+    {
+        let timeout = Duration::from_secs(10);
+        let mut conn: C = self
+            .connect_within(operation, options, timeout, || "login timed out".into())
+            .await?;
+        let result = sqlx::query("SELECT 1").execute(&mut conn).await;
+        let _ = conn.close().await;
+        result.map(|_| ()).map_err(|e| self.sql_error(operation, e))
+    }
+}
+
+/// The pool settings of both engines: at most `max_connections` (and at least one), none made
+/// before they are needed or kept for more than a minute unused, each checked before use, and
+/// waiting for one bounded by the connect timeout.
+pub(crate) fn pool_options<DB: sqlx::Database>(options: &ConnectOptions) -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .min_connections(0)
+        .acquire_timeout(options.connect_timeout)
+        .idle_timeout(Some(Duration::from_secs(60)))
+        .test_before_acquire(true)
+}
+
+/// Run one statement built from quoted parts on `pool`: prepared (so exactly one statement)
+/// and not cached, and outside any transaction.
+pub(crate) async fn execute<DB>(pool: &sqlx::Pool<DB>, sql: &str) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    sqlx::query(sql).persistent(false).execute(pool).await.map(|_| ())
 }
 
 /// Turn a sqlx error into an [`ErrorKind`], with `classify_database` deciding for errors the

@@ -17,15 +17,12 @@
 //!   of hanging.
 
 use std::fmt;
-use std::str::FromStr as _;
-use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions};
-use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool};
+use sqlx::{ConnectOptions as _, Executor as _};
 
 use super::{
-    ConnectOptions, EngineError, ErrorContext, ErrorKind, UserChange, classify, encode_path_segment,
-    host_port, parse_admin_url,
+    ConnectOptions, EngineError, ErrorContext, ErrorKind, UserChange, encode_path_segment, pool_options,
 };
 use crate::naming::role_suffix;
 use crate::password::{Password, mariadb_native_hash};
@@ -107,44 +104,21 @@ pub struct MySqlEngine {
 // By hand: the pool's options hold the password.
 impl fmt::Debug for MySqlEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MySqlEngine")
-            .field("server", &self.ctx.server)
-            .finish_non_exhaustive()
+        self.ctx.fmt_engine(f, "MySqlEngine")
     }
 }
 
 impl MySqlEngine {
     /// See [`super::Engine::connect_with`].
     pub fn connect(admin_url: &str, options: &ConnectOptions) -> Result<Self, EngineError> {
-        let unparsed = ErrorContext {
-            engine: DatabaseEngine::MySQL,
-            server: "(unknown)".into(),
-        };
-        let url = parse_admin_url(admin_url, &["mysql", "mariadb"], |reason| {
-            unparsed.error("parse administrator URL", ErrorKind::InvalidUrl(reason))
-        })?;
-        let ctx = ErrorContext {
-            engine: DatabaseEngine::MySQL,
-            server: host_port(&url, 3306),
-        };
+        let ctx = ErrorContext::for_admin_url(DatabaseEngine::MySQL, admin_url, &["mysql", "mariadb"], 3306)?;
         // sqlx knows only the mysql scheme.
         let normalized = admin_url.replacen("mariadb://", "mysql://", 1);
-        let my_options = MySqlConnectOptions::from_str(&normalized)
-            .map_err(|_| {
-                // The driver's message may quote the URL; say only that it refused it.
-                ctx.error(
-                    "parse administrator URL",
-                    ErrorKind::InvalidUrl("rejected by the driver".into()),
-                )
-            })?
+        let my_options = ctx
+            .driver_options::<MySqlConnectOptions>(&normalized)?
             // Statements hold password hashes; keep them out of the operator's logs.
             .disable_statement_logging();
-        let pool = MySqlPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .min_connections(0)
-            .acquire_timeout(options.connect_timeout)
-            .idle_timeout(Some(Duration::from_secs(60)))
-            .test_before_acquire(true)
+        let pool = pool_options::<sqlx::MySql>(options)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     conn.execute("SET SESSION lock_wait_timeout = 30").await?;
@@ -368,17 +342,13 @@ impl MySqlEngine {
         Ok(())
     }
 
-    /// Run one statement built from quoted parts (prepared, so exactly one statement).
+    /// See [`super::execute`].
     async fn execute(&self, sql: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(sql)
-            .persistent(false)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        super::execute(&self.pool, sql).await
     }
 
     fn error(&self, operation: impl fmt::Display, e: sqlx::Error) -> EngineError {
-        self.ctx.error(operation, classify(e, classify_database_error))
+        self.ctx.sql_error(operation, e)
     }
 }
 
@@ -393,7 +363,7 @@ fn error_number(e: &sqlx::Error) -> Option<u16> {
 /// Transient: too many connections (1040, 1203), out of resources (1041), shutdown in
 /// progress (1053), network errors (1152-1161), lock wait timeout (1205), deadlock (1213),
 /// interrupted or killed (1317, 1927), idle disconnect (4031). Everything else is permanent.
-fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> ErrorKind {
+pub(super) fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> ErrorKind {
     let number = db.try_downcast_ref::<MySqlDatabaseError>().map(|e| e.number());
     let sqlstate = db
         .code()
@@ -413,37 +383,21 @@ fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> ErrorKind {
     }
 }
 
-/// See [`super::check_login`].
-pub(super) async fn check_login(
+/// The options of [`super::check_login`].
+pub(super) fn login_options(
     host: &str,
     port: u16,
     database: &str,
     user: &str,
     password: &Password,
-) -> Result<(), EngineError> {
-    let ctx = ErrorContext {
-        engine: DatabaseEngine::MySQL,
-        server: format!("{host}:{port}"),
-    };
-    let op = format!("log in to {database:?} as {user:?}");
-    let options = MySqlConnectOptions::new()
+) -> MySqlConnectOptions {
+    MySqlConnectOptions::new()
         .host(host)
         .port(port)
         .database(database)
         .username(user)
         .password(password.expose())
-        .disable_statement_logging();
-    let connect = MySqlConnection::connect_with(&options);
-    let mut conn = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(ctx.error(op, classify(e, classify_database_error))),
-        Err(_) => return Err(ctx.error(op, ErrorKind::Unreachable("login timed out".into()))),
-    };
-    let result = sqlx::query("SELECT 1").execute(&mut conn).await;
-    let _ = conn.close().await;
-    result
-        .map(|_| ())
-        .map_err(|e| ctx.error(op, classify(e, classify_database_error)))
+        .disable_statement_logging()
 }
 
 #[cfg(test)]

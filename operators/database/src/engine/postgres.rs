@@ -16,16 +16,14 @@
 //!   password) would put the password itself into statements the server may log.
 
 use std::fmt;
-use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sqlx::{ConnectOptions as _, Connection as _};
 
 use super::{
-    ConnectOptions, EngineError, ErrorContext, ErrorKind, UserChange, classify, encode_path_segment,
-    host_port, parse_admin_url,
+    ConnectOptions, EngineError, ErrorContext, ErrorKind, UserChange, encode_path_segment, pool_options,
 };
 use crate::naming::{POSTGRES_MAX_IDENTIFIER, role_suffix};
 use crate::password::{Password, postgres_scram_verifier, scram_verifier_matches};
@@ -102,44 +100,25 @@ pub struct PostgresEngine {
 // By hand: the connect options hold the password.
 impl fmt::Debug for PostgresEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresEngine")
-            .field("server", &self.ctx.server)
-            .finish_non_exhaustive()
+        self.ctx.fmt_engine(f, "PostgresEngine")
     }
 }
 
 impl PostgresEngine {
     /// See [`super::Engine::connect_with`].
     pub fn connect(admin_url: &str, options: &ConnectOptions) -> Result<Self, EngineError> {
-        let unparsed = ErrorContext {
-            engine: DatabaseEngine::PostgreSQL,
-            server: "(unknown)".into(),
-        };
-        let url = parse_admin_url(admin_url, &["postgres", "postgresql"], |reason| {
-            unparsed.error("parse administrator URL", ErrorKind::InvalidUrl(reason))
-        })?;
-        let ctx = ErrorContext {
-            engine: DatabaseEngine::PostgreSQL,
-            server: host_port(&url, 5432),
-        };
-        let pg_options = PgConnectOptions::from_str(admin_url)
-            .map_err(|_| {
-                // The driver's message may quote the URL; say only that it refused it.
-                ctx.error(
-                    "parse administrator URL",
-                    ErrorKind::InvalidUrl("rejected by the driver".into()),
-                )
-            })?
+        let ctx = ErrorContext::for_admin_url(
+            DatabaseEngine::PostgreSQL,
+            admin_url,
+            &["postgres", "postgresql"],
+            5432,
+        )?;
+        let pg_options = ctx
+            .driver_options::<PgConnectOptions>(admin_url)?
             .application_name("database-operator")
             // Statements hold password verifiers; keep them out of the operator's logs.
             .disable_statement_logging();
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .min_connections(0)
-            .acquire_timeout(options.connect_timeout)
-            .idle_timeout(Some(Duration::from_secs(60)))
-            .test_before_acquire(true)
-            .connect_lazy_with(pg_options.clone());
+        let pool = pool_options(options).connect_lazy_with(pg_options.clone());
         Ok(PostgresEngine {
             pool,
             options: Arc::new(pg_options),
@@ -408,32 +387,23 @@ impl PostgresEngine {
         }
     }
 
-    /// Run one statement built from quoted parts, outside any transaction.
+    /// See [`super::execute`].
     async fn execute(&self, sql: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(sql)
-            .persistent(false)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        super::execute(&self.pool, sql).await
     }
 
     /// A connection to `database` as the administrator (for per-database privileges).
     async fn connect_to(&self, database: &str, op: &str) -> Result<PgConnection, EngineError> {
         let options = (*self.options).clone().database(database);
-        match tokio::time::timeout(self.connect_timeout, PgConnection::connect_with(&options)).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(self.error(op, e)),
-            Err(_) => Err(self.ctx.error(
-                op,
-                ErrorKind::Unreachable(format!(
-                    "no connection to {database:?} within the connect timeout"
-                )),
-            )),
-        }
+        self.ctx
+            .connect_within(op, &options, self.connect_timeout, || {
+                format!("no connection to {database:?} within the connect timeout")
+            })
+            .await
     }
 
     fn error(&self, operation: impl fmt::Display, e: sqlx::Error) -> EngineError {
-        self.ctx.error(operation, classify(e, classify_database_error))
+        self.ctx.sql_error(operation, e)
     }
 }
 
@@ -448,7 +418,7 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 /// Transient: connection exceptions (08), insufficient resources (53), shutdown and startup
 /// (57P01-57P03), cancelled statements (57014), serialization failures and deadlocks (40001,
 /// 40P01), objects in use and lock timeouts (55006, 55P03). Everything else is permanent.
-fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> ErrorKind {
+pub(super) fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> ErrorKind {
     let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
     let transient = code.starts_with("08")
         || code.starts_with("53")
@@ -463,38 +433,22 @@ fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> ErrorKind {
     }
 }
 
-/// See [`super::check_login`].
-pub(super) async fn check_login(
+/// The options of [`super::check_login`].
+pub(super) fn login_options(
     host: &str,
     port: u16,
     database: &str,
     user: &str,
     password: &Password,
-) -> Result<(), EngineError> {
-    let ctx = ErrorContext {
-        engine: DatabaseEngine::PostgreSQL,
-        server: format!("{host}:{port}"),
-    };
-    let op = format!("log in to {database:?} as {user:?}");
-    let options = PgConnectOptions::new()
+) -> PgConnectOptions {
+    PgConnectOptions::new()
         .host(host)
         .port(port)
         .database(database)
         .username(user)
         .password(password.expose())
         .application_name("database-operator")
-        .disable_statement_logging();
-    let connect = PgConnection::connect_with(&options);
-    let mut conn = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(ctx.error(op, classify(e, classify_database_error))),
-        Err(_) => return Err(ctx.error(op, ErrorKind::Unreachable("login timed out".into()))),
-    };
-    let result = sqlx::query("SELECT 1").execute(&mut conn).await;
-    let _ = conn.close().await;
-    result
-        .map(|_| ())
-        .map_err(|e| ctx.error(op, classify(e, classify_database_error)))
+        .disable_statement_logging()
 }
 
 #[cfg(test)]
