@@ -523,10 +523,19 @@ async fn hostile_names_are_refused_or_made_safe() {
 const BIN: &str = env!("CARGO_BIN_EXE_database-operator");
 
 fn spawn_binary(server: &TestServer, dsn: &str, extra: &[&str]) -> tokio::process::Child {
+    spawn_binary_with_metrics(server, dsn, extra, "off")
+}
+
+fn spawn_binary_with_metrics(
+    server: &TestServer,
+    dsn: &str,
+    extra: &[&str],
+    metrics: &str,
+) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
         .args(["run", "--kubeconfig"])
         .arg(server.kubeconfig())
-        .args(["--metrics-addr", "off", "--probe-addr", "off"])
+        .args(["--metrics-addr", metrics, "--probe-addr", "off"])
         .args(extra)
         .env("DATABASE_OPERATOR_ADMIN_DSN_DEFAULT", dsn)
         .env("RUST_LOG", "warn")
@@ -614,9 +623,37 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
             .holder_identity
     })
     .await;
-    let mut second = spawn_binary(&server, &pg.admin_url(), &lease_flags);
+    let port = crwatch_testsupport::free_port().unwrap();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let mut second = spawn_binary_with_metrics(&server, &pg.admin_url(), &lease_flags, &metrics_addr);
+    // The number of reconciles the second replica ran, from its /metrics.
+    let reconciles = async || -> Option<f64> {
+        let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("controller_runtime_reconcile_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    };
+    wait_until(
+        "the second replica's metrics",
+        Duration::from_secs(30),
+        reconciles,
+    )
+    .await;
     create(&api, "one", "PostgreSQL", &["app"], "Delete").await;
     ready(&api, "one").await;
+    assert_eq!(
+        reconciles().await,
+        Some(0.0),
+        "the replica without the lease reconciled nothing"
+    );
     let lease = leases.get("database-operator").await.unwrap();
     assert_eq!(
         lease.spec.unwrap().holder_identity.as_deref(),
@@ -638,6 +675,10 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     assert_ne!(next, holder);
     create(&api, "two", "PostgreSQL", &["app"], "Delete").await;
     ready(&api, "two").await;
+    assert!(
+        reconciles().await.unwrap_or(0.0) > 0.0,
+        "the new leader does the work"
+    );
     second.kill().await.unwrap();
     let engine = pg_engine(pg);
     for name in ["one", "two"] {
