@@ -325,6 +325,32 @@ async fn event_and_field_filters_pick_the_changes_to_forward() {
         "",
     );
     let fwd = start(&server, &yaml).await;
+    // The probes answer ready once the stream has listed; /metrics serves the forwarder's families.
+    let probes = fwd.probes_addr.expect("probes on");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http.get(format!("http://{probes}/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics_addr = fwd.metrics_addr.expect("metrics on");
+    let text = http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("crwatch_forward_relists_total"), "{text}");
     let api: Api<ConfigMap> = Api::namespaced(server.client(), "filter");
     create(&api, "a", 0).await;
     set(&api, "a", "other", "x").await;
