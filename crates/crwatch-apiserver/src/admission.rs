@@ -116,6 +116,9 @@ pub enum AdmissionError {
         reason: String,
         /// The full message.
         message: String,
+        /// The webhook's `status.details` (e.g. per-field causes), passed on as the real server
+        /// does.
+        details: Option<Value>,
     },
     /// A webhook could not be called, or answered nonsense, and its `failurePolicy` is `Fail`.
     /// `message` is the cause, like `failed calling webhook "x": failed to call webhook: Post ...`;
@@ -147,7 +150,7 @@ impl AdmissionError {
     ///
     /// ```
     /// # use crwatch_apiserver::admission::AdmissionError;
-    /// let err = AdmissionError::Denied { code: 400, reason: String::new(), message: "no".into() };
+    /// let err = AdmissionError::Denied { code: 400, reason: String::new(), message: "no".into(), details: None };
     /// let status = err.status();
     /// assert_eq!(status["kind"], "Status");
     /// assert_eq!(status["code"], 400);
@@ -161,10 +164,13 @@ impl AdmissionError {
         status.insert("status".into(), json!("Failure"));
         status.insert("message".into(), json!(self.to_string()));
         match self {
-            AdmissionError::Denied { reason, .. } => {
+            AdmissionError::Denied { reason, details, .. } => {
                 // Go's omitempty: a webhook that gives no reason yields a Status without one.
                 if !reason.is_empty() {
                     status.insert("reason".into(), json!(reason));
+                }
+                if let Some(details) = details {
+                    status.insert("details".into(), details.clone());
                 }
             }
             AdmissionError::Failed { message } | AdmissionError::Internal { message } => {
@@ -459,10 +465,17 @@ fn denial(hook: &str, result: Option<&Value>) -> AdmissionError {
         .and_then(|c| u16::try_from(c).ok())
         .filter(|c| *c >= 400)
         .unwrap_or(400);
+    // The real server returns the webhook's Status as it is, with only code, status and
+    // message adjusted, so its details (causes per field) reach the client.
+    let details = result
+        .and_then(|r| r.get("details"))
+        .filter(|d| d.is_object())
+        .cloned();
     AdmissionError::Denied {
         code,
         reason: reason.to_string(),
         message,
+        details,
     }
 }
 
@@ -715,6 +728,7 @@ impl Admission {
                         code: 400,
                         reason: "BadRequest".into(),
                         message: format!("admission webhook {:?} does not support dry run", hook.name),
+                        details: None,
                     }));
                 }
             }
@@ -1076,7 +1090,8 @@ mod tests {
         let wh = serve(&ca, |r| {
             Some(answer(
                 r,
-                json!({"allowed": false, "status": {"code": 403, "reason": "Forbidden", "message": "no databases on Sundays"}}),
+                json!({"allowed": false, "status": {"code": 403, "reason": "Forbidden", "message": "no databases on Sundays",
+                    "details": {"causes": [{"field": "spec.day", "message": "Sunday"}]}}}),
             ))
         })
         .await;
@@ -1097,7 +1112,13 @@ mod tests {
                 message:
                     r#"admission webhook "deny.example.com" denied the request: no databases on Sundays"#
                         .into(),
+                details: Some(json!({"causes": [{"field": "spec.day", "message": "Sunday"}]})),
             }
+        );
+        assert_eq!(
+            err.status()["details"]["causes"][0]["field"],
+            "spec.day",
+            "details pass through"
         );
         assert_eq!(err.status()["reason"], "Forbidden");
         assert_eq!(err.status()["code"], 403);
@@ -1581,6 +1602,7 @@ mod tests {
                 code: 400,
                 reason: "BadRequest".into(),
                 message: "admission webhook \"fx.example.com\" does not support dry run".into(),
+                details: None,
             }
         );
         assert_eq!(wh.calls(), 0);
