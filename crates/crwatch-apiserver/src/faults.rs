@@ -118,7 +118,8 @@ impl Faults {
         self.store.compact();
     }
 
-    /// Fail the next `n` matching requests with `code` (429 carries `Retry-After: 1`).
+    /// Fail the next `n` matching requests with `code` (429 carries `Retry-After: 1`; 403 is the
+    /// RBAC denial the real server sends for that request).
     pub fn fail_next(&self, n: usize, code: u16, only: Match) {
         let retry_after = (code == 429 || code == 503).then_some(1);
         self.lock().failures.push(Failure {
@@ -172,6 +173,7 @@ impl Faults {
 
     /// Record the request, wait out pause and latency, and return an injected failure if one is due.
     pub(crate) async fn on_request(&self, record: RequestRecord) -> Result<(), ApiError> {
+        let forbidden = forbidden(&record);
         let (latency, failure) = {
             let mut s = self.lock();
             *s.counts
@@ -214,6 +216,7 @@ impl Faults {
                         "the server is currently unable to handle the request",
                     ),
                     500 => ApiError::internal("injected failure"),
+                    403 => forbidden,
                     other => ApiError::new(
                         other,
                         "InternalError",
@@ -224,5 +227,74 @@ impl Faults {
                 Err(err)
             }
         }
+    }
+}
+
+/// The 403 an RBAC denial of `record` gets from the real server, word for word (the requester
+/// is anonymous here).
+fn forbidden(record: &RequestRecord) -> ApiError {
+    let user = "system:anonymous";
+    if record.resource.is_empty() {
+        let message = format!(
+            "forbidden: User {user:?} cannot {} path {:?}",
+            record.verb, record.path
+        );
+        return ApiError::new(403, "Forbidden", message);
+    }
+    let scope = if record.namespace.is_empty() {
+        "at the cluster scope".to_string()
+    } else {
+        format!("in the namespace {:?}", record.namespace)
+    };
+    let why = format!(
+        "User {user:?} cannot {} resource {:?} in API group {:?} {scope}",
+        record.verb, record.resource, record.group
+    );
+    let plural = record.resource.split('/').next().unwrap_or_default();
+    let qualified = if record.group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{}", record.group)
+    };
+    let message = if record.name.is_empty() {
+        format!("{qualified} is forbidden: {why}")
+    } else {
+        format!("{qualified} {:?} is forbidden: {why}", record.name)
+    };
+    let mut err = ApiError::new(403, "Forbidden", message);
+    let mut details = serde_json::json!({"group": record.group, "kind": plural});
+    if !record.name.is_empty() {
+        details["name"] = serde_json::json!(record.name);
+    }
+    err.details = Some(Box::new(details));
+    err
+}
+
+#[cfg(test)]
+mod forbidden_tests {
+    use super::*;
+
+    #[test]
+    fn injected_403s_read_like_rbac_denials() {
+        let record = |verb: &str, resource: &str, group: &str, ns: &str, name: &str| RequestRecord {
+            verb: verb.into(),
+            resource: resource.into(),
+            group: group.into(),
+            namespace: ns.into(),
+            name: name.into(),
+            path: "/x".into(),
+        };
+        let e = forbidden(&record("list", "configmaps", "", "default", ""));
+        assert_eq!(
+            e.message,
+            r#"configmaps is forbidden: User "system:anonymous" cannot list resource "configmaps" in API group "" in the namespace "default""#
+        );
+        let e = forbidden(&record("get", "databases", "stable.example.com", "", "db"));
+        assert_eq!(
+            e.message,
+            r#"databases.stable.example.com "db" is forbidden: User "system:anonymous" cannot get resource "databases" in API group "stable.example.com" at the cluster scope"#
+        );
+        assert_eq!(e.code, 403);
+        assert_eq!(e.reason, "Forbidden");
     }
 }
