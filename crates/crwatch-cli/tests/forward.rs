@@ -411,3 +411,54 @@ async fn configuration_errors_name_file_line_and_field() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
+
+#[tokio::test]
+async fn skip_existing_skips_only_the_first_list_not_a_later_relist() {
+    let server = TestServer::start().await.unwrap();
+    namespace(&server, "skip").await;
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "skip");
+    let old = create(&api, "old", 0).await;
+    let rx = Receiver::start().await;
+    let fwd = start(
+        &server,
+        &config(&rx.url(), "skip", "    skipExisting: true\n", ""),
+    )
+    .await;
+    let a = id_of(&create(&api, "a", 0).await);
+    wait_for("the new object", || rx.has_id(&a)).await;
+    assert!(!rx.has_id(&id_of(&old)), "the existing object is skipped");
+    // Everything the forwarder knew is deleted, so the relist below starts from nothing known.
+    api.delete("old", &DeleteParams::default()).await.unwrap();
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    wait_for("both deletions", || {
+        rx.events()
+            .iter()
+            .filter(|e| e["type"] == "io.crwatch.resource.deleted")
+            .count()
+            == 2
+    })
+    .await;
+
+    // A 410 relist must forward what appeared meanwhile, skipExisting or not.
+    server.faults().pause();
+    let watches = server.faults().count("watch", "configmaps");
+    server.faults().drop_watches();
+    wait_for("the forwarder to watch again", || {
+        server.faults().count("watch", "configmaps") > watches
+    })
+    .await;
+    let b = server
+        .server()
+        .apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "skip"}, "data": {"n": "0"}}))
+        .await
+        .unwrap();
+    let b = format!(
+        "{}:{}",
+        b["metadata"]["uid"].as_str().unwrap(),
+        b["metadata"]["resourceVersion"].as_str().unwrap()
+    );
+    server.faults().compact();
+    server.faults().resume();
+    wait_for("the object created during the gap", || rx.has_id(&b)).await;
+    fwd.shutdown().await.unwrap();
+}

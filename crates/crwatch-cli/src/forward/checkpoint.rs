@@ -43,6 +43,8 @@ pub enum Op {
     Remove(String),
     /// Nothing changed in the objects (a bookmark, or the end of a relist).
     Nothing,
+    /// A relist starts: forget the resume point until it completes.
+    ForgetResume,
 }
 
 /// A change waiting for acknowledgements.
@@ -232,6 +234,7 @@ impl Committer {
                     state.objects.remove(&key);
                 }
                 Op::Nothing => {}
+                Op::ForgetResume => state.resource_version = None,
             }
             if let Some(rv) = p.resource_version {
                 state.resource_version = Some(rv);

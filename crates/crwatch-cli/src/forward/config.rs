@@ -364,6 +364,13 @@ impl ForwardConfig {
                     format!("resources[{i}].resource: must not be empty"),
                 ));
             }
+            let mut namespaces = BTreeSet::new();
+            if let Some(ns) = r.namespaces.iter().find(|ns| !namespaces.insert(ns.as_str())) {
+                return Err(at(
+                    &r.resource.referenced,
+                    format!("resources[{i}].namespaces: {ns:?} is listed twice"),
+                ));
+            }
             if r.events.is_empty() {
                 return Err(at(
                     &r.resource.referenced,

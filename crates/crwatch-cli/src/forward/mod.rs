@@ -134,7 +134,7 @@ impl Forwarder {
         let source_prefix = config.source.clone().unwrap_or(url);
         let mut specs = Vec::new();
         let mut routes = Vec::new();
-        for r in &config.resources {
+        for (entry_index, r) in config.resources.iter().enumerate() {
             let rt = resolve(&types, &r.resource.value).map_err(|e| config::ConfigError {
                 file: file.to_string(),
                 location: Some((r.resource.referenced.line(), r.resource.referenced.column())),
@@ -158,6 +158,7 @@ impl Forwarder {
             };
             for namespace in namespaces {
                 specs.push(StreamSpec {
+                    entry: entry_index,
                     index: specs.len(),
                     resource: rt.api_resource(),
                     full_name: rt.full_name(),

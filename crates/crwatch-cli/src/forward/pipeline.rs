@@ -230,9 +230,14 @@ impl Lane {
     async fn deliver(&self, item: &Item) -> bool {
         let mut attempt: u32 = 0;
         loop {
+            // A sink that panics must not take its lane down with it: the lane's changes would
+            // stay unacknowledged forever and, through the in-flight bound, stall every stream.
+            let attempt_fut = std::panic::AssertUnwindSafe(self.sink.deliver(&item.delivery));
             let result = tokio::select! {
                 _ = self.abort.cancelled() => return false,
-                r = self.sink.deliver(&item.delivery) => r,
+                r = futures::FutureExt::catch_unwind(attempt_fut) => {
+                    r.unwrap_or_else(|_| Err(SinkError::Retryable("the sink panicked".into())))
+                }
             };
             let error = match result {
                 Ok(()) => {
@@ -293,6 +298,91 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::future::BoxFuture;
+
+    /// Panics on its first attempt, then acknowledges.
+    struct Flaky(AtomicUsize);
+
+    impl Sink for Flaky {
+        fn deliver<'a>(&'a self, _: &'a Delivery) -> BoxFuture<'a, Result<(), SinkError>> {
+            Box::pin(async move {
+                if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("sink bug");
+                }
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_sink_is_retried_instead_of_stalling_its_lane() {
+        let rt = crate::resolve::ResourceType {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+            singular: "configmap".into(),
+            short_names: vec![],
+            namespaced: true,
+            preferred: true,
+        };
+        let route = Route {
+            builder: EventBuilder::new("http://x", rt),
+            sinks: vec![0],
+            events: vec![EventType::Added],
+            fields: vec![],
+            resource: "configmaps".into(),
+        };
+        let sink = Arc::new(Flaky(AtomicUsize::new(0)));
+        let runner = SinkRunner {
+            name: "flaky".into(),
+            sink: sink.clone(),
+            retry: RetryConfig {
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+                max_attempts: None,
+            },
+            dead_letter: None,
+            queue_size: 4,
+            parallelism: 1,
+        };
+        let committer = Arc::new(Committer::open(vec!["s".into()], None, 10).unwrap());
+        let abort = CancellationToken::new();
+        let (dispatcher, _workers) = Dispatcher::start(
+            vec![route],
+            vec![runner],
+            committer.clone(),
+            ForwardMetrics::standalone(),
+            abort,
+        )
+        .unwrap();
+        let object = Arc::new(
+            serde_json::json!({"metadata": {"name": "a", "namespace": "n", "uid": "u", "resourceVersion": "1"}}),
+        );
+        let change = Change {
+            event: EventType::Added,
+            key: "n/a".into(),
+            object,
+            old: None,
+            diff: Default::default(),
+        };
+        dispatcher
+            .dispatch(0, Some(change), Op::Nothing, Some("1".into()))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while committer.in_flight() > 0 {
+            assert!(Instant::now() < deadline, "the change was never acknowledged");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            sink.0.load(Ordering::SeqCst),
+            2,
+            "one panic, one successful retry"
+        );
+        assert_eq!(committer.committed(0).resource_version.as_deref(), Some("1"));
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {

@@ -40,6 +40,9 @@ pub struct StreamSpec {
     pub fields: Option<String>,
     /// On a first start (no checkpoint), record existing objects without forwarding them.
     pub skip_existing: bool,
+    /// Index of the `resources[]` entry: two entries for one resource (with other sinks or
+    /// filters) progress separately and must not share a checkpoint.
+    pub entry: usize,
 }
 
 impl StreamSpec {
@@ -47,7 +50,8 @@ impl StreamSpec {
     /// selectors starts it afresh.
     pub fn key(&self) -> String {
         format!(
-            "{}/{}|ns={}|labels={}|fields={}",
+            "#{}|{}/{}|ns={}|labels={}|fields={}",
+            self.entry,
             self.full_name,
             self.resource.version,
             self.namespace.as_deref().unwrap_or("*"),
@@ -102,7 +106,9 @@ impl StreamRunner {
         };
         let mut seen = start.objects;
         let mut rv = start.resource_version;
-        let first_start = rv.is_none() && seen.is_empty();
+        // Only the very first list of a stream without a checkpoint may skip existing objects;
+        // later relists (after 410) must forward what appeared meanwhile.
+        let mut initial_list = rv.is_none() && seen.is_empty();
         let mut failures: u32 = 0;
         loop {
             if cancel.is_cancelled() {
@@ -117,11 +123,28 @@ impl StreamRunner {
                 match listed {
                     Ok((objects, list_rv)) => {
                         failures = 0;
-                        let forward = !(first_start && self.spec.skip_existing && seen.is_empty());
-                        self.emit_relist(&mut seen, objects, forward).await;
+                        let forward = !(initial_list && self.spec.skip_existing);
+                        initial_list = false;
+                        // Until the relist is fully acknowledged, a restart must relist again:
+                        // resuming the old watch would replay events older than the objects
+                        // committed by the relist so far.
                         self.dispatcher
-                            .dispatch(self.spec.index, None, Op::Nothing, Some(list_rv.clone()))
+                            .dispatch(self.spec.index, None, Op::ForgetResume, None)
                             .await;
+                        let relist = async {
+                            self.emit_relist(&mut seen, objects, forward).await;
+                            let op = Op::Nothing;
+                            self.dispatcher
+                                .dispatch(self.spec.index, None, op, Some(list_rv.clone()))
+                                .await;
+                        };
+                        // A sink that is down can hold the relist back forever; shutdown must not
+                        // wait for it (relist changes never move the resume point, so stopping
+                        // half-way loses nothing).
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = relist => {}
+                        }
                         rv = Some(list_rv);
                         self.synced.store(true, Ordering::SeqCst);
                     }
@@ -414,5 +437,26 @@ fn deleted(key: &str, last: &Known) -> Change {
         object: last.object.clone(),
         old: None,
         diff: crwatch::diff::Diff::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_entries_for_one_resource_keep_separate_checkpoints() {
+        let spec = |entry| StreamSpec {
+            index: entry,
+            resource: ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()),
+            full_name: "pods".into(),
+            namespace: Some("a".into()),
+            labels: None,
+            fields: None,
+            skip_existing: false,
+            entry,
+        };
+        assert_ne!(spec(0).key(), spec(1).key());
+        assert_eq!(spec(0).key(), spec(0).key());
     }
 }
