@@ -37,6 +37,9 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "database-
 /// How often a Ready database is looked at again (to refresh `status.actualSize`).
 pub const RESYNC: Duration = Duration::from_secs(300);
 
+/// The longest one reconcile may take before it is abandoned and retried.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long to wait before looking again at a failure retrying cannot fix by itself.
 pub const PERMANENT_RETRY: Duration = Duration::from_secs(120);
 
@@ -112,13 +115,21 @@ pub async fn reconcile(req: Request<Database>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::done());
     };
     let api: Api<Database> = Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, db, |event| async {
+    let name = db.name_any();
+    let work = finalizer(&api, FINALIZER, db, |event| async {
         match event {
             Event::Apply(db) => apply(&db, &ctx).await,
             Event::Cleanup(db) => cleanup(&db, &ctx).await,
         }
-    })
-    .await;
+    });
+    // A call that never returns (a server holding a lock for a session that died with a killed
+    // predecessor, a half-open connection) must not pin this object's worker forever: give up
+    // and retry with backoff. Every step is idempotent, so starting over is safe.
+    let Ok(result) = tokio::time::timeout(RECONCILE_TIMEOUT, work).await else {
+        return Err(ReconcileError::transient(anyhow::anyhow!(
+            "reconciling {name} took longer than {RECONCILE_TIMEOUT:?}; retrying"
+        )));
+    };
     match result {
         Ok(action) => Ok(action),
         Err(FinalizerError::ApplyFailed { source, .. } | FinalizerError::CleanupFailed { source, .. }) => {
@@ -204,6 +215,21 @@ fn check(db: &Database, ctx: &Context) -> Vec<FieldError> {
 }
 
 async fn apply(db: &Database, ctx: &Context) -> Result<Action, Failure> {
+    // The cached copy can lag behind our own status writes (a Secret event queues the Database
+    // again at once); deciding from it would flip conditions back and repeat one-time Events.
+    let api: Api<Database> = Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    let Some(fresh) = api
+        .get_opt(&db.name_any())
+        .await
+        .map_err(|e| Failure::kube("reading the Database", e))?
+    else {
+        return Ok(Action::done());
+    };
+    if fresh.metadata.deletion_timestamp.is_some() {
+        // Deletion started meanwhile: the next reconcile runs the cleanup.
+        return Ok(Action::done());
+    }
+    let db = &fresh;
     let generation = db.metadata.generation;
     let before = db.status.clone().unwrap_or_default();
     let mut status = before.clone();
@@ -413,8 +439,11 @@ async fn provision(
     }
     let old_data = existing.as_ref().and_then(|s| s.data.as_ref());
 
+    // Every password is settled (passwordSecrets read) before any is set on the server, so a
+    // missing passwordSecret does not leave new server passwords behind on each retry. The
+    // Secret is written only after the server has the passwords: a Secret that exists works.
     let mut data = BTreeMap::new();
-    let mut roles = Vec::new();
+    let mut logins = Vec::new();
     for user in &db.spec.users {
         let u = &user.username;
         let role = naming::role_name(kind, &database, u);
@@ -441,6 +470,22 @@ async fn provision(
                 .map(Password::new)
                 .unwrap_or_else(Password::generate),
         };
+        let uri = user_uri(server, &role, &password, &database);
+        for (k, v) in [
+            ("username", role.clone()),
+            ("password", password.expose().to_string()),
+            ("host", server.host.clone()),
+            ("port", server.port.to_string()),
+            ("database", database.clone()),
+            ("uri", uri),
+        ] {
+            data.insert(format!("{u}.{k}"), ByteString(v.into_bytes()));
+        }
+        logins.push((role, password));
+    }
+
+    let mut roles = Vec::new();
+    for (role, password) in logins {
         match engine
             .ensure_user(&role, &password, &database)
             .await
@@ -457,30 +502,14 @@ async fn provision(
                 .await;
             }
             UserChange::PasswordChanged => {
-                event(
-                    ctx,
-                    db,
-                    EventType::Normal,
-                    "PasswordSynced",
-                    &format!("set the password of {role}"),
-                )
-                .await;
+                let msg = format!("set the password of {role}");
+                event(ctx, db, EventType::Normal, "PasswordSynced", &msg).await;
             }
             UserChange::Unchanged => {}
         }
-        let uri = user_uri(server, &role, &password, &database);
-        for (k, v) in [
-            ("username", role.clone()),
-            ("password", password.expose().to_string()),
-            ("host", server.host.clone()),
-            ("port", server.port.to_string()),
-            ("database", database.clone()),
-            ("uri", uri),
-        ] {
-            data.insert(format!("{u}.{k}"), ByteString(v.into_bytes()));
-        }
         roles.push(role);
     }
+    write_secret(ctx, db, &secrets, existing, data).await?;
 
     // Users no longer in the spec: those the server knows for this database, and those the
     // status remembers (in case the server-side marker query misses one).
@@ -513,7 +542,6 @@ async fn provision(
         }
     }
 
-    write_secret(ctx, db, &secrets, existing, data).await?;
     let size = engine.database_size(&database).await.map_err(Failure::engine)?;
     Ok(Provisioned {
         database,
@@ -612,7 +640,23 @@ async fn cleanup(db: &Database, ctx: &Context) -> Result<Action, Failure> {
         write_status(ctx, db, &status).await?;
     }
     let Some((server, engine)) = ctx.servers.get(db.spec.server_name()) else {
-        // Nothing was ever created on a server the operator does not know.
+        let provisioned = !status.users.is_empty() || status.connection_string.is_some();
+        if provisioned && db.spec.deletion_policy == DeletionPolicy::Delete {
+            // It was provisioned on a server the configuration no longer has (a bad rollout?):
+            // removing the finalizer would leak the database for good.
+            let message = format!(
+                "server {:?} is not in the operator's configuration; the database stays and so does \
+                 the finalizer until it is",
+                db.spec.server_name()
+            );
+            event(ctx, db, EventType::Warning, "DeletionBlocked", &message).await;
+            return Err(Failure {
+                reason: "ServerNotConfigured",
+                message,
+                transient: false,
+            });
+        }
+        // Never provisioned (or Retain): nothing to clean up on a server the operator does not know.
         let msg = format!(
             "server {:?} is not configured: nothing to clean up",
             db.spec.server_name()
@@ -620,26 +664,17 @@ async fn cleanup(db: &Database, ctx: &Context) -> Result<Action, Failure> {
         event(ctx, db, EventType::Warning, "CleanupSkipped", &msg).await;
         return Ok(Action::done());
     };
-    if server.engine != db.spec.engine || db.spec.deletion_policy == DeletionPolicy::Retain {
-        if db.spec.deletion_policy == DeletionPolicy::Retain {
-            let database = naming::database_name(
-                db.spec.engine,
-                &db.namespace().unwrap_or_default(),
-                &db.name_any(),
-            );
-            let msg = format!(
-                "kept database {database} and its users on server {:?} (deletionPolicy Retain)",
-                server.name
-            );
-            event(ctx, db, EventType::Normal, "Retained", &msg).await;
-        }
+    if db.spec.deletion_policy == DeletionPolicy::Retain {
+        let database =
+            naming::database_name(server.engine, &db.namespace().unwrap_or_default(), &db.name_any());
+        let msg = format!(
+            "kept database {database} and its users on server {:?} (deletionPolicy Retain)",
+            server.name
+        );
+        event(ctx, db, EventType::Normal, "Retained", &msg).await;
         return Ok(Action::done());
     }
-    let database = naming::database_name(
-        db.spec.engine,
-        &db.namespace().unwrap_or_default(),
-        &db.name_any(),
-    );
+    let database = naming::database_name(server.engine, &db.namespace().unwrap_or_default(), &db.name_any());
     let result = async {
         let mut roles: BTreeSet<String> = engine.list_users(&database).await?.into_iter().collect();
         let suffix = naming::role_suffix(&database);

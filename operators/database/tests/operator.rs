@@ -170,12 +170,22 @@ async fn wait_until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -
 }
 
 async fn ready(api: &Api<Database>, name: &str) -> Database {
-    wait_until(&format!("{name} Ready"), Duration::from_secs(60), async || {
-        let db = api.get(name).await.ok()?;
-        let s = db.status.as_ref()?;
-        (s.ready && s.observed_generation == db.metadata.generation).then_some(db)
-    })
-    .await
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let db = api.get(name).await.ok();
+        if let Some(db) = &db
+            && let Some(s) = &db.status
+            && s.ready
+            && s.observed_generation == db.metadata.generation
+        {
+            return db.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {name} Ready; last seen: {db:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Wait until the Database `name` is gone (deleted and its finalizer done).
@@ -709,13 +719,16 @@ async fn two_hundred_databases_reach_ready() {
     );
     op.stop().await;
     let engine = pg_engine(pg);
-    let mut drops = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let engine = engine.clone();
-        let name = database_name(DatabaseEngine::PostgreSQL, "bulk", &format!("b-{i}"));
-        drops.spawn(async move { engine.drop_database(&name).await });
-    }
-    while let Some(done) = drops.join_next().await {
-        done.unwrap().unwrap();
+    // A few at a time: more than the admin pool's connections would only queue for them.
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4) {
+        let mut drops = tokio::task::JoinSet::new();
+        for i in chunk {
+            let engine = engine.clone();
+            let name = database_name(DatabaseEngine::PostgreSQL, "bulk", &format!("b-{i}"));
+            drops.spawn(async move { engine.drop_database(&name).await });
+        }
+        while let Some(done) = drops.join_next().await {
+            done.unwrap().unwrap();
+        }
     }
 }

@@ -167,8 +167,10 @@ impl PostgresEngine {
             // Not in a transaction: CREATE DATABASE cannot run in one.
             match self.execute(&format!("CREATE DATABASE {q}")).await {
                 Ok(()) => created = true,
-                // Created concurrently since we looked: that is what we wanted.
-                Err(e) if sqlstate(&e).as_deref() == Some("42P04") => {}
+                // Created concurrently since we looked (42P04), or so concurrently that the
+                // catalog's unique index caught it (23505, e.g. a predecessor killed
+                // mid-CREATE whose backend finished it): either way it exists now.
+                Err(e) if matches!(sqlstate(&e).as_deref(), Some("42P04" | "23505")) => {}
                 Err(e) => return Err(self.error(&op, e)),
             }
         }
@@ -424,7 +426,9 @@ pub(super) fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> Er
         || code.starts_with("53")
         || matches!(
             code.as_str(),
-            "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "55006" | "55P03"
+            // 23505 from DDL is a race on a system catalog with another session (a concurrent
+            // CREATE of the same role or database): the next attempt sees the winner's result.
+            "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "55006" | "55P03" | "23505"
         );
     ErrorKind::Rejected {
         code,
