@@ -166,11 +166,16 @@ fn condition(type_: &str, status: bool, reason: &str, message: &str, generation:
 /// Write `status` if it differs from what the object has; true when written.
 async fn write_status(ctx: &Context, db: &Database, status: &DatabaseStatus) -> Result<bool, Failure> {
     let api: Api<Database> = Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let value = serde_json::to_value(status).map_err(|e| Failure {
+    let mut value = serde_json::to_value(status).map_err(|e| Failure {
         reason: "Internal",
         message: e.to_string(),
         transient: true,
     })?;
+    // An empty list is left out when serialized, and a merge patch leaves absent keys alone:
+    // say null so removing the last user clears `status.users` on the server too.
+    if status.users.is_empty() {
+        value["users"] = serde_json::Value::Null;
+    }
     patch_status_if_changed(&api, &db.name_any(), db, value)
         .await
         .map_err(|e| Failure::kube("writing status", e))

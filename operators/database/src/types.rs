@@ -321,8 +321,7 @@ pub struct DatabaseStatus {
     pub message: Option<String>,
     /// Login names the operator created on the server for this database, so that users
     /// removed from the spec are dropped even after the operator restarts.
-    // Always written, so the last user's removal clears it (a merge patch leaves out absent keys).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "provisioned_users_schema")]
     pub users: Vec<String>,
 }
