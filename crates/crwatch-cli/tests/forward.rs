@@ -236,27 +236,7 @@ async fn dropped_watches_and_410_gone_send_only_real_changes_with_stable_ids() {
 
     // Force 410 Gone: the change happens while the watch is away and the history is compacted.
     let relists = metric(&fwd, "crwatch_forward_relists_total");
-    server.faults().pause();
-    let watches = server.faults().count("watch", "configmaps");
-    server.faults().drop_watches();
-    // The old watch must be gone (its successor is held by the pause) before the write.
-    wait_for("the forwarder to watch again", || {
-        server.faults().count("watch", "configmaps") > watches
-    })
-    .await;
-    // Written past the paused HTTP front, straight into the store.
-    let c = server
-        .server()
-        .apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "gone"}, "data": {"n": "1"}}))
-        .await
-        .unwrap();
-    let c1 = format!(
-        "{}:{}",
-        c["metadata"]["uid"].as_str().unwrap(),
-        c["metadata"]["resourceVersion"].as_str().unwrap()
-    );
-    server.faults().compact();
-    server.faults().resume();
+    let c1 = write_during_410(&server, "gone", "c", "1").await;
     wait_for("the change found by the relist", || rx.has_id(&c1)).await;
     wait_for("a relist", || {
         metric(&fwd, "crwatch_forward_relists_total") > relists
@@ -440,25 +420,35 @@ async fn skip_existing_skips_only_the_first_list_not_a_later_relist() {
     .await;
 
     // A 410 relist must forward what appeared meanwhile, skipExisting or not.
-    server.faults().pause();
-    let watches = server.faults().count("watch", "configmaps");
-    server.faults().drop_watches();
-    wait_for("the forwarder to watch again", || {
-        server.faults().count("watch", "configmaps") > watches
-    })
-    .await;
-    let b = server
-        .server()
-        .apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "skip"}, "data": {"n": "0"}}))
-        .await
-        .unwrap();
-    let b = format!(
-        "{}:{}",
-        b["metadata"]["uid"].as_str().unwrap(),
-        b["metadata"]["resourceVersion"].as_str().unwrap()
-    );
-    server.faults().compact();
-    server.faults().resume();
+    let b = write_during_410(&server, "skip", "b", "0").await;
     wait_for("the object created during the gap", || rx.has_id(&b)).await;
     fwd.shutdown().await.unwrap();
+}
+
+/// Cut the forwarder's watch off, write ConfigMap `ns/name` (data.n = `n`) straight into the
+/// store, and compact the history, so the watch comes back to 410 Gone and must relist.
+/// Returns the write's CloudEvent id.
+async fn write_during_410(server: &TestServer, ns: &str, name: &str, n: &str) -> String {
+    let faults = server.faults();
+    faults.pause();
+    let watches = faults.count("watch", "configmaps");
+    faults.drop_watches();
+    // The old watch must be gone (its successor is held by the pause) before the write.
+    wait_for("the forwarder to watch again", || {
+        faults.count("watch", "configmaps") > watches
+    })
+    .await;
+    // Written past the paused HTTP front, straight into the store.
+    let cm = server
+        .server()
+        .apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"n": n}}))
+        .await
+        .unwrap();
+    faults.compact();
+    faults.resume();
+    format!(
+        "{}:{}",
+        cm["metadata"]["uid"].as_str().unwrap(),
+        cm["metadata"]["resourceVersion"].as_str().unwrap()
+    )
 }
