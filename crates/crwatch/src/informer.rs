@@ -336,6 +336,7 @@ fn apply_event<K>(
             inner.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(informer = %inner.name, error = %e, "watch failed; retrying with backoff");
         }
+        Ok(Event::Progress(_)) => {}
         Ok(Event::Init) => *buffer = Some(vec![]),
         Ok(Event::InitApply(o)) => buffer.get_or_insert_with(Vec::new).push(prepare(o)),
         Ok(Event::InitDone) => {

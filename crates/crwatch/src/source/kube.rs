@@ -202,8 +202,18 @@ where
         let name = self.describe();
         watcher::watcher(self.api, self.config)
             .backoff(backoff_of(self.backoff))
-            .map(move |r| r.map_err(|e| to_error(&name, e)))
+            .map(move |r| r.map(from_watcher).map_err(|e| to_error(&name, e)))
             .boxed()
+    }
+}
+
+fn from_watcher<K>(e: watcher::Event<K>) -> super::Event<K> {
+    match e {
+        watcher::Event::Init => super::Event::Init,
+        watcher::Event::InitApply(o) => super::Event::InitApply(o),
+        watcher::Event::InitDone => super::Event::InitDone,
+        watcher::Event::Apply(o) => super::Event::Apply(o),
+        watcher::Event::Delete(o) => super::Event::Delete(o),
     }
 }
 
@@ -231,7 +241,7 @@ where
         let stream = watcher::metadata_watcher(self.api, self.config);
         stream
             .backoff(backoff_of(self.backoff))
-            .map(move |r| r.map_err(|e| to_error(&name, e)))
+            .map(move |r| r.map(from_watcher).map_err(|e| to_error(&name, e)))
             .boxed()
     }
 }

@@ -1,38 +1,119 @@
-//! Sources: where objects come from. Every source yields the same event shape (kube-runtime's
-//! watcher events: `Init`, `InitApply`, `InitDone`, `Apply`, `Delete`), so objects from the
+//! Sources: where objects come from. Every source yields the same event shape (modelled on
+//! kube-runtime's watcher events: `Init`, `InitApply`, `InitDone`, `Apply`, `Delete`, plus
+//! `Progress` for "healthy, and everything up to here was delivered"), so objects from the
 //! Kubernetes API, files, database rows or HTTP resources run through one store, informer,
 //! queue and controller.
+//!
+//! Sources outside Kubernetes yield [`kube::api::DynamicObject`]s in one common shape, built
+//! with [`object::ObjectBuilder`]: `apiVersion`, `kind`, `metadata` (name, namespace, labels,
+//! uid, resourceVersion from the source's own versioning) and the body.
 
 pub mod kube;
+pub mod object;
 
 use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
 
-pub use kube_runtime_event::Event;
+/// What a source tells its informer.
+///
+/// A (re)list is `Init`, any number of `InitApply`, then `InitDone`: the informer replaces its
+/// store with exactly the objects between `Init` and `InitDone` and tells its handlers what
+/// differs (added, modified with a diff, deleted with the last known object, deleted and added
+/// again when the uid changed). `Apply` and `Delete` are single changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<K> {
+    /// A complete list starts.
+    Init,
+    /// One object of the list in progress.
+    InitApply(K),
+    /// The list is complete: everything not listed is gone.
+    InitDone,
+    /// An object was added or modified.
+    Apply(K),
+    /// An object was deleted (its last state, as the source knew it).
+    Delete(K),
+    /// The source is connected and healthy, and every change up to `checkpoint` was delivered.
+    /// A source that can resume ([`Source::resume`]) sends one after each change it delivers
+    /// (and on bookmarks), so a snapshot of the store plus the latest checkpoint is consistent.
+    /// Others send it whenever they confirm they are up to date (a poll, a heartbeat).
+    Progress(Option<Checkpoint>),
+}
 
-/// The event type every source yields (re-exported from kube-runtime's watcher).
-mod kube_runtime_event {
-    pub use ::kube::runtime::watcher::Event;
+/// Where a source was, so it can resume there instead of listing everything again.
+///
+/// ```
+/// use crwatch::source::Checkpoint;
+/// let cp = Checkpoint::new("1234").with_identity("kube-system-uid");
+/// assert_eq!(cp.resource_version, "1234");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// The source's own version (a Kubernetes resourceVersion, a change-log sequence number).
+    pub resource_version: String,
+    /// Which server history the version belongs to (for Kubernetes: the uid of the
+    /// `kube-system` namespace). A source whose identity changed relists instead of resuming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+impl Checkpoint {
+    /// A checkpoint at `resource_version`, of an unknown server identity.
+    pub fn new(resource_version: impl Into<String>) -> Self {
+        Checkpoint {
+            resource_version: resource_version.into(),
+            identity: None,
+        }
+    }
+
+    /// The same checkpoint, tied to a server identity.
+    pub fn with_identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
 }
 
 /// A source failed for a while; it retries by itself (with backoff) and keeps going.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{source_name}: {message}")]
 pub struct SourceError {
     /// Which source, e.g. `databases.stable.example.com/v1 in all namespaces`.
     pub source_name: String,
-    /// What went wrong.
+    /// What went wrong (never a response body or a secret).
     pub message: String,
-    /// Whether the source will relist (410 Gone and similar) rather than resume.
+    /// Whether the source will relist (410 Gone, a restarted server) rather than resume.
     pub relist: bool,
 }
 
-/// A stream of source events. Errors are reported and the stream goes on.
+impl SourceError {
+    /// An error of `source_name` that the source retries by resuming.
+    pub fn new(source_name: impl Into<String>, message: impl Into<String>) -> Self {
+        SourceError {
+            source_name: source_name.into(),
+            message: message.into(),
+            relist: false,
+        }
+    }
+}
+
+/// A stream of source events. Errors are reported and the stream goes on; the stream ends only
+/// when the source cannot go on at all.
 pub type EventStream<K> = BoxStream<'static, Result<Event<K>, SourceError>>;
 
 /// Anything that can feed an informer.
 pub trait Source<K>: Send + 'static {
     /// A human name for logs and metrics.
     fn describe(&self) -> String;
+
+    /// Start after `checkpoint` instead of with a complete list, when this source can (the
+    /// informer calls this before [`Source::events`] when it starts from a snapshot). Returns
+    /// whether it will; a source that cannot (the default) lists first, and the informer diffs
+    /// that list against the snapshot, so handlers still see exactly what changed meanwhile.
+    fn resume(&mut self, checkpoint: &Checkpoint) -> bool {
+        let _ = checkpoint;
+        false
+    }
+
     /// Start producing events. Called once per informer run.
     fn events(self: Box<Self>) -> EventStream<K>;
 }
