@@ -8,8 +8,12 @@
 //! with [`object::ObjectBuilder`]: `apiVersion`, `kind`, `metadata` (name, namespace, labels,
 //! uid, resourceVersion from the source's own versioning) and the body.
 
+#[cfg(feature = "http")]
+pub mod http;
 pub mod kube;
 pub mod object;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
