@@ -333,7 +333,7 @@ impl Api {
     }
 
     /// Wait (up to 3 s, as the real server does) until the store reaches `rev`.
-    async fn wait_for_revision(&self, rev: u64) -> ApiResult<()> {
+    pub(crate) async fn wait_for_revision(&self, rev: u64) -> ApiResult<()> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
         let mut rx = self.store.subscribe();
         while self.store.revision() < rev {

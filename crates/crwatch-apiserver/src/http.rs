@@ -361,6 +361,27 @@ async fn resource_request(
     let out = match verb {
         "watch" => {
             let full = ctx.params.get("includeObject") == Some("Object");
+            // A resourceVersion the server has not reached: the real server's watch cache
+            // waits up to 3 s for it, then answers 200 with an ERROR event (504 "Too large
+            // resource version"), so a client resuming against a server that lost its
+            // history finds out instead of waiting for the counter to catch up.
+            if let Some(from) = ctx
+                .params
+                .get("resourceVersion")
+                .and_then(|rv| rv.parse::<u64>().ok())
+                .filter(|rv| *rv > 0)
+                && ctx.params.get("sendInitialEvents") != Some("true")
+                && let Err(e) = state.api.wait_for_revision(from).await
+            {
+                let mut line =
+                    serde_json::to_vec(&serde_json::json!({"type": "ERROR", "object": e.status()}))
+                        .map_err(ApiError::internal)?;
+                line.push(b'\n');
+                let mut resp = Response::new(Body::from(line));
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                return Ok(resp);
+            }
             let format = match view {
                 View::Table => Format::Table { full_object: full },
                 View::Metadata => Format::Metadata,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use kube::Resource;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::diff::Diff;
 use crate::source::kube::KubeSource;
-use crate::source::{Event, Source};
-use crate::store::{ObjectKey, Store, SyncTimeout};
+use crate::source::{Checkpoint, Event, Source, SourceError};
+use crate::store::snapshot::{Snapshot, SnapshotFile};
+use crate::store::{ObjectKey, Store, SyncTimeout, same_object};
 
 /// Reacts to changes of objects in an informer's store. All methods default to doing nothing.
 ///
@@ -110,6 +112,57 @@ impl<K: Send + Sync + 'static> Handler<K> for HandlerFns<K> {
     }
 }
 
+/// One change, as an [`AsyncHandler`] receives it.
+#[derive(Debug, Clone)]
+pub enum Change<K> {
+    /// An object appeared.
+    Added(Arc<K>),
+    /// An object changed.
+    Updated {
+        /// Before.
+        old: Arc<K>,
+        /// After.
+        new: Arc<K>,
+        /// What changed.
+        diff: Diff,
+    },
+    /// An object went (its last known state).
+    Deleted(Arc<K>),
+    /// A relist begins: the changes up to the next [`Change::Checkpoint`] come from comparing
+    /// a fresh list with the cache, in key order rather than in the order they happened, so a
+    /// consumer that records checkpoints must not resume from an older one in between.
+    Relist,
+    /// Every change before this one is current to the source's checkpoint.
+    Checkpoint(Checkpoint),
+}
+
+/// A handler the informer waits for: it gets every change in order, and the informer reads
+/// no further from its source until the returned future completes. Slow consumers therefore
+/// slow the source down (a Kubernetes watch that falls too far behind is closed by the server
+/// and resumed from the last resourceVersion) instead of buffering without bound.
+///
+/// ```
+/// use crwatch::informer::{AsyncHandler, Change};
+/// use futures::future::BoxFuture;
+/// use k8s_openapi::api::core::v1::ConfigMap;
+///
+/// struct Forward(tokio::sync::mpsc::Sender<String>);
+/// impl AsyncHandler<ConfigMap> for Forward {
+///     fn handle(&self, change: Change<ConfigMap>) -> BoxFuture<'_, ()> {
+///         Box::pin(async move {
+///             if let Change::Added(cm) = change {
+///                 // Waits while the channel is full: backpressure, not a growing buffer.
+///                 let _ = self.0.send(cm.metadata.name.clone().unwrap_or_default()).await;
+///             }
+///         })
+///     }
+/// }
+/// ```
+pub trait AsyncHandler<K>: Send + Sync + 'static {
+    /// Handle one change.
+    fn handle(&self, change: Change<K>) -> BoxFuture<'_, ()>;
+}
+
 /// Runs on every object before it is stored.
 pub type Transform<K> = Arc<dyn Fn(&mut K) + Send + Sync>;
 
@@ -128,6 +181,30 @@ pub struct InformerStats {
     pub errors: AtomicU64,
     /// Complete (re)lists applied.
     pub relists: AtomicU64,
+    /// Whether the source is connected (its last report was progress, not an error).
+    pub connected: AtomicBool,
+    /// When the source last delivered an event or confirmed progress (ms since the Unix epoch).
+    pub last_event_ms: AtomicU64,
+    /// When the source last failed (ms since the Unix epoch; 0: never).
+    pub last_error_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How an informer's source is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// Whether the source is connected now.
+    pub connected: bool,
+    /// How long it has been failing (`None` while connected).
+    pub unhealthy_for: Option<Duration>,
+    /// The last error, when it is failing.
+    pub last_error: Option<String>,
 }
 
 struct Inner<K> {
@@ -139,6 +216,17 @@ struct Inner<K> {
     resync: Mutex<Option<Duration>>,
     started: AtomicBool,
     stats: InformerStats,
+    async_handlers: RwLock<Vec<Arc<dyn AsyncHandler<K>>>>,
+    /// The newest checkpoint the source reported (what a snapshot is current to).
+    checkpoint: Mutex<Option<Checkpoint>>,
+    /// Where to start from instead of a fresh list.
+    resume: Mutex<Option<Snapshot<K>>>,
+    /// Where to persist snapshots, and how often.
+    persist: Mutex<Option<(SnapshotFile, Duration)>>,
+    /// Since when the source has been failing, and why.
+    failing: Mutex<Option<(tokio::time::Instant, String)>>,
+    /// Whether a relist is between `Init` and `InitDone` (a snapshot then has no checkpoint).
+    relisting: AtomicBool,
 }
 
 /// One source, one store, many handlers. Cheap to clone.
@@ -207,6 +295,12 @@ where
                 resync: Mutex::new(None),
                 started: AtomicBool::new(false),
                 stats: InformerStats::default(),
+                async_handlers: RwLock::new(vec![]),
+                checkpoint: Mutex::new(None),
+                resume: Mutex::new(None),
+                persist: Mutex::new(None),
+                failing: Mutex::new(None),
+                relisting: AtomicBool::new(false),
             }),
         }
     }
@@ -258,16 +352,160 @@ where
         self.inner.store.wait_synced(timeout).await
     }
 
+    /// Add a handler the informer waits for (see [`AsyncHandler`]). Added after start, it
+    /// first receives the current state as adds.
+    pub fn add_async_handler(&self, handler: impl AsyncHandler<K>) -> BoxFuture<'static, ()> {
+        let handler: Arc<dyn AsyncHandler<K>> = Arc::new(handler);
+        let current = if self.inner.started.load(Ordering::SeqCst) {
+            self.inner.store.list()
+        } else {
+            vec![]
+        };
+        write(&self.inner.async_handlers).push(handler.clone());
+        Box::pin(async move {
+            for obj in current {
+                handler.handle(Change::Added(obj)).await;
+            }
+        })
+    }
+
+    /// Start from `snapshot` instead of an empty cache: the store holds its objects (handlers
+    /// are not told about them), and the source resumes after the snapshot's checkpoint when it
+    /// can; otherwise it lists, and handlers see exactly what differs from the snapshot
+    /// (modified with a diff, added, deleted with the last known state, deleted and added when
+    /// the uid changed). Call before [`Informer::start`].
+    pub fn resume_from(&self, snapshot: Snapshot<K>) {
+        *lock(&self.inner.resume) = Some(snapshot);
+    }
+
+    /// Keep a snapshot of the cache at `file`, written every `every` (at least 1 s) when
+    /// something changed and when the informer stops; a snapshot already there is resumed
+    /// from (see [`Informer::resume_from`]). The file is written atomically and readable only
+    /// by its owner. Call before [`Informer::start`].
+    pub fn persist_to(
+        &self,
+        file: SnapshotFile,
+        every: Duration,
+    ) -> Result<(), crate::store::snapshot::SnapshotError>
+    where
+        K: DeserializeOwned,
+    {
+        if let Some(snapshot) = file.load::<K>()? {
+            self.resume_from(snapshot);
+        }
+        *lock(&self.inner.persist) = Some((file, every.max(Duration::from_secs(1))));
+        Ok(())
+    }
+
+    /// The newest checkpoint the source reported: the cache is current to it.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        if self.inner.relisting.load(Ordering::SeqCst) {
+            return None;
+        }
+        lock(&self.inner.checkpoint).clone()
+    }
+
+    /// The cache and the checkpoint it is current to, for persisting.
+    pub fn snapshot(&self) -> Snapshot<K> {
+        // The store and the checkpoint change together on the informer's task; a snapshot
+        // taken between an object and its checkpoint is one change behind, which resuming
+        // from repeats (at least once), never skips.
+        let checkpoint = self.checkpoint();
+        let objects = self.inner.store.list().iter().map(|o| (**o).clone()).collect();
+        Snapshot::new(checkpoint, objects)
+    }
+
+    /// How the source is doing: connected, or failing for how long and why.
+    pub fn health(&self) -> SourceHealth {
+        let failing = lock(&self.inner.failing).clone();
+        SourceHealth {
+            connected: failing.is_none() && self.inner.stats.connected.load(Ordering::SeqCst),
+            unhealthy_for: failing.as_ref().map(|(since, _)| since.elapsed()),
+            last_error: failing.map(|(_, e)| e),
+        }
+    }
+
+    /// Whether the source has been failing for no longer than `grace` (readiness: a source that
+    /// is down is visible).
+    pub fn is_healthy(&self, grace: Duration) -> bool {
+        match &*lock(&self.inner.failing) {
+            None => true,
+            Some((since, _)) => since.elapsed() <= grace,
+        }
+    }
+
     /// Start watching (once; later calls do nothing) until `cancel` fires.
     pub fn start(&self, cancel: CancellationToken) {
         if self.inner.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let Some(source) = lock(&self.inner.source).take() else {
+        let Some(mut source) = lock(&self.inner.source).take() else {
             return;
         };
+        if let Some(snapshot) = lock(&self.inner.resume).take() {
+            let transform = read(&self.inner.transform).clone();
+            let objects = snapshot
+                .objects
+                .into_iter()
+                .map(|mut o| {
+                    if let Some(t) = &transform {
+                        t(&mut o);
+                    }
+                    o
+                })
+                .collect();
+            let _ = self.inner.store.replace(objects);
+            if let Some(cp) = &snapshot.checkpoint {
+                if source.resume(cp) {
+                    *lock(&self.inner.checkpoint) = Some(cp.clone());
+                }
+            }
+        }
         let inner = self.inner.clone();
+        let persist = lock(&self.inner.persist).clone();
+        if let Some((file, every)) = persist {
+            let this = self.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { persist_loop(this, file, every, cancel).await });
+        }
         tokio::spawn(async move { run(inner, source, cancel).await });
+    }
+}
+
+async fn persist_loop<K>(
+    informer: Informer<K>,
+    file: SnapshotFile,
+    every: Duration,
+    cancel: CancellationToken,
+) where
+    K: Resource + Clone + Serialize + Send + Sync + 'static,
+{
+    let mut last: Option<(Option<Checkpoint>, u64)> = None;
+    let mut save = |informer: &Informer<K>| {
+        let state = (
+            informer.checkpoint(),
+            informer.inner.stats.events.load(Ordering::Relaxed),
+        );
+        if !informer.has_synced() || last.as_ref() == Some(&state) {
+            return;
+        }
+        let snapshot = informer.snapshot();
+        let file = file.clone();
+        match file.save(&snapshot) {
+            Ok(()) => last = Some(state),
+            Err(e) => tracing::warn!(informer = %informer.name(), error = %e, "could not save the snapshot"),
+        }
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                save(&informer);
+                return;
+            }
+            _ = tick.tick() => save(&informer),
+        }
     }
 }
 
@@ -277,7 +515,7 @@ fn key_of<K: Resource>(obj: &K) -> ObjectKey {
 
 fn same_version<K: Resource>(a: &K, b: &K) -> bool {
     let (ra, rb) = (&a.meta().resource_version, &b.meta().resource_version);
-    ra.is_some() && ra == rb
+    ra.is_some() && ra == rb && same_object(a, b)
 }
 
 async fn run<K>(inner: Arc<Inner<K>>, source: Box<dyn Source<K>>, cancel: CancellationToken)
@@ -308,20 +546,66 @@ where
             return;
         };
         inner.stats.events.fetch_add(1, Ordering::Relaxed);
+        track_health(&inner, &next);
         // A panicking transform or index function loses this one event, not the informer.
-        if std::panic::catch_unwind(AssertUnwindSafe(|| apply_event(&inner, &mut buffer, next))).is_err() {
-            inner.stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(informer = %inner.name, "processing an event panicked; the event was skipped");
+        let changes = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            apply_event(&inner, &mut buffer, next)
+        })) {
+            Ok(changes) => changes,
+            Err(_) => {
+                inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(informer = %inner.name, "processing an event panicked; the event was skipped");
+                vec![]
+            }
+        };
+        if !changes.is_empty() {
+            let handlers: Vec<_> = read(&inner.async_handlers).clone();
+            for change in changes {
+                for h in &handlers {
+                    let handled = AssertUnwindSafe(h.handle(change.clone()));
+                    let outcome = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = futures::FutureExt::catch_unwind(handled) => r,
+                    };
+                    if outcome.is_err() {
+                        tracing::error!(informer = %inner.name, "async handler panicked; the change was skipped for that handler");
+                    }
+                }
+            }
         }
     }
 }
 
-/// Apply one source event to the store and tell the handlers what really changed.
+/// Connected or failing, from what the source reports.
+fn track_health<K>(inner: &Inner<K>, next: &Result<Event<K>, SourceError>) {
+    match next {
+        Err(e) => {
+            inner.stats.connected.store(false, Ordering::SeqCst);
+            inner.stats.last_error_ms.store(now_ms(), Ordering::Relaxed);
+            let mut failing = lock(&inner.failing);
+            let since = failing
+                .as_ref()
+                .map(|(s, _)| *s)
+                .unwrap_or_else(tokio::time::Instant::now);
+            *failing = Some((since, e.message.clone()));
+        }
+        Ok(Event::Init | Event::InitApply(_)) => {}
+        Ok(_) => {
+            inner.stats.connected.store(true, Ordering::SeqCst);
+            inner.stats.last_event_ms.store(now_ms(), Ordering::Relaxed);
+            *lock(&inner.failing) = None;
+        }
+    }
+}
+
+/// Apply one source event to the store, tell the (synchronous) handlers what really changed,
+/// and return the changes for the async handlers (none when there are none).
 fn apply_event<K>(
     inner: &Inner<K>,
     buffer: &mut Option<Vec<K>>,
-    next: Result<Event<K>, crate::source::SourceError>,
-) where
+    next: Result<Event<K>, SourceError>,
+) -> Vec<Change<K>>
+where
     K: Resource + Clone + Serialize + Send + Sync + 'static,
 {
     let transform = read(&inner.transform).clone();
@@ -331,26 +615,59 @@ fn apply_event<K>(
         }
         o
     };
+    let want_changes = !read(&inner.async_handlers).is_empty();
+    let mut changes = vec![];
     match next {
         Err(e) => {
             inner.stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(informer = %inner.name, error = %e, "watch failed; retrying with backoff");
+            tracing::warn!(informer = %inner.name, error = %e, "source failed; it retries with backoff");
         }
-        Ok(Event::Progress(_)) => {}
-        Ok(Event::Init) => *buffer = Some(vec![]),
+        Ok(Event::Progress(cp)) => {
+            if let Some(cp) = cp {
+                *lock(&inner.checkpoint) = Some(cp.clone());
+                if want_changes {
+                    changes.push(Change::Checkpoint(cp));
+                }
+            }
+            // A source resumed from a snapshot may never list: its first progress says the
+            // cache is current.
+            if !inner.store.has_synced() && buffer.is_none() && !inner.relisting.load(Ordering::SeqCst) {
+                inner.store.mark_synced();
+            }
+        }
+        Ok(Event::Init) => {
+            *buffer = Some(vec![]);
+            inner.relisting.store(true, Ordering::SeqCst);
+        }
         Ok(Event::InitApply(o)) => buffer.get_or_insert_with(Vec::new).push(prepare(o)),
         Ok(Event::InitDone) => {
             let objs = buffer.take().unwrap_or_default();
             let handlers = read(&inner.handlers);
             let replaced = inner.store.replace(objs);
             inner.stats.relists.fetch_add(1, Ordering::Relaxed);
+            if want_changes {
+                changes.push(Change::Relist);
+            }
+            // Deletions first: an object deleted and created again under its name is
+            // reported as deleted, then added.
+            for obj in &replaced.deleted {
+                for h in handlers.iter() {
+                    guarded("on_delete", || h.on_delete(obj));
+                }
+                if want_changes {
+                    changes.push(Change::Deleted(obj.clone()));
+                }
+            }
             for obj in &replaced.added {
                 for h in handlers.iter() {
                     guarded("on_add", || h.on_add(obj));
                 }
+                if want_changes {
+                    changes.push(Change::Added(obj.clone()));
+                }
             }
             for (old, new) in &replaced.updated {
-                let diff = if handlers.is_empty() {
+                let diff = if handlers.is_empty() && !want_changes {
                     Diff::default()
                 } else {
                     Diff::of(&**old, &**new)
@@ -358,12 +675,15 @@ fn apply_event<K>(
                 for h in handlers.iter() {
                     guarded("on_update", || h.on_update(old, new, &diff));
                 }
-            }
-            for obj in &replaced.deleted {
-                for h in handlers.iter() {
-                    guarded("on_delete", || h.on_delete(obj));
+                if want_changes {
+                    changes.push(Change::Updated {
+                        old: old.clone(),
+                        new: new.clone(),
+                        diff,
+                    });
                 }
             }
+            inner.relisting.store(false, Ordering::SeqCst);
             inner.store.mark_synced();
         }
         Ok(Event::Apply(o)) => {
@@ -371,21 +691,37 @@ fn apply_event<K>(
             let handlers = read(&inner.handlers);
             // The store and the handlers share one copy.
             let new = Arc::new(o);
-            match inner.store.apply(new.clone()) {
-                None => {
-                    for h in handlers.iter() {
-                        guarded("on_add", || h.on_add(&new));
-                    }
+            let added = |changes: &mut Vec<Change<K>>| {
+                for h in handlers.iter() {
+                    guarded("on_add", || h.on_add(&new));
                 }
+                if want_changes {
+                    changes.push(Change::Added(new.clone()));
+                }
+            };
+            match inner.store.apply(new.clone()) {
+                None => added(&mut changes),
                 Some(old) if same_version(&*old, &*new) => {}
+                Some(old) if !same_object(&*old, &*new) => {
+                    for h in handlers.iter() {
+                        guarded("on_delete", || h.on_delete(&old));
+                    }
+                    if want_changes {
+                        changes.push(Change::Deleted(old.clone()));
+                    }
+                    added(&mut changes);
+                }
                 Some(old) => {
-                    let diff = if handlers.is_empty() {
+                    let diff = if handlers.is_empty() && !want_changes {
                         Diff::default()
                     } else {
                         Diff::of(&*old, &*new)
                     };
                     for h in handlers.iter() {
                         guarded("on_update", || h.on_update(&old, &new, &diff));
+                    }
+                    if want_changes {
+                        changes.push(Change::Updated { old, new, diff });
                     }
                 }
             }
@@ -400,9 +736,13 @@ fn apply_event<K>(
                 for h in handlers.iter() {
                     guarded("on_delete", || h.on_delete(&last));
                 }
+                if want_changes {
+                    changes.push(Change::Deleted(last));
+                }
             }
         }
     }
+    changes
 }
 
 /// Implemented by every informer so the factory can start and wait for all of them.

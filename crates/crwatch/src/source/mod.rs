@@ -8,10 +8,18 @@
 //! with [`object::ObjectBuilder`]: `apiVersion`, `kind`, `metadata` (name, namespace, labels,
 //! uid, resourceVersion from the source's own versioning) and the body.
 
+#[cfg(feature = "file")]
+pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod kube;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod object;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod sql;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 

@@ -32,6 +32,8 @@ use std::time::Duration;
 
 use kube::Resource;
 
+pub mod snapshot;
+
 pub use index::{
     IndexFn, LABEL_INDEX, NAMESPACE_INDEX, OWNER_INDEX, index_controller_owner, index_labels, index_namespace,
 };
@@ -287,6 +289,15 @@ fn same_version<K: Resource>(a: &K, b: &K) -> bool {
     }
 }
 
+/// Whether two states under one key are the same object: a different uid means it was
+/// deleted and created again (unknown uids count as the same object).
+pub fn same_object<K: Resource>(a: &K, b: &K) -> bool {
+    match (&a.meta().uid, &b.meta().uid) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
 impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
     /// An empty, unsynced store with the built-in indexes [`NAMESPACE_INDEX`],
     /// [`LABEL_INDEX`] and [`OWNER_INDEX`].
@@ -500,6 +511,11 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
                 out.deleted.push(e.obj);
             }
             match old_iter.next_if(|(k, _)| *k == key) {
+                Some((_, e)) if !same_object(&*e.obj, &*new) => {
+                    // Deleted and created again under the same name while nobody looked.
+                    out.deleted.push(e.obj);
+                    out.added.push(new);
+                }
                 Some((_, e)) if same_version(&*e.obj, &*new) => {}
                 Some((_, e)) => out.updated.push((e.obj, new)),
                 None => out.added.push(new),

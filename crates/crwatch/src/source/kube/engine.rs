@@ -1,0 +1,830 @@
+//! The one list/watch engine: lists (paged, or streamed with `sendInitialEvents`), watches from
+//! a resourceVersion with bookmarks, resumes from a checkpoint, relists after 410 Gone, and
+//! notices a server whose history restarted (a resourceVersion it has not reached, versions
+//! going backwards, a changed server identity) instead of waiting it out. Every consumer of
+//! Kubernetes changes in crwatch (informers, `crwatch get`, `crwatch forward`) runs on this.
+//!
+//! It speaks raw HTTP through [`kube::Client`] rather than kube-runtime's watcher because the
+//! watcher can neither start from a stored resourceVersion nor ask for Tables.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncBufRead, AsyncBufReadExt};
+use kube::Client;
+use kube::api::{ListParams, WatchParams};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::ReconnectBackoff;
+use crate::source::{Checkpoint, Event, EventStream, SourceError};
+
+/// How objects are fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Representation {
+    /// Whole objects.
+    Object,
+    /// `PartialObjectMetadata`: only apiVersion, kind and metadata.
+    Metadata,
+    /// Server-side Tables (the rows `kubectl get` prints), each row with its object embedded.
+    Table,
+}
+
+const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+const METADATA_LIST_ACCEPT: &str =
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+const METADATA_ACCEPT: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+
+/// Events waiting for the consumer; past this the engine stops reading from the server (the
+/// server closes a watcher that falls too far behind, and the engine resumes from its
+/// last resourceVersion).
+const CHANNEL_CAPACITY: usize = 256;
+
+/// A watch silent for this long past its server-side timeout is taken for a dead connection.
+const IDLE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Everything the engine needs to know about one list/watch.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    /// The collection's path (`/api/v1/namespaces/default/configmaps`).
+    pub url: String,
+    /// For list items and watch objects that come without them.
+    pub api_version: String,
+    /// For list items and watch objects that come without them.
+    pub kind: String,
+    pub labels: Option<String>,
+    pub fields: Option<String>,
+    pub representation: Representation,
+    pub page_size: u32,
+    pub streaming_lists: bool,
+    pub backoff: (Duration, Duration),
+    /// Server-side watch timeout, seconds.
+    pub watch_timeout: u32,
+    /// Largest single watch event or list page, bytes.
+    pub max_event_bytes: usize,
+    /// Whether to tie checkpoints to the `kube-system` namespace's uid.
+    pub check_identity: bool,
+}
+
+/// Turns one item (an object, or `{"object":…, "cells":…}` for Tables) into the source's type.
+pub(crate) type Decode<K> = Arc<dyn Fn(Value) -> Result<K, serde_json::Error> + Send + Sync>;
+
+/// The column definitions of the last Table the server sent (shared with whoever prints rows).
+pub type Columns = Arc<Mutex<Option<Vec<Value>>>>;
+
+/// Start the engine; events arrive on the returned stream until it is dropped.
+pub(crate) fn start<K: Send + 'static>(
+    client: Client,
+    spec: Spec,
+    name: String,
+    resume: Option<Checkpoint>,
+    decode: Decode<K>,
+    columns: Columns,
+) -> EventStream<K> {
+    let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let engine = Engine {
+        client,
+        backoff: ReconnectBackoff::new(spec.backoff.0, spec.backoff.1),
+        spec,
+        name,
+        decode,
+        columns,
+        tx,
+        identity: None,
+        newest: None,
+    };
+    tokio::spawn(async move {
+        let closed = engine.tx.clone();
+        tokio::select! {
+            // The consumer went away: stop at once rather than at the next event.
+            _ = closed.closed() => {}
+            _ = engine.run(resume) => {}
+        }
+    });
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// Why a watch ended.
+enum End {
+    /// The resourceVersion is gone (410), or the server's history restarted: list again.
+    Relist,
+    /// The watch ended normally (server timeout): watch again from where it got to.
+    Resume,
+    /// The watch closed before delivering anything: watch again after a backoff pause (a
+    /// server that keeps closing watches at once is not hammered).
+    Closed,
+    /// The watch failed: back off, then watch again from where it got to.
+    Failed,
+}
+
+struct Engine<K> {
+    client: Client,
+    spec: Spec,
+    name: String,
+    decode: Decode<K>,
+    columns: Columns,
+    tx: mpsc::Sender<Result<Event<K>, SourceError>>,
+    backoff: ReconnectBackoff,
+    /// The server's identity (`kube-system`'s uid) when it could be read.
+    identity: Option<String>,
+    /// The newest resourceVersion seen, when versions are numbers (etcd revisions): one
+    /// smaller than this means the server's history restarted.
+    newest: Option<u64>,
+}
+
+/// The consumer is gone; stop.
+struct Gone;
+
+impl<K: Send + 'static> Engine<K> {
+    async fn send(&self, e: Result<Event<K>, SourceError>) -> Result<(), Gone> {
+        self.tx.send(e).await.map_err(|_| Gone)
+    }
+
+    async fn error(&self, message: String, relist: bool) -> Result<(), Gone> {
+        self.send(Err(SourceError {
+            source_name: self.name.clone(),
+            message,
+            relist,
+        }))
+        .await
+    }
+
+    fn checkpoint(&self, rv: &str) -> Checkpoint {
+        Checkpoint {
+            resource_version: rv.to_string(),
+            identity: self.identity.clone(),
+        }
+    }
+
+    async fn pause(&mut self) {
+        let wait = self.backoff.next().unwrap_or(self.spec.backoff.1);
+        tokio::time::sleep(wait).await;
+    }
+
+    async fn run(mut self, resume: Option<Checkpoint>) -> Result<(), Gone> {
+        if self.spec.check_identity {
+            self.identity = self.read_identity().await;
+        }
+        let mut rv = match resume {
+            Some(cp) if cp.identity.is_some() && self.identity.is_some() && cp.identity != self.identity => {
+                self.error(
+                    format!(
+                        "the server is not the one the checkpoint came from (kube-system uid {} now, {} then): relisting",
+                        self.identity.as_deref().unwrap_or("?"),
+                        cp.identity.as_deref().unwrap_or("?")
+                    ),
+                    true,
+                )
+                .await?;
+                None
+            }
+            Some(cp) => {
+                self.newest = cp.resource_version.parse().ok();
+                Some(cp.resource_version)
+            }
+            None => None,
+        };
+        let mut streaming = self.spec.streaming_lists;
+        loop {
+            let Some(from) = rv.clone() else {
+                if streaming {
+                    match self.streaming_list().await? {
+                        StreamEnd::Listed(list_rv) => {
+                            rv = Some(list_rv);
+                            continue;
+                        }
+                        StreamEnd::Unsupported => {
+                            tracing::info!(source = %self.name, "the server does not stream lists (sendInitialEvents); using paged lists");
+                            streaming = false;
+                        }
+                        StreamEnd::Failed => self.pause().await,
+                    }
+                    continue;
+                }
+                match self.list().await? {
+                    Some(list_rv) => rv = Some(list_rv),
+                    None => self.pause().await,
+                }
+                continue;
+            };
+            let mut at = from.clone();
+            match self.watch(&from, &mut at).await? {
+                End::Relist => rv = None,
+                End::Resume => rv = Some(at),
+                End::Closed => {
+                    rv = Some(at);
+                    self.pause().await;
+                }
+                End::Failed => {
+                    rv = Some(at);
+                    self.pause().await;
+                    // A server that went away may come back as another server: check before
+                    // resuming a history that may no longer exist.
+                    if self.identity_changed().await? {
+                        rv = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The uid of the `kube-system` namespace: it changes only when the cluster (or a test
+    /// server without saved state) is created anew. `None` when it cannot be read (RBAC).
+    async fn read_identity(&self) -> Option<String> {
+        let req = http::Request::get("/api/v1/namespaces/kube-system")
+            .body(vec![])
+            .ok()?;
+        let text = self.client.request_text(req).await.ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v.pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    async fn identity_changed(&mut self) -> Result<bool, Gone> {
+        let Some(before) = self.identity.clone() else {
+            return Ok(false);
+        };
+        match self.read_identity().await {
+            Some(now) if now != before => {
+                self.identity = Some(now.clone());
+                self.newest = None;
+                self.error(
+                    format!("the server restarted with a new history (kube-system uid {before} → {now}): relisting"),
+                    true,
+                )
+                .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Note a resourceVersion; false when it went backwards (the server's history restarted).
+    fn advance(&mut self, rv: &str) -> bool {
+        let Ok(n) = rv.parse::<u64>() else {
+            return true;
+        };
+        match self.newest {
+            Some(newest) if n < newest => false,
+            _ => {
+                self.newest = Some(n);
+                true
+            }
+        }
+    }
+
+    fn accept(&self, req: &mut http::Request<Vec<u8>>, list: bool) {
+        let accept = match (self.spec.representation, list) {
+            (Representation::Object, _) => return,
+            (Representation::Metadata, true) => METADATA_LIST_ACCEPT,
+            (Representation::Metadata, false) => METADATA_ACCEPT,
+            (Representation::Table, _) => TABLE_ACCEPT,
+        };
+        req.headers_mut()
+            .insert(http::header::ACCEPT, http::HeaderValue::from_static(accept));
+        if self.spec.representation == Representation::Table {
+            let uri = req.uri().to_string();
+            let sep = if uri.contains('?') { '&' } else { '?' };
+            if let Ok(u) = format!("{uri}{sep}includeObject=Object").parse() {
+                *req.uri_mut() = u;
+            }
+        }
+    }
+
+    fn list_params(&self) -> ListParams {
+        let mut lp = ListParams::default().limit(self.spec.page_size);
+        if let Some(l) = &self.spec.labels {
+            lp = lp.labels(l);
+        }
+        if let Some(f) = &self.spec.fields {
+            lp = lp.fields(f);
+        }
+        lp
+    }
+
+    fn watch_params(&self) -> WatchParams {
+        self.with_selectors(WatchParams::default().timeout(self.spec.watch_timeout))
+    }
+
+    fn with_selectors(&self, mut wp: WatchParams) -> WatchParams {
+        if let Some(l) = &self.spec.labels {
+            wp = wp.labels(l);
+        }
+        if let Some(f) = &self.spec.fields {
+            wp = wp.fields(f);
+        }
+        wp
+    }
+
+    /// A paged list as `Init`, `InitApply`…, `InitDone`, `Progress`. `None` when it failed.
+    async fn list(&mut self) -> Result<Option<String>, Gone> {
+        let mut restarts = 0;
+        'again: loop {
+            self.send(Ok(Event::Init)).await?;
+            let mut cont: Option<String> = None;
+            loop {
+                let mut lp = self.list_params();
+                if let Some(c) = &cont {
+                    lp = lp.continue_token(c);
+                }
+                let mut req = match kube::core::Request::new(&self.spec.url).list(&lp) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.error(format!("building the list request: {e}"), false)
+                            .await?;
+                        return Ok(None);
+                    }
+                };
+                self.accept(&mut req, true);
+                let page = match self.client.request_text(req).await {
+                    Ok(p) => p,
+                    // The continue token expired (compaction): the list starts over, as
+                    // client-go's pager does.
+                    Err(kube::Error::Api(s)) if s.code == 410 && cont.is_some() && restarts < 5 => {
+                        restarts += 1;
+                        continue 'again;
+                    }
+                    Err(e) => {
+                        self.error(format!("list failed: {}", message_of(&e)), false)
+                            .await?;
+                        return Ok(None);
+                    }
+                };
+                let page: Value = match serde_json::from_str(&page) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.error(format!("the server's list answer is not JSON: {e}"), false)
+                            .await?;
+                        return Ok(None);
+                    }
+                };
+                let page_rv = str_at(&page, "/metadata/resourceVersion").to_string();
+                cont = Some(str_at(&page, "/metadata/continue").to_string()).filter(|c| !c.is_empty());
+                for item in self.items(page) {
+                    if let Some(obj) = self.decode(item).await? {
+                        self.send(Ok(Event::InitApply(obj))).await?;
+                    }
+                }
+                if cont.is_none() {
+                    if !self.advance(&page_rv) {
+                        self.error(
+                            format!(
+                                "resourceVersion went backwards to {page_rv}: the server's history restarted"
+                            ),
+                            true,
+                        )
+                        .await?;
+                    }
+                    self.newest = page_rv.parse().ok();
+                    self.send(Ok(Event::InitDone)).await?;
+                    self.send(Ok(Event::Progress(Some(self.checkpoint(&page_rv)))))
+                        .await?;
+                    self.backoff = ReconnectBackoff::new(self.spec.backoff.0, self.spec.backoff.1);
+                    return Ok(Some(page_rv));
+                }
+            }
+        }
+    }
+
+    /// The items of a list page, Table, or single watch object, each typed.
+    fn items(&self, v: Value) -> Vec<Value> {
+        let Value::Object(mut m) = v else {
+            return vec![];
+        };
+        if m.get("kind").and_then(Value::as_str) == Some("Table") {
+            if let Some(cols) = m.get("columnDefinitions").and_then(Value::as_array)
+                && !cols.is_empty()
+                && let Ok(mut c) = self.columns.lock()
+            {
+                *c = Some(cols.clone());
+            }
+            let rows = match m.remove("rows") {
+                Some(Value::Array(rows)) => rows,
+                _ => vec![],
+            };
+            return rows
+                .into_iter()
+                .map(|mut row| {
+                    let object = self.typed(row["object"].take());
+                    serde_json::json!({"object": object, "cells": row["cells"].take()})
+                })
+                .collect();
+        }
+        let wrap = |o: Value| {
+            if self.spec.representation == Representation::Table {
+                // A server that ignores the Table request: rows without cells.
+                serde_json::json!({"object": o, "cells": null})
+            } else {
+                o
+            }
+        };
+        match m.remove("items") {
+            Some(Value::Array(items))
+                if m.get("kind")
+                    .and_then(Value::as_str)
+                    .is_none_or(|k| k.ends_with("List")) =>
+            {
+                items.into_iter().map(|o| wrap(self.typed(o))).collect()
+            }
+            Some(items) => {
+                m.insert("items".into(), items);
+                vec![wrap(self.typed(Value::Object(m)))]
+            }
+            None => vec![wrap(self.typed(Value::Object(m)))],
+        }
+    }
+
+    /// Set apiVersion and kind where the server left them out (list items).
+    fn typed(&self, mut o: Value) -> Value {
+        if let Some(m) = o.as_object_mut() {
+            let (av, kind) = if self.spec.representation == Representation::Metadata {
+                ("meta.k8s.io/v1", "PartialObjectMetadata")
+            } else {
+                (self.spec.api_version.as_str(), self.spec.kind.as_str())
+            };
+            m.entry("apiVersion").or_insert_with(|| Value::String(av.into()));
+            m.entry("kind").or_insert_with(|| Value::String(kind.into()));
+        }
+        o
+    }
+
+    async fn decode(&self, item: Value) -> Result<Option<K>, Gone> {
+        match (self.decode)(item) {
+            Ok(k) => Ok(Some(k)),
+            Err(e) => {
+                // One malformed object is reported and skipped; the rest goes on.
+                self.error(format!("an object could not be decoded: {e}"), false)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn open_watch(
+        &self,
+        wp: &WatchParams,
+        from: &str,
+    ) -> Result<Result<impl AsyncBufRead + Unpin + use<K>, kube::Error>, String> {
+        let mut req = kube::core::Request::new(&self.spec.url)
+            .watch(wp, from)
+            .map_err(|e| format!("building the watch request: {e}"))?;
+        self.accept(&mut req, false);
+        req.headers_mut().insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+        Ok(self.client.request_stream(req).await.map(Box::pin))
+    }
+
+    /// Watch from `from`; `at` follows the stream's resourceVersion.
+    async fn watch(&mut self, from: &str, at: &mut String) -> Result<End, Gone> {
+        let wp = self.watch_params();
+        let stream = match self.open_watch(&wp, from).await {
+            Err(m) => {
+                self.error(m, false).await?;
+                return Ok(End::Failed);
+            }
+            Ok(Err(kube::Error::Api(s))) if s.code == 410 => {
+                self.error(
+                    format!("resourceVersion {from} is too old (410 Gone): relisting"),
+                    true,
+                )
+                .await?;
+                return Ok(End::Relist);
+            }
+            Ok(Err(kube::Error::Api(s))) if too_large(&s) => {
+                self.error(
+                    format!(
+                        "the server has not reached resourceVersion {from}: its history restarted; relisting"
+                    ),
+                    true,
+                )
+                .await?;
+                return Ok(End::Relist);
+            }
+            Ok(Err(e)) => {
+                self.error(format!("watch failed: {}", message_of(&e)), false)
+                    .await?;
+                return Ok(End::Failed);
+            }
+            Ok(Ok(s)) => s,
+        };
+        // Connected: healthy, and up to date as of `from`.
+        self.send(Ok(Event::Progress(Some(self.checkpoint(from)))))
+            .await?;
+        let mut lines = stream;
+        let mut buf = Vec::new();
+        let idle = Duration::from_secs(u64::from(self.spec.watch_timeout)) + IDLE_MARGIN;
+        let mut progressed = false;
+        loop {
+            let line =
+                tokio::time::timeout(idle, next_line(&mut lines, &mut buf, self.spec.max_event_bytes)).await;
+            match line {
+                Err(_) => {
+                    self.error("the watch went silent; reconnecting".into(), false)
+                        .await?;
+                    return Ok(End::Failed);
+                }
+                Ok(Ok(false)) => return Ok(if progressed { End::Resume } else { End::Closed }),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(End::Resume),
+                Ok(Err(e)) => {
+                    self.error(format!("the watch broke off: {e}"), false).await?;
+                    return Ok(End::Failed);
+                }
+                Ok(Ok(true)) => {}
+            }
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let event: Value = match serde_json::from_slice(&buf) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.error(format!("a watch event is not JSON: {e}"), false)
+                        .await?;
+                    return Ok(End::Failed);
+                }
+            };
+            progressed = true;
+            self.backoff = ReconnectBackoff::new(self.spec.backoff.0, self.spec.backoff.1);
+            match self.watch_event(event, at).await? {
+                None => {}
+                Some(end) => return Ok(end),
+            }
+        }
+    }
+
+    /// Apply one watch event; `Some` ends the watch.
+    async fn watch_event(&mut self, mut event: Value, at: &mut String) -> Result<Option<End>, Gone> {
+        let kind = str_at(&event, "/type").to_string();
+        let object = event["object"].take();
+        match kind.as_str() {
+            "ADDED" | "MODIFIED" | "DELETED" => {
+                let rv = self.event_rv(&object);
+                if let Some(rv) = &rv
+                    && !self.advance(rv)
+                {
+                    self.error(
+                        format!("resourceVersion went backwards ({rv} after {at}): the server's history restarted; relisting"),
+                        true,
+                    )
+                    .await?;
+                    return Ok(Some(End::Relist));
+                }
+                for item in self.items(object) {
+                    let Some(obj) = self.decode(item).await? else {
+                        continue;
+                    };
+                    let e = if kind == "DELETED" {
+                        Event::Delete(obj)
+                    } else {
+                        Event::Apply(obj)
+                    };
+                    self.send(Ok(e)).await?;
+                }
+                if let Some(rv) = rv {
+                    *at = rv;
+                    self.send(Ok(Event::Progress(Some(self.checkpoint(at))))).await?;
+                }
+                Ok(None)
+            }
+            "BOOKMARK" => {
+                let rv = str_at(&object, "/metadata/resourceVersion").to_string();
+                if !rv.is_empty() {
+                    if !self.advance(&rv) {
+                        self.error(
+                            format!("a bookmark went backwards ({rv} after {at}): the server's history restarted; relisting"),
+                            true,
+                        )
+                        .await?;
+                        return Ok(Some(End::Relist));
+                    }
+                    *at = rv;
+                }
+                self.send(Ok(Event::Progress(Some(self.checkpoint(at))))).await?;
+                Ok(None)
+            }
+            "ERROR" => {
+                let code = object.get("code").and_then(Value::as_u64).unwrap_or(0);
+                let message = str_at(&object, "/message").to_string();
+                if code == 410 {
+                    self.error(
+                        format!("resourceVersion {at} is too old (410 Gone): relisting"),
+                        true,
+                    )
+                    .await?;
+                    return Ok(Some(End::Relist));
+                }
+                if let Ok(s) = serde_json::from_value::<kube::core::Status>(object)
+                    && too_large(&s)
+                {
+                    self.error(
+                        format!("the server has not reached resourceVersion {at}: its history restarted; relisting"),
+                        true,
+                    )
+                    .await?;
+                    return Ok(Some(End::Relist));
+                }
+                self.error(format!("watch error {code}: {message}"), false)
+                    .await?;
+                Ok(Some(End::Failed))
+            }
+            other => {
+                self.error(format!("unknown watch event type {other:?}"), false)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The resourceVersion of a watch event's object (a Table's first row's object).
+    fn event_rv(&self, object: &Value) -> Option<String> {
+        let rv = if object.get("kind").and_then(Value::as_str) == Some("Table") {
+            object.pointer("/rows/0/object/metadata/resourceVersion")
+        } else {
+            object.pointer("/metadata/resourceVersion")
+        };
+        rv.and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+
+    /// A streamed list (`sendInitialEvents=true`): the initial objects arrive as watch events,
+    /// then a bookmark marks their end; the same watch goes on with changes.
+    async fn streaming_list(&mut self) -> Result<StreamEnd, Gone> {
+        let wp = self.with_selectors(WatchParams::streaming_lists().timeout(self.spec.watch_timeout));
+        let stream = match self.open_watch(&wp, "").await {
+            Err(m) => {
+                self.error(m, false).await?;
+                return Ok(StreamEnd::Failed);
+            }
+            // Servers without the WatchList feature refuse the parameters.
+            Ok(Err(kube::Error::Api(s))) if matches!(s.code, 400 | 403 | 422) => {
+                return Ok(StreamEnd::Unsupported);
+            }
+            Ok(Err(e)) => {
+                self.error(format!("watch failed: {}", message_of(&e)), false)
+                    .await?;
+                return Ok(StreamEnd::Failed);
+            }
+            Ok(Ok(s)) => s,
+        };
+        self.send(Ok(Event::Init)).await?;
+        let mut lines = stream;
+        let mut buf = Vec::new();
+        let idle = Duration::from_secs(u64::from(self.spec.watch_timeout)) + IDLE_MARGIN;
+        loop {
+            match tokio::time::timeout(idle, next_line(&mut lines, &mut buf, self.spec.max_event_bytes)).await
+            {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(StreamEnd::Failed),
+                Ok(Err(e)) => {
+                    self.error(format!("the watch broke off: {e}"), false).await?;
+                    return Ok(StreamEnd::Failed);
+                }
+                Err(_) => return Ok(StreamEnd::Failed),
+            }
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let Ok(mut event) = serde_json::from_slice::<Value>(&buf) else {
+                self.error("a watch event is not JSON".into(), false).await?;
+                return Ok(StreamEnd::Failed);
+            };
+            match str_at(&event, "/type") {
+                "ADDED" => {
+                    for item in self.items(event["object"].take()) {
+                        if let Some(obj) = self.decode(item).await? {
+                            self.send(Ok(Event::InitApply(obj))).await?;
+                        }
+                    }
+                }
+                "BOOKMARK"
+                    if str_at(&event, "/object/metadata/annotations/k8s.io~1initial-events-end")
+                        == "true" =>
+                {
+                    let rv = str_at(&event, "/object/metadata/resourceVersion").to_string();
+                    self.newest = rv.parse().ok();
+                    self.send(Ok(Event::InitDone)).await?;
+                    self.send(Ok(Event::Progress(Some(self.checkpoint(&rv))))).await?;
+                    // The same stream goes on with changes; hand it to the ordinary watch loop
+                    // by resuming from the bookmark (the server keeps that history).
+                    return Ok(StreamEnd::Listed(rv));
+                }
+                "BOOKMARK" => {}
+                "ERROR" => {
+                    let code = event.pointer("/object/code").and_then(Value::as_u64).unwrap_or(0);
+                    if matches!(code, 400 | 403 | 422) {
+                        return Ok(StreamEnd::Unsupported);
+                    }
+                    self.error(format!("watch error {code} during a streamed list"), false)
+                        .await?;
+                    return Ok(StreamEnd::Failed);
+                }
+                // Before the end bookmark every event is part of the initial state.
+                _ => return Ok(StreamEnd::Failed),
+            }
+        }
+    }
+}
+
+enum StreamEnd {
+    Listed(String),
+    Unsupported,
+    Failed,
+}
+
+/// "Too large resource version": the server has not reached the version asked for (504 with
+/// cause `ResourceVersionTooLarge`, as the kube-apiserver's watch cache answers).
+fn too_large(s: &kube::core::Status) -> bool {
+    s.message.contains("Too large resource version")
+        || s.details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "ResourceVersionTooLarge"))
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// What went wrong, in one line (kube's errors nest their causes; no response body).
+pub(crate) fn message_of(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => {
+            let mut msg = other.to_string();
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(other);
+            while let Some(c) = cur {
+                let s = c.to_string();
+                if !msg.contains(&s) {
+                    msg = format!("{msg}: {s}");
+                }
+                cur = c.source();
+            }
+            msg
+        }
+    }
+}
+
+/// Read one line into `buf` (without the newline): `Ok(false)` at the end of the stream. A
+/// line longer than `max` is an error rather than unbounded memory.
+async fn next_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<bool> {
+    buf.clear();
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            // A partial last line is an interrupted event: drop it.
+            return Ok(false);
+        }
+        if let Some(i) = avail.iter().position(|b| *b == b'\n') {
+            buf.extend_from_slice(&avail[..i]);
+            r.consume_unpin(i + 1);
+            return Ok(true);
+        }
+        let n = avail.len();
+        buf.extend_from_slice(avail);
+        r.consume_unpin(n);
+        if buf.len() > max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a watch event is larger than {max} bytes"),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_split_and_bounded() {
+        let data: &[u8] = b"{\"a\":1}\n{\"b\":2}\npartial";
+        let mut r = futures::io::Cursor::new(data);
+        let mut buf = vec![];
+        assert!(next_line(&mut r, &mut buf, 100).await.unwrap());
+        assert_eq!(buf, b"{\"a\":1}");
+        assert!(next_line(&mut r, &mut buf, 100).await.unwrap());
+        assert_eq!(buf, b"{\"b\":2}");
+        assert!(!next_line(&mut r, &mut buf, 100).await.unwrap());
+        let big = vec![b'x'; 1000];
+        let mut r = futures::io::BufReader::with_capacity(10, futures::io::Cursor::new(big));
+        let e = next_line(&mut r, &mut buf, 100).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn too_large_is_recognised_by_cause_or_message() {
+        let s: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 504, "reason": "Timeout",
+            "message": "Timeout: Too large resource version: 28, current: 5",
+            "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]}
+        }))
+        .unwrap();
+        assert!(too_large(&s));
+    }
+}

@@ -1,0 +1,1 @@
+//! MySQL source tests (being written).
