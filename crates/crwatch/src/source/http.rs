@@ -630,11 +630,7 @@ impl HttpSource {
     }
 
     /// All objects of a response body, keyed, the last item of a duplicate key winning.
-    fn objects(
-        &self,
-        namespace: &str,
-        body: Value,
-    ) -> Result<(Vec<(String, DynamicObject)>, Vec<String>), String> {
+    fn objects(&self, namespace: &str, body: Value) -> Result<Keyed, String> {
         let items = self.extract_items(body)?;
         let mut keys = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
@@ -676,6 +672,9 @@ impl HttpSource {
         self.pause(base)
     }
 }
+
+/// Objects by key in response order, and the keys that were duplicated.
+type Keyed = (Vec<(String, DynamicObject)>, Vec<String>);
 
 fn type_name(v: &Value) -> &'static str {
     match v {

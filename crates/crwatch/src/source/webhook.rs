@@ -887,11 +887,7 @@ impl Shared {
             _ => return Err(bad("specversion must be \"1.0\"".into())),
         }
         for attr in ["id", "source", "type"] {
-            if !event
-                .get(attr)
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty())
-            {
+            if event.get(attr).and_then(Value::as_str).is_none_or(str::is_empty) {
                 return Err(bad(format!("the CloudEvent has no {attr}")));
             }
         }
