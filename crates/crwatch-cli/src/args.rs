@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// `crwatch`: kubectl get -w that says what changed.
 #[derive(Debug, Parser)]
@@ -15,6 +15,53 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parse the process's arguments like [`Parser::parse`], then check what clap's
+    /// declarations cannot say; on a usage error print it with the usage line and exit with
+    /// code 2, as clap does.
+    pub fn parse_checked() -> Cli {
+        Cli::try_parse_checked_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Like [`Cli::parse_checked`], returning the usage error instead of exiting.
+    ///
+    /// ```
+    /// use crwatch_cli::args::Cli;
+    ///
+    /// let err = Cli::try_parse_checked_from(["crwatch", "get", "pods", "--diff"]).unwrap_err();
+    /// assert_eq!(err.exit_code(), 2);
+    /// assert!(err.to_string().starts_with("error: --diff requires --watch (-w) or --watch-only"));
+    /// assert!(Cli::try_parse_checked_from(["crwatch", "get", "pods", "-w", "--diff"]).is_ok());
+    /// assert!(Cli::try_parse_checked_from(["crwatch", "get", "pods", "--watch-only", "--diff"]).is_ok());
+    /// ```
+    pub fn try_parse_checked_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        if let Command::Get(get) = &cli.command
+            && get.diff
+            && !get.watch
+            && !get.watch_only
+        {
+            // clap's `requires` would say "the following required arguments were not
+            // provided: <--watch|--watch-only>"; kubectl-style users expect the flag named.
+            let mut cmd = Cli::command();
+            cmd.build();
+            let mut sub = cmd
+                .find_subcommand_mut("get")
+                .map(std::mem::take)
+                .unwrap_or_default();
+            return Err(sub.error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--diff requires --watch (-w) or --watch-only",
+            ));
+        }
+        Ok(cli)
+    }
 }
 
 /// The subcommands.

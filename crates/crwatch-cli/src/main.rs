@@ -2,21 +2,28 @@
 //! kubectl does (`error: ...` on stderr, server and connection errors without the prefix; exit
 //! code 1, 2 for usage errors).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use crwatch_cli::get::{ConnectError, ServerError};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let colours = crwatch_cli::log_colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var_os("TERM").as_deref(),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CRWATCH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colours)
         .init();
-    let cli = crwatch_cli::args::Cli::parse();
+    let cli = crwatch_cli::args::Cli::parse_checked();
+    tracing::debug!(version = env!("CARGO_PKG_VERSION"), "crwatch starting");
     match crwatch_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -26,7 +33,7 @@ async fn main() -> ExitCode {
             } else if let Some(conn) = e.downcast_ref::<ConnectError>() {
                 eprintln!("{conn}");
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crwatch_cli::error_chain(e.as_ref()));
             }
             ExitCode::FAILURE
         }
