@@ -11,18 +11,21 @@
 //! On a terminal, long lists show a spinner on stderr and events are coloured (never with
 //! `NO_COLOR`); output is flushed after every event, piped or not.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crwatch::diff::{Diff, FieldChange, Op};
-use crwatch::source::kube::{DEFAULT_BACKOFF, ReconnectBackoff};
-use futures::StreamExt;
+use crwatch::informer::{AsyncHandler, Change as InformerChange, Informer};
+use crwatch::source::kube::{Columns, KubeSource, TableRow};
+use crwatch::source::{ErrorKind, SourceError};
+use futures::future::BoxFuture;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kube::Client;
-use kube::api::{Api, DynamicObject, GetParams, ListParams, WatchEvent, WatchParams};
+use kube::api::{Api, DynamicObject, GetParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -33,12 +36,6 @@ use crate::table::{Column, Grid, cells, crd_columns, is_table, row_cells, server
 use crate::{Connection, connect};
 
 const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
-/// Objects per list page (kubectl's `--chunk-size` default).
-const PAGE_SIZE: u32 = 500;
-/// Server-side watch timeout; the watch then resumes from the last resourceVersion.
-const WATCH_TIMEOUT_SECS: u32 = 290;
-/// A watch silent for this long past its timeout is taken for a dead connection.
-const IDLE_MARGIN: Duration = Duration::from_secs(30);
 /// Lists that take longer than this show a spinner (on a terminal).
 const PROGRESS_DELAY: Duration = Duration::from_millis(250);
 
@@ -343,28 +340,6 @@ impl Selectors {
             fields,
         }
     }
-
-    fn list_params(&self) -> ListParams {
-        let mut lp = ListParams::default();
-        if let Some(l) = &self.labels {
-            lp = lp.labels(l);
-        }
-        if let Some(f) = &self.fields {
-            lp = lp.fields(f);
-        }
-        lp
-    }
-
-    fn watch_params(&self) -> WatchParams {
-        let mut wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
-        if let Some(l) = &self.labels {
-            wp = wp.labels(l);
-        }
-        if let Some(f) = &self.fields {
-            wp = wp.fields(f);
-        }
-        wp
-    }
 }
 
 /// Ask for a Table (`includeObject=Object` embeds the full object in each row).
@@ -436,70 +411,6 @@ fn seen_in(v: Value, rt: &ResourceType) -> Vec<Seen> {
             object: typed(v, rt),
             cells: None,
         }]
-    }
-}
-
-/// A whole list, paged.
-struct Listed {
-    /// The Table's columns (`None` if the server sent plain objects).
-    columns: Option<Vec<Column>>,
-    items: Vec<Seen>,
-    resource_version: String,
-}
-
-/// List every page; a continue token that expired (410) starts the list over.
-async fn list_all(
-    client: &Client,
-    target: &Target,
-    sel: &Selectors,
-    table: Option<bool>,
-    progress: &mut ListProgress,
-) -> Result<Listed, kube::Error> {
-    let mut restarts = 0;
-    'again: loop {
-        let mut listed = Listed {
-            columns: None,
-            items: vec![],
-            resource_version: String::new(),
-        };
-        let mut cont: Option<String> = None;
-        loop {
-            let mut lp = sel.list_params().limit(PAGE_SIZE);
-            if let Some(c) = &cont {
-                lp = lp.continue_token(c);
-            }
-            let req = kube::core::Request::new(target.api.resource_url())
-                .list(&lp)
-                .map_err(kube::Error::BuildRequest)?;
-            let req = match table {
-                Some(include_object) => as_table(req, include_object),
-                None => req,
-            };
-            let page = match progress.wait(client.request_text(req)).await {
-                Err(kube::Error::Api(s)) if s.code == 410 && cont.is_some() && restarts < 5 => {
-                    restarts += 1;
-                    continue 'again;
-                }
-                other => other?,
-            };
-            let page: Value = serde_json::from_str(&page).map_err(kube::Error::SerdeError)?;
-            if listed.columns.is_none() && is_table(&page) {
-                listed.columns = server_columns(&page);
-            }
-            listed.resource_version = page["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            cont = page["metadata"]["continue"]
-                .as_str()
-                .filter(|c| !c.is_empty())
-                .map(str::to_string);
-            listed.items.extend(seen_in(page, &target.rt));
-            progress.set(listed.items.len());
-            if cont.is_none() {
-                return Ok(listed);
-            }
-        }
     }
 }
 
@@ -626,16 +537,33 @@ async fn list(client: &Client, target: &Target, args: &GetArgs) -> anyhow::Resul
             (columns, seen_in(got, &target.rt))
         }
         None => {
-            let listed = list_all(
-                client,
-                target,
-                &Selectors::of(args, false),
-                table.then_some(false),
-                &mut progress,
-            )
-            .await
-            .map_err(|e| explain(e, "listing"))?;
-            (listed.columns, listed.items)
+            let (informer, columns) = informer_for(client, target, &Selectors::of(args, false), table);
+            let cancel = CancellationToken::new();
+            let _stop = cancel.clone().drop_guard();
+            let errors = Arc::new(FirstError::default());
+            informer.add_async_handler(errors.clone());
+            informer.start(cancel.clone());
+            loop {
+                if informer.has_synced() {
+                    break;
+                }
+                if let Some(e) = errors.take_fatal() {
+                    return Err(explain_source(e));
+                }
+                progress.set(informer.stats().events.load(Ordering::Relaxed) as usize);
+                let _ = progress
+                    .wait(tokio::time::timeout(Duration::from_millis(50), errors.notified()))
+                    .await;
+            }
+            let columns = if table {
+                columns.lock().ok().and_then(|c| c.clone())
+            } else {
+                None
+            };
+            let columns =
+                columns.map(|c| server_columns(&json!({"columnDefinitions": c})).unwrap_or_default());
+            let items = informer.store().list().iter().map(|r| seen_of(r)).collect();
+            (columns, items)
         }
     };
     progress.finish();
@@ -741,80 +669,6 @@ struct Change {
     kind: ChangeKind,
     seen: Seen,
     diff: Option<Diff>,
-}
-
-/// The watch's view of the world: the last state of every object, so relists print only what
-/// really changed.
-#[derive(Default)]
-struct Tracker {
-    objects: BTreeMap<String, Seen>,
-}
-
-fn key(o: &Value) -> String {
-    format!(
-        "{}/{}",
-        o["metadata"]["namespace"].as_str().unwrap_or(""),
-        o["metadata"]["name"].as_str().unwrap_or("")
-    )
-}
-
-fn same_version(a: &Value, b: &Value) -> bool {
-    let (ra, rb) = (
-        &a["metadata"]["resourceVersion"],
-        &b["metadata"]["resourceVersion"],
-    );
-    !ra.is_null() && ra == rb
-}
-
-impl Tracker {
-    fn apply(&mut self, s: Seen) -> Option<Change> {
-        match self.objects.insert(key(&s.object), s.clone()) {
-            None => Some(Change {
-                kind: ChangeKind::Added,
-                seen: s,
-                diff: None,
-            }),
-            Some(old) if same_version(&old.object, &s.object) => None,
-            Some(old) => Some(Change {
-                kind: ChangeKind::Modified,
-                diff: Some(Diff::between(&old.object, &s.object)),
-                seen: s,
-            }),
-        }
-    }
-
-    fn delete(&mut self, s: Seen) -> Option<Change> {
-        self.objects.remove(&key(&s.object)).map(|_| Change {
-            kind: ChangeKind::Deleted,
-            seen: s,
-            diff: None,
-        })
-    }
-
-    /// Replace everything with a fresh list; the changes against what was known.
-    fn replace(&mut self, objs: Vec<Seen>) -> Vec<Change> {
-        let fresh: BTreeMap<String, Seen> = objs.into_iter().map(|s| (key(&s.object), s)).collect();
-        let mut changes = vec![];
-        let gone: Vec<String> = self
-            .objects
-            .keys()
-            .filter(|k| !fresh.contains_key(*k))
-            .cloned()
-            .collect();
-        for k in gone {
-            if let Some(s) = self.objects.remove(&k) {
-                changes.push(Change {
-                    kind: ChangeKind::Deleted,
-                    seen: s,
-                    diff: None,
-                });
-            }
-        }
-        for (_, s) in fresh {
-            changes.extend(self.apply(s));
-        }
-        changes
-    }
 }
 
 /// Prints watch changes in the chosen format.
@@ -967,17 +821,14 @@ pub fn diff_line(c: &FieldChange, colour: bool) -> String {
     if !colour {
         return c.to_string();
     }
-    let show = |v: &Option<Value>| v.as_ref().map_or_else(|| "null".to_owned(), Value::to_string);
+    // Long values shortened around the difference, as the plain rendering does.
+    let (old, new) = c.short_values();
+    let show = |v: Option<String>| v.unwrap_or_else(|| "null".to_owned());
     let (g, r, d, x) = (ansi::GREEN, ansi::RED, ansi::DIM, ansi::RESET);
     match c.op {
-        Op::Changed => format!(
-            "{}: {r}{}{x} {d}→{x} {g}{}{x}",
-            c.path,
-            show(&c.old),
-            show(&c.new)
-        ),
-        Op::Added => format!("{g}+ {}: {}{x}", c.path, show(&c.new)),
-        Op::Removed => format!("{r}- {}: {}{x}", c.path, show(&c.old)),
+        Op::Changed => format!("{}: {r}{}{x} {d}→{x} {g}{}{x}", c.path, show(old), show(new)),
+        Op::Added => format!("{g}+ {}: {}{x}", c.path, show(new)),
+        Op::Removed => format!("{r}- {}: {}{x}", c.path, show(old)),
     }
 }
 
@@ -1024,19 +875,141 @@ async fn watch_columns(client: &Client, target: &Target) -> Vec<Column> {
     crd_columns(crd.as_ref(), &target.rt.version)
 }
 
-fn new_backoff() -> ReconnectBackoff {
-    ReconnectBackoff::new(DEFAULT_BACKOFF.0, DEFAULT_BACKOFF.1)
+/// The informer `get` reads from: Table rows with their objects for table output (as
+/// `kubectl get -w` asks), whole objects otherwise; and the Table's column definitions.
+fn informer_for(
+    client: &Client,
+    target: &Target,
+    sel: &Selectors,
+    table: bool,
+) -> (Informer<TableRow>, Columns) {
+    let ar = target.rt.api_resource();
+    let mut source = KubeSource::<DynamicObject>::dynamic(client.clone(), &ar, target.namespace.as_deref());
+    if let Some(l) = &sel.labels {
+        source = source.labels(l);
+    }
+    if let Some(f) = &sel.fields {
+        source = source.fields(f);
+    }
+    let source = if table { source.tables() } else { source.rows() };
+    let columns = source.columns();
+    (Informer::new(source), columns)
 }
 
-/// A failure worth retrying even before the first sync (the server is there but busy).
-fn retryable(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 429 || s.code >= 500)
+/// A row as `get` prints it.
+fn seen_of(row: &TableRow) -> Seen {
+    Seen {
+        object: serde_json::to_value(&row.object).unwrap_or(Value::Null),
+        cells: row.cells.clone(),
+    }
 }
 
-fn message_of(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => s.message.clone(),
-        other => root_cause(other).0,
+/// A source error as kubectl words it.
+fn explain_source(e: SourceError) -> anyhow::Error {
+    match e.kind {
+        ErrorKind::Server { code: 401, .. } => {
+            anyhow::anyhow!("You must be logged in to the server (Unauthorized)")
+        }
+        ErrorKind::Server {
+            code,
+            reason,
+            message,
+        } => ServerError {
+            reason: if reason.is_empty() {
+                code.to_string()
+            } else {
+                reason
+            },
+            message,
+        }
+        .into(),
+        ErrorKind::Transport { refused, cause } => ConnectError {
+            url: None,
+            refused,
+            cause,
+        }
+        .into(),
+        _ => anyhow::anyhow!("{}", e.message),
+    }
+}
+
+/// Remembers the first error that should end a command still waiting for its first list
+/// (anything but a busy or failing server, which may recover).
+#[derive(Default)]
+struct FirstError {
+    fatal: std::sync::Mutex<Option<SourceError>>,
+    notify: tokio::sync::Notify,
+}
+
+impl FirstError {
+    fn take_fatal(&self) -> Option<SourceError> {
+        self.fatal.lock().ok()?.take()
+    }
+
+    async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl AsyncHandler<TableRow> for FirstError {
+    fn handle(&self, _change: InformerChange<TableRow>) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn on_error(&self, error: &SourceError) {
+        if !error.kind.is_transient()
+            && !matches!(error.kind, ErrorKind::Other)
+            && let Ok(mut f) = self.fatal.lock()
+        {
+            f.get_or_insert_with(|| error.clone());
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// What the informer tells the printing loop.
+enum Msg {
+    /// A relist starts: its changes are printed together at the next checkpoint.
+    Relist,
+    Change(Change),
+    /// Everything before is current.
+    Checkpoint,
+    Error(SourceError),
+}
+
+/// Turns the informer's changes into printable ones, in order, with backpressure.
+struct ToPrinter(tokio::sync::mpsc::Sender<Msg>);
+
+impl AsyncHandler<TableRow> for ToPrinter {
+    fn handle(&self, change: InformerChange<TableRow>) -> BoxFuture<'_, ()> {
+        let msg = match change {
+            InformerChange::Added(r) => Msg::Change(Change {
+                kind: ChangeKind::Added,
+                seen: seen_of(&r),
+                diff: None,
+            }),
+            InformerChange::Updated { new, diff, .. } => Msg::Change(Change {
+                kind: ChangeKind::Modified,
+                seen: seen_of(&new),
+                diff: Some(diff),
+            }),
+            InformerChange::Deleted(r) => Msg::Change(Change {
+                kind: ChangeKind::Deleted,
+                seen: seen_of(&r),
+                diff: None,
+            }),
+            InformerChange::Relist => Msg::Relist,
+            InformerChange::Checkpoint(_) => Msg::Checkpoint,
+        };
+        Box::pin(async move {
+            // The printing loop is gone only when the command ends.
+            let _ = self.0.send(msg).await;
+        })
+    }
+
+    fn on_error(&self, error: &SourceError) {
+        // A note; dropped when the printer is far behind (the next one says the same).
+        let _ = self.0.try_send(Msg::Error(error.clone()));
     }
 }
 
@@ -1047,15 +1020,12 @@ struct Notes {
 }
 
 impl Notes {
-    fn interrupted(&mut self, why: &str) {
-        if !self.interrupted {
-            eprintln!("crwatch: watch interrupted ({why}); reconnecting");
+    fn error(&mut self, e: &SourceError) {
+        if e.relist {
+            eprintln!("crwatch: {}", e.message);
+        } else if !self.interrupted {
+            eprintln!("crwatch: watch interrupted ({}); reconnecting", e.message);
         }
-        self.interrupted = true;
-    }
-
-    fn expired(&mut self) {
-        eprintln!("crwatch: watch expired (410 Gone); relisting to catch up");
         self.interrupted = true;
     }
 
@@ -1091,9 +1061,18 @@ async fn watch(client: &Client, target: &Target, args: &GetArgs, embed: &Embed) 
     }
 }
 
+/// Changes buffered by the printing loop before it waits for the informer (bounded: the
+/// informer then waits, and the watch with it).
+const PRINT_QUEUE: usize = 1024;
+
 async fn follow(client: &Client, target: &Target, args: &GetArgs, embed: &Embed) -> anyhow::Result<()> {
     let table = matches!(args.output, Output::Table | Output::Wide);
-    let sel = Selectors::of(args, true);
+    let (informer, columns) = informer_for(client, target, &Selectors::of(args, true), table);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PRINT_QUEUE);
+    informer.add_async_handler(ToPrinter(tx));
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    informer.start(cancel.clone());
     let mut printer = Printer {
         output: args.output,
         rt: target.rt.clone(),
@@ -1104,116 +1083,64 @@ async fn follow(client: &Client, target: &Target, args: &GetArgs, embed: &Embed)
         grid: Grid::with_min_widths(vec![ChangeKind::Modified.as_str().len()]),
         header_done: false,
     };
-    let mut tracker = Tracker::default();
-    let mut backoff = new_backoff();
     let mut notes = Notes::default();
     let mut synced = false;
-    let idle = Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS)) + IDLE_MARGIN;
-    let stderr_tty = std::io::stderr().is_terminal();
-    'relist: loop {
-        let mut progress = ListProgress::new(target.describe(), stderr_tty);
-        let listed = list_all(client, target, &sel, table.then_some(true), &mut progress).await;
-        progress.finish();
-        let listed = match listed {
-            Ok(l) => l,
-            Err(e) if !synced && !retryable(&e) => return Err(explain(e, "listing")),
-            Err(e) => {
-                notes.interrupted(&message_of(&e));
-                tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
-                continue 'relist;
+    let mut relist: Option<Vec<Change>> = None;
+    let mut progress = ListProgress::new(target.describe(), std::io::stderr().is_terminal());
+    loop {
+        let msg = if synced {
+            rx.recv().await
+        } else {
+            progress.set(informer.stats().events.load(Ordering::Relaxed) as usize);
+            match progress
+                .wait(tokio::time::timeout(Duration::from_millis(100), rx.recv()))
+                .await
+            {
+                Ok(m) => m,
+                Err(_) => continue,
             }
         };
-        if table && printer.columns.is_empty() {
-            printer.columns = match listed.columns {
-                Some(c) => c,
-                None => watch_columns(client, target).await,
-            };
-            printer.grid = Grid::with_min_widths(printer.min_widths(&embed.min_widths));
-        }
-        let changes = tracker.replace(listed.items);
-        notes.reconnected(Some(changes.len()));
-        let first = !synced;
-        synced = true;
-        if !(first && args.watch_only) {
-            print(&mut printer, changes, embed)?;
-        }
-        if first {
-            embed.report(WatchReport::Synced);
-        }
-        let mut rv = listed.resource_version;
-        loop {
-            let req = kube::core::Request::new(target.api.resource_url())
-                .watch(&sel.watch_params(), &rv)
-                .context("building the watch request")?;
-            let req = if table { as_table(req, true) } else { req };
-            let stream = match client.request_events::<Value>(req).await {
-                Ok(s) => s,
-                Err(kube::Error::Api(s)) if s.code == 410 => {
-                    notes.expired();
-                    continue 'relist;
-                }
-                Err(e) => {
-                    notes.interrupted(&message_of(&e));
-                    tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
-                    continue;
-                }
-            };
-            let mut stream = std::pin::pin!(stream);
-            let mut got_any = false;
-            loop {
-                let event = match tokio::time::timeout(idle, stream.next()).await {
-                    // A dead connection, or the end of the server's timeout: resume from `rv`.
-                    Err(_) | Ok(None) => break,
-                    Ok(Some(Err(e))) => {
-                        notes.interrupted(&message_of(&e));
-                        tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
-                        break;
-                    }
-                    Ok(Some(Ok(event))) => event,
-                };
-                let (kind, object) = match event {
-                    WatchEvent::Error(s) if s.code == 410 => {
-                        notes.expired();
-                        continue 'relist;
-                    }
-                    WatchEvent::Error(s) => {
-                        notes.interrupted(&s.message);
-                        tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
-                        break;
-                    }
-                    WatchEvent::Bookmark(b) => {
-                        rv = b.metadata.resource_version;
-                        (None, None)
-                    }
-                    WatchEvent::Added(o) | WatchEvent::Modified(o) => (Some(false), Some(o)),
-                    WatchEvent::Deleted(o) => (Some(true), Some(o)),
-                };
-                if !got_any {
-                    got_any = true;
-                    backoff = new_backoff();
-                    notes.reconnected(None);
-                }
-                let (Some(deleted), Some(object)) = (kind, object) else {
-                    continue;
-                };
-                if table && printer.columns.is_empty() && is_table(&object) {
-                    printer.columns = server_columns(&object).unwrap_or_default();
-                }
-                for seen in seen_in(object, &target.rt) {
-                    if let Some(v) = seen.object["metadata"]["resourceVersion"].as_str() {
-                        rv = v.to_string();
-                    }
-                    let change = if deleted {
-                        tracker.delete(seen)
-                    } else {
-                        tracker.apply(seen)
-                    };
-                    print(&mut printer, change.into_iter().collect(), embed)?;
-                }
+        let Some(msg) = msg else {
+            anyhow::bail!("the watch of {} ended", target.describe());
+        };
+        match msg {
+            Msg::Error(e) if !synced && !e.kind.is_transient() && !matches!(e.kind, ErrorKind::Other) => {
+                progress.finish();
+                return Err(explain_source(e));
             }
-            if !got_any {
-                // Closed without a single event: do not hammer a server that keeps doing so.
-                tokio::time::sleep(backoff.next().unwrap_or(DEFAULT_BACKOFF.1)).await;
+            Msg::Error(e) => notes.error(&e),
+            Msg::Relist => relist = Some(vec![]),
+            Msg::Change(c) => match relist.as_mut() {
+                Some(batch) => batch.push(c),
+                None => {
+                    notes.reconnected(None);
+                    print(&mut printer, vec![c], embed)?;
+                }
+            },
+            Msg::Checkpoint => {
+                let Some(changes) = relist.take() else {
+                    notes.reconnected(None);
+                    continue;
+                };
+                progress.finish();
+                if table && printer.columns.is_empty() {
+                    let server = columns.lock().ok().and_then(|c| c.clone());
+                    printer.columns =
+                        match server.and_then(|c| server_columns(&json!({"columnDefinitions": c}))) {
+                            Some(c) => c,
+                            None => watch_columns(client, target).await,
+                        };
+                    printer.grid = Grid::with_min_widths(printer.min_widths(&embed.min_widths));
+                }
+                let first = !synced;
+                synced = true;
+                notes.reconnected(Some(changes.len()));
+                if !(first && args.watch_only) {
+                    print(&mut printer, changes, embed)?;
+                }
+                if first {
+                    embed.report(WatchReport::Synced);
+                }
             }
         }
     }
@@ -1233,43 +1160,6 @@ fn print(printer: &mut Printer, changes: Vec<Change>, embed: &Embed) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn obj(name: &str, rv: &str, size: &str) -> Seen {
-        Seen {
-            object: json!({"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}, "spec": {"size": size}}),
-            cells: None,
-        }
-    }
-
-    #[test]
-    fn relists_report_only_real_changes() {
-        let mut t = Tracker::default();
-        let first = t.replace(vec![obj("a", "1", "1Gi"), obj("b", "2", "1Gi")]);
-        assert_eq!(
-            first.iter().map(|c| c.kind).collect::<Vec<_>>(),
-            [ChangeKind::Added, ChangeKind::Added]
-        );
-        assert!(
-            t.replace(vec![obj("a", "1", "1Gi"), obj("b", "2", "1Gi")])
-                .is_empty()
-        );
-        let again = t.replace(vec![obj("a", "3", "2Gi"), obj("c", "4", "1Gi")]);
-        let kinds: Vec<_> = again.iter().map(|c| (c.kind, key(&c.seen.object))).collect();
-        assert_eq!(
-            kinds,
-            [
-                (ChangeKind::Deleted, "ns/b".to_string()),
-                (ChangeKind::Modified, "ns/a".to_string()),
-                (ChangeKind::Added, "ns/c".to_string())
-            ]
-        );
-        assert_eq!(
-            again[1].diff.as_ref().map(|d| d.to_string()).as_deref(),
-            Some("spec.size: \"1Gi\" → \"2Gi\"")
-        );
-        assert!(t.apply(obj("a", "3", "2Gi")).is_none());
-        assert!(t.delete(obj("zz", "9", "")).is_none());
-    }
 
     #[test]
     fn diffs_are_grouped_spec_then_status() {

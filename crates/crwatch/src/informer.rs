@@ -161,6 +161,20 @@ pub enum Change<K> {
 pub trait AsyncHandler<K>: Send + Sync + 'static {
     /// Handle one change.
     fn handle(&self, change: Change<K>) -> BoxFuture<'_, ()>;
+
+    /// The source reported an error (it retries by itself; nothing changed). Keep it quick.
+    fn on_error(&self, error: &SourceError) {
+        let _ = error;
+    }
+}
+
+impl<K, T: AsyncHandler<K>> AsyncHandler<K> for Arc<T> {
+    fn handle(&self, change: Change<K>) -> BoxFuture<'_, ()> {
+        (**self).handle(change)
+    }
+    fn on_error(&self, error: &SourceError) {
+        (**self).on_error(error)
+    }
 }
 
 /// Runs on every object before it is stored.
@@ -223,6 +237,9 @@ struct Inner<K> {
     resume: Mutex<Option<Snapshot<K>>>,
     /// Where to persist snapshots, and how often.
     persist: Mutex<Option<(SnapshotFile, Duration)>>,
+    /// Async handlers added after start, waiting for their replay of the current state.
+    joining: Mutex<Vec<Arc<dyn AsyncHandler<K>>>>,
+    joined: tokio::sync::Notify,
     /// Since when the source has been failing, and why.
     failing: Mutex<Option<(tokio::time::Instant, String)>>,
     /// Whether a relist is between `Init` and `InitDone` (a snapshot then has no checkpoint).
@@ -299,6 +316,8 @@ where
                 checkpoint: Mutex::new(None),
                 resume: Mutex::new(None),
                 persist: Mutex::new(None),
+                joining: Mutex::new(vec![]),
+                joined: tokio::sync::Notify::new(),
                 failing: Mutex::new(None),
                 relisting: AtomicBool::new(false),
             }),
@@ -353,20 +372,16 @@ where
     }
 
     /// Add a handler the informer waits for (see [`AsyncHandler`]). Added after start, it
-    /// first receives the current state as adds.
-    pub fn add_async_handler(&self, handler: impl AsyncHandler<K>) -> BoxFuture<'static, ()> {
+    /// first receives the current state as adds (on the informer's task, so nothing is missed
+    /// or reordered in between).
+    pub fn add_async_handler(&self, handler: impl AsyncHandler<K>) {
         let handler: Arc<dyn AsyncHandler<K>> = Arc::new(handler);
-        let current = if self.inner.started.load(Ordering::SeqCst) {
-            self.inner.store.list()
+        if self.inner.started.load(Ordering::SeqCst) {
+            lock(&self.inner.joining).push(handler);
+            self.inner.joined.notify_one();
         } else {
-            vec![]
-        };
-        write(&self.inner.async_handlers).push(handler.clone());
-        Box::pin(async move {
-            for obj in current {
-                handler.handle(Change::Added(obj)).await;
-            }
-        })
+            write(&self.inner.async_handlers).push(handler);
+        }
     }
 
     /// Start from `snapshot` instead of an empty cache: the store holds its objects (handlers
@@ -455,10 +470,10 @@ where
                 })
                 .collect();
             let _ = self.inner.store.replace(objects);
-            if let Some(cp) = &snapshot.checkpoint {
-                if source.resume(cp) {
-                    *lock(&self.inner.checkpoint) = Some(cp.clone());
-                }
+            if let Some(cp) = &snapshot.checkpoint
+                && source.resume(cp)
+            {
+                *lock(&self.inner.checkpoint) = Some(cp.clone());
             }
         }
         let inner = self.inner.clone();
@@ -539,6 +554,19 @@ where
                 }
                 continue;
             }
+            _ = inner.joined.notified() => {
+                let joining: Vec<_> = std::mem::take(&mut *lock(&inner.joining));
+                for h in joining {
+                    for obj in inner.store.list() {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = h.handle(Change::Added(obj)) => {}
+                        }
+                    }
+                    write(&inner.async_handlers).push(h);
+                }
+                continue;
+            }
             next = events.next() => next,
         };
         let Some(next) = next else {
@@ -547,6 +575,11 @@ where
         };
         inner.stats.events.fetch_add(1, Ordering::Relaxed);
         track_health(&inner, &next);
+        if let Err(e) = &next {
+            for h in read(&inner.async_handlers).iter() {
+                guarded("on_error", || h.on_error(e));
+            }
+        }
         // A panicking transform or index function loses this one event, not the informer.
         let changes = match std::panic::catch_unwind(AssertUnwindSafe(|| {
             apply_event(&inner, &mut buffer, next)

@@ -409,7 +409,7 @@ async fn persisted_snapshots_resume_across_restarts_and_async_handlers_see_every
         informer
             .persist_to(SnapshotFile::new(&path), Duration::from_secs(1))
             .unwrap();
-        let _ = informer.add_async_handler(Collect(seen));
+        informer.add_async_handler(Collect(seen));
         let cancel = tokio_util::sync::CancellationToken::new();
         informer.start(cancel.clone());
         (informer, cancel)

@@ -95,6 +95,42 @@ pub struct SourceError {
     pub message: String,
     /// Whether the source will relist (410 Gone, a restarted server) rather than resume.
     pub relist: bool,
+    /// What kind of failure, for programs that word it for people (as kubectl does).
+    pub kind: ErrorKind,
+}
+
+/// What kind of failure a [`SourceError`] is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The server answered with an error status.
+    Server {
+        /// The HTTP status code.
+        code: u16,
+        /// The status reason (`Forbidden`, `NotFound`, ...), empty when the server gave none.
+        reason: String,
+        /// The server's own message.
+        message: String,
+    },
+    /// No answer: connecting, TLS, or the stream broke off.
+    Transport {
+        /// Whether the connection was refused.
+        refused: bool,
+        /// The innermost cause.
+        cause: String,
+    },
+    /// Anything else (bad data, a local problem).
+    #[default]
+    Other,
+}
+
+impl ErrorKind {
+    /// Whether retrying can help before a source first synced: a server that is busy or
+    /// failing (429, 5xx) may recover; a refusal (401, 403, 404) or an unreachable server is
+    /// better reported at once to someone waiting at a terminal.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ErrorKind::Server { code, .. } if *code == 429 || *code >= 500)
+    }
 }
 
 impl SourceError {
@@ -104,7 +140,14 @@ impl SourceError {
             source_name: source_name.into(),
             message: message.into(),
             relist: false,
+            kind: ErrorKind::Other,
         }
+    }
+
+    /// The same error, of `kind`.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 }
 

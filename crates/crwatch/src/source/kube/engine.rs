@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::ReconnectBackoff;
-use crate::source::{Checkpoint, Event, EventStream, SourceError};
+use crate::source::{Checkpoint, ErrorKind, Event, EventStream, SourceError};
 
 /// How objects are fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,6 +145,18 @@ impl<K: Send + 'static> Engine<K> {
             source_name: self.name.clone(),
             message,
             relist,
+            kind: ErrorKind::Other,
+        }))
+        .await
+    }
+
+    /// A failed request, with what kind of failure it was.
+    async fn failed(&self, what: &str, e: &kube::Error) -> Result<(), Gone> {
+        self.send(Err(SourceError {
+            source_name: self.name.clone(),
+            message: format!("{what}: {}", message_of(e)),
+            relist: false,
+            kind: kind_of(e),
         }))
         .await
     }
@@ -346,8 +358,7 @@ impl<K: Send + 'static> Engine<K> {
                         continue 'again;
                     }
                     Err(e) => {
-                        self.error(format!("list failed: {}", message_of(&e)), false)
-                            .await?;
+                        self.failed("list failed", &e).await?;
                         return Ok(None);
                     }
                 };
@@ -504,8 +515,7 @@ impl<K: Send + 'static> Engine<K> {
                 return Ok(End::Relist);
             }
             Ok(Err(e)) => {
-                self.error(format!("watch failed: {}", message_of(&e)), false)
-                    .await?;
+                self.failed("watch failed", &e).await?;
                 return Ok(End::Failed);
             }
             Ok(Ok(s)) => s,
@@ -663,8 +673,7 @@ impl<K: Send + 'static> Engine<K> {
                 return Ok(StreamEnd::Unsupported);
             }
             Ok(Err(e)) => {
-                self.error(format!("watch failed: {}", message_of(&e)), false)
-                    .await?;
+                self.failed("watch failed", &e).await?;
                 return Ok(StreamEnd::Failed);
             }
             Ok(Ok(s)) => s,
@@ -745,6 +754,36 @@ fn too_large(s: &kube::core::Status) -> bool {
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// The kind of a failed request: the server's status, or the transport's innermost cause.
+pub(crate) fn kind_of(e: &kube::Error) -> ErrorKind {
+    match e {
+        kube::Error::Api(s) => ErrorKind::Server {
+            code: s.code,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => {
+            let mut cur: &(dyn std::error::Error + 'static) = e;
+            let mut refused = false;
+            loop {
+                if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+                    refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+                }
+                match cur.source() {
+                    Some(next) => cur = next,
+                    None => {
+                        return ErrorKind::Transport {
+                            refused,
+                            cause: cur.to_string(),
+                        };
+                    }
+                }
+            }
+        }
+        _ => ErrorKind::Other,
+    }
 }
 
 /// What went wrong, in one line (kube's errors nest their causes; no response body).

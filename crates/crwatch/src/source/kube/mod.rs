@@ -153,6 +153,21 @@ impl KubeSource<DynamicObject> {
     }
 }
 
+impl KubeSource<DynamicObject> {
+    /// Whole objects as [`TableRow`]s without cells: one type for consumers that take Tables
+    /// or plain objects depending on what they print.
+    pub fn rows(self) -> KubeSource<TableRow> {
+        KubeSource {
+            client: self.client,
+            spec: self.spec,
+            scope: self.scope,
+            decode: Arc::new(|object| TableRow::from_value(serde_json::json!({ "object": object }))),
+            resume: self.resume,
+            columns: self.columns,
+        }
+    }
+}
+
 impl<K: Resource + DeserializeOwned + Send + 'static> KubeSource<K> {
     /// The objects of a kind described by `dt`, in `namespace` (`None`: all namespaces, or a
     /// cluster-scoped kind).
