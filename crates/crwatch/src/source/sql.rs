@@ -140,7 +140,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     };
     let v: f64 = num.trim().parse().ok()?;
     let secs = v * factor;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !(0.0..=1e9).contains(&secs) {
         return None;
     }
     Some(Duration::from_secs_f64(secs))
@@ -274,6 +274,7 @@ impl SplitUrl {
 }
 
 /// A boolean URL parameter (`true/false/1/0/yes/no`).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn parse_bool(url: &str, name: &str, v: &str) -> Result<bool, SqlSourceError> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -404,6 +405,7 @@ pub(crate) fn hex_to_base64(s: &str) -> Value {
 }
 
 /// A timestamp with an offset (`2024-01-02 03:04:05.6+00`) as RFC 3339 in UTC (`...Z`).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn timestamptz_value(s: &str) -> Value {
     match chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z") {
         Ok(t) => Value::String(
@@ -533,6 +535,7 @@ impl Emitter {
     }
 
     /// Resolves when the consumer has dropped the stream.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) async fn closed(&self) {
         self.tx.closed().await
     }

@@ -427,7 +427,7 @@ impl PostgresSource {
         PgPoolOptions::new()
             .max_connections(max)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(self.options.clone())
     }
 

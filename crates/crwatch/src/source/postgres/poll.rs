@@ -133,7 +133,7 @@ impl Poller {
                 let max_sql = format!(
                     "SELECT max(q.{})::text FROM {} AS q",
                     super::quote_ident(&shape.cols[c].name),
-                    shape.relation.from_sql()
+                    shape.relation.table_sql()
                 );
                 let (max,): (Option<String>,) = sqlx::query_as(&max_sql)
                     .fetch_one(&mut *tx)
@@ -190,11 +190,11 @@ impl Poller {
                     .map_err(self.failed("reading changed rows"))?;
                 let width = shape.cols.len() + shape.key.len();
                 for row in &rows {
-                    if let Some(raw) = shape.read_row(row, 0).map_err(self.failed("reading a row"))? {
-                        if self.known.update(&raw.name, &raw.rv) {
-                            let obj = self.rows.object(&raw.name, &raw.rv, shape.data(&raw.values));
-                            self.em.send(Event::Apply(obj)).await?;
-                        }
+                    if let Some(raw) = shape.read_row(row, 0).map_err(self.failed("reading a row"))?
+                        && self.known.update(&raw.name, &raw.rv)
+                    {
+                        let obj = self.rows.object(&raw.name, &raw.rv, shape.data(&raw.values));
+                        self.em.send(Event::Apply(obj)).await?;
                     }
                     if let Some(w) = row
                         .try_get::<Option<String>, _>(width)
@@ -204,7 +204,7 @@ impl Poller {
                     }
                 }
                 self.polls += 1;
-                if self.polls % self.src.delete_scan_every == 0 {
+                if self.polls.is_multiple_of(self.src.delete_scan_every) {
                     self.scan_keys(&shape, &mut tx).await?;
                 }
             }

@@ -59,7 +59,7 @@ impl Relation {
     }
 
     /// The FROM item: the quoted table, or the query in parentheses.
-    pub(crate) fn from_sql(&self) -> String {
+    pub(crate) fn table_sql(&self) -> String {
         match self {
             Relation::Table { schema, table } => format!("{}.{}", quote_ident(schema), quote_ident(table)),
             Relation::Query(q) => format!("({q})"),
@@ -177,7 +177,7 @@ impl Shape {
             }
             Relation::Query(_) => None,
         };
-        let probe = format!("SELECT * FROM {} AS q", relation.from_sql());
+        let probe = format!("SELECT * FROM {} AS q", relation.table_sql());
         let stmt = pool.prepare(&probe).await.map_err(SqlSourceError::db(
             format!("describing {}", relation.display()),
             target,
@@ -283,7 +283,7 @@ impl Shape {
         format!(
             "SELECT {} FROM {} AS q",
             self.select_list(),
-            self.relation.from_sql()
+            self.relation.table_sql()
         )
     }
 
@@ -317,7 +317,7 @@ impl Shape {
             knames.join(", "),
             self.select_list(),
             norm.join(", "),
-            self.relation.from_sql(),
+            self.relation.table_sql(),
             on.join(" AND "),
         )
     }
@@ -332,7 +332,7 @@ impl Shape {
              WHERE {q} >= CAST($1::text AS {}) - make_interval(secs => $2::float8) \
              ORDER BY {q}",
             self.select_list(),
-            self.relation.from_sql(),
+            self.relation.table_sql(),
             c.type_sql
         )
     }
@@ -344,7 +344,7 @@ impl Shape {
             .iter()
             .map(|&k| format!("q.{}::text", quote_ident(&self.cols[k].name)))
             .collect();
-        format!("SELECT {} FROM {} AS q", ks.join(", "), self.relation.from_sql())
+        format!("SELECT {} FROM {} AS q", ks.join(", "), self.relation.table_sql())
     }
 
     /// Read one row of [`Self::snapshot_sql`] (or of a query that selects the same list from
