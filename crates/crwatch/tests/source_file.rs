@@ -99,10 +99,13 @@ impl Events {
         out
     }
 
-    /// Nothing but Progress (and errors) until `handle` has completed `batches` more batches.
+    /// Nothing but Progress (and errors) until `handle` has completed `batches` more batches
+    /// (each batch is one debounced delivery of the watcher, or one poll), or for at most a
+    /// second when the watcher had nothing to deliver.
     async fn quiet_for(&mut self, handle: &FileSourceHandle, batches: u64) {
         let until = handle.batches() + batches;
-        while handle.batches() < until {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while handle.batches() < until && Instant::now() < deadline {
             match tokio::time::timeout(Duration::from_millis(50), self.0.next()).await {
                 Err(_) => {}
                 Ok(Some(Ok(Event::Progress(_)))) | Ok(Some(Err(_))) => {}
@@ -254,7 +257,9 @@ async fn initial_list_then_create_modify_delete() {
     write(root, "x.swp", "junk2");
     write(root, ".#a.yaml", "lock");
     write(root, "4913", "");
-    ev.quiet_for(&handle, 1).await;
+    write(root, ".git/y.yaml", &cm("git2", "1"));
+    write(root, "notes.txt", "changed");
+    ev.quiet_for(&handle, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
