@@ -1,5 +1,6 @@
 //! The HTTP endpoints a manager serves: `/metrics` (Prometheus text) and the probes
-//! `/healthz` (the process is alive) and `/readyz` (caches have synced).
+//! `/healthz` (the process is alive) and `/readyz` (caches have synced, and every source has
+//! been healthy within its grace period: a source that is down is visible).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,19 +15,49 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// Readiness shared between the manager and the `/readyz` endpoint.
+/// A readiness check: `Err` says why not ready.
+pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Readiness shared between the manager and the `/readyz` endpoint: a flag (caches synced)
+/// and any number of checks (sources healthy).
+///
+/// ```
+/// use crwatch::health::Readiness;
+/// let r = Readiness::default();
+/// r.set(true);
+/// assert!(r.get());
+/// r.add_check(|| Err("configmaps: watch failing for 2m".to_string()));
+/// assert!(!r.get());
+/// assert_eq!(r.failing(), vec!["configmaps: watch failing for 2m".to_string()]);
+/// ```
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    flag: Arc<AtomicBool>,
+    checks: Arc<std::sync::RwLock<Vec<Check>>>,
+}
 
 impl Readiness {
     /// Mark ready (after caches synced) or not.
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.flag.store(ready, Ordering::SeqCst);
     }
 
-    /// Whether ready.
+    /// Also require `check` to pass.
+    pub fn add_check(&self, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        if let Ok(mut c) = self.checks.write() {
+            c.push(Arc::new(check));
+        }
+    }
+
+    /// Why the checks fail (empty when they pass).
+    pub fn failing(&self) -> Vec<String> {
+        let checks: Vec<Check> = self.checks.read().map(|c| c.clone()).unwrap_or_default();
+        checks.iter().filter_map(|c| c().err()).collect()
+    }
+
+    /// Whether ready: the flag is set and every check passes.
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst) && self.failing().is_empty()
     }
 }
 
@@ -41,10 +72,14 @@ async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
 }
 
 async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
-    if r.get() {
-        (StatusCode::OK, "ok")
+    if !r.flag.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "caches not synced".to_string());
+    }
+    let failing = r.failing();
+    if failing.is_empty() {
+        (StatusCode::OK, "ok".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+        (StatusCode::SERVICE_UNAVAILABLE, failing.join("\n"))
     }
 }
 

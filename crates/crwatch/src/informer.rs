@@ -114,6 +114,7 @@ impl<K: Send + Sync + 'static> Handler<K> for HandlerFns<K> {
 
 /// One change, as an [`AsyncHandler`] receives it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Change<K> {
     /// An object appeared.
     Added(Arc<K>),
@@ -132,6 +133,8 @@ pub enum Change<K> {
     /// a fresh list with the cache, in key order rather than in the order they happened, so a
     /// consumer that records checkpoints must not resume from an older one in between.
     Relist,
+    /// The relist's differences are all delivered: the cache equals the fresh list.
+    RelistDone,
     /// Every change before this one is current to the source's checkpoint.
     Checkpoint(Checkpoint),
 }
@@ -716,6 +719,9 @@ where
                     });
                 }
             }
+            if want_changes {
+                changes.push(Change::RelistDone);
+            }
             inner.relisting.store(false, Ordering::SeqCst);
             inner.store.mark_synced();
         }
@@ -782,6 +788,7 @@ where
 trait AnyInformer: Send + Sync {
     fn start_erased(&self, cancel: CancellationToken);
     fn synced(&self) -> bool;
+    fn healthy(&self, grace: Duration) -> Result<(), String>;
     fn wait_synced_erased(&self, timeout: Duration) -> futures::future::BoxFuture<'static, bool>;
     fn describe(&self) -> String;
     fn as_any(&self) -> &dyn Any;
@@ -796,6 +803,18 @@ where
     }
     fn synced(&self) -> bool {
         self.has_synced()
+    }
+    fn healthy(&self, grace: Duration) -> Result<(), String> {
+        if self.is_healthy(grace) {
+            return Ok(());
+        }
+        let h = self.health();
+        Err(format!(
+            "{}: source failing for {}s: {}",
+            self.name(),
+            h.unhealthy_for.unwrap_or_default().as_secs(),
+            h.last_error.unwrap_or_default()
+        ))
     }
     fn wait_synced_erased(&self, timeout: Duration) -> futures::future::BoxFuture<'static, bool> {
         let store = self.store();
@@ -936,6 +955,30 @@ impl InformerFactory {
             fields,
         };
         self.get_or_insert(key, || Informer::new(source.metadata_only()))
+    }
+
+    /// Share an informer over any source (files, a table, an HTTP endpoint, ...): the factory
+    /// starts it with the others, waits for its sync, and reports its health. Adding the
+    /// same informer twice changes nothing.
+    pub fn add<K>(&self, informer: Informer<K>) -> Informer<K>
+    where
+        K: Resource + Clone + Serialize + Send + Sync + 'static,
+    {
+        let key = FactoryKey {
+            type_id: TypeId::of::<K>(),
+            url: format!("{:p}", Arc::as_ptr(&informer.inner)),
+            labels: None,
+            fields: None,
+        };
+        self.get_or_insert(key, || informer)
+    }
+
+    /// Every informer whose source has been failing for longer than `grace`, with why.
+    pub fn unhealthy(&self, grace: Duration) -> Vec<String> {
+        lock(&self.informers)
+            .values()
+            .filter_map(|i| i.healthy(grace).err())
+            .collect()
     }
 
     /// Start every informer made so far, and every one made from now on.

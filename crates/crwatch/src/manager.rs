@@ -27,6 +27,9 @@ pub struct ManagerConfig {
     pub cache_sync_timeout: Duration,
     /// Leader election; `None` runs controllers unconditionally.
     pub leader_election: Option<LeaderElectionConfig>,
+    /// `/readyz` fails once a source (a watch, a file watcher, a database listener) has been
+    /// failing for longer than this. Default 60 s; at least 1 s.
+    pub source_grace: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -36,6 +39,7 @@ impl Default for ManagerConfig {
             probe_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
             cache_sync_timeout: Duration::from_secs(120),
             leader_election: None,
+            source_grace: Duration::from_secs(60),
         }
     }
 }
@@ -98,13 +102,24 @@ pub struct Manager {
 impl Manager {
     /// A manager using `client`.
     pub fn new(client: kube::Client, config: ManagerConfig) -> Self {
+        let factory = Arc::new(InformerFactory::new(client.clone()));
+        let ready = Readiness::default();
+        let grace = config.source_grace.max(Duration::from_secs(1));
+        let watched = Arc::downgrade(&factory);
+        ready.add_check(move || match watched.upgrade() {
+            Some(f) => match f.unhealthy(grace) {
+                failing if failing.is_empty() => Ok(()),
+                failing => Err(failing.join("; ")),
+            },
+            None => Ok(()),
+        });
         Manager {
-            factory: Arc::new(InformerFactory::new(client.clone())),
+            factory,
             client,
             metrics: Metrics::default(),
             config,
             controllers: vec![],
-            ready: Readiness::default(),
+            ready,
             leader_state: tokio::sync::watch::channel(None).0,
             bound: tokio::sync::watch::channel((None, None)).0,
         }

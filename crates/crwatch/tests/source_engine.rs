@@ -386,7 +386,7 @@ impl AsyncHandler<ConfigMap> for Collect {
                 }
                 Change::Deleted(o) => format!("deleted {}", o.metadata.name.clone().unwrap_or_default()),
                 Change::Relist => "relist".into(),
-                Change::Checkpoint(_) => return,
+                _ => return,
             };
             // A slow consumer: the informer waits for it.
             tokio::time::sleep(Duration::from_millis(5)).await;

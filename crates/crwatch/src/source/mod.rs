@@ -172,3 +172,19 @@ pub trait Source<K>: Send + 'static {
     /// Start producing events. Called once per informer run.
     fn events(self: Box<Self>) -> EventStream<K>;
 }
+
+/// A boxed source is a source (for programs that pick the source at run time).
+impl<K: 'static> Source<K> for Box<dyn Source<K>> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn resume(&mut self, checkpoint: &Checkpoint) -> bool {
+        (**self).resume(checkpoint)
+    }
+
+    fn events(self: Box<Self>) -> EventStream<K> {
+        let inner: Box<dyn Source<K>> = *self;
+        inner.events()
+    }
+}

@@ -449,6 +449,42 @@ impl PostgresSource {
         Ok(log?.install_sql())
     }
 
+    /// Whether this table's change log and trigger are installed (so changes can arrive by
+    /// LISTEN/NOTIFY); `false` for a query, which can only be polled.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use crwatch::source::postgres::{Mode, PostgresSource};
+    /// let mut s = PostgresSource::from_url("postgres://app@db/shop?table=orders")?;
+    /// if !s.is_installed().await? {
+    ///     s = s.mode(Mode::PollHash); // no trigger: poll instead
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn is_installed(&self) -> Result<bool, SqlSourceError> {
+        let Relation::Table { .. } = &self.relation else {
+            return Ok(false);
+        };
+        let pool = self.pool(1);
+        let result = async {
+            let log = self.changelog(&pool).await?;
+            // The qualified, quoted names go in as values: to_regclass parses them itself.
+            let (state, function) = (log.state_sql(), log.function());
+            let row: (bool, bool) = sqlx::query_as(
+                "SELECT to_regclass($1) IS NOT NULL,                  EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid WHERE p.proname = $2)",
+            )
+            .bind(&state)
+            .bind(&function)
+            .fetch_one(&pool)
+            .await
+            .map_err(SqlSourceError::db("looking for the change log", &self.target))?;
+            Ok(row.0 && row.1)
+        }
+        .await;
+        pool.close().await;
+        result
+    }
+
     /// Install the change log and trigger now (what `install_trigger(true)` does at start).
     pub async fn install(&self) -> Result<(), SqlSourceError> {
         let pool = self.pool(1);
