@@ -820,7 +820,7 @@ async fn limits_are_checked_and_reported() {
         .unwrap();
     let handle = source.handle();
     let mut ev = Events::start(source);
-    let list = ev.list().await;
+    let list = ev.list().await; // (errors before the list's Progress are skipped)
     // The first four files by path order: f0..f3 (huge.yaml is fifth and too large anyway).
     assert_eq!(list.keys().collect::<Vec<_>>(), vec!["o0", "o1", "o2", "o3"]);
     let problems = handle.problems();

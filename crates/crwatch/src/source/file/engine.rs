@@ -60,6 +60,7 @@ struct Engine {
     file_links: BTreeMap<String, PathBuf>,
     errored: BTreeSet<String>,
     too_many: bool,
+    too_many_reported: bool,
     outbox: Vec<FileError>,
 }
 
@@ -76,6 +77,7 @@ pub(super) fn run(cfg: Arc<Config>, shared: Arc<Shared>, tx: Tx) {
         file_links: BTreeMap::new(),
         errored: BTreeSet::new(),
         too_many: false,
+        too_many_reported: false,
         outbox: vec![],
     };
     if e.main().is_err() {
@@ -185,6 +187,13 @@ impl Engine {
 
     /// Reports, publishes the state to handles, and says "up to date".
     fn finish_batch(&mut self) -> Result<(), Closed> {
+        if self.too_many && !self.too_many_reported {
+            self.report(FileError::TooManyFiles {
+                root: self.cfg.shown.clone(),
+                limit: self.cfg.max_files,
+            });
+        }
+        self.too_many_reported = self.too_many;
         let reports = std::mem::take(&mut self.outbox);
         let extra = reports.len().saturating_sub(MAX_REPORTS_PER_BATCH);
         for e in reports.into_iter().take(MAX_REPORTS_PER_BATCH) {

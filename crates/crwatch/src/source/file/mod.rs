@@ -361,6 +361,30 @@ pub struct FileSource {
 /// A view on a running (or not yet started) [`FileSource`]: its current problems, counters,
 /// and a way to force a full rescan. Cheap to clone; get it before handing the source to an
 /// informer.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use crwatch::source::{Event, Source};
+/// use crwatch::source::file::{FileError, FileSource};
+/// use futures::StreamExt;
+///
+/// let dir = tempfile::tempdir()?;
+/// std::fs::write(dir.path().join("bad.yaml"), "kind: [")?;
+/// let source = FileSource::new(dir.path())?;
+/// let handle = source.handle();
+/// let mut events = Box::new(source).events();
+/// while let Some(ev) = events.next().await {
+///     if matches!(ev, Ok(Event::InitDone)) {
+///         break;
+///     }
+/// }
+/// // What the CLI shows: which file, what is wrong, what happens meanwhile.
+/// let problems = handle.problems();
+/// assert!(matches!(&problems[..], [FileError::Invalid { path, .. }] if path == "bad.yaml"));
+/// assert!(problems[0].to_string().contains("last good version"));
+/// assert_eq!(handle.error_count(), 1);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct FileSourceHandle {
     shared: Arc<Shared>,
