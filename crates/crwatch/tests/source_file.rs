@@ -862,3 +862,29 @@ async fn oversized_and_kind_filtered_documents() {
         "{problems:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_inotify_it_falls_back_to_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "a.yaml", &cm("a", "1"));
+    let source = FileSource::builder(root)
+        .fallback_poll_interval(Duration::from_millis(50))
+        .simulate_watch_failure()
+        .build()
+        .unwrap();
+    let w = Watched::start(source).await;
+    assert!(w.handle.is_polling());
+    w.take();
+    write(root, "a.yaml", &cm("a", "2"));
+    write(root, "b.yaml", &cm("b", "1"));
+    let mut seen = w.wait(2, "changes seen by polling").await;
+    seen.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        seen,
+        vec![
+            Seen::Add("b".into()),
+            Seen::Update("a".into(), vec!["data.v".into()])
+        ]
+    );
+}

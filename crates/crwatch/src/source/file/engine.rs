@@ -149,6 +149,9 @@ impl Engine {
     }
 
     fn start_watcher(&self) -> Result<Debouncer<RecommendedWatcher, NoCache>, String> {
+        if self.cfg.fail_watch {
+            return Err("simulated failure (testing)".into());
+        }
         let shared = self.shared.clone();
         let handler = move |res: notify_debouncer_full::DebounceEventResult| {
             if shared.paused.load(Ordering::SeqCst) {

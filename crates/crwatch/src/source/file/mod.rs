@@ -236,6 +236,8 @@ pub(crate) struct Config {
     channel_capacity: usize,
     kinds: Vec<String>,
     namespace: Option<String>,
+    /// Testing aid: behave as if inotify could not be set up.
+    fail_watch: bool,
 }
 
 #[derive(Debug, Default)]
@@ -473,6 +475,7 @@ impl FileSource {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             kinds: vec![],
             namespace: None,
+            fail_watch: false,
         }
     }
 
@@ -602,6 +605,7 @@ pub struct FileSourceBuilder {
     channel_capacity: usize,
     kinds: Vec<String>,
     namespace: Option<String>,
+    fail_watch: bool,
 }
 
 impl FileSourceBuilder {
@@ -693,6 +697,14 @@ impl FileSourceBuilder {
         self
     }
 
+    /// Testing aid: act as if inotify could not be set up (exhausted watches or instances, a
+    /// filesystem without it), to exercise the automatic fallback to polling.
+    #[doc(hidden)]
+    pub fn simulate_watch_failure(mut self) -> Self {
+        self.fail_watch = true;
+        self
+    }
+
     /// Check the settings and resolve the path.
     pub fn build(self) -> Result<FileSource, FileSourceError> {
         check("debounce", self.debounce, DEBOUNCE_RANGE, |d| format!("{d:?}"))?;
@@ -779,6 +791,7 @@ impl FileSourceBuilder {
             channel_capacity: self.channel_capacity,
             kinds: self.kinds,
             namespace: self.namespace,
+            fail_watch: self.fail_watch,
         };
         Ok(FileSource {
             cfg: Arc::new(cfg),
