@@ -82,9 +82,13 @@ pub struct ForwardArgs {
     /// The forwarder configuration (YAML).
     #[arg(short = 'f', long = "config")]
     pub config: PathBuf,
-    /// Check the configuration and exit.
+    /// Check the configuration (syntax, sinks, secrets) and exit, without connecting.
     #[arg(long)]
     pub check: bool,
+    /// With --check: also connect to the API server and check that every resource and
+    /// namespace exists there.
+    #[arg(long, requires = "check")]
+    pub server: bool,
     /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`, then in-cluster).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

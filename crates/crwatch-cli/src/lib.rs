@@ -1,9 +1,11 @@
 //! The `crwatch` command line as a library: argument parsing ([`args`]), resource-name
-//! resolution ([`resolve`]), table rendering ([`table`]) and `crwatch get` ([`get`]); the
-//! binary only parses arguments and reports errors.
+//! resolution ([`resolve`]), table rendering ([`table`]), `crwatch get` ([`get`]) and the
+//! shell of `crwatch forward` over the `crwatch-forward` crate ([`forward`]); the binary only
+//! parses arguments and reports errors.
 
 pub mod args;
 pub mod demo;
+pub mod errors;
 pub mod forward;
 pub mod get;
 pub mod resolve;

@@ -14,15 +14,21 @@ async fn main() -> ExitCode {
         std::env::var_os("NO_COLOR").as_deref(),
         std::env::var_os("TERM").as_deref(),
     );
+    let cli = crwatch_cli::args::Cli::parse_checked();
+    // `crwatch forward` runs unattended: its warnings (a sink failing, a source down) show by
+    // default. Other commands print their own messages and log nothing unless asked.
+    let default_level = match cli.command {
+        crwatch_cli::args::Command::Forward(_) => "warn",
+        _ => "off",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CRWATCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(colours)
         .init();
-    let cli = crwatch_cli::args::Cli::parse_checked();
     tracing::debug!(version = env!("CARGO_PKG_VERSION"), "crwatch starting");
     match crwatch_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

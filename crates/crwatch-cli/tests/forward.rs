@@ -44,7 +44,7 @@ async fn start(server: &TestServer, yaml: &str) -> Forwarder {
         kubeconfig: Some(server.kubeconfig().to_path_buf()),
         context: None,
     };
-    Forwarder::start(config, "forward.yaml", &conn)
+    crwatch_cli::forward::start(config, "forward.yaml", &conn)
         .await
         .expect("forwarder starts")
 }
@@ -404,6 +404,7 @@ async fn skip_existing_skips_only_the_first_list_not_a_later_relist() {
         &config(&rx.url(), "skip", "    skipExisting: true\n", ""),
     )
     .await;
+    assert!(fwd.wait_synced(Duration::from_secs(20)).await, "the first list");
     let a = id_of(&create(&api, "a", 0).await);
     wait_for("the new object", || rx.has_id(&a)).await;
     assert!(!rx.has_id(&id_of(&old)), "the existing object is skipped");

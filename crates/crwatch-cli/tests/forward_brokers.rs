@@ -29,7 +29,7 @@ async fn start(server: &TestServer, yaml: &str) -> Forwarder {
         kubeconfig: Some(server.kubeconfig().to_path_buf()),
         context: None,
     };
-    Forwarder::start(config, "forward.yaml", &conn)
+    crwatch_cli::forward::start(config, "forward.yaml", &conn)
         .await
         .expect("forwarder starts")
 }

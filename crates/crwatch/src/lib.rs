@@ -5,6 +5,7 @@
 pub mod conditions;
 pub mod controller;
 pub mod diff;
+pub mod discovery;
 pub mod events;
 pub mod finalizer;
 pub mod health;

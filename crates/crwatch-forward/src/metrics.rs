@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Labels of per-resource metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,11 +25,20 @@ pub struct SinkLabels {
     pub sink: String,
 }
 
-/// Labels of per-resource stream metrics.
+/// Labels of per-resource metrics without an event type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceOnly {
+    /// `plural.group`, or the source URI without credentials.
+    pub resource: String,
+}
+
+/// Labels of per-stream metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
-    /// `plural.group`.
+    /// `plural.group`, or the source URI without credentials.
     pub resource: String,
+    /// The namespace watched; empty for all namespaces, cluster-scoped kinds and sources.
+    pub namespace: String,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -45,10 +55,16 @@ pub struct ForwardMetrics {
     pub received: Family<ResourceLabels, Counter>,
     /// Changes dropped by the resource's `events` or `fields` filters.
     pub filtered: Family<ResourceLabels, Counter>,
-    /// Relists (first sync, 410 Gone).
-    pub relists: Family<StreamLabels, Counter>,
+    /// Relists (first sync, 410 Gone, a restarted server).
+    pub relists: Family<ResourceOnly, Counter>,
     /// Watch reconnections after errors.
-    pub reconnects: Family<StreamLabels, Counter>,
+    pub reconnects: Family<ResourceOnly, Counter>,
+    /// Errors a stream's source reported (it retries by itself).
+    pub source_errors: Family<StreamLabels, Counter>,
+    /// Whether a stream's source is connected (1) or failing (0).
+    pub connected: Family<StreamLabels, Gauge>,
+    /// When a stream's source last delivered an event or confirmed progress (Unix seconds).
+    pub last_event: Family<StreamLabels, Gauge<f64, AtomicU64>>,
     /// Changes a sink acknowledged.
     pub delivered: Family<SinkLabels, Counter>,
     /// Failed delivery attempts.
@@ -71,6 +87,9 @@ impl ForwardMetrics {
             filtered: Family::default(),
             relists: Family::default(),
             reconnects: Family::default(),
+            source_errors: Family::default(),
+            connected: Family::default(),
+            last_event: Family::default(),
             delivered: Family::default(),
             failed: Family::default(),
             retried: Family::default(),
@@ -97,6 +116,21 @@ impl ForwardMetrics {
             "crwatch_forward_watch_reconnects",
             "Watch reconnections",
             m.reconnects.clone(),
+        );
+        registry.register(
+            "crwatch_forward_source_errors",
+            "Errors a stream's source reported (it retries by itself)",
+            m.source_errors.clone(),
+        );
+        registry.register(
+            "crwatch_forward_stream_connected",
+            "Whether a stream's source is connected (1) or failing (0)",
+            m.connected.clone(),
+        );
+        registry.register(
+            "crwatch_forward_stream_last_event_timestamp_seconds",
+            "When a stream's source last delivered an event or confirmed progress",
+            m.last_event.clone(),
         );
         registry.register(
             "crwatch_forward_delivered",

@@ -20,7 +20,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::forward::sink::{Delivery, Sink, SinkError};
+use crate::sink::{Delivery, Sink, SinkError};
 
 /// Content type of a structured-mode CloudEvent.
 const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
@@ -488,7 +488,8 @@ async fn classify(mut response: reqwest::Response) -> Result<(), SinkError> {
     }
     let excerpt = excerpt(&read_prefix(&mut response, EXCERPT_BYTES).await);
     if !excerpt.is_empty() {
-        msg.push_str(": ");
+        // Kept for dead-letter records; logs show only what precedes this marker.
+        msg.push_str(crate::sink::DETAIL_MARKER);
         msg.push_str(&excerpt);
     }
     let retryable = matches!(
@@ -577,7 +578,7 @@ mod tests {
     use serde_json::json;
     use tokio::sync::mpsc;
 
-    use crate::forward::sink::TemplateVars;
+    use crate::sink::TemplateVars;
 
     struct Received {
         headers: HeaderMap,

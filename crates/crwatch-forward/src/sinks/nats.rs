@@ -22,7 +22,7 @@ use async_nats::{ConnectOptions, HeaderMap};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::forward::sink::{Delivery, Sink, SinkError, Template, dot_token};
+use crate::sink::{Delivery, Sink, SinkError, Template, dot_token};
 
 /// The default subject template.
 pub const DEFAULT_SUBJECT: &str = "crwatch.{group}.{kind}.{namespace}.{name}";
@@ -412,7 +412,7 @@ mod tests {
     use tokio::sync::OnceCell;
 
     use super::*;
-    use crate::forward::sink::TemplateVars;
+    use crate::sink::TemplateVars;
     use crwatch_testsupport::nats::NatsServer;
 
     static SERVER: OnceCell<NatsServer> = OnceCell::const_new();

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Deserializer};
 
-use crate::forward::sink::{Delivery, Sink, SinkError};
+use crate::sink::{Delivery, Sink, SinkError};
 
 /// Default `maxSize`: 100Mi.
 pub const DEFAULT_MAX_SIZE: u64 = 100 * 1024 * 1024;
@@ -35,6 +35,10 @@ pub struct FileConfig {
     /// fsync after every line: survives power loss, costs a disk flush per change. Default false.
     #[serde(default)]
     pub fsync: bool,
+    /// Create the file's missing directories (mode 0700). Default false: a missing directory
+    /// is an error, so a typo in the path never creates a tree somewhere unexpected.
+    #[serde(default)]
+    pub create_directories: bool,
 }
 
 fn default_max_size() -> u64 {
@@ -158,7 +162,16 @@ impl JsonlWriter {
     /// shift up to `path.<max_files>`, the oldest is removed; `max_files` 0 keeps none); a line
     /// longer than `max_size` still goes into a file of its own. With `fsync`, every line is
     /// synced to disk before `write` returns.
-    pub fn open(path: impl AsRef<Path>, max_size: u64, max_files: usize, fsync: bool) -> io::Result<Self> {
+    ///
+    /// The file's directory must exist unless `create_directories` is set; then missing
+    /// directories are created with mode 0700. The file is created with mode 0600.
+    pub fn open(
+        path: impl AsRef<Path>,
+        max_size: u64,
+        max_files: usize,
+        fsync: bool,
+        create_directories: bool,
+    ) -> io::Result<Self> {
         let path = path.as_ref();
         if path == Path::new("-") {
             return Ok(Self {
@@ -167,7 +180,7 @@ impl JsonlWriter {
             });
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
+            ensure_directory(parent, create_directories)?;
         }
         let mut file = RotatingFile {
             path: path.to_path_buf(),
@@ -306,6 +319,33 @@ fn sync_parent_dir(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Check that `dir` exists (or create it, and its missing parents, with mode 0700 when
+/// `create` is set).
+pub fn ensure_directory(dir: &Path, create: bool) -> io::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "directory {} does not exist: create it (writable by the user crwatch runs as) or set createDirectories: true",
+                dir.display()
+            ),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes each change's CloudEvent as a JSON line.
 #[derive(Debug)]
 pub struct FileSink {
@@ -318,8 +358,14 @@ impl FileSink {
         if config.max_size == 0 {
             bail!("maxSize must be greater than zero");
         }
-        let writer = JsonlWriter::open(&config.path, config.max_size, config.max_files, config.fsync)
-            .with_context(|| format!("opening {}", config.path.display()))?;
+        let writer = JsonlWriter::open(
+            &config.path,
+            config.max_size,
+            config.max_files,
+            config.fsync,
+            config.create_directories,
+        )
+        .with_context(|| format!("opening {}", config.path.display()))?;
         Ok(Self { writer })
     }
 
@@ -346,7 +392,7 @@ mod tests {
 
     use serde_json::json;
 
-    use crate::forward::sink::TemplateVars;
+    use crate::sink::TemplateVars;
 
     fn lines(path: &Path) -> Vec<serde_json::Value> {
         std::fs::read_to_string(path)
@@ -389,7 +435,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/dir/events.jsonl");
         // Each value below serializes to a 10-byte line: {"n":123}\n
-        let w = JsonlWriter::open(&path, 20, 2, true).unwrap();
+        let w = JsonlWriter::open(&path, 20, 2, true, true).unwrap();
         for n in 100..107 {
             w.write(&json!({ "n": n })).await.unwrap();
         }
@@ -410,11 +456,33 @@ mod tests {
         assert_eq!(lines(&numbered(&path, 1)), [big]);
     }
 
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_missing_directory_is_refused_unless_asked_and_nothing_is_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing/sub/events.jsonl");
+        let err = JsonlWriter::open(&path, 100, 1, false, false).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert!(err.to_string().contains("createDirectories: true"), "{err}");
+        assert!(!dir.path().join("missing").exists(), "nothing created");
+        let w = JsonlWriter::open(&path, 100, 1, false, true).unwrap();
+        w.write(&json!({"n": 1})).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("missing")), 0o700);
+        assert_eq!(mode(&dir.path().join("missing/sub")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        let config: FileConfig =
+            serde_saphyr::from_str(&format!("path: {}/nope/x.jsonl\n", dir.path().display())).unwrap();
+        let err = FileSink::open(&config).unwrap_err();
+        assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+    }
+
     #[tokio::test]
     async fn zero_max_files_keeps_no_rotated_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dead.jsonl");
-        let w = JsonlWriter::open(&path, 10, 0, false).unwrap();
+        let w = JsonlWriter::open(&path, 10, 0, false, false).unwrap();
         w.write(&json!({ "n": 1 })).await.unwrap();
         w.write(&json!({ "n": 2 })).await.unwrap();
         assert_eq!(lines(&path), [json!({"n": 2})]);
@@ -425,12 +493,12 @@ mod tests {
     async fn reopening_continues_the_file_and_its_size() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        JsonlWriter::open(&path, 30, 3, false)
+        JsonlWriter::open(&path, 30, 3, false, false)
             .unwrap()
             .write(&json!({ "n": 100 }))
             .await
             .unwrap();
-        let w = JsonlWriter::open(&path, 30, 3, false).unwrap();
+        let w = JsonlWriter::open(&path, 30, 3, false, false).unwrap();
         w.write(&json!({ "n": 101 })).await.unwrap();
         w.write(&json!({ "n": 102 })).await.unwrap();
         assert_eq!(
@@ -447,7 +515,7 @@ mod tests {
     async fn concurrent_writes_produce_whole_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let w = Arc::new(JsonlWriter::open(&path, DEFAULT_MAX_SIZE, 1, false).unwrap());
+        let w = Arc::new(JsonlWriter::open(&path, DEFAULT_MAX_SIZE, 1, false, false).unwrap());
         let tasks: Vec<_> = (0..50)
             .map(|n| {
                 let w = w.clone();

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
+use crwatch::source::Checkpoint;
 use serde::{Deserialize, Serialize};
+
+use crate::Error;
 use serde_json::Value;
 
 /// An object as the forwarder last saw (or delivered) it.
@@ -30,6 +32,9 @@ pub struct StreamState {
     /// The resourceVersion up to which every change is reflected in `objects`; `None` until the
     /// first list completed.
     pub resource_version: Option<String>,
+    /// Which server history `resource_version` belongs to (for Kubernetes, the `kube-system`
+    /// namespace's uid): a server with another identity is relisted, not resumed.
+    pub identity: Option<String>,
     /// Objects by `namespace/name` (`name` for cluster-scoped ones).
     pub objects: BTreeMap<String, Known>,
 }
@@ -53,9 +58,10 @@ struct Pending {
     seq: u64,
     remaining: usize,
     op: Op,
-    /// The stream's resourceVersion after this change; `None` inside a relist, where objects
-    /// arrive in no particular order and only the list's own version may be resumed from.
-    resource_version: Option<String>,
+    /// Where the stream may resume after this change; `None` for changes (whose checkpoint
+    /// follows them) and inside a relist, where objects arrive in no particular order and only
+    /// the list's own checkpoint may be resumed from.
+    checkpoint: Option<Checkpoint>,
     /// Released when the change is committed: bounds how many changes are held in memory.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -95,6 +101,10 @@ struct FileObject<'a> {
 #[serde(rename_all = "camelCase")]
 struct FileStream<'a> {
     resource_version: Option<String>,
+    /// Absent in files written before identities were kept: such a checkpoint resumes by
+    /// resourceVersion alone (a restarted server is still found by its versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<String>,
     #[serde(borrow)]
     objects: BTreeMap<String, FileObject<'a>>,
 }
@@ -116,23 +126,35 @@ impl Committer {
     /// At most `max_in_flight` changes wait for acknowledgements at a time; [`Committer::enqueue`]
     /// waits for room. This bound holds even when one sink lane is stuck on one object while
     /// other lanes keep acknowledging later changes, which cannot be committed past it.
-    pub fn open(keys: Vec<String>, path: Option<PathBuf>, max_in_flight: usize) -> anyhow::Result<Self> {
+    ///
+    /// The checkpoint's directory must exist: it is never created (a typo in the path would
+    /// otherwise create a tree somewhere unexpected).
+    pub fn open(keys: Vec<String>, path: Option<PathBuf>, max_in_flight: usize) -> Result<Self, Error> {
         let mut committed = vec![StreamState::default(); keys.len()];
         if let Some(path) = &path {
+            let failed = |message: String| Error::Checkpoint {
+                path: path.clone(),
+                message,
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                crate::sinks::file::ensure_directory(dir, false).map_err(|e| failed(e.to_string()))?;
+            }
             match std::fs::read(path) {
                 Ok(bytes) => {
-                    let file: File<'_> = serde_json::from_slice(&bytes)
-                        .with_context(|| format!("reading checkpoint {}", path.display()))?;
-                    anyhow::ensure!(
-                        file.version == FORMAT_VERSION,
-                        "checkpoint {} has format {}, this crwatch writes {FORMAT_VERSION}",
-                        path.display(),
-                        file.version
-                    );
+                    let file: File<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+                        failed(format!("unreadable ({e}); remove it to start with a fresh list"))
+                    })?;
+                    if file.version != FORMAT_VERSION {
+                        return Err(failed(format!(
+                            "format {}, this crwatch reads {FORMAT_VERSION}",
+                            file.version
+                        )));
+                    }
                     for (i, key) in keys.iter().enumerate() {
                         if let Some(s) = file.streams.get(key) {
                             committed[i] = StreamState {
                                 resource_version: s.resource_version.clone(),
+                                identity: s.identity.clone(),
                                 objects: s
                                     .objects
                                     .iter()
@@ -150,7 +172,7 @@ impl Committer {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("reading checkpoint {}", path.display())),
+                Err(e) => return Err(failed(format!("reading: {e}"))),
             }
         }
         let pending = keys.iter().map(|_| VecDeque::new()).collect();
@@ -184,7 +206,7 @@ impl Committer {
         &self,
         stream: usize,
         op: Op,
-        resource_version: Option<String>,
+        checkpoint: Option<Checkpoint>,
         sinks: usize,
     ) -> Ticket {
         // The semaphore is never closed, so acquiring fails only if it were; then run unbounded
@@ -197,7 +219,7 @@ impl Committer {
             seq,
             remaining: sinks,
             op,
-            resource_version,
+            checkpoint,
             _permit: permit,
         });
         let ticket = Ticket { stream, seq };
@@ -236,11 +258,21 @@ impl Committer {
                 Op::Nothing => {}
                 Op::ForgetResume => state.resource_version = None,
             }
-            if let Some(rv) = p.resource_version {
-                state.resource_version = Some(rv);
+            if let Some(cp) = p.checkpoint {
+                state.resource_version = Some(cp.resource_version);
+                state.identity = cp.identity;
             }
             self.dirty.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Changes not yet acknowledged by every sink, per stream.
+    pub fn pending_per_stream(&self) -> Vec<usize> {
+        self.lock()
+            .pending
+            .iter()
+            .map(|q| q.iter().filter(|p| p.remaining > 0).count())
+            .collect()
     }
 
     /// Changes not yet acknowledged by every sink, over all streams.
@@ -249,7 +281,7 @@ impl Committer {
     }
 
     /// Write the checkpoint file if something was committed since the last write.
-    pub fn save_if_dirty(&self) -> anyhow::Result<()> {
+    pub fn save_if_dirty(&self) -> Result<(), Error> {
         let Some(path) = &self.path else { return Ok(()) };
         if !self.dirty.swap(false, Ordering::SeqCst) {
             return Ok(());
@@ -264,7 +296,7 @@ impl Committer {
     }
 }
 
-fn write_file(path: &Path, keys: &[String], streams: &[StreamState]) -> anyhow::Result<()> {
+fn write_file(path: &Path, keys: &[String], streams: &[StreamState]) -> Result<(), Error> {
     let file = File {
         version: FORMAT_VERSION,
         streams: keys
@@ -287,41 +319,31 @@ fn write_file(path: &Path, keys: &[String], streams: &[StreamState]) -> anyhow::
                     key.clone(),
                     FileStream {
                         resource_version: s.resource_version.clone(),
+                        identity: s.identity.clone(),
                         objects,
                     },
                 )
             })
             .collect(),
     };
-    let bytes = serde_json::to_vec(&file).context("encoding the checkpoint")?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // Temporary file, fsync, rename: a crash leaves either the old or the new checkpoint.
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        // It holds whole objects, Secrets included: readable by the owner only (as the file sink).
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    let failed = |message: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = serde_json::to_vec(&file).map_err(|e| failed(format!("encoding: {e}")))?;
+    // Temporary file, fsync, rename, fsync of the directory, mode 0600: it holds whole
+    // objects, Secrets included.
+    crwatch::store::snapshot::write_private(path, &bytes).map_err(|e| failed(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn cp(rv: &str) -> Option<Checkpoint> {
+        Some(Checkpoint::new(rv))
+    }
 
     fn known(rv: &str) -> Known {
         Known {
@@ -335,10 +357,10 @@ mod tests {
     async fn commits_only_a_fully_acknowledged_prefix() {
         let c = Committer::open(vec!["s".into()], None, 10).unwrap();
         let t1 = c
-            .enqueue(0, Op::Upsert("a".into(), known("1")), Some("1".into()), 2)
+            .enqueue(0, Op::Upsert("a".into(), known("1")), cp("1"), 2)
             .await;
         let t2 = c
-            .enqueue(0, Op::Upsert("b".into(), known("2")), Some("2".into()), 1)
+            .enqueue(0, Op::Upsert("b".into(), known("2")), cp("2"), 1)
             .await;
         c.ack(t2);
         assert_eq!(c.committed(0).resource_version, None, "t1 is still out");
@@ -348,7 +370,7 @@ mod tests {
         let s = c.committed(0);
         assert_eq!(s.resource_version.as_deref(), Some("2"));
         assert_eq!(s.objects.len(), 2);
-        c.enqueue(0, Op::Remove("a".into()), Some("3".into()), 0).await;
+        c.enqueue(0, Op::Remove("a".into()), cp("3"), 0).await;
         assert_eq!(c.committed(0).objects.keys().collect::<Vec<_>>(), vec!["b"]);
         assert_eq!(c.in_flight(), 0);
     }
@@ -356,10 +378,10 @@ mod tests {
     #[tokio::test]
     async fn enqueue_waits_while_too_many_changes_are_pending() {
         let c = Arc::new(Committer::open(vec!["s".into()], None, 2).unwrap());
-        let t1 = c.enqueue(0, Op::Nothing, Some("1".into()), 1).await;
-        c.enqueue(0, Op::Nothing, Some("2".into()), 1).await;
+        let t1 = c.enqueue(0, Op::Nothing, cp("1"), 1).await;
+        c.enqueue(0, Op::Nothing, cp("2"), 1).await;
         let c2 = c.clone();
-        let third = tokio::spawn(async move { c2.enqueue(0, Op::Nothing, Some("3".into()), 0).await });
+        let third = tokio::spawn(async move { c2.enqueue(0, Op::Nothing, cp("3"), 0).await });
         tokio::task::yield_now().await;
         assert!(!third.is_finished(), "a third change waits for room");
         c.ack(t1);
@@ -372,16 +394,16 @@ mod tests {
         let c = Committer::open(vec!["s".into()], None, 10).unwrap();
         c.enqueue(0, Op::Upsert("a".into(), known("9")), None, 0).await;
         assert_eq!(c.committed(0).resource_version, None);
-        c.enqueue(0, Op::Nothing, Some("10".into()), 0).await;
+        c.enqueue(0, Op::Nothing, cp("10"), 0).await;
         assert_eq!(c.committed(0).resource_version.as_deref(), Some("10"));
     }
 
     #[tokio::test]
     async fn the_file_round_trips_and_unknown_streams_start_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/cp.json");
+        let path = dir.path().join("cp.json");
         let c = Committer::open(vec!["s".into(), "t".into()], Some(path.clone()), 10).unwrap();
-        c.enqueue(0, Op::Upsert("ns/a".into(), known("5")), Some("5".into()), 0)
+        c.enqueue(0, Op::Upsert("ns/a".into(), known("5")), cp("5"), 0)
             .await;
         c.save_if_dirty().unwrap();
         let again = Committer::open(vec!["s".into(), "other".into()], Some(path.clone()), 10).unwrap();
@@ -389,6 +411,32 @@ mod tests {
         assert_eq!(again.committed(1), StreamState::default());
         std::fs::write(&path, b"{not json").unwrap();
         let err = Committer::open(vec!["s".into()], Some(path), 10).err().unwrap();
-        assert!(format!("{err:#}").contains("reading checkpoint"), "{err:#}");
+        assert!(format!("{err:#}").contains("remove it"), "{err:#}");
+        let missing = dir.path().join("nope/cp.json");
+        let err = Committer::open(vec!["s".into()], Some(missing), 10).err().unwrap();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn identities_are_kept_and_old_files_without_them_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let c = Committer::open(vec!["s".into()], Some(path.clone()), 10).unwrap();
+        let at = Checkpoint::new("7").with_identity("cluster-a");
+        c.enqueue(0, Op::Nothing, Some(at), 0).await;
+        c.save_if_dirty().unwrap();
+        let again = Committer::open(vec!["s".into()], Some(path.clone()), 10).unwrap();
+        assert_eq!(again.committed(0).identity.as_deref(), Some("cluster-a"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let old = r#"{"version":1,"streams":{"s":{"resourceVersion":"9","objects":{}}}}"#;
+        std::fs::write(&path, old).unwrap();
+        let old = Committer::open(vec!["s".into()], Some(path), 10).unwrap();
+        assert_eq!(old.committed(0).resource_version.as_deref(), Some("9"));
+        assert_eq!(old.committed(0).identity, None);
     }
 }

@@ -5,18 +5,20 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crwatch::source::Checkpoint;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::checkpoint::{Committer, Op, Ticket};
-use super::config::{EventType, RetryConfig};
-use super::event::{Change, EventBuilder};
-use super::metrics::{ForwardMetrics, ResourceLabels, SinkLabels};
-use super::sink::{Delivery, Sink, SinkError};
-use super::sinks::file::JsonlWriter;
+use crate::checkpoint::{Committer, Op, Ticket};
+use crate::config::{EventType, RetryConfig};
+use crate::event::{Change, EventBuilder};
+use crate::metrics::{ForwardMetrics, ResourceLabels, SinkLabels};
+use crate::sink::{Delivery, Sink, SinkError};
+use crate::sinks::file::JsonlWriter;
 
 /// What a stream routes where, and which changes pass.
 pub struct Route {
@@ -76,11 +78,46 @@ pub struct SinkRunner {
 struct SinkQueues {
     lanes: Vec<mpsc::Sender<Item>>,
     labels: SinkLabels,
+    state: Arc<SinkState>,
+}
+
+/// What every lane of one sink shares: whether deliveries are failing (so the change of state
+/// is logged once, not every attempt) and how many changes it holds.
+#[derive(Debug, Default)]
+pub struct SinkState {
+    failing: AtomicBool,
+    outstanding: AtomicUsize,
+}
+
+impl SinkState {
+    /// An attempt failed: log at WARN if the sink was delivering until now.
+    fn failed(&self, sink: &str, error: &SinkError) {
+        if !self.failing.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                sink,
+                error = %error.summary(),
+                "deliveries are failing; retrying with backoff (logged once until the sink delivers again)"
+            );
+        }
+    }
+
+    /// An attempt succeeded: log at WARN if the sink was failing until now.
+    fn delivered(&self, sink: &str) {
+        if self.failing.swap(false, Ordering::SeqCst) {
+            tracing::warn!(sink, "delivering again");
+        }
+    }
+
+    /// Changes queued for or being delivered by the sink.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::SeqCst)
+    }
 }
 
 /// Routes changes of every stream to the sinks' queues.
 pub struct Dispatcher {
     routes: Vec<Route>,
+    names: Vec<String>,
     queues: Vec<SinkQueues>,
     committer: Arc<Committer>,
     metrics: ForwardMetrics,
@@ -97,16 +134,25 @@ impl Dispatcher {
         committer: Arc<Committer>,
         metrics: ForwardMetrics,
         abort: CancellationToken,
-    ) -> anyhow::Result<(Arc<Dispatcher>, Vec<tokio::task::JoinHandle<()>>)> {
+    ) -> Result<(Arc<Dispatcher>, Vec<tokio::task::JoinHandle<()>>), crate::Error> {
         let mut queues = Vec::new();
+        let mut names = Vec::new();
         let mut workers = Vec::new();
         for s in sinks {
             let labels = SinkLabels { sink: s.name.clone() };
             let dead_letter = match &s.dead_letter {
-                Some(path) => Some(Arc::new(JsonlWriter::open(path, 100 * 1024 * 1024, 5, true)?)),
+                Some(path) => Some(Arc::new(
+                    JsonlWriter::open(path, 100 * 1024 * 1024, 5, true, false).map_err(|e| {
+                        crate::Error::Sink {
+                            sink: s.name.clone(),
+                            message: format!("dead-letter file {}: {e}", path.display()),
+                        }
+                    })?,
+                )),
                 None => None,
             };
             let per_lane = (s.queue_size / s.parallelism).max(1);
+            let state = Arc::new(SinkState::default());
             let mut lanes = Vec::new();
             for _ in 0..s.parallelism {
                 let (tx, rx) = mpsc::channel(per_lane);
@@ -120,14 +166,21 @@ impl Dispatcher {
                     metrics: metrics.clone(),
                     labels: labels.clone(),
                     abort: abort.clone(),
+                    state: state.clone(),
                 };
                 workers.push(tokio::spawn(lane.run(rx)));
             }
-            queues.push(SinkQueues { lanes, labels });
+            names.push(s.name.clone());
+            queues.push(SinkQueues {
+                lanes,
+                labels,
+                state,
+            });
         }
         Ok((
             Arc::new(Dispatcher {
                 routes,
+                names,
                 queues,
                 committer,
                 metrics,
@@ -137,18 +190,19 @@ impl Dispatcher {
     }
 
     /// Hand a change of stream `stream` to its sinks, waiting while their queues are full (this
-    /// holds the watch back, which bounds memory with a slow sink). `resource_version` is where
-    /// the stream may resume once this change is acknowledged (`None` inside a relist).
+    /// holds the watch back, which bounds memory with a slow sink). `checkpoint` is where
+    /// the stream may resume once this change is acknowledged (`None` for a change whose
+    /// checkpoint follows it, and inside a relist).
     pub async fn dispatch(
         &self,
         stream: usize,
         change: Option<Change>,
         op: Op,
-        resource_version: Option<String>,
+        checkpoint: Option<Checkpoint>,
     ) {
         let route = &self.routes[stream];
         let Some(change) = change else {
-            self.committer.enqueue(stream, op, resource_version, 0).await;
+            self.committer.enqueue(stream, op, checkpoint, 0).await;
             return;
         };
         let labels = ResourceLabels {
@@ -158,13 +212,13 @@ impl Dispatcher {
         self.metrics.received.get_or_create(&labels).inc();
         if !route.passes(&change) {
             self.metrics.filtered.get_or_create(&labels).inc();
-            self.committer.enqueue(stream, op, resource_version, 0).await;
+            self.committer.enqueue(stream, op, checkpoint, 0).await;
             return;
         }
         let delivery = route.builder.delivery(&change);
         let ticket = self
             .committer
-            .enqueue(stream, op, resource_version, route.sinks.len())
+            .enqueue(stream, op, checkpoint, route.sinks.len())
             .await;
         let mut h = DefaultHasher::new();
         (stream, &change.key).hash(&mut h);
@@ -175,6 +229,7 @@ impl Dispatcher {
             let lane = &q.lanes[hash % q.lanes.len()];
             let depth = self.metrics.queue_depth.get_or_create(&q.labels).clone();
             depth.inc();
+            q.state.outstanding.fetch_add(1, Ordering::SeqCst);
             let item = Item {
                 delivery: delivery.clone(),
                 ticket,
@@ -184,13 +239,26 @@ impl Dispatcher {
                 // The lane stopped (shutdown): the change stays uncommitted and is sent again
                 // after a restart.
                 depth.dec();
+                q.state.outstanding.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
 }
 
+impl Dispatcher {
+    /// Each sink's name and shared state (what it still holds, whether it is failing).
+    pub fn states(&self) -> Vec<(String, Arc<SinkState>)> {
+        self.names
+            .iter()
+            .zip(&self.queues)
+            .map(|(n, q)| (n.clone(), q.state.clone()))
+            .collect()
+    }
+}
+
 struct Lane {
     name: String,
+    state: Arc<SinkState>,
     sink: Arc<dyn Sink>,
     retry: RetryConfig,
     dead_letter: Option<Arc<JsonlWriter>>,
@@ -222,6 +290,7 @@ impl Lane {
             if !self.deliver(&item).await {
                 return;
             }
+            self.state.outstanding.fetch_sub(1, Ordering::SeqCst);
             self.committer.ack(item.ticket);
         }
     }
@@ -241,6 +310,7 @@ impl Lane {
             };
             let error = match result {
                 Ok(()) => {
+                    self.state.delivered(&self.name);
                     self.metrics.delivered.get_or_create(&self.labels).inc();
                     self.metrics
                         .latency
@@ -250,10 +320,15 @@ impl Lane {
                 }
                 Err(SinkError::Permanent(e)) => {
                     self.metrics.failed.get_or_create(&self.labels).inc();
+                    // A refusal is an answer: the sink is reachable.
+                    self.state.delivered(&self.name);
                     self.dead_letter(item, &e, attempt + 1).await;
                     return true;
                 }
-                Err(SinkError::Retryable(e)) => e,
+                Err(e @ SinkError::Retryable(_)) => {
+                    self.state.failed(&self.name, &e);
+                    e
+                }
             };
             self.metrics.failed.get_or_create(&self.labels).inc();
             attempt += 1;
@@ -267,7 +342,7 @@ impl Lane {
                 return true;
             }
             let wait = backoff(&self.retry, attempt - 1);
-            tracing::warn!(sink = %self.name, id = %item.delivery.id, attempt, error = %error, retry_in = ?wait, "delivery failed");
+            tracing::debug!(sink = %self.name, id = %item.delivery.id, attempt, error = %error.summary(), retry_in = ?wait, "delivery failed");
             tokio::select! {
                 _ = self.abort.cancelled() => return false,
                 _ = tokio::time::sleep(wait) => {}
@@ -278,7 +353,7 @@ impl Lane {
 
     async fn dead_letter(&self, item: &Item, error: &str, attempts: u32) {
         self.metrics.dead_lettered.get_or_create(&self.labels).inc();
-        tracing::error!(sink = %self.name, id = %item.delivery.id, error = %error, "sink refused the change for good");
+        tracing::error!(sink = %self.name, id = %item.delivery.id, error = %error.split(crate::sink::DETAIL_MARKER).next().unwrap_or_default(), "sink refused the change for good");
         let Some(writer) = &self.dead_letter else { return };
         let record = serde_json::json!({
             "sink": self.name,
@@ -318,7 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_sink_is_retried_instead_of_stalling_its_lane() {
-        let rt = crate::resolve::ResourceType {
+        let rt = crwatch::discovery::ResourceType {
             group: String::new(),
             version: "v1".into(),
             kind: "ConfigMap".into(),
@@ -369,7 +444,7 @@ mod tests {
             diff: Default::default(),
         };
         dispatcher
-            .dispatch(0, Some(change), Op::Nothing, Some("1".into()))
+            .dispatch(0, Some(change), Op::Nothing, Some(Checkpoint::new("1")))
             .await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while committer.in_flight() > 0 {

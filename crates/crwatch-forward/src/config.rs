@@ -10,9 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::sink::Template;
-use super::sinks::file::FileConfig;
-use super::sinks::webhook::WebhookConfig;
+use crate::sink::Template;
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -37,6 +35,14 @@ pub struct ForwardConfig {
     /// How long a shutdown waits for queued changes to be delivered. Default 10s.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// `/readyz` answers 503 once a stream's source has been failing this long (1s to 1h).
+    /// Default 60s.
+    #[serde(default = "default_unhealthy_after", with = "humantime_serde")]
+    pub unhealthy_after: Duration,
+}
+
+fn default_unhealthy_after() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// A listen address or `off`.
@@ -78,16 +84,33 @@ fn default_grace() -> Duration {
     Duration::from_secs(10)
 }
 
-/// One resource type to watch.
+/// One resource type (or one non-Kubernetes source) to watch.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResourceConfig {
     /// Resource name as `crwatch get` takes it: plural, singular, short name, kind,
-    /// `plural.group` or `plural.version.group`.
-    pub resource: Spanned<String>,
+    /// `plural.group` or `plural.version.group`. Exactly one of `resource` and `source`.
+    #[serde(default)]
+    pub resource: Option<Spanned<String>>,
+    /// A non-Kubernetes source instead of a resource: `https://…` or `http://…` (polled),
+    /// `webhook` (objects pushed to `listen`), `postgres://…` (with that feature).
+    #[serde(default)]
+    pub source: Option<Spanned<String>>,
+    /// HTTP sources: how often the URL is polled. Default 30s.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// HTTP sources: JSON pointer to the items (`/items`); default the whole body.
+    #[serde(default)]
+    pub items: Option<String>,
+    /// HTTP sources: where each item's key is (`id`, `/spec/id`, `metadata.name`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Webhook sources: the address to listen on (`127.0.0.1:9000`, `:9000`).
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
     /// Namespaces to watch; empty means all (or the resource is cluster-scoped).
     #[serde(default)]
-    pub namespaces: Vec<String>,
+    pub namespaces: Vec<Spanned<String>>,
     /// Label selector.
     #[serde(default)]
     pub label_selector: Option<String>,
@@ -159,7 +182,7 @@ pub struct SinkConfig {
     pub name: Spanned<String>,
     /// HTTP webhook.
     #[serde(default)]
-    pub webhook: Option<WebhookConfig>,
+    pub webhook: Option<WebhookSection>,
     /// NATS (core or JetStream).
     #[serde(default)]
     pub nats: Option<NatsSection>,
@@ -168,7 +191,7 @@ pub struct SinkConfig {
     pub amqp: Option<AmqpSection>,
     /// JSON lines to a file or stdout.
     #[serde(default)]
-    pub file: Option<FileConfig>,
+    pub file: Option<FileSection>,
     /// Retry settings.
     #[serde(default)]
     pub retry: RetryConfig,
@@ -226,16 +249,30 @@ fn default_max_backoff() -> Duration {
     Duration::from_secs(60)
 }
 
+#[cfg(feature = "webhook")]
+/// The webhook section.
+pub type WebhookSection = crate::sinks::webhook::WebhookConfig;
+#[cfg(not(feature = "webhook"))]
+/// The webhook section (this build has no webhook sink).
+pub type WebhookSection = serde::de::IgnoredAny;
+
+#[cfg(feature = "file")]
+/// The file section.
+pub type FileSection = crate::sinks::file::FileConfig;
+#[cfg(not(feature = "file"))]
+/// The file section (this build has no file sink).
+pub type FileSection = serde::de::IgnoredAny;
+
 #[cfg(feature = "nats")]
 /// The NATS section.
-pub type NatsSection = super::sinks::nats::NatsConfig;
+pub type NatsSection = crate::sinks::nats::NatsConfig;
 #[cfg(not(feature = "nats"))]
 /// The NATS section (this build has no NATS support).
 pub type NatsSection = serde::de::IgnoredAny;
 
 #[cfg(feature = "amqp")]
 /// The AMQP section.
-pub type AmqpSection = super::sinks::amqp::AmqpConfig;
+pub type AmqpSection = crate::sinks::amqp::AmqpConfig;
 #[cfg(not(feature = "amqp"))]
 /// The AMQP section (this build has no AMQP support).
 pub type AmqpSection = serde::de::IgnoredAny;
@@ -321,6 +358,20 @@ impl ForwardConfig {
                     ),
                 ));
             }
+            #[cfg(not(feature = "webhook"))]
+            if sink.webhook.is_some() {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].webhook: this crwatch was built without the webhook sink"),
+                ));
+            }
+            #[cfg(not(feature = "file"))]
+            if sink.file.is_some() {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].file: this crwatch was built without the file sink"),
+                ));
+            }
             #[cfg(not(feature = "nats"))]
             if sink.nats.is_some() {
                 return Err(at(
@@ -357,23 +408,57 @@ impl ForwardConfig {
                 ));
             }
         }
+        if self.unhealthy_after < Duration::from_secs(1) || self.unhealthy_after > Duration::from_secs(3600) {
+            return Err(whole(format!(
+                "unhealthyAfter: {} is out of range: use 1s to 1h",
+                humantime::format_duration(self.unhealthy_after)
+            )));
+        }
         for (i, r) in self.resources.iter().enumerate() {
-            if r.resource.value.trim().is_empty() {
+            let name = match (&r.resource, &r.source) {
+                (Some(name), None) => name,
+                (None, Some(source)) => {
+                    check_source(i, r, source).map_err(|m| at(&source.referenced, m))?;
+                    source
+                }
+                (Some(name), Some(_)) => {
+                    return Err(at(
+                        &name.referenced,
+                        format!("resources[{i}]: set resource or source, not both"),
+                    ));
+                }
+                (None, None) => {
+                    return Err(whole(format!(
+                        "resources[{i}]: set resource (a Kubernetes resource) or source (a URI)"
+                    )));
+                }
+            };
+            if name.value.trim().is_empty() {
                 return Err(at(
-                    &r.resource.referenced,
+                    &name.referenced,
                     format!("resources[{i}].resource: must not be empty"),
                 ));
             }
-            let mut namespaces = BTreeSet::new();
-            if let Some(ns) = r.namespaces.iter().find(|ns| !namespaces.insert(ns.as_str())) {
+            if r.resource.is_some() && (r.interval.is_some() || r.items.is_some() || r.key.is_some() || r.listen.is_some()) {
                 return Err(at(
-                    &r.resource.referenced,
-                    format!("resources[{i}].namespaces: {ns:?} is listed twice"),
+                    &name.referenced,
+                    format!("resources[{i}]: interval, items, key and listen apply to sources only"),
+                ));
+            }
+            let mut namespaces = BTreeSet::new();
+            if let Some(ns) = r
+                .namespaces
+                .iter()
+                .find(|ns| !namespaces.insert(ns.value.as_str()))
+            {
+                return Err(at(
+                    &ns.referenced,
+                    format!("resources[{i}].namespaces: {:?} is listed twice", ns.value),
                 ));
             }
             if r.events.is_empty() {
                 return Err(at(
-                    &r.resource.referenced,
+                    &name.referenced,
                     format!("resources[{i}].events: empty list forwards nothing; omit it for all events"),
                 ));
             }
@@ -396,12 +481,21 @@ impl ForwardConfig {
             }
             if let Some(Err(e)) = r.label_selector.as_deref().map(crwatch::store::parse_selector) {
                 return Err(at(
-                    &r.resource.referenced,
+                    &name.referenced,
                     format!("resources[{i}].labelSelector: {e}"),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Where each `resources[]` entry is in the file (its `resource` or `source` value).
+    pub fn entry_location(resource: &ResourceConfig) -> Option<(u64, u64)> {
+        resource
+            .resource
+            .as_ref()
+            .or(resource.source.as_ref())
+            .map(|s| (s.referenced.line(), s.referenced.column()))
     }
 
     /// The sinks a resource entry routes to (indexes into `sinks`).
@@ -416,6 +510,80 @@ impl ForwardConfig {
             .map(|(i, _)| i)
             .collect()
     }
+}
+
+/// The kinds of `source:` URIs, as this build supports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// `http://` or `https://`: polled.
+    Http,
+    /// `webhook`: objects pushed to `listen`.
+    Webhook,
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+}
+
+impl SourceKind {
+    /// The kind of `uri`, or what is wrong with it.
+    pub fn of(uri: &str) -> Result<Self, String> {
+        let kind = if uri.starts_with("http://") || uri.starts_with("https://") {
+            SourceKind::Http
+        } else if uri == "webhook" {
+            SourceKind::Webhook
+        } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+            SourceKind::Postgres
+        } else {
+            return Err(format!(
+                "unsupported source {:?}: use https://… or http://… (polled), webhook (pushed), or postgres://…",
+                crate::event::redact_uri(uri)
+            ));
+        };
+        let (built, feature) = match kind {
+            SourceKind::Http => (cfg!(feature = "source-http"), "source-http"),
+            SourceKind::Webhook => (cfg!(feature = "source-webhook"), "source-webhook"),
+            SourceKind::Postgres => (cfg!(feature = "source-postgres"), "source-postgres"),
+        };
+        if !built {
+            return Err(format!(
+                "this crwatch was built without the {feature} feature, which {:?} needs",
+                crate::event::redact_uri(uri)
+            ));
+        }
+        Ok(kind)
+    }
+}
+
+fn check_source(i: usize, r: &ResourceConfig, source: &Spanned<String>) -> Result<(), String> {
+    let kind = SourceKind::of(&source.value).map_err(|e| format!("resources[{i}].source: {e}"))?;
+    if !r.namespaces.is_empty() || r.label_selector.is_some() || r.field_selector.is_some() {
+        return Err(format!(
+            "resources[{i}]: namespaces, labelSelector and fieldSelector apply to Kubernetes resources only"
+        ));
+    }
+    if kind != SourceKind::Http && (r.interval.is_some() || r.items.is_some() || r.key.is_some()) {
+        return Err(format!("resources[{i}]: interval, items and key apply to http(s) sources only"));
+    }
+    match (kind, &r.listen) {
+        (SourceKind::Webhook, None) => Err(format!(
+            "resources[{i}].listen: a webhook source needs an address to listen on, e.g. \":9000\""
+        )),
+        (SourceKind::Webhook, Some(l)) => parse_address(&l.value)
+            .map(|_| ())
+            .map_err(|e| format!("resources[{i}].listen: {e}")),
+        (_, Some(_)) => Err(format!("resources[{i}].listen applies to webhook sources only")),
+        _ => Ok(()),
+    }
+}
+
+/// `host:port` or `:port` (every interface).
+pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("invalid address {s:?}: expected host:port or :port"))
 }
 
 /// The first line of a serde-saphyr error without its own `line N column M:` prefix (the caller
@@ -501,6 +669,20 @@ mod tests {
             "resources:\n  - resource: db\n    fields: [\"spec..x\"]\n{SINK}"
         ));
         assert!(e.starts_with("forward.yaml:3:14: resources[0].fields:"), "{e}");
+    }
+
+    #[test]
+    fn sources_and_unhealthy_after_are_checked() {
+        let e = err(&format!("resources:\n  - resource: db\n    source: https://x/\n{SINK}"));
+        assert!(e.contains("set resource or source, not both"), "{e}");
+        let e = err(&format!("resources:\n  - namespaces: [a]\n{SINK}"));
+        assert!(e.contains("resources[0]: set resource"), "{e}");
+        let e = err(&format!("resources:\n  - source: ftp://u:pw@x/\n{SINK}"));
+        assert!(e.starts_with("forward.yaml:2:13: resources[0].source: unsupported source \"ftp://x/\""), "{e}");
+        let e = err(&format!("resources:\n  - resource: db\n{SINK}unhealthyAfter: 0s\n"));
+        assert!(e.contains("unhealthyAfter: 0s is out of range"), "{e}");
+        let c = ForwardConfig::parse(&format!("resources:\n  - resource: db\n{SINK}"), "f").unwrap();
+        assert_eq!(c.unhealthy_after, Duration::from_secs(60));
     }
 
     #[test]

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::config::EventType;
-use super::sink::{Delivery, TemplateVars};
-use crate::resolve::ResourceType;
+use crwatch::discovery::ResourceType;
+
+use crate::config::EventType;
+use crate::sink::{Delivery, TemplateVars};
 
 /// One change of one object.
 #[derive(Debug, Clone)]
@@ -42,14 +43,45 @@ pub fn event_id(change: &Change) -> String {
     }
 }
 
-/// Builds deliveries for one resource type.
+/// Builds deliveries for one resource type (or one non-Kubernetes source).
 #[derive(Debug, Clone)]
 pub struct EventBuilder {
     source: String,
-    rt: ResourceType,
+    /// `None` for non-Kubernetes sources: group, version and kind come from each object.
+    rt: Option<ResourceType>,
+}
+
+/// `uri` without credentials (`user:password@`) or query: what a CloudEvent's `source` may
+/// show of a non-Kubernetes source.
+///
+/// ```
+/// use crwatch_forward::event::redact_uri;
+/// assert_eq!(redact_uri("postgres://app:s3cret@db:5432/shop?sslmode=require"), "postgres://db:5432/shop");
+/// assert_eq!(redact_uri("https://api.example.com/items?token=x"), "https://api.example.com/items");
+/// assert_eq!(redact_uri("webhook"), "webhook");
+/// ```
+pub fn redact_uri(uri: &str) -> String {
+    let uri = uri.split(['?', '#']).next().unwrap_or(uri);
+    match uri.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => uri.to_string(),
+    }
 }
 
 impl EventBuilder {
+    /// Deliveries of a non-Kubernetes source: the CloudEvents `source` is `uri` without
+    /// credentials, and group, version and kind come from each object's `apiVersion` and `kind`.
+    pub fn for_source(uri: &str) -> Self {
+        Self {
+            source: redact_uri(uri),
+            rt: None,
+        }
+    }
+
     /// `source_prefix` is the CloudEvents source's start (the API server URL by default); the
     /// API path of the resource is appended.
     pub fn new(source_prefix: &str, rt: ResourceType) -> Self {
@@ -60,7 +92,7 @@ impl EventBuilder {
         };
         Self {
             source: format!("{}{path}", source_prefix.trim_end_matches('/')),
-            rt,
+            rt: Some(rt),
         }
     }
 
@@ -73,6 +105,21 @@ impl EventBuilder {
             name.to_string()
         } else {
             format!("{namespace}/{name}")
+        };
+        let (group, version, kind, resource) = match &self.rt {
+            Some(rt) => (
+                rt.group.clone(),
+                rt.version.clone(),
+                rt.kind.clone(),
+                rt.plural.clone(),
+            ),
+            None => {
+                let api_version = change.object["apiVersion"].as_str().unwrap_or_default();
+                let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+                let kind = change.object["kind"].as_str().unwrap_or_default().to_string();
+                let plural = format!("{}s", kind.to_lowercase());
+                (group.to_string(), version.to_string(), kind, plural)
+            }
         };
         let mut data = json!({ "object": &*change.object });
         if change.event == EventType::Modified {
@@ -87,18 +134,14 @@ impl EventBuilder {
             "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             "datacontenttype": "application/json",
             "resourceversion": meta(&change.object, "resourceVersion"),
-            "kind": self.rt.kind,
+            "kind": kind,
             "data": data,
         });
         let vars = TemplateVars {
-            group: if self.rt.group.is_empty() {
-                "core".into()
-            } else {
-                self.rt.group.clone()
-            },
-            version: self.rt.version.clone(),
-            kind: self.rt.kind.clone(),
-            resource: self.rt.plural.clone(),
+            group: if group.is_empty() { "core".into() } else { group },
+            version,
+            kind,
+            resource,
             namespace: if namespace.is_empty() {
                 "_".into()
             } else {
@@ -157,5 +200,24 @@ mod tests {
         };
         assert_eq!(b.delivery(&deleted).id, "u1:6:deleted");
         assert!(b.delivery(&deleted).event["data"].get("diff").is_none());
+    }
+
+    #[test]
+    fn non_kubernetes_sources_name_themselves_without_credentials() {
+        let b = EventBuilder::for_source("https://user:pw@api.example.com/items?key=secret");
+        let item = json!({"apiVersion": "http.crwatch.io/v1", "kind": "Item",
+            "metadata": {"name": "a", "namespace": "api.example.com", "uid": "u", "resourceVersion": "h1"}});
+        let d = b.delivery(&Change {
+            event: EventType::Added,
+            key: "api.example.com/a".into(),
+            object: Arc::new(item),
+            old: None,
+            diff: Default::default(),
+        });
+        assert_eq!(d.event["source"], "https://api.example.com/items");
+        assert_eq!(d.event["kind"], "Item");
+        assert_eq!(d.id, "u:h1");
+        assert_eq!(d.vars.group, "http.crwatch.io");
+        assert_eq!(d.vars.version, "v1");
     }
 }

@@ -65,6 +65,19 @@ pub enum SinkError {
     Permanent(String),
 }
 
+/// Separates an error's summary from details that may echo the destination's answer (a
+/// response body): logs show only the summary ([`SinkError::summary`]); dead-letter records
+/// keep both.
+pub const DETAIL_MARKER: &str = "; the response began: ";
+
+impl SinkError {
+    /// The message without details that may echo a response body: what logs may show.
+    pub fn summary(&self) -> &str {
+        let (SinkError::Retryable(m) | SinkError::Permanent(m)) = self;
+        m.split(DETAIL_MARKER).next().unwrap_or(m)
+    }
+}
+
 /// A destination for changes. `deliver` makes one attempt and returns once the destination
 /// acknowledged the change (HTTP 2xx, JetStream ack, publisher confirm, file written).
 pub trait Sink: Send + Sync + 'static {

@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::forward::sink::{Delivery, Sink, SinkError, Template, dot_token};
+use crate::sink::{Delivery, Sink, SinkError, Template, dot_token};
 
 /// The default routing-key template.
 pub const DEFAULT_ROUTING_KEY: &str = "{group}.{kind}.{namespace}.{name}";
@@ -479,7 +479,7 @@ mod tests {
     use tokio::sync::OnceCell;
 
     use super::*;
-    use crate::forward::sink::TemplateVars;
+    use crate::sink::TemplateVars;
     use crwatch_testsupport::rabbitmq::RabbitMq;
 
     static BROKER: OnceCell<RabbitMq> = OnceCell::const_new();

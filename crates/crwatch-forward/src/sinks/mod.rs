@@ -1,0 +1,10 @@
+//! The sink implementations, one file each, each behind its cargo feature (`file` always
+//! provides [`file::JsonlWriter`], which writes dead-letter files).
+
+#[cfg(feature = "amqp")]
+pub mod amqp;
+pub mod file;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "webhook")]
+pub mod webhook;
