@@ -789,6 +789,7 @@ trait AnyInformer: Send + Sync {
     fn start_erased(&self, cancel: CancellationToken);
     fn synced(&self) -> bool;
     fn healthy(&self, grace: Duration) -> Result<(), String>;
+    fn sample(&self) -> crate::metrics::SourceSample;
     fn wait_synced_erased(&self, timeout: Duration) -> futures::future::BoxFuture<'static, bool>;
     fn describe(&self) -> String;
     fn as_any(&self) -> &dyn Any;
@@ -803,6 +804,17 @@ where
     }
     fn synced(&self) -> bool {
         self.has_synced()
+    }
+    fn sample(&self) -> crate::metrics::SourceSample {
+        let s = self.stats();
+        crate::metrics::SourceSample {
+            source: self.name().to_string(),
+            connected: self.health().connected,
+            last_event_seconds: s.last_event_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            events: s.events.load(Ordering::Relaxed),
+            relists: s.relists.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+        }
     }
     fn healthy(&self, grace: Duration) -> Result<(), String> {
         if self.is_healthy(grace) {
@@ -971,6 +983,12 @@ impl InformerFactory {
             fields: None,
         };
         self.get_or_insert(key, || informer)
+    }
+
+    /// Each informer's source figures, for `/metrics` (see
+    /// [`Metrics::register_sources`](crate::metrics::Metrics::register_sources)).
+    pub fn samples(&self) -> Vec<crate::metrics::SourceSample> {
+        lock(&self.informers).values().map(|i| i.sample()).collect()
     }
 
     /// Every informer whose source has been failing for longer than `grace`, with why.

@@ -113,10 +113,13 @@ impl Manager {
             },
             None => Ok(()),
         });
+        let metrics = Metrics::default();
+        let sampled = Arc::downgrade(&factory);
+        metrics.register_sources(move || sampled.upgrade().map(|f| f.samples()).unwrap_or_default());
         Manager {
             factory,
             client,
-            metrics: Metrics::default(),
+            metrics,
             config,
             controllers: vec![],
             ready,

@@ -114,6 +114,7 @@ async fn one_reconciler_reacts_to_a_configmap_a_file_and_a_table_row() {
         );
     mgr.add(controller);
     let ready = mgr.readiness();
+    let metrics = mgr.metrics().clone();
     let mut bound = mgr.bound_addresses();
     let stop = tokio_util::sync::CancellationToken::new();
     let run = tokio::spawn(mgr.run({
@@ -171,6 +172,17 @@ async fn one_reconciler_reacts_to_a_configmap_a_file_and_a_table_row() {
     wait_for(60, "not ready", || (!ready.get()).then_some(())).await;
     let body = reqwest_like_get(probes, "/readyz").await;
     assert!(body.starts_with("503") && body.contains("quotas"), "{body}");
+    // The source's metrics say the same.
+    let text = metrics.encode();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("crwatch_source_connected{") && l.contains("quotas"))
+        .unwrap_or_else(|| panic!("no source metric for the table:\n{text}"));
+    assert!(line.ends_with(" 0"), "{line}");
+    assert!(
+        !line.contains(pg.password()),
+        "no password in metric labels: {line}"
+    );
     pg.restart().await.unwrap();
     wait_for(60, "ready again", || ready.get().then_some(())).await;
     assert!(reqwest_like_get(probes, "/readyz").await.starts_with("200"));
