@@ -140,11 +140,12 @@ pub enum Output {
     Name,
 }
 
-/// `crwatch get RESOURCE [NAME]`.
+/// `crwatch get RESOURCE [NAME]`, or `crwatch get URI` for a source outside Kubernetes.
 #[derive(Debug, Clone, Args)]
 pub struct GetArgs {
     /// Resource type: plural, singular, short name, kind, `plural.group` or
-    /// `plural.version.group`.
+    /// `plural.version.group`; or a source URI: `file://DIR`, `postgres://USER@HOST/DB?table=T`,
+    /// `mysql://USER@HOST/DB?table=T`, `https://HOST/PATH`.
     pub resource: String,
     /// Only this object.
     pub name: Option<String>,
@@ -178,4 +179,17 @@ pub struct GetArgs {
     /// Kubeconfig context to use.
     #[arg(long)]
     pub context: Option<String>,
+    /// HTTP sources: a JSON pointer to the list of items in the answer (e.g. `/data`).
+    #[arg(long, value_name = "POINTER")]
+    pub items: Option<String>,
+    /// HTTP sources: the field that names an item (default `id`, or `metadata.name`).
+    #[arg(long, value_name = "FIELD")]
+    pub key: Option<String>,
+    /// HTTP and polled database sources: how often to poll (HTTP default 30s, databases 2s).
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<humantime::Duration>,
+    /// PostgreSQL sources: install the change-log trigger (then changes arrive by
+    /// LISTEN/NOTIFY instead of polling).
+    #[arg(long)]
+    pub install_trigger: bool,
 }

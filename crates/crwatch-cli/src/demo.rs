@@ -802,6 +802,10 @@ async fn play_demo(
         diff: true,
         kubeconfig: None,
         context: None,
+        items: None,
+        key: None,
+        interval: None,
+        install_trigger: false,
     };
     let embed = Embed {
         stop: stop.clone(),

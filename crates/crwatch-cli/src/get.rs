@@ -260,6 +260,12 @@ impl Embed {
 
 /// Run `crwatch get` with its arguments.
 pub async fn run(args: GetArgs) -> anyhow::Result<()> {
+    if crate::uri::is_uri(&args.resource) {
+        return match crate::uri::run(&args, Embed::default()).await {
+            Err(e) if is_broken_pipe(&e) => Ok(()),
+            other => other,
+        };
+    }
     let conn = Connection {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
@@ -358,9 +364,16 @@ fn as_table(mut req: http::Request<Vec<u8>>, include_object: bool) -> http::Requ
 
 /// An object as the watch knows it: the object and, when the server rendered it, its cells.
 #[derive(Debug, Clone, PartialEq)]
-struct Seen {
+pub(crate) struct Seen {
     object: Value,
     cells: Option<Vec<Value>>,
+}
+
+impl Seen {
+    /// An object printed with client-side columns.
+    pub(crate) fn object(object: Value) -> Self {
+        Seen { object, cells: None }
+    }
 }
 
 /// The object with `apiVersion` and `kind` set (list items often come without them) and
@@ -567,20 +580,65 @@ async fn list(client: &Client, target: &Target, args: &GetArgs) -> anyhow::Resul
         }
     };
     progress.finish();
+    let columns = match (table, columns) {
+        (false, _) => None,
+        (true, Some(c)) => Some(c),
+        (true, None) => Some(watch_columns(client, target).await),
+    };
     let single = args.name.is_some();
+    let items = if single {
+        SingleOrList::Single(items)
+    } else {
+        SingleOrList::List(items)
+    };
+    print_seen(
+        items,
+        columns,
+        args,
+        &target.rt,
+        target.show_namespace(),
+        &no_resources(target),
+    )
+}
+
+/// Print listed objects once.
+pub(crate) fn print_items(
+    items: Vec<Seen>,
+    columns: Option<Vec<Column>>,
+    args: &GetArgs,
+    rt: &ResourceType,
+    show_ns: bool,
+    empty: &str,
+) -> anyhow::Result<()> {
+    print_seen(SingleOrList::List(items), columns, args, rt, show_ns, empty)
+}
+
+enum SingleOrList {
+    Single(Vec<Seen>),
+    List(Vec<Seen>),
+}
+
+fn print_seen(
+    items: SingleOrList,
+    columns: Option<Vec<Column>>,
+    args: &GetArgs,
+    rt: &ResourceType,
+    show_ns: bool,
+    empty: &str,
+) -> anyhow::Result<()> {
+    let (single, items) = match items {
+        SingleOrList::Single(i) => (true, i),
+        SingleOrList::List(i) => (false, i),
+    };
     let mut out = std::io::stdout().lock();
     if items.is_empty() && !single && !matches!(args.output, Output::Json | Output::Yaml) {
-        eprintln!("{}", no_resources(target));
+        eprintln!("{empty}");
         return Ok(());
     }
     let wide = args.output == Output::Wide;
     match args.output {
         Output::Table | Output::Wide => {
-            let columns = match columns {
-                Some(c) => c,
-                None => watch_columns(client, target).await,
-            };
-            let show_ns = target.show_namespace();
+            let columns = columns.unwrap_or_default();
             let header = visible(&columns, wide)
                 .map(|(_, c)| c.name.to_uppercase())
                 .collect();
@@ -617,7 +675,7 @@ async fn list(client: &Client, target: &Target, args: &GetArgs) -> anyhow::Resul
         }
         Output::Name => {
             for s in &items {
-                writeln!(out, "{}", name_of(&s.object, &target.rt))?;
+                writeln!(out, "{}", name_of(&s.object, rt))?;
             }
         }
     }
@@ -665,14 +723,14 @@ pub fn name_of(o: &Value, rt: &ResourceType) -> String {
     }
 }
 
-struct Change {
+pub(crate) struct Change {
     kind: ChangeKind,
     seen: Seen,
     diff: Option<Diff>,
 }
 
 /// Prints watch changes in the chosen format.
-struct Printer {
+pub(crate) struct Printer {
     output: Output,
     rt: ResourceType,
     /// Every column (the shown ones are picked by priority).
@@ -685,6 +743,20 @@ struct Printer {
 }
 
 impl Printer {
+    /// A printer for `get`'s arguments (columns come with the first list).
+    pub(crate) fn new(args: &GetArgs, rt: ResourceType, show_ns: bool) -> Self {
+        Printer {
+            output: args.output,
+            rt,
+            columns: vec![],
+            show_ns,
+            diff: args.diff,
+            colour: colour_for(std::io::stdout().is_terminal()),
+            grid: Grid::with_min_widths(vec![ChangeKind::Modified.as_str().len()]),
+            header_done: false,
+        }
+    }
+
     /// The header cells of a table.
     fn header(&self) -> Vec<String> {
         let mut h = vec!["EVENT".to_string()];
@@ -860,19 +932,22 @@ pub fn diff_groups(diff: &Diff) -> Vec<(String, Vec<String>)> {
 /// Client-side printer columns, for servers that send plain objects instead of Tables: the
 /// CRD's (NAME and AGE for other kinds).
 async fn watch_columns(client: &Client, target: &Target) -> Vec<Column> {
-    let crd = if target.rt.group.is_empty() {
-        None
-    } else {
-        let path = format!(
-            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{}",
-            target.rt.full_name()
-        );
-        match http::Request::get(path).body(vec![]) {
-            Ok(req) => client.request::<Value>(req).await.ok(),
-            Err(_) => None,
-        }
-    };
+    let crd = crd_of(client, target).await;
     crd_columns(crd.as_ref(), &target.rt.version)
+}
+
+/// The CustomResourceDefinition behind `target` (`None` for built-in kinds, or when it cannot
+/// be read).
+async fn crd_of(client: &Client, target: &Target) -> Option<Value> {
+    if target.rt.group.is_empty() {
+        return None;
+    }
+    let path = format!(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{}",
+        target.rt.full_name()
+    );
+    let req = http::Request::get(path).body(vec![]).ok()?;
+    client.request::<Value>(req).await.ok()
 }
 
 /// The informer `get` reads from: Table rows with their objects for table output (as
@@ -968,48 +1043,54 @@ impl AsyncHandler<TableRow> for FirstError {
 }
 
 /// What the informer tells the printing loop.
-enum Msg {
-    /// A relist starts: its changes are printed together at the next checkpoint.
+pub(crate) enum Msg {
+    /// A relist starts: its changes are printed together when it is done.
     Relist,
+    RelistDone,
     Change(Change),
-    /// Everything before is current.
-    Checkpoint,
+    /// The source is up to date.
+    Progress,
     Error(SourceError),
 }
 
 /// Turns the informer's changes into printable ones, in order, with backpressure.
-struct ToPrinter(tokio::sync::mpsc::Sender<Msg>);
+pub(crate) struct ToPrinter<K> {
+    tx: tokio::sync::mpsc::Sender<Msg>,
+    seen: fn(&K) -> Seen,
+}
 
-impl AsyncHandler<TableRow> for ToPrinter {
-    fn handle(&self, change: InformerChange<TableRow>) -> BoxFuture<'_, ()> {
+impl<K: Send + Sync + 'static> AsyncHandler<K> for ToPrinter<K> {
+    fn handle(&self, change: InformerChange<K>) -> BoxFuture<'_, ()> {
+        let seen = self.seen;
         let msg = match change {
             InformerChange::Added(r) => Msg::Change(Change {
                 kind: ChangeKind::Added,
-                seen: seen_of(&r),
+                seen: seen(&r),
                 diff: None,
             }),
             InformerChange::Updated { new, diff, .. } => Msg::Change(Change {
                 kind: ChangeKind::Modified,
-                seen: seen_of(&new),
+                seen: seen(&new),
                 diff: Some(diff),
             }),
             InformerChange::Deleted(r) => Msg::Change(Change {
                 kind: ChangeKind::Deleted,
-                seen: seen_of(&r),
+                seen: seen(&r),
                 diff: None,
             }),
             InformerChange::Relist => Msg::Relist,
-            InformerChange::Checkpoint(_) => Msg::Checkpoint,
+            InformerChange::RelistDone => Msg::RelistDone,
+            _ => Msg::Progress,
         };
         Box::pin(async move {
             // The printing loop is gone only when the command ends.
-            let _ = self.0.send(msg).await;
+            let _ = self.tx.send(msg).await;
         })
     }
 
     fn on_error(&self, error: &SourceError) {
         // A note; dropped when the printer is far behind (the next one says the same).
-        let _ = self.0.try_send(Msg::Error(error.clone()));
+        let _ = self.tx.try_send(Msg::Error(error.clone()));
     }
 }
 
@@ -1068,25 +1149,64 @@ const PRINT_QUEUE: usize = 1024;
 async fn follow(client: &Client, target: &Target, args: &GetArgs, embed: &Embed) -> anyhow::Result<()> {
     let table = matches!(args.output, Output::Table | Output::Wide);
     let (informer, columns) = informer_for(client, target, &Selectors::of(args, true), table);
+    if args.diff
+        && let Some(crd) = crd_of(client, target).await
+    {
+        // List items named by the CRD's list-map keys: `spec.ports[name=http].port`.
+        informer.set_list_keys(crwatch::diff::ListKeys::from_crd(&crd, &target.rt.version));
+    }
+    let printer = Printer::new(args, target.rt.clone(), target.show_namespace());
+    let server_columns_of = move || {
+        columns
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .and_then(|c| server_columns(&json!({ "columnDefinitions": c })))
+    };
+    let columns = async {
+        match server_columns_of() {
+            Some(c) => c,
+            None => watch_columns(client, target).await,
+        }
+    };
+    follow_informer(
+        informer,
+        seen_of,
+        &target.describe(),
+        table.then_some(columns),
+        printer,
+        args,
+        embed,
+    )
+    .await
+}
+
+/// Print an informer's changes until it ends: the first (re)list as one batch, then each
+/// change as it comes; relists after a reconnect print only what differs. `columns` gives
+/// the table's columns once the first list is in (`None`: not a table).
+pub(crate) async fn follow_informer<K, F>(
+    informer: Informer<K>,
+    seen: fn(&K) -> Seen,
+    describe: &str,
+    columns: Option<F>,
+    mut printer: Printer,
+    args: &GetArgs,
+    embed: &Embed,
+) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::Serialize + Send + Sync + 'static,
+    F: Future<Output = Vec<Column>>,
+{
     let (tx, mut rx) = tokio::sync::mpsc::channel(PRINT_QUEUE);
-    informer.add_async_handler(ToPrinter(tx));
+    informer.add_async_handler(ToPrinter { tx, seen });
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
     informer.start(cancel.clone());
-    let mut printer = Printer {
-        output: args.output,
-        rt: target.rt.clone(),
-        columns: vec![],
-        show_ns: target.show_namespace(),
-        diff: args.diff,
-        colour: colour_for(std::io::stdout().is_terminal()),
-        grid: Grid::with_min_widths(vec![ChangeKind::Modified.as_str().len()]),
-        header_done: false,
-    };
+    let mut columns = columns.map(Box::pin);
     let mut notes = Notes::default();
     let mut synced = false;
     let mut relist: Option<Vec<Change>> = None;
-    let mut progress = ListProgress::new(target.describe(), std::io::stderr().is_terminal());
+    let mut progress = ListProgress::new(describe.to_string(), std::io::stderr().is_terminal());
     loop {
         let msg = if synced {
             rx.recv().await
@@ -1101,7 +1221,7 @@ async fn follow(client: &Client, target: &Target, args: &GetArgs, embed: &Embed)
             }
         };
         let Some(msg) = msg else {
-            anyhow::bail!("the watch of {} ended", target.describe());
+            anyhow::bail!("the watch of {describe} ended");
         };
         match msg {
             Msg::Error(e) if !synced && !e.kind.is_transient() && !matches!(e.kind, ErrorKind::Other) => {
@@ -1117,19 +1237,12 @@ async fn follow(client: &Client, target: &Target, args: &GetArgs, embed: &Embed)
                     print(&mut printer, vec![c], embed)?;
                 }
             },
-            Msg::Checkpoint => {
-                let Some(changes) = relist.take() else {
-                    notes.reconnected(None);
-                    continue;
-                };
+            Msg::Progress => notes.reconnected(None),
+            Msg::RelistDone => {
+                let changes = relist.take().unwrap_or_default();
                 progress.finish();
-                if table && printer.columns.is_empty() {
-                    let server = columns.lock().ok().and_then(|c| c.clone());
-                    printer.columns =
-                        match server.and_then(|c| server_columns(&json!({"columnDefinitions": c}))) {
-                            Some(c) => c,
-                            None => watch_columns(client, target).await,
-                        };
+                if let Some(cols) = columns.take() {
+                    printer.columns = cols.await;
                     printer.grid = Grid::with_min_widths(printer.min_widths(&embed.min_widths));
                 }
                 let first = !synced;

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod get;
 pub mod resolve;
 pub mod table;
+pub mod uri;
 
 use std::ffi::OsStr;
 

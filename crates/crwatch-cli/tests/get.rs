@@ -590,3 +590,46 @@ async fn forbidden_answers_print_the_servers_message_and_exit_1() {
         );
     }
 }
+
+#[tokio::test]
+async fn diffs_name_list_items_by_the_crds_list_map_keys() {
+    let server = server().await;
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gateways.net.example.com"},
+        "spec": {"group": "net.example.com", "scope": "Namespaced",
+            "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                    "listeners": {"type": "array", "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["name"],
+                        "items": {"type": "object", "required": ["name"], "properties": {
+                            "name": {"type": "string"}, "port": {"type": "integer"}}}}}}}}}}]}
+    });
+    server.server().apply(crd).await.unwrap();
+    let gw = |listeners: Value| {
+        json!({"apiVersion": "net.example.com/v1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "default"}, "spec": {"listeners": listeners}})
+    };
+    server
+        .server()
+        .apply(gw(
+            json!([{"name": "http", "port": 80}, {"name": "https", "port": 443}]),
+        ))
+        .await
+        .unwrap();
+    let mut watch = Watch::start(&server, &["gateways", "-w", "--diff"]);
+    assert_eq!(words(&watch.line().await)[..2], ["EVENT", "NAME"]);
+    assert_eq!(words(&watch.line().await)[..2], ["ADDED", "edge"]);
+    // Reordered, and one port changed: only the port change shows, named by the listener.
+    server
+        .server()
+        .apply(gw(
+            json!([{"name": "https", "port": 443}, {"name": "http", "port": 8080}]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(words(&watch.line().await)[..2], ["MODIFIED", "edge"]);
+    assert_eq!(watch.line().await, "    spec:");
+    assert_eq!(watch.line().await, "      spec.listeners[http].port: 80 → 8080");
+}

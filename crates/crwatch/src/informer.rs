@@ -247,6 +247,8 @@ struct Inner<K> {
     failing: Mutex<Option<(tokio::time::Instant, String)>>,
     /// Whether a relist is between `Init` and `InitDone` (a snapshot then has no checkpoint).
     relisting: AtomicBool,
+    /// How lists are matched up in diffs (a CRD's list-map keys; built-in merge keys otherwise).
+    list_keys: RwLock<Option<Arc<crate::diff::ListKeys>>>,
 }
 
 /// One source, one store, many handlers. Cheap to clone.
@@ -323,6 +325,7 @@ where
                 joined: tokio::sync::Notify::new(),
                 failing: Mutex::new(None),
                 relisting: AtomicBool::new(false),
+                list_keys: RwLock::new(None),
             }),
         }
     }
@@ -330,6 +333,12 @@ where
     /// Replace the transform (`None` stores objects exactly as received).
     pub fn set_transform(&self, transform: Option<Transform<K>>) {
         *write(&self.inner.transform) = transform;
+    }
+
+    /// Diff lists by these keys (e.g. `ListKeys::from_crd(&crd, "v1")`, so a CRD's
+    /// `x-kubernetes-list-map-keys` name list items in diffs); the built-in merge keys otherwise.
+    pub fn set_list_keys(&self, keys: crate::diff::ListKeys) {
+        *write(&self.inner.list_keys) = Some(Arc::new(keys));
     }
 
     /// Replay the whole cache to handlers as updates every `period` (no API calls).
@@ -652,6 +661,11 @@ where
         o
     };
     let want_changes = !read(&inner.async_handlers).is_empty();
+    let keys = read(&inner.list_keys).clone();
+    let diff_of = |old: &K, new: &K| match &keys {
+        Some(k) => Diff::of_with(old, new, &**k),
+        None => Diff::of(old, new),
+    };
     let mut changes = vec![];
     match next {
         Err(e) => {
@@ -706,7 +720,7 @@ where
                 let diff = if handlers.is_empty() && !want_changes {
                     Diff::default()
                 } else {
-                    Diff::of(&**old, &**new)
+                    diff_of(old, new)
                 };
                 for h in handlers.iter() {
                     guarded("on_update", || h.on_update(old, new, &diff));
@@ -754,7 +768,7 @@ where
                     let diff = if handlers.is_empty() && !want_changes {
                         Diff::default()
                     } else {
-                        Diff::of(&*old, &*new)
+                        diff_of(&old, &new)
                     };
                     for h in handlers.iter() {
                         guarded("on_update", || h.on_update(&old, &new, &diff));
