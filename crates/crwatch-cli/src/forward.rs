@@ -3,8 +3,7 @@
 //! runs the forwarder until SIGTERM or Ctrl-C, and prints what stayed undelivered.
 
 pub use crwatch_forward::{
-    Forwarder, Kubernetes, Undelivered, checkpoint, config, event, metrics, pipeline, sink, sinks,
-    stream,
+    Forwarder, Kubernetes, Undelivered, checkpoint, config, event, metrics, pipeline, sink, sinks, stream,
 };
 
 use crate::Connection;
@@ -60,7 +59,9 @@ pub async fn run(args: crate::args::ForwardArgs) -> anyhow::Result<()> {
             }
             println!("{file}: configuration is valid, and every resource and namespace exists on the server");
         } else {
-            println!("{file}: configuration is valid (add --server to check resources and namespaces on the server)");
+            println!(
+                "{file}: configuration is valid (add --server to check resources and namespaces on the server)"
+            );
         }
         return Ok(());
     }

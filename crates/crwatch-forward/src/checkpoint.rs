@@ -356,12 +356,8 @@ mod tests {
     #[tokio::test]
     async fn commits_only_a_fully_acknowledged_prefix() {
         let c = Committer::open(vec!["s".into()], None, 10).unwrap();
-        let t1 = c
-            .enqueue(0, Op::Upsert("a".into(), known("1")), cp("1"), 2)
-            .await;
-        let t2 = c
-            .enqueue(0, Op::Upsert("b".into(), known("2")), cp("2"), 1)
-            .await;
+        let t1 = c.enqueue(0, Op::Upsert("a".into(), known("1")), cp("1"), 2).await;
+        let t2 = c.enqueue(0, Op::Upsert("b".into(), known("2")), cp("2"), 1).await;
         c.ack(t2);
         assert_eq!(c.committed(0).resource_version, None, "t1 is still out");
         c.ack(t1);
@@ -413,7 +409,9 @@ mod tests {
         let err = Committer::open(vec!["s".into()], Some(path), 10).err().unwrap();
         assert!(format!("{err:#}").contains("remove it"), "{err:#}");
         let missing = dir.path().join("nope/cp.json");
-        let err = Committer::open(vec!["s".into()], Some(missing), 10).err().unwrap();
+        let err = Committer::open(vec!["s".into()], Some(missing), 10)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
 

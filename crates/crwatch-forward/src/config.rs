@@ -439,7 +439,9 @@ impl ForwardConfig {
                     format!("resources[{i}].resource: must not be empty"),
                 ));
             }
-            if r.resource.is_some() && (r.interval.is_some() || r.items.is_some() || r.key.is_some() || r.listen.is_some()) {
+            if r.resource.is_some()
+                && (r.interval.is_some() || r.items.is_some() || r.key.is_some() || r.listen.is_some())
+            {
                 return Err(at(
                     &name.referenced,
                     format!("resources[{i}]: interval, items, key and listen apply to sources only"),
@@ -480,10 +482,7 @@ impl ForwardConfig {
                 }
             }
             if let Some(Err(e)) = r.label_selector.as_deref().map(crwatch::store::parse_selector) {
-                return Err(at(
-                    &name.referenced,
-                    format!("resources[{i}].labelSelector: {e}"),
-                ));
+                return Err(at(&name.referenced, format!("resources[{i}].labelSelector: {e}")));
             }
         }
         Ok(())
@@ -561,7 +560,9 @@ fn check_source(i: usize, r: &ResourceConfig, source: &Spanned<String>) -> Resul
         ));
     }
     if kind != SourceKind::Http && (r.interval.is_some() || r.items.is_some() || r.key.is_some()) {
-        return Err(format!("resources[{i}]: interval, items and key apply to http(s) sources only"));
+        return Err(format!(
+            "resources[{i}]: interval, items and key apply to http(s) sources only"
+        ));
     }
     match (kind, &r.listen) {
         (SourceKind::Webhook, None) => Err(format!(
@@ -673,13 +674,20 @@ mod tests {
 
     #[test]
     fn sources_and_unhealthy_after_are_checked() {
-        let e = err(&format!("resources:\n  - resource: db\n    source: https://x/\n{SINK}"));
+        let e = err(&format!(
+            "resources:\n  - resource: db\n    source: https://x/\n{SINK}"
+        ));
         assert!(e.contains("set resource or source, not both"), "{e}");
         let e = err(&format!("resources:\n  - namespaces: [a]\n{SINK}"));
         assert!(e.contains("resources[0]: set resource"), "{e}");
         let e = err(&format!("resources:\n  - source: ftp://u:pw@x/\n{SINK}"));
-        assert!(e.starts_with("forward.yaml:2:13: resources[0].source: unsupported source \"ftp://x/\""), "{e}");
-        let e = err(&format!("resources:\n  - resource: db\n{SINK}unhealthyAfter: 0s\n"));
+        assert!(
+            e.starts_with("forward.yaml:2:13: resources[0].source: unsupported source \"ftp://x/\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "resources:\n  - resource: db\n{SINK}unhealthyAfter: 0s\n"
+        ));
         assert!(e.contains("unhealthyAfter: 0s is out of range"), "{e}");
         let c = ForwardConfig::parse(&format!("resources:\n  - resource: db\n{SINK}"), "f").unwrap();
         assert_eq!(c.unhealthy_after, Duration::from_secs(60));

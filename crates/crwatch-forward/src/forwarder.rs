@@ -13,16 +13,16 @@ use crwatch::informer::Informer;
 use kube::api::DynamicObject;
 use tokio_util::sync::CancellationToken;
 
+use crate::Error;
 use crate::checkpoint::Committer;
 use crate::config::{Address, ConfigError, ForwardConfig, ResourceConfig, SinkConfig, SourceKind};
 use crate::event::{EventBuilder, redact_uri};
 use crate::metrics::{ForwardMetrics, StreamLabels};
 use crate::pipeline::{Dispatcher, Route, SinkRunner, SinkState};
 use crate::sink::Sink;
-use crate::stream::{StreamHandler, snapshot_of};
 #[allow(unused_imports)]
 use crate::sinks;
-use crate::Error;
+use crate::stream::{StreamHandler, snapshot_of};
 
 /// A connected Kubernetes API server, for `resources[].resource` entries.
 #[derive(Clone)]
@@ -96,7 +96,12 @@ fn located(file: &str, r: &ResourceConfig, message: String) -> ConfigError {
 
 /// Resolve one Kubernetes resource entry against `types`, checking that namespaces are given
 /// for namespaced kinds only.
-fn resolve_entry(r: &ResourceConfig, name: &str, file: &str, types: &[ResourceType]) -> Result<ResourceType, ConfigError> {
+fn resolve_entry(
+    r: &ResourceConfig,
+    name: &str,
+    file: &str,
+    types: &[ResourceType],
+) -> Result<ResourceType, ConfigError> {
     let rt = resolve(types, name).map_err(|e| located(file, r, format!("resource {name:?}: {e}")))?;
     if let Some(ns) = r.namespaces.first().filter(|_| !rt.namespaced) {
         return Err(ConfigError {
@@ -532,7 +537,11 @@ impl Forwarder {
             }
         });
         spawn_stream_metrics(
-            streams.iter().map(|s| s.labels.clone()).zip(informers.iter().cloned()).collect(),
+            streams
+                .iter()
+                .map(|s| s.labels.clone())
+                .zip(informers.iter().cloned())
+                .collect(),
             metrics,
             cancel_sources.clone(),
         );
@@ -678,10 +687,7 @@ fn spawn_stream_metrics(
                     .get_or_create(labels)
                     .set(i64::from(informer.health().connected));
                 let last = stats.last_event_ms.load(Ordering::Relaxed);
-                metrics
-                    .last_event
-                    .get_or_create(labels)
-                    .set(last as f64 / 1000.0);
+                metrics.last_event.get_or_create(labels).set(last as f64 / 1000.0);
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,

@@ -171,11 +171,7 @@ impl Dispatcher {
                 workers.push(tokio::spawn(lane.run(rx)));
             }
             names.push(s.name.clone());
-            queues.push(SinkQueues {
-                lanes,
-                labels,
-                state,
-            });
+            queues.push(SinkQueues { lanes, labels, state });
         }
         Ok((
             Arc::new(Dispatcher {

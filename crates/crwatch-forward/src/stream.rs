@@ -113,7 +113,11 @@ impl StreamHandler {
                 .to_string()
         };
         let (ns, name) = (str_at("/metadata/namespace"), str_at("/metadata/name"));
-        let key = if ns.is_empty() { name } else { format!("{ns}/{name}") };
+        let key = if ns.is_empty() {
+            name
+        } else {
+            format!("{ns}/{name}")
+        };
         let known = Known {
             uid: str_at("/metadata/uid"),
             resource_version: str_at("/metadata/resourceVersion"),

@@ -70,6 +70,10 @@ impl Receiver {
         self.shared.events.lock().unwrap().clone()
     }
 
+    pub fn clear(&self) {
+        self.shared.events.lock().unwrap().clear();
+    }
+
     pub fn len(&self) -> usize {
         self.shared.events.lock().unwrap().len()
     }

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Deserializer};
 
@@ -338,7 +338,7 @@ pub fn ensure_directory(dir: &Path, create: bool) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!(
-                "directory {} does not exist: create it (writable by the user crwatch runs as) or set createDirectories: true",
+                "directory {} does not exist: create it, writable by the user crwatch runs as",
                 dir.display()
             ),
         )),
@@ -365,7 +365,14 @@ impl FileSink {
             config.fsync,
             config.create_directories,
         )
-        .with_context(|| format!("opening {}", config.path.display()))?;
+        .map_err(|e| {
+            let hint = if e.kind() == io::ErrorKind::NotFound {
+                " (or set createDirectories: true)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("opening {}: {e}{hint}", config.path.display())
+        })?;
         Ok(Self { writer })
     }
 
@@ -464,7 +471,6 @@ mod tests {
         let path = dir.path().join("missing/sub/events.jsonl");
         let err = JsonlWriter::open(&path, 100, 1, false, false).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
-        assert!(err.to_string().contains("createDirectories: true"), "{err}");
         assert!(!dir.path().join("missing").exists(), "nothing created");
         let w = JsonlWriter::open(&path, 100, 1, false, true).unwrap();
         w.write(&json!({"n": 1})).await.unwrap();
@@ -476,6 +482,7 @@ mod tests {
             serde_saphyr::from_str(&format!("path: {}/nope/x.jsonl\n", dir.path().display())).unwrap();
         let err = FileSink::open(&config).unwrap_err();
         assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+        assert!(format!("{err:#}").contains("createDirectories: true"), "{err:#}");
     }
 
     #[tokio::test]
