@@ -82,6 +82,8 @@ struct State {
     latency: Duration,
     log: Vec<RequestRecord>,
     counts: BTreeMap<(String, String), u64>,
+    /// Requests that got past the pause and are being served.
+    served: BTreeMap<(String, String), u64>,
 }
 
 /// The fault handle, shared by the server and the test that drives it.
@@ -145,6 +147,17 @@ impl Faults {
         self.paused.send_replace(false);
     }
 
+    /// How many requests with this verb and resource got past [`Faults::pause`] and were
+    /// served (a watch counted here is streaming, so [`Faults::drop_watches`] ends it), unlike
+    /// [`Faults::count`], which also counts requests still held by a pause.
+    pub fn served(&self, verb: &str, resource: &str) -> u64 {
+        self.lock()
+            .served
+            .get(&(verb.to_string(), resource.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// How many requests had this verb and resource (plural, `databases/status` for a subresource).
     pub fn count(&self, verb: &str, resource: &str) -> u64 {
         self.lock()
@@ -174,6 +187,7 @@ impl Faults {
     /// Record the request, wait out pause and latency, and return an injected failure if one is due.
     pub(crate) async fn on_request(&self, record: RequestRecord) -> Result<(), ApiError> {
         let forbidden = forbidden(&record);
+        let record_key = (record.verb.clone(), record.resource.clone());
         let (latency, failure) = {
             let mut s = self.lock();
             *s.counts
@@ -195,9 +209,11 @@ impl Faults {
             s.log.push(record);
             (s.latency, failure)
         };
+        let key = (record_key.0, record_key.1);
         let mut paused = self.paused.subscribe();
         // An error means the sender is gone, which only happens at shutdown: go on.
         let _ = paused.wait_for(|p| !p).await;
+        *self.lock().served.entry(key).or_default() += 1;
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }

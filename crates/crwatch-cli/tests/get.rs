@@ -311,6 +311,12 @@ async fn watch_with_diff_survives_dropped_watches_and_compaction_without_duplica
     // Every watch ends while the server moves on and forgets its history: the reconnecting
     // watch gets 410 Gone and must relist, printing nothing for the unchanged object.
     let faults = server.faults();
+    // crwatch's watch must be streaming (not held at the gate) before the server pauses.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while faults.served("watch", "databases") == 0 {
+        assert!(std::time::Instant::now() < deadline, "crwatch never watched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     faults.pause();
     let watches = faults.count("watch", "databases");
     faults.drop_watches();

@@ -120,6 +120,11 @@ async fn a_relist_after_410_reports_only_real_changes() {
     // it would resume from is compacted away, so it must relist.
     let faults = server.faults();
     let lists_before = faults.count("list", "configmaps");
+    // The informer's watch must be streaming (not held at the gate) before the server pauses.
+    wait_for(20, "the watch", || {
+        (faults.served("watch", "configmaps") > 0).then_some(())
+    })
+    .await;
     faults.pause();
     let watches = faults.count("watch", "configmaps");
     faults.drop_watches();

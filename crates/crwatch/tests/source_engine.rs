@@ -227,6 +227,11 @@ async fn after_410_a_recreated_object_is_deleted_then_added() {
     assert_eq!(taken(&seen), vec![Seen::Add("x".into())]);
 
     let faults = server.faults();
+    // The informer's watch must be streaming (not held at the gate) before the server pauses.
+    wait_for(20, "the watch", || {
+        (faults.served("watch", "configmaps") > 0).then_some(())
+    })
+    .await;
     faults.pause();
     let watches = faults.count("watch", "configmaps");
     faults.drop_watches();
@@ -453,5 +458,80 @@ async fn persisted_snapshots_resume_across_restarts_and_async_handlers_see_every
     .await;
     assert_eq!(*seen.lock().unwrap(), vec!["deleted one".to_string()]);
     assert_eq!(informer.store().len(), 20);
+    cancel.cancel();
+}
+
+/// A plain-HTTP client for `port` with `token` (the same for two servers started on it).
+fn http_client(port: u16, token: &str) -> kube::Client {
+    let mut config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+    config.auth_info.token = Some(token.to_string().into());
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_without_its_history_under_a_running_watch_is_relisted_and_diffed() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = || crwatch_apiserver::Config {
+        http_port: Some(port),
+        token: Some("same-token".into()),
+        bookmark_interval: Duration::from_secs(1),
+        ..crwatch_apiserver::Config::default()
+    };
+    let first = TestServer::with_config(config()).await.unwrap();
+    for n in ["a", "b"] {
+        first
+            .server()
+            .apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": n, "namespace": "default"}}))
+            .await
+            .unwrap();
+    }
+    let informer = Informer::new(
+        KubeSource::<ConfigMap>::namespaced(http_client(port, "same-token"), "default")
+            .backoff(Duration::from_millis(50), Duration::from_millis(200)),
+    );
+    let (seen, h) = recorder();
+    informer.add_handler(h);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    informer.start(cancel.clone());
+    informer.wait_synced(Duration::from_secs(20)).await.unwrap();
+    wait_for(20, "the two adds", || {
+        (seen.lock().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    taken(&seen);
+    let revision = first.server().revision();
+    first.shutdown().await.unwrap();
+
+    // Same address, fresh history that has already passed the old resourceVersion, so a watch
+    // from it would be accepted: only the changed identity gives the restart away.
+    let second = TestServer::with_config(config()).await.unwrap();
+    let srv = second.server();
+    srv.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}}))
+        .await
+        .unwrap();
+    let mut i = 0;
+    while srv.revision() <= revision + 2 {
+        let name = format!("filler-{i}");
+        srv.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "kube-public"}}))
+            .await
+            .unwrap();
+        i += 1;
+    }
+    wait_for(30, "the relist diff", || {
+        (seen.lock().unwrap().len() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sorted(taken(&seen)),
+        sorted(vec![
+            Seen::Delete("a".into()),
+            Seen::Delete("b".into()),
+            Seen::Add("c".into())
+        ])
+    );
+    assert_eq!(informer.store().len(), 1);
     cancel.cancel();
 }

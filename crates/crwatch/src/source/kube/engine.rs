@@ -92,6 +92,7 @@ pub(crate) fn start<K: Send + 'static>(
         tx,
         identity: None,
         newest: None,
+        verify: false,
     };
     tokio::spawn(async move {
         let closed = engine.tx.clone();
@@ -130,10 +131,21 @@ struct Engine<K> {
     /// The newest resourceVersion seen, when versions are numbers (etcd revisions): one
     /// smaller than this means the server's history restarted.
     newest: Option<u64>,
+    /// Whether the server's identity must be checked once the next watch connects.
+    verify: bool,
 }
 
 /// The consumer is gone; stop.
 struct Gone;
+
+/// What the server says about its identity.
+enum Identity {
+    Known(String),
+    /// Not readable here (RBAC, or no such namespace): other signs must do.
+    Unreadable,
+    /// The server did not answer.
+    Unreachable,
+}
 
 impl<K: Send + 'static> Engine<K> {
     async fn send(&self, e: Result<Event<K>, SourceError>) -> Result<(), Gone> {
@@ -174,34 +186,22 @@ impl<K: Send + 'static> Engine<K> {
     }
 
     async fn run(mut self, resume: Option<Checkpoint>) -> Result<(), Gone> {
-        if self.spec.check_identity {
-            self.identity = self.read_identity().await;
-        }
-        let mut rv = match resume {
-            Some(cp) if cp.identity.is_some() && self.identity.is_some() && cp.identity != self.identity => {
-                self.error(
-                    format!(
-                        "the server is not the one the checkpoint came from (kube-system uid {} now, {} then): relisting",
-                        self.identity.as_deref().unwrap_or("?"),
-                        cp.identity.as_deref().unwrap_or("?")
-                    ),
-                    true,
-                )
-                .await?;
-                None
-            }
-            Some(cp) => {
-                self.newest = cp.resource_version.parse().ok();
-                Some(cp.resource_version)
-            }
-            None => None,
-        };
+        let mut rv = resume.map(|cp| {
+            self.newest = cp.resource_version.parse().ok();
+            self.identity = cp.identity;
+            cp.resource_version
+        });
+        // Before trusting a watch from a resourceVersion this process did not just list, make
+        // sure the server is still the one that version belongs to: at start (a checkpoint),
+        // and after every broken watch (the server may have come back as another server).
+        self.verify = self.spec.check_identity;
         let mut streaming = self.spec.streaming_lists;
         loop {
             let Some(from) = rv.clone() else {
                 if streaming {
                     match self.streaming_list().await? {
                         StreamEnd::Listed(list_rv) => {
+                            self.verify = false;
                             rv = Some(list_rv);
                             continue;
                         }
@@ -213,63 +213,60 @@ impl<K: Send + 'static> Engine<K> {
                     }
                     continue;
                 }
+                if self.spec.check_identity
+                    && self.identity.is_none()
+                    && let Identity::Known(id) = self.read_identity().await?
+                {
+                    self.identity = Some(id);
+                }
                 match self.list().await? {
-                    Some(list_rv) => rv = Some(list_rv),
+                    Some(list_rv) => {
+                        // A version from our own fresh list needs no identity check.
+                        self.verify = false;
+                        rv = Some(list_rv);
+                    }
                     None => self.pause().await,
                 }
                 continue;
             };
             let mut at = from.clone();
-            match self.watch(&from, &mut at).await? {
+            let end = self.watch(&from, &mut at).await?;
+            rv = Some(at);
+            match end {
                 End::Relist => rv = None,
-                End::Resume => rv = Some(at),
-                End::Closed => {
-                    rv = Some(at);
+                End::Resume => {}
+                End::Closed | End::Failed => {
                     self.pause().await;
-                }
-                End::Failed => {
-                    rv = Some(at);
-                    self.pause().await;
-                    // A server that went away may come back as another server: check before
-                    // resuming a history that may no longer exist.
-                    if self.identity_changed().await? {
-                        rv = None;
-                    }
+                    self.verify = self.spec.check_identity;
                 }
             }
         }
     }
 
     /// The uid of the `kube-system` namespace: it changes only when the cluster (or a test
-    /// server without saved state) is created anew. `None` when it cannot be read (RBAC).
-    async fn read_identity(&self) -> Option<String> {
-        let req = http::Request::get("/api/v1/namespaces/kube-system")
-            .body(vec![])
-            .ok()?;
-        let text = self.client.request_text(req).await.ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        v.pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    }
-
-    async fn identity_changed(&mut self) -> Result<bool, Gone> {
-        let Some(before) = self.identity.clone() else {
-            return Ok(false);
+    /// server without saved state) is created anew.
+    async fn read_identity(&self) -> Result<Identity, Gone> {
+        let Ok(req) = http::Request::get("/api/v1/namespaces/kube-system").body(vec![]) else {
+            return Ok(Identity::Unreadable);
         };
-        match self.read_identity().await {
-            Some(now) if now != before => {
-                self.identity = Some(now.clone());
-                self.newest = None;
-                self.error(
-                    format!("the server restarted with a new history (kube-system uid {before} → {now}): relisting"),
-                    true,
-                )
-                .await?;
-                Ok(true)
+        let text = match self.client.request_text(req).await {
+            Ok(t) => t,
+            Err(e) => {
+                return Ok(match kind_of(&e) {
+                    ErrorKind::Server { code, .. } if code < 500 && code != 429 => Identity::Unreadable,
+                    _ => {
+                        self.failed("reading the server's identity", &e).await?;
+                        Identity::Unreachable
+                    }
+                });
             }
-            _ => Ok(false),
-        }
+        };
+        let uid = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+            v.pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        Ok(uid.map_or(Identity::Unreadable, Identity::Known))
     }
 
     /// Note a resourceVersion; false when it went backwards (the server's history restarted).
@@ -520,7 +517,33 @@ impl<K: Send + 'static> Engine<K> {
             }
             Ok(Ok(s)) => s,
         };
-        // Connected: healthy, and up to date as of `from`.
+        // Connected. Its events wait in the stream while the server's identity is checked
+        // (after the watch request, so a server that holds requests still sees the watch).
+        if self.verify {
+            match self.read_identity().await? {
+                Identity::Known(now) => {
+                    self.verify = false;
+                    if let Some(before) = self.identity.replace(now.clone())
+                        && before != now
+                    {
+                        self.newest = None;
+                        self.error(
+                            format!(
+                                "the server's history restarted (kube-system uid {before} → {now}): relisting"
+                            ),
+                            true,
+                        )
+                        .await?;
+                        return Ok(End::Relist);
+                    }
+                }
+                // RBAC hides it: versions that go backwards or that the server has not reached
+                // still give a restarted server away.
+                Identity::Unreadable => self.verify = false,
+                Identity::Unreachable => {}
+            }
+        }
+        // Healthy, and up to date as of `from`.
         self.send(Ok(Event::Progress(Some(self.checkpoint(from)))))
             .await?;
         let mut lines = stream;
