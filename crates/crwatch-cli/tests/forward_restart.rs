@@ -463,3 +463,69 @@ async fn the_readme_example_runs_against_the_demo_setup() {
         "the checkpoint is written"
     );
 }
+
+#[tokio::test]
+async fn a_file_source_restarted_from_its_checkpoint_forwards_only_what_changed_while_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let doc = |name: &str, v: u32| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Setting\nmetadata: {{name: {name}, namespace: app}}\nspec: {{v: {v}}}\n"
+        )
+    };
+    std::fs::write(conf.join("a.yaml"), doc("a", 1)).unwrap();
+    std::fs::write(conf.join("b.yaml"), doc("b", 1)).unwrap();
+    let out = dir.path().join("events.jsonl");
+    let yaml = format!(
+        "resources:\n  - source: \"file://{}\"\nsinks:\n  - name: out\n    file: {{path: {}}}\ncheckpoint: {{path: {}, interval: 1s}}\nmetrics: \"off\"\nprobes: \"off\"\n",
+        conf.display(),
+        out.display(),
+        dir.path().join("checkpoint.json").display()
+    );
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let config = ForwardConfig::parse(&yaml, "forward.yaml").unwrap();
+    let fwd = Forwarder::start(config, "forward.yaml", None).await.unwrap();
+    wait_for("the two documents", || lines().len() == 2).await;
+    fwd.shutdown().await.unwrap();
+
+    // While the forwarder is down: one edit, one deletion, one new file.
+    std::fs::write(conf.join("a.yaml"), doc("a", 2)).unwrap();
+    std::fs::remove_file(conf.join("b.yaml")).unwrap();
+    std::fs::write(conf.join("c.yaml"), doc("c", 1)).unwrap();
+
+    let config = ForwardConfig::parse(&yaml, "forward.yaml").unwrap();
+    let fwd = Forwarder::start(config, "forward.yaml", None).await.unwrap();
+    wait_for("the three differences", || lines().len() == 5).await;
+    let mut seen: Vec<(String, String)> = lines()[2..]
+        .iter()
+        .map(|e| {
+            (
+                e["type"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("io.crwatch.resource.")
+                    .to_string(),
+                e["subject"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("added", "app/c"), ("deleted", "app/b"), ("modified", "app/a")]
+            .map(|(t, s)| (t.to_string(), s.to_string()))
+    );
+    let modified = lines()
+        .into_iter()
+        .find(|e| e["type"] == "io.crwatch.resource.modified")
+        .unwrap();
+    assert_eq!(modified["data"]["diff"][0]["path"], "spec.v");
+    fwd.shutdown().await.unwrap();
+}

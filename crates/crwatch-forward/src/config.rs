@@ -520,6 +520,10 @@ pub enum SourceKind {
     Webhook,
     /// `postgres://` or `postgresql://`.
     Postgres,
+    /// `mysql://` or `mariadb://`: polled.
+    Mysql,
+    /// `file://`: a directory of YAML/JSON documents or raw files.
+    File,
 }
 
 impl SourceKind {
@@ -531,9 +535,13 @@ impl SourceKind {
             SourceKind::Webhook
         } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
             SourceKind::Postgres
+        } else if uri.starts_with("mysql://") || uri.starts_with("mariadb://") {
+            SourceKind::Mysql
+        } else if uri.starts_with("file://") {
+            SourceKind::File
         } else {
             return Err(format!(
-                "unsupported source {:?}: use https://… or http://… (polled), webhook (pushed), or postgres://…",
+                "unsupported source {:?}: use https://… or http://… (polled), webhook (pushed), postgres://…, mysql://… or file://…",
                 crate::event::redact_uri(uri)
             ));
         };
@@ -541,6 +549,8 @@ impl SourceKind {
             SourceKind::Http => (cfg!(feature = "source-http"), "source-http"),
             SourceKind::Webhook => (cfg!(feature = "source-webhook"), "source-webhook"),
             SourceKind::Postgres => (cfg!(feature = "source-postgres"), "source-postgres"),
+            SourceKind::Mysql => (cfg!(feature = "source-mysql"), "source-mysql"),
+            SourceKind::File => (cfg!(feature = "source-file"), "source-file"),
         };
         if !built {
             return Err(format!(

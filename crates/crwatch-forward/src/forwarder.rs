@@ -278,6 +278,19 @@ async fn informer(
                         .map_err(|e| source_error(e.to_string()))?;
                     Ok(Informer::new(s))
                 }
+                #[cfg(feature = "source-mysql")]
+                SourceKind::Mysql => {
+                    // The URL carries the polling settings (`interval=`, `updated_at=`, ...).
+                    let s = crwatch::source::mysql::MysqlSource::from_url(&uri)
+                        .map_err(|e| source_error(e.to_string()))?;
+                    Ok(Informer::new(s))
+                }
+                #[cfg(feature = "source-file")]
+                SourceKind::File => {
+                    let s = crwatch::source::file::FileSource::from_url(&uri)
+                        .map_err(|e| source_error(e.to_string()))?;
+                    Ok(Informer::new(s))
+                }
                 #[allow(unreachable_patterns)]
                 _ => Err(source_error(format!(
                     "{} is not supported by this build",
@@ -480,7 +493,6 @@ impl Forwarder {
             let handler = Arc::new(StreamHandler::new(
                 index,
                 dispatcher.clone(),
-                informer.clone(),
                 fresh && r.skip_existing,
                 type_meta,
             ));

@@ -1,4 +1,4 @@
-//! One watched stream: an [`Informer`] over one of crwatch's sources (a Kubernetes resource in
+//! One watched stream: an [`Informer`](crwatch::informer::Informer) over one of crwatch's sources (a Kubernetes resource in
 //! one namespace with selectors, an HTTP endpoint, a webhook, a table), resumed from the
 //! committed checkpoint, and the [`AsyncHandler`] that turns its changes into dispatcher calls.
 //!
@@ -12,10 +12,10 @@
 //! | `Added` / `Updated{diff}` / `Deleted` | the CloudEvent change, with `Op::Upsert` / `Op::Remove` |
 //! | `Checkpoint` | `Op::Nothing` with the checkpoint: the only thing that moves the resume point |
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crwatch::informer::{AsyncHandler, Change as InformerChange, Informer};
+use crwatch::informer::{AsyncHandler, Change as InformerChange};
 use crwatch::source::{Checkpoint, SourceError};
 use crwatch::store::snapshot::Snapshot;
 use futures::future::BoxFuture;
@@ -51,13 +51,9 @@ pub struct StreamHandler {
     index: usize,
     /// Taken away at shutdown, so the sink lanes see their queues close.
     dispatcher: RwLock<Option<Arc<Dispatcher>>>,
-    /// The informer's event counter at the last `Relist`: changes dispatched while it is
-    /// unchanged belong to that relist (a source without checkpoints sends no end marker).
-    relist_event: AtomicU64,
-    /// Still inside the first list of a stream that started without a checkpoint, with
-    /// `skipExisting`: record objects without forwarding them.
+    /// Before the end of the first list of a stream that started without a checkpoint, with
+    /// `skipExisting`: the changes of that list are recorded without being forwarded.
     skipping: AtomicBool,
-    informer: Informer<DynamicObject>,
     /// `apiVersion` and `kind` for objects that come without them.
     type_meta: Option<(String, String)>,
 }
@@ -68,16 +64,13 @@ impl StreamHandler {
     pub fn new(
         index: usize,
         dispatcher: Arc<Dispatcher>,
-        informer: Informer<DynamicObject>,
         skip_existing: bool,
         type_meta: Option<(String, String)>,
     ) -> Self {
         Self {
             index,
             dispatcher: RwLock::new(Some(dispatcher)),
-            relist_event: AtomicU64::new(u64::MAX),
             skipping: AtomicBool::new(skip_existing),
-            informer,
             type_meta,
         }
     }
@@ -128,16 +121,7 @@ impl StreamHandler {
 
     /// Whether this change should be recorded without being forwarded.
     fn skip(&self) -> bool {
-        if !self.skipping.load(Ordering::SeqCst) {
-            return false;
-        }
-        let now = self.informer.stats().events.load(Ordering::Relaxed);
-        if self.relist_event.load(Ordering::SeqCst) == now {
-            return true;
-        }
-        // The first list is over: from now on everything is forwarded.
-        self.skipping.store(false, Ordering::SeqCst);
-        false
+        self.skipping.load(Ordering::SeqCst)
     }
 
     async fn handle_change(&self, change: InformerChange<DynamicObject>) {
@@ -147,12 +131,11 @@ impl StreamHandler {
         let i = self.index;
         match change {
             InformerChange::Relist => {
-                let at = self.informer.stats().events.load(Ordering::Relaxed);
-                self.relist_event.store(at, Ordering::SeqCst);
                 dispatcher.dispatch(i, None, Op::ForgetResume, None).await;
             }
+            // The first list is over: from now on everything is forwarded.
+            InformerChange::RelistDone => self.skipping.store(false, Ordering::SeqCst),
             InformerChange::Checkpoint(cp) => {
-                self.skipping.store(false, Ordering::SeqCst);
                 dispatcher.dispatch(i, None, Op::Nothing, Some(cp)).await;
             }
             InformerChange::Added(o) => {
