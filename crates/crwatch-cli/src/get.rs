@@ -563,7 +563,7 @@ async fn list(client: &Client, target: &Target, args: &GetArgs) -> anyhow::Resul
                 if let Some(e) = errors.take_fatal() {
                     return Err(explain_source(e));
                 }
-                progress.set(informer.stats().events.load(Ordering::Relaxed) as usize);
+                progress.set(informer.stats().listed.load(Ordering::Relaxed) as usize);
                 let _ = progress
                     .wait(tokio::time::timeout(Duration::from_millis(50), errors.notified()))
                     .await;
@@ -1211,7 +1211,7 @@ where
         let msg = if synced {
             rx.recv().await
         } else {
-            progress.set(informer.stats().events.load(Ordering::Relaxed) as usize);
+            progress.set(informer.stats().listed.load(Ordering::Relaxed) as usize);
             match progress
                 .wait(tokio::time::timeout(Duration::from_millis(100), rx.recv()))
                 .await

@@ -78,7 +78,8 @@ async fn the_demo_plays_its_script_and_ends_by_itself() {
         "      spec.size: \"1Gi\" → \"2Gi\"",
         "MODIFIED|default|my-app-db|PostgreSQL|15|Ready|true",
         "    spec:",
-        "      + spec.users[1]: {\"username\":\"appuser\"}",
+        // Users are a list-map keyed by username in the CRD: the diff names the user.
+        "      + spec.users[appuser]: {\"username\":\"appuser\"}",
         "DELETED|analytics|reports-db|MySQL|11||",
     ];
     assert_eq!(shown, expected, "{stdout}");
@@ -353,7 +354,7 @@ async fn with_the_operator_the_demo_provisions_on_a_local_postgresql() {
     );
     let resized = diff_at("      spec.size: \"1Gi\" → \"2Gi\"");
     let observed = diff_at("      status.observedGeneration: 1 → 2");
-    let user_added = diff_at("      + spec.users[2]: {\"username\":\"reporting\"}");
+    let user_added = diff_at("      + spec.users[reporting]: {\"username\":\"reporting\"}");
     let deleting = diff_at("      status.phase: \"Ready\" → \"Deleting\"");
     assert!(
         diff_at(provisioned) < resized
@@ -365,7 +366,7 @@ async fn with_the_operator_the_demo_provisions_on_a_local_postgresql() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("      + status.users[2]: \"reporting_")),
+            .any(|l| l.starts_with("      + status.users[reporting_")),
         "{stdout}"
     );
 

@@ -198,6 +198,8 @@ pub struct InformerStats {
     pub errors: AtomicU64,
     /// Complete (re)lists applied.
     pub relists: AtomicU64,
+    /// Objects received so far by the list under way (for progress displays).
+    pub listed: AtomicU64,
     /// Whether the source is connected (its last report was progress, not an error).
     pub connected: AtomicBool,
     /// When the source last delivered an event or confirmed progress (ms since the Unix epoch).
@@ -686,10 +688,14 @@ where
             }
         }
         Ok(Event::Init) => {
+            inner.stats.listed.store(0, Ordering::Relaxed);
             *buffer = Some(vec![]);
             inner.relisting.store(true, Ordering::SeqCst);
         }
-        Ok(Event::InitApply(o)) => buffer.get_or_insert_with(Vec::new).push(prepare(o)),
+        Ok(Event::InitApply(o)) => {
+            inner.stats.listed.fetch_add(1, Ordering::Relaxed);
+            buffer.get_or_insert_with(Vec::new).push(prepare(o));
+        }
         Ok(Event::InitDone) => {
             let objs = buffer.take().unwrap_or_default();
             let handlers = read(&inner.handlers);

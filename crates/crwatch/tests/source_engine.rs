@@ -351,6 +351,11 @@ async fn a_source_that_is_down_is_visible() {
     wait_for(20, "connected", || informer.health().connected.then_some(())).await;
     assert!(informer.is_healthy(Duration::ZERO));
 
+    // The watch must be streaming (past the gate) for the drop to end it.
+    wait_for(20, "the watch", || {
+        (server.faults().served("watch", "configmaps") > 0).then_some(())
+    })
+    .await;
     server
         .faults()
         .fail_next(15, 500, crwatch_apiserver::Match::any());
