@@ -181,7 +181,8 @@ impl MySqlEngine {
             return Ok(false);
         }
         let sessions: Vec<u64> = sqlx::query_scalar(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+            // PROCESSLIST.ID is a signed BIGINT in MariaDB: cast it to what it is.
+            "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
         )
         .bind(name)
         .fetch_all(&self.pool)
@@ -277,7 +278,8 @@ impl MySqlEngine {
         }
         // DROP USER leaves running sessions alone; end them so access stops now.
         let sessions: Vec<u64> =
-            sqlx::query_scalar("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?")
+            // MariaDB reports PROCESSLIST.ID as a signed BIGINT: cast it to what it is.
+            sqlx::query_scalar("SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST WHERE USER = ?")
                 .bind(role)
                 .fetch_all(&self.pool)
                 .await
