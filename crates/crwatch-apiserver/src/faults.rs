@@ -158,6 +158,15 @@ impl Faults {
             .unwrap_or(0)
     }
 
+    /// A watch of `resource` is streaming and will see [`Faults::drop_watches`].
+    pub(crate) fn watch_streaming(&self, resource: &str) {
+        *self
+            .lock()
+            .served
+            .entry(("watch".to_string(), resource.to_string()))
+            .or_default() += 1;
+    }
+
     /// How many requests had this verb and resource (plural, `databases/status` for a subresource).
     pub fn count(&self, verb: &str, resource: &str) -> u64 {
         self.lock()
@@ -213,7 +222,10 @@ impl Faults {
         let mut paused = self.paused.subscribe();
         // An error means the sender is gone, which only happens at shutdown: go on.
         let _ = paused.wait_for(|p| !p).await;
-        *self.lock().served.entry(key).or_default() += 1;
+        // A watch counts once it streams (see `watch_streaming`): only then does a drop end it.
+        if key.0 != "watch" {
+            *self.lock().served.entry(key).or_default() += 1;
+        }
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }

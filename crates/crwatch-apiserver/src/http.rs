@@ -395,6 +395,7 @@ async fn resource_request(
                 state.api.faults.drop_signal(),
                 state.stop.clone(),
             )?;
+            state.api.faults.watch_streaming(&ctx.def.plural);
             let stream = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
             });

@@ -402,6 +402,9 @@ impl AmqpSink {
         };
         let confirmation = match tokio::time::timeout(self.timeout, publish).await {
             Err(_) => {
+                // A connection the broker dropped without a word (it restarted) can look open
+                // for a long time: connect again rather than wait on it for every retry.
+                self.invalidate(generation).await;
                 return Err(SinkError::Retryable(format!(
                     "no publisher confirm from the AMQP broker within {} for {target}",
                     humantime::format_duration(self.timeout)
