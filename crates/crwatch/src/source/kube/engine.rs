@@ -168,7 +168,7 @@ impl<K: Send + 'static> Engine<K> {
             source_name: self.name.clone(),
             message: format!("{what}: {}", message_of(e)),
             relist: false,
-            kind: kind_of(e),
+            kind: error_kind(e),
         }))
         .await
     }
@@ -252,7 +252,7 @@ impl<K: Send + 'static> Engine<K> {
         let text = match self.client.request_text(req).await {
             Ok(t) => t,
             Err(e) => {
-                return Ok(match kind_of(&e) {
+                return Ok(match error_kind(&e) {
                     ErrorKind::Server { code, .. } if code < 500 && code != 429 => Identity::Unreadable,
                     _ => {
                         self.failed("reading the server's identity", &e).await?;
@@ -779,8 +779,16 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
 }
 
-/// The kind of a failed request: the server's status, or the transport's innermost cause.
-pub(crate) fn kind_of(e: &kube::Error) -> ErrorKind {
+/// The kind of a failed request: the server's status, or the transport's innermost cause
+/// (whether the connection was refused, and the innermost message).
+///
+/// ```
+/// use crwatch::source::ErrorKind;
+/// use crwatch::source::kube::error_kind;
+/// let status = kube::core::Status::failure("nope", "Forbidden").with_code(403);
+/// assert!(matches!(error_kind(&kube::Error::Api(status.boxed())), ErrorKind::Server { code: 403, .. }));
+/// ```
+pub fn error_kind(e: &kube::Error) -> ErrorKind {
     match e {
         kube::Error::Api(s) => ErrorKind::Server {
             code: s.code,

@@ -16,7 +16,7 @@ use kube::discovery::ApiResource;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-pub use engine::{Columns, Representation};
+pub use engine::{Columns, Representation, error_kind};
 pub use table::TableRow;
 
 use super::{Checkpoint, EventStream, Source};
