@@ -3,38 +3,15 @@
 
 mod common;
 
-use common::{cm, wait_for};
-use std::sync::{Arc, Mutex};
+use common::{Seen, cm, recorder, wait_for};
+
 use std::time::Duration;
 
-use crwatch::informer::{HandlerFns, InformerFactory};
+use crwatch::informer::InformerFactory;
 use crwatch::store::{LABEL_INDEX, NAMESPACE_INDEX, ObjectKey};
 use crwatch_apiserver::TestServer;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-
-#[derive(Debug, Clone, PartialEq)]
-enum Seen {
-    Add(String),
-    Update(String, Vec<String>),
-    Delete(String),
-}
-
-fn recorder() -> (Arc<Mutex<Vec<Seen>>>, HandlerFns<ConfigMap>) {
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let (a, u, d) = (seen.clone(), seen.clone(), seen.clone());
-    let name = |c: &ConfigMap| c.metadata.name.clone().unwrap_or_default();
-    let h = HandlerFns::new()
-        .on_add(move |c: &Arc<ConfigMap>| a.lock().unwrap().push(Seen::Add(name(c))))
-        .on_update(move |_, n: &Arc<ConfigMap>, diff| {
-            u.lock().unwrap().push(Seen::Update(
-                name(n),
-                diff.paths().into_iter().map(String::from).collect(),
-            ))
-        })
-        .on_delete(move |c: &Arc<ConfigMap>| d.lock().unwrap().push(Seen::Delete(name(c))));
-    (seen, h)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_watch_serves_every_handler_and_diffs_say_what_changed() {

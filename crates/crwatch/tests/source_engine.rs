@@ -8,8 +8,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{cm, wait_for};
-use crwatch::informer::{AsyncHandler, Change, HandlerFns, Informer};
+use common::{Seen, cm, recorder, wait_for};
+use crwatch::informer::{AsyncHandler, Change, Informer};
 use crwatch::source::kube::{KubeSource, TableRow};
 use crwatch::source::{Checkpoint, Source};
 use crwatch::store::snapshot::{Snapshot, SnapshotFile};
@@ -18,29 +18,6 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-
-#[derive(Debug, Clone, PartialEq)]
-enum Seen {
-    Add(String),
-    Update(String, Vec<String>),
-    Delete(String),
-}
-
-fn recorder() -> (Arc<Mutex<Vec<Seen>>>, HandlerFns<ConfigMap>) {
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let (a, u, d) = (seen.clone(), seen.clone(), seen.clone());
-    let name = |c: &ConfigMap| c.metadata.name.clone().unwrap_or_default();
-    let h = HandlerFns::new()
-        .on_add(move |c: &Arc<ConfigMap>| a.lock().unwrap().push(Seen::Add(name(c))))
-        .on_update(move |_, n: &Arc<ConfigMap>, diff| {
-            u.lock().unwrap().push(Seen::Update(
-                name(n),
-                diff.paths().into_iter().map(String::from).collect(),
-            ))
-        })
-        .on_delete(move |c: &Arc<ConfigMap>| d.lock().unwrap().push(Seen::Delete(name(c))));
-    (seen, h)
-}
 
 fn taken(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<Seen> {
     std::mem::take(&mut *seen.lock().unwrap())
