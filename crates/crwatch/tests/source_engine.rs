@@ -315,6 +315,29 @@ async fn streaming_lists_deliver_the_initial_state_then_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_streaming_lists_gets_paged_lists() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("p", "1")).await.unwrap();
+    // An older server refuses the streaming-list parameters with 422 Invalid.
+    server
+        .faults()
+        .fail_next(1, 422, crwatch_apiserver::Match::verb("watch"));
+    let informer = Informer::new(KubeSource::<ConfigMap>::namespaced(client, "default").streaming_lists());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    informer.start(cancel.clone());
+    informer.wait_synced(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(informer.store().len(), 1);
+    assert_eq!(
+        server.faults().count("list", "configmaps"),
+        1,
+        "fell back to a paged list"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_is_down_is_visible() {
     let server = TestServer::start().await.unwrap();
     let client = server.client();
