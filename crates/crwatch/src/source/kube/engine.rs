@@ -69,6 +69,28 @@ pub(crate) struct Spec {
 /// Turns one item (an object, or `{"object":…, "cells":…}` for Tables) into the source's type.
 pub(crate) type Decode<K> = Arc<dyn Fn(Value) -> Result<K, serde_json::Error> + Send + Sync>;
 
+/// Turns one list item's raw JSON into the source's type directly (no intermediate `Value`):
+/// the fast path for lists of whole objects or metadata, which are most of a sync's work.
+pub(crate) type DecodeRaw<K> = Arc<dyn Fn(&str) -> Result<K, serde_json::Error> + Send + Sync>;
+
+/// A list page with its items left as raw JSON.
+#[derive(serde::Deserialize)]
+struct RawPage<'a> {
+    #[serde(default)]
+    metadata: RawListMeta,
+    #[serde(borrow, default)]
+    items: Vec<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawListMeta {
+    #[serde(default)]
+    resource_version: String,
+    #[serde(default, rename = "continue")]
+    continue_: String,
+}
+
 /// The column definitions of the last Table the server sent (shared with whoever prints rows).
 pub type Columns = Arc<Mutex<Option<Vec<Value>>>>;
 
@@ -79,6 +101,7 @@ pub(crate) fn start<K: Send + 'static>(
     name: String,
     resume: Option<Checkpoint>,
     decode: Decode<K>,
+    decode_raw: Option<DecodeRaw<K>>,
     columns: Columns,
 ) -> EventStream<K> {
     let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -88,6 +111,7 @@ pub(crate) fn start<K: Send + 'static>(
         spec,
         name,
         decode,
+        decode_raw,
         columns,
         tx,
         identity: None,
@@ -123,6 +147,7 @@ struct Engine<K> {
     spec: Spec,
     name: String,
     decode: Decode<K>,
+    decode_raw: Option<DecodeRaw<K>>,
     columns: Columns,
     tx: mpsc::Sender<Result<Event<K>, SourceError>>,
     backoff: ReconnectBackoff,
@@ -359,21 +384,41 @@ impl<K: Send + 'static> Engine<K> {
                         return Ok(None);
                     }
                 };
-                let page: Value = match serde_json::from_str(&page) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        self.error(format!("the server's list answer is not JSON: {e}"), false)
-                            .await?;
-                        return Ok(None);
+                let raw = self
+                    .decode_raw
+                    .clone()
+                    .and_then(|d| Some((d, serde_json::from_str::<RawPage<'_>>(&page).ok()?)));
+                let page_rv = if let Some((decode, page)) = raw {
+                    cont = Some(page.metadata.continue_).filter(|c| !c.is_empty());
+                    for item in page.items {
+                        match decode(item.get()) {
+                            Ok(obj) => self.send(Ok(Event::InitApply(obj))).await?,
+                            // One malformed object is reported and skipped; the rest goes on.
+                            Err(e) => {
+                                self.error(format!("an object could not be decoded: {e}"), false)
+                                    .await?
+                            }
+                        }
                     }
+                    page.metadata.resource_version
+                } else {
+                    let page: Value = match serde_json::from_str(&page) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            self.error(format!("the server's list answer is not JSON: {e}"), false)
+                                .await?;
+                            return Ok(None);
+                        }
+                    };
+                    let page_rv = str_at(&page, "/metadata/resourceVersion").to_string();
+                    cont = Some(str_at(&page, "/metadata/continue").to_string()).filter(|c| !c.is_empty());
+                    for item in self.items(page) {
+                        if let Some(obj) = self.decode(item).await? {
+                            self.send(Ok(Event::InitApply(obj))).await?;
+                        }
+                    }
+                    page_rv
                 };
-                let page_rv = str_at(&page, "/metadata/resourceVersion").to_string();
-                cont = Some(str_at(&page, "/metadata/continue").to_string()).filter(|c| !c.is_empty());
-                for item in self.items(page) {
-                    if let Some(obj) = self.decode(item).await? {
-                        self.send(Ok(Event::InitApply(obj))).await?;
-                    }
-                }
                 if cont.is_none() {
                     if !self.advance(&page_rv) {
                         self.error(

@@ -20,7 +20,7 @@ pub use engine::{Columns, Representation, error_kind};
 pub use table::TableRow;
 
 use super::{Checkpoint, EventStream, Source};
-use engine::{Decode, Spec};
+use engine::{Decode, DecodeRaw, Spec};
 
 /// What to watch and how.
 ///
@@ -36,6 +36,7 @@ pub struct KubeSource<K> {
     spec: Spec,
     scope: String,
     decode: Decode<K>,
+    decode_raw: Option<DecodeRaw<K>>,
     resume: Option<Checkpoint>,
     columns: Columns,
 }
@@ -47,6 +48,7 @@ impl<K> Clone for KubeSource<K> {
             spec: self.spec.clone(),
             scope: self.scope.clone(),
             decode: self.decode.clone(),
+            decode_raw: self.decode_raw.clone(),
             resume: self.resume.clone(),
             columns: self.columns.clone(),
         }
@@ -110,6 +112,30 @@ fn typed_decode<K: DeserializeOwned + Send + 'static>() -> Decode<K> {
     Arc::new(|v| serde_json::from_value(v))
 }
 
+/// List items straight from their JSON; `types` fills apiVersion and kind where the server
+/// left them out (list items usually come without them).
+fn raw_decode<K, F>(fill: F) -> Option<DecodeRaw<K>>
+where
+    K: DeserializeOwned + Send + 'static,
+    F: Fn(&mut K) + Send + Sync + 'static,
+{
+    Some(Arc::new(move |s| {
+        let mut k: K = serde_json::from_str(s)?;
+        fill(&mut k);
+        Ok(k)
+    }))
+}
+
+/// Set `types` when it is missing.
+fn fill_types(types: &mut Option<kube::api::TypeMeta>, api_version: &str, kind: &str) {
+    if types.is_none() {
+        *types = Some(kube::api::TypeMeta {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+        });
+    }
+}
+
 impl<K> KubeSource<K>
 where
     K: Resource + DeserializeOwned + Send + 'static,
@@ -133,7 +159,10 @@ impl KubeSource<DynamicObject> {
     /// Untyped objects of any kind, by its [`ApiResource`]; `namespace` `None` means all
     /// namespaces (or a cluster-scoped kind).
     pub fn dynamic(client: Client, resource: &ApiResource, namespace: Option<&str>) -> Self {
-        KubeSource::new(client, resource, namespace)
+        let mut source = KubeSource::new(client, resource, namespace);
+        let (av, kind) = (resource.api_version.clone(), resource.kind.clone());
+        source.decode_raw = raw_decode(move |o: &mut DynamicObject| fill_types(&mut o.types, &av, &kind));
+        source
     }
 
     /// Server-side Tables instead of objects: each [`TableRow`] has the cells `kubectl get`
@@ -147,6 +176,7 @@ impl KubeSource<DynamicObject> {
             },
             scope: self.scope,
             decode: Arc::new(TableRow::from_value),
+            decode_raw: None,
             resume: self.resume,
             columns: self.columns,
         }
@@ -162,6 +192,14 @@ impl KubeSource<DynamicObject> {
             spec: self.spec,
             scope: self.scope,
             decode: Arc::new(|object| TableRow::from_value(serde_json::json!({ "object": object }))),
+            decode_raw: self.decode_raw.map(|d| -> DecodeRaw<TableRow> {
+                Arc::new(move |s| {
+                    Ok(TableRow {
+                        object: d(s)?,
+                        cells: None,
+                    })
+                })
+            }),
             resume: self.resume,
             columns: self.columns,
         }
@@ -190,6 +228,7 @@ impl<K: Resource + DeserializeOwned + Send + 'static> KubeSource<K> {
             },
             scope: describe_scope(namespace),
             decode: typed_decode(),
+            decode_raw: raw_decode(|_: &mut K| {}),
             resume: None,
             columns: Columns::default(),
         }
@@ -208,6 +247,9 @@ impl<K: Resource + DeserializeOwned + Send + 'static> KubeSource<K> {
             },
             scope: self.scope,
             decode: typed_decode(),
+            decode_raw: raw_decode(|o: &mut PartialObjectMeta<K>| {
+                fill_types(&mut o.types, "meta.k8s.io/v1", "PartialObjectMetadata")
+            }),
             resume: self.resume,
             columns: self.columns,
         }
@@ -313,6 +355,7 @@ impl<K: Send + 'static> Source<K> for KubeSource<K> {
             name,
             this.resume,
             this.decode,
+            this.decode_raw,
             this.columns,
         )
     }
