@@ -512,7 +512,18 @@ async fn a_server_restarted_without_its_history_under_a_running_watch_is_reliste
 
     // Same address, fresh history that has already passed the old resourceVersion, so a watch
     // from it would be accepted: only the changed identity gives the restart away.
-    let second = TestServer::with_config(config()).await.unwrap();
+    // The old listener may take a moment to let go of the port.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        match TestServer::with_config(config()).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("port {port} not free yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the second server never started on port {port}: {e}"),
+        }
+    };
     let srv = second.server();
     srv.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}}))
         .await

@@ -223,6 +223,13 @@ impl<K: Send + 'static> Engine<K> {
         let mut streaming = self.spec.streaming_lists;
         loop {
             let Some(from) = rv.clone() else {
+                // A fresh list starts a fresh history: learn whose it is, for its checkpoints.
+                if self.spec.check_identity
+                    && self.identity.is_none()
+                    && let Identity::Known(id) = self.read_identity().await?
+                {
+                    self.identity = Some(id);
+                }
                 if streaming {
                     match self.streaming_list().await? {
                         StreamEnd::Listed(list_rv) => {
@@ -238,12 +245,6 @@ impl<K: Send + 'static> Engine<K> {
                     }
                     continue;
                 }
-                if self.spec.check_identity
-                    && self.identity.is_none()
-                    && let Identity::Known(id) = self.read_identity().await?
-                {
-                    self.identity = Some(id);
-                }
                 match self.list().await? {
                     Some(list_rv) => {
                         // A version from our own fresh list needs no identity check.
@@ -258,7 +259,12 @@ impl<K: Send + 'static> Engine<K> {
             let end = self.watch(&from, &mut at).await?;
             rv = Some(at);
             match end {
-                End::Relist => rv = None,
+                // The history being left may have been another server's: read the identity
+                // again with the next list.
+                End::Relist => {
+                    rv = None;
+                    self.identity = None;
+                }
                 End::Resume => {}
                 End::Closed | End::Failed => {
                     self.pause().await;
