@@ -590,6 +590,61 @@ pub(crate) fn check_buffer(n: usize) -> Result<usize, SqlSourceError> {
     check_count("buffer", n as u64, 1, 1_000_000).map(|n| n as usize)
 }
 
+/// What one poll failed on: the database (report, retry) or the consumer (stop).
+pub(crate) enum Stop {
+    Closed,
+    Failed(String),
+}
+
+impl From<Closed> for Stop {
+    fn from(_: Closed) -> Self {
+        Stop::Closed
+    }
+}
+
+impl From<SqlSourceError> for Stop {
+    fn from(e: SqlSourceError) -> Self {
+        Stop::Failed(e.to_string())
+    }
+}
+
+/// A polling source: one poll, where its events go, and how often.
+pub(crate) trait Poll {
+    /// Bring the consumer up to date with the table once.
+    fn poll_once(&mut self) -> impl std::future::Future<Output = Result<(), Stop>> + Send;
+    /// Where events go.
+    fn emitter(&self) -> &Emitter;
+    /// The pause between polls that succeeded.
+    fn interval(&self) -> std::time::Duration;
+}
+
+/// Poll until the consumer goes away: `Progress` after each good poll, the error and a
+/// growing backoff after each failed one.
+pub(crate) async fn poll_forever<P: Poll>(p: &mut P) {
+    let mut backoff = Backoff::new();
+    loop {
+        let delay = match p.poll_once().await {
+            Ok(()) => {
+                backoff.reset();
+                if p.emitter().send(Event::Progress(None)).await.is_err() {
+                    break;
+                }
+                p.interval()
+            }
+            Err(Stop::Closed) => break,
+            Err(Stop::Failed(msg)) => {
+                if p.emitter().error(msg, false).await.is_err() {
+                    break;
+                }
+                backoff.next_delay()
+            }
+        };
+        if p.emitter().sleep(delay).await.is_err() {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

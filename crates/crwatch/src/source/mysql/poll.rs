@@ -14,8 +14,8 @@ use sqlx::{Column, Executor, Row, Statement, TypeInfo};
 use super::{API_VERSION, Mode, MysqlSource, Relation, quote_ident};
 use crate::source::Event;
 use crate::source::sql::{
-    Backoff, Closed, Emitter, Known, RawRow, RowShape, SqlSourceError, float_value, hex_to_base64, int_value,
-    json_value, key_name, naive_timestamp_value, row_hash, utc_timestamp_value,
+    Emitter, Known, Poll, RawRow, RowShape, SqlSourceError, Stop, float_value, hex_to_base64, int_value,
+    json_value, key_name, naive_timestamp_value, poll_forever, row_hash, utc_timestamp_value,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,23 +268,6 @@ impl Shape {
     }
 }
 
-enum Stop {
-    Closed,
-    Failed(String),
-}
-
-impl From<Closed> for Stop {
-    fn from(_: Closed) -> Self {
-        Stop::Closed
-    }
-}
-
-impl From<SqlSourceError> for Stop {
-    fn from(e: SqlSourceError) -> Self {
-        Stop::Failed(e.to_string())
-    }
-}
-
 struct Poller {
     src: MysqlSource,
     pool: MySqlPool,
@@ -322,29 +305,22 @@ pub(super) async fn run(src: MysqlSource, em: Emitter) {
         watermark: EPOCH.to_string(),
         polls: 0,
     };
-    let mut backoff = Backoff::new();
-    loop {
-        let delay = match p.poll().await {
-            Ok(()) => {
-                backoff.reset();
-                if p.em.send(Event::Progress(None)).await.is_err() {
-                    break;
-                }
-                p.src.interval
-            }
-            Err(Stop::Closed) => break,
-            Err(Stop::Failed(msg)) => {
-                if p.em.error(msg, false).await.is_err() {
-                    break;
-                }
-                backoff.next_delay()
-            }
-        };
-        if p.em.sleep(delay).await.is_err() {
-            break;
-        }
-    }
+    poll_forever(&mut p).await;
     p.pool.close().await;
+}
+
+impl Poll for Poller {
+    fn poll_once(&mut self) -> impl std::future::Future<Output = Result<(), Stop>> + Send {
+        self.poll()
+    }
+
+    fn emitter(&self) -> &Emitter {
+        &self.em
+    }
+
+    fn interval(&self) -> std::time::Duration {
+        self.src.interval
+    }
 }
 
 impl Poller {

@@ -18,8 +18,8 @@ use sqlx::postgres::{PgListener, PgPool};
 
 use super::PostgresSource;
 use super::changelog::ChangeLog;
-use super::poll::Stop;
 use super::schema::{Relation, Shape};
+use crate::source::sql::Stop;
 use crate::source::sql::{Backoff, Emitter, RowShape, SqlSourceError, key_name};
 use crate::source::{Checkpoint, Event};
 

@@ -12,25 +12,7 @@ use sqlx::postgres::PgPool;
 use super::PostgresSource;
 use super::schema::Shape;
 use crate::source::Event;
-use crate::source::sql::{Backoff, Closed, Emitter, Known, RowShape, SqlSourceError, key_name};
-
-/// What one poll failed on: the database (report, retry) or the consumer (stop).
-pub(crate) enum Stop {
-    Closed,
-    Failed(String),
-}
-
-impl From<Closed> for Stop {
-    fn from(_: Closed) -> Self {
-        Stop::Closed
-    }
-}
-
-impl From<SqlSourceError> for Stop {
-    fn from(e: SqlSourceError) -> Self {
-        Stop::Failed(e.to_string())
-    }
-}
+use crate::source::sql::{Emitter, Known, Poll, RowShape, Stop, key_name, poll_forever};
 
 struct Poller {
     src: PostgresSource,
@@ -63,29 +45,22 @@ pub(crate) async fn run(src: PostgresSource, updated_at: Option<String>, em: Emi
         watermark: "-infinity".to_string(),
         polls: 0,
     };
-    let mut backoff = Backoff::new();
-    loop {
-        let delay = match p.poll().await {
-            Ok(()) => {
-                backoff.reset();
-                if p.em.send(Event::Progress(None)).await.is_err() {
-                    break;
-                }
-                p.src.interval
-            }
-            Err(Stop::Closed) => break,
-            Err(Stop::Failed(msg)) => {
-                if p.em.error(msg, false).await.is_err() {
-                    break;
-                }
-                backoff.next_delay()
-            }
-        };
-        if p.em.sleep(delay).await.is_err() {
-            break;
-        }
-    }
+    poll_forever(&mut p).await;
     p.pool.close().await;
+}
+
+impl Poll for Poller {
+    fn poll_once(&mut self) -> impl std::future::Future<Output = Result<(), Stop>> + Send {
+        self.poll()
+    }
+
+    fn emitter(&self) -> &Emitter {
+        &self.em
+    }
+
+    fn interval(&self) -> std::time::Duration {
+        self.src.interval
+    }
 }
 
 impl Poller {
