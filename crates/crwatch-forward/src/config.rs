@@ -574,6 +574,11 @@ fn check_source(i: usize, r: &ResourceConfig, source: &Spanned<String>) -> Resul
             "resources[{i}]: interval, items and key apply to http(s) sources only"
         ));
     }
+    if kind == SourceKind::Webhook && r.skip_existing {
+        return Err(format!(
+            "resources[{i}].skipExisting: a webhook source has no existing objects, only pushes"
+        ));
+    }
     match (kind, &r.listen) {
         (SourceKind::Webhook, None) => Err(format!(
             "resources[{i}].listen: a webhook source needs an address to listen on, e.g. \":9000\""
@@ -701,6 +706,12 @@ mod tests {
         assert!(e.contains("unhealthyAfter: 0s is out of range"), "{e}");
         let c = ForwardConfig::parse(&format!("resources:\n  - resource: db\n{SINK}"), "f").unwrap();
         assert_eq!(c.unhealthy_after, Duration::from_secs(60));
+        if cfg!(feature = "source-webhook") {
+            let e = err(&format!(
+                "resources:\n  - source: webhook\n    listen: \":9000\"\n    skipExisting: true\n{SINK}"
+            ));
+            assert!(e.contains("a webhook source has no existing objects"), "{e}");
+        }
     }
 
     #[test]

@@ -27,10 +27,12 @@
 //!
 //! # Events
 //!
-//! `Progress(None)` once the server listens and after every accepted request. Without
-//! reconciliation the source starts with an empty list (`Init`, `InitDone`), so the informer
-//! counts as synced; with reconciliation, each successful fetch of the list URL is a complete
-//! list (`Init`, `InitApply`*, `InitDone`), and the informer works out what the pushes missed.
+//! `Progress(None)` once the server listens and after every accepted request; the first one
+//! marks the informer synced. Without reconciliation the source never lists: pushes are all
+//! there is, and an informer resumed from a snapshot keeps what it had (an empty list would
+//! report every object of the snapshot as deleted after a restart). With reconciliation, each
+//! successful fetch of the list URL is a complete list (`Init`, `InitApply`*, `InitDone`), and
+//! the informer works out what the pushes missed.
 //! A push that arrives while a reconciliation is fetching may be undone by that (older) list
 //! until the next push or reconciliation: keep the list URL as fresh as the pushes.
 
@@ -149,9 +151,7 @@ pub enum WebhookError {
 ///     .await?;
 /// let addr = source.local_addr().expect("listening");
 /// let mut events = Box::new(source).events();
-/// // Without reconciliation: an empty list first, then "listening".
-/// assert_eq!(events.next().await.transpose()?, Some(Event::Init));
-/// assert_eq!(events.next().await.transpose()?, Some(Event::InitDone));
+/// // "Listening"; without reconciliation there is no list, only pushes.
 /// assert_eq!(events.next().await.transpose()?, Some(Event::Progress(None)));
 /// println!("push objects to http://{addr}/objects");
 /// # Ok(()) }
@@ -413,11 +413,7 @@ impl WebhookSource {
         let local = self.local_addr();
         tracing::info!(source = %name, addr = ?local, tls = prepared.tls.is_some(), "webhook source listening");
         // Room for these is certain: the channel is new and holds at least one batch.
-        let first = if prepared.reconcile.is_some() {
-            vec![Ok(Event::Progress(None))]
-        } else {
-            vec![Ok(Event::Init), Ok(Event::InitDone), Ok(Event::Progress(None))]
-        };
+        let first = vec![Ok(Event::Progress(None))];
         let _ = shared.tx.try_send(first);
         if let Some((list, fetcher, interval)) = prepared.reconcile {
             tokio::spawn(reconcile_loop(
