@@ -17,3 +17,5 @@ pub mod queue;
 pub mod retry;
 pub mod source;
 pub mod store;
+#[cfg(feature = "tls-client")]
+pub mod tls;

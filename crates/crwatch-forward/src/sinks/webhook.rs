@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,11 +11,6 @@ use futures::future::BoxFuture;
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -316,96 +310,29 @@ fn extra_headers(
 
 /// The TLS client configuration: ring, the system roots plus `caFile` (or no verification at all).
 fn client_tls(config: &WebhookTlsConfig, https: bool) -> anyhow::Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .context("configuring TLS")?;
-    let mut tls = if config.insecure_skip_verify {
+    if config.insecure_skip_verify {
         // Same rule as kubectl: trusting a CA and skipping verification contradict each other.
         if config.ca_file.is_some() {
             bail!("tls: caFile and insecureSkipVerify cannot both be set");
         }
         tracing::warn!("webhook sink: TLS certificate verification is disabled (tls.insecureSkipVerify)");
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
-            .with_no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(path) = &config.ca_file {
-            let mut count = 0;
-            for cert in CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading tls.caFile {}", path.display()))?
-            {
-                let cert = cert.with_context(|| format!("reading tls.caFile {}", path.display()))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("tls.caFile {}: unusable certificate", path.display()))?;
-                count += 1;
+    }
+    crwatch::tls::client_config(config.ca_file.as_deref(), config.insecure_skip_verify, https).map_err(|e| {
+        use crwatch::tls::TlsError;
+        match e {
+            TlsError::CaFile { path, reason } => {
+                anyhow::anyhow!("reading tls.caFile {}: {reason}", path.display())
             }
-            if count == 0 {
-                bail!("tls.caFile {} holds no PEM certificates", path.display());
+            TlsError::EmptyCaFile(path) => {
+                anyhow::anyhow!("tls.caFile {} holds no PEM certificates", path.display())
             }
+            TlsError::NoRoots => anyhow::anyhow!(
+                "tls: no trusted CA certificates: the system has none (see SSL_CERT_FILE, \
+                 SSL_CERT_DIR) and tls.caFile is not set"
+            ),
+            other => anyhow::Error::new(other),
         }
-        // Only an https URL needs them; loading takes a while and may find none in slim images.
-        if https {
-            let native = rustls_native_certs::load_native_certs();
-            for error in &native.errors {
-                tracing::debug!("webhook sink: skipping system CA certificates: {error}");
-            }
-            roots.add_parsable_certificates(native.certs);
-            if roots.is_empty() {
-                bail!(
-                    "tls: no trusted CA certificates: the system has none (see SSL_CERT_FILE, \
-                     SSL_CERT_DIR) and tls.caFile is not set"
-                );
-            }
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    // reqwest uses a preconfigured TLS config as is, so HTTP/2 must be offered here.
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tls)
-}
-
-/// Accepts any certificate but still checks handshake signatures, so the connection is at least
-/// bound to the key the server presented.
-#[derive(Debug)]
-struct SkipVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    })
 }
 
 /// Binary mode: every attribute but the data becomes a `ce-` header; the body is `data` as JSON.
@@ -567,6 +494,7 @@ fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::SocketAddr;

@@ -29,7 +29,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -39,11 +38,6 @@ use reqwest::header::{
     ACCEPT, AUTHORIZATION, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     LAST_MODIFIED, RETRY_AFTER,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -747,92 +741,11 @@ fn client_tls(
     insecure: bool,
     https: bool,
 ) -> Result<rustls::ClientConfig, HttpSourceError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| HttpSourceError::Tls(e.to_string()))?;
-    let mut tls = if insecure {
+    if insecure {
         tracing::warn!("http source: TLS certificate verification is disabled (insecure_skip_verify)");
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
-            .with_no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(path) = ca_file {
-            let bad = |e: &dyn fmt::Display| {
-                HttpSourceError::Tls(format!("reading CA file {}: {e}", path.display()))
-            };
-            let mut count = 0;
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
-                let cert = cert.map_err(|e| bad(&e))?;
-                roots.add(cert).map_err(|e| bad(&e))?;
-                count += 1;
-            }
-            if count == 0 {
-                return Err(HttpSourceError::Tls(format!(
-                    "CA file {} holds no PEM certificates",
-                    path.display()
-                )));
-            }
-        }
-        if https {
-            let native = rustls_native_certs::load_native_certs();
-            for error in &native.errors {
-                tracing::debug!("http source: skipping system CA certificates: {error}");
-            }
-            roots.add_parsable_certificates(native.certs);
-            if roots.is_empty() {
-                return Err(HttpSourceError::Tls(
-                    "no trusted CA certificates: the system has none (see SSL_CERT_FILE, SSL_CERT_DIR) \
-                     and no CA file is set"
-                        .into(),
-                ));
-            }
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tls)
-}
-
-/// Accepts any certificate but still checks handshake signatures.
-#[derive(Debug)]
-struct SkipVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    crate::tls::client_config(ca_file.map(PathBuf::as_path), insecure, https)
+        .map_err(|e| HttpSourceError::Tls(e.to_string()))
 }
 
 /// A failed request: what to report, and how long the server asked us to wait.
