@@ -435,7 +435,7 @@ pub async fn patch_status_if_changed<K>(
     desired_status: Value,
 ) -> Result<bool, kube::Error>
 where
-    K: Clone + DeserializeOwned + Serialize + Debug,
+    K: kube::Resource + Clone + DeserializeOwned + Serialize + Debug,
 {
     let current_status = serde_json::to_value(current)
         .map_err(kube::Error::SerdeError)?
@@ -447,8 +447,8 @@ where
         return Ok(false);
     }
     let patch = serde_json::json!({ "status": desired_status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    // Through crate::api: an answer that does not decode must not put the object in a log.
+    crate::api::patch_status(api, name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     tracing::debug!(name, "status patched");
     Ok(true)
 }

@@ -222,10 +222,8 @@ impl Recorder {
             .filter(|r| now.duration_since(r.last_seen) < SERIES_WINDOW);
         let Some(mut recorded) = repeat else {
             let event = self.new_event(object_ref, type_, reason, message, action, wall);
-            let created = self
-                .events_api(&event)
-                .create(&PostParams::default(), &event)
-                .await?;
+            let created =
+                crate::api::create(&self.events_api(&event), &PostParams::default(), &event).await?;
             tracing::debug!(event = created.metadata.name, reason, "event created");
             *slot = Some(Recorded {
                 event: created,
@@ -244,23 +242,21 @@ impl Recorder {
         let name = recorded.event.metadata.name.clone().unwrap_or_default();
         let api = self.events_api(&recorded.event);
         let patch = serde_json::json!({ "series": &series });
-        let outcome = match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            // The server expires Events (an hour by default): bring this one back, series
-            // and all, as client-go does.
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                let mut again = recorded.event.clone();
-                again.metadata.resource_version = None;
-                again.metadata.uid = None;
-                again.metadata.creation_timestamp = None;
-                again.metadata.managed_fields = None;
-                again.series = Some(series);
-                api.create(&PostParams::default(), &again).await
-            }
-            other => other,
-        };
+        let outcome =
+            match crate::api::patch(&api, &name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                // The server expires Events (an hour by default): bring this one back, series
+                // and all, as client-go does.
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    let mut again = recorded.event.clone();
+                    again.metadata.resource_version = None;
+                    again.metadata.uid = None;
+                    again.metadata.creation_timestamp = None;
+                    again.metadata.managed_fields = None;
+                    again.series = Some(series);
+                    crate::api::create(&api, &PostParams::default(), &again).await
+                }
+                other => other,
+            };
         // Remember the repeat even when the write failed, so that the next success carries
         // the right count.
         match outcome {

@@ -391,8 +391,8 @@ where
         ])
     };
     let patch = serde_json::from_value(ops).map_err(kube::Error::SerdeError)?;
-    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await
+    // Through crate::api: the answer (a Secret, say) never reaches a log, even undecodable.
+    crate::api::patch(api, name, &PatchParams::default(), &Patch::<()>::Json(patch)).await
 }
 
 /// Remove the finalizer by index, with a `test` op so that a list that shifted meanwhile
@@ -421,16 +421,13 @@ where
             { "op": "remove", "path": path },
         ]);
         let patch = serde_json::from_value(ops).map_err(kube::Error::SerdeError)?;
-        match api
-            .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-            .await
-        {
+        match crate::api::patch(api, name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
             Ok(_) => return Ok(()),
             // Someone else finished the deletion: nothing left to remove.
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 422 && attempt < ATTEMPTS => {
                 attempt += 1;
-                match api.get_opt(name).await? {
+                match crate::api::get_opt(api, name).await? {
                     Some(fresh) => current = fresh,
                     None => return Ok(()),
                 }

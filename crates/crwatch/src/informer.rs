@@ -4,7 +4,7 @@
 //! is watched once however many controllers use it.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::diff::Diff;
 use crate::source::kube::KubeSource;
-use crate::source::{Checkpoint, Event, Source, SourceError};
+use crate::source::{Checkpoint, ErrorKind, Event, Source, SourceError, Undecodable};
 use crate::store::snapshot::{Snapshot, SnapshotFile};
 use crate::store::{ObjectKey, Store, SyncTimeout, same_object};
 
@@ -42,9 +42,16 @@ pub trait Handler<K>: Send + Sync + 'static {
     fn on_delete(&self, last_known: &Arc<K>) {
         let _ = last_known;
     }
+    /// An object could not be decoded into `K` and was skipped (see
+    /// [`Informer::undecodable`]); also called, for each such object, when the handler is
+    /// added after start.
+    fn on_undecodable(&self, object: &Undecodable) {
+        let _ = object;
+    }
 }
 
 type AddFn<K> = Box<dyn Fn(&Arc<K>) + Send + Sync>;
+type UndecodableFn = Box<dyn Fn(&Undecodable) + Send + Sync>;
 type UpdateFn<K> = Box<dyn Fn(&Arc<K>, &Arc<K>, &Diff) + Send + Sync>;
 
 /// A handler built from closures.
@@ -60,6 +67,7 @@ pub struct HandlerFns<K> {
     add: Option<AddFn<K>>,
     update: Option<UpdateFn<K>>,
     delete: Option<AddFn<K>>,
+    undecodable: Option<UndecodableFn>,
 }
 
 impl<K> Default for HandlerFns<K> {
@@ -68,6 +76,7 @@ impl<K> Default for HandlerFns<K> {
             add: None,
             update: None,
             delete: None,
+            undecodable: None,
         }
     }
 }
@@ -92,6 +101,11 @@ impl<K> HandlerFns<K> {
         self.delete = Some(Box::new(f));
         self
     }
+    /// React to objects that could not be decoded.
+    pub fn on_undecodable(mut self, f: impl Fn(&Undecodable) + Send + Sync + 'static) -> Self {
+        self.undecodable = Some(Box::new(f));
+        self
+    }
 }
 
 impl<K: Send + Sync + 'static> Handler<K> for HandlerFns<K> {
@@ -108,6 +122,11 @@ impl<K: Send + Sync + 'static> Handler<K> for HandlerFns<K> {
     fn on_delete(&self, last_known: &Arc<K>) {
         if let Some(f) = &self.delete {
             f(last_known)
+        }
+    }
+    fn on_undecodable(&self, object: &Undecodable) {
+        if let Some(f) = &self.undecodable {
+            f(object)
         }
     }
 }
@@ -194,8 +213,10 @@ pub fn drop_managed_fields<K: Resource>(obj: &mut K) {
 pub struct InformerStats {
     /// Events received from the source.
     pub events: AtomicU64,
-    /// Errors the source reported (it retried by itself).
+    /// Errors the source reported (it retried by itself); undecodable objects not included.
     pub errors: AtomicU64,
+    /// Objects skipped because they could not be decoded into the informer's type.
+    pub decode_errors: AtomicU64,
     /// Complete (re)lists applied.
     pub relists: AtomicU64,
     /// Objects received so far by the list under way (for progress displays).
@@ -251,6 +272,10 @@ struct Inner<K> {
     relisting: AtomicBool,
     /// How lists are matched up in diffs (a CRD's list-map keys; built-in merge keys otherwise).
     list_keys: RwLock<Option<Arc<crate::diff::ListKeys>>>,
+    /// The objects that do not decode now (at most one entry per object on the server).
+    undecodable: Mutex<HashMap<ObjectKey, Undecodable>>,
+    /// The undecodable objects the list under way reported.
+    listed_undecodable: Mutex<HashSet<ObjectKey>>,
 }
 
 /// One source, one store, many handlers. Cheap to clone.
@@ -328,6 +353,8 @@ where
                 failing: Mutex::new(None),
                 relisting: AtomicBool::new(false),
                 list_keys: RwLock::new(None),
+                undecodable: Mutex::new(HashMap::new()),
+                listed_undecodable: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -372,7 +399,21 @@ where
         for obj in self.inner.store.list() {
             guarded("on_add", || handler.on_add(&obj));
         }
+        for u in lock(&self.inner.undecodable).values() {
+            guarded("on_undecodable", || handler.on_undecodable(u));
+        }
         handlers.push(handler);
+    }
+
+    /// The objects on the server that do not decode into `K` now, by name (never content).
+    /// They are skipped: an object never seen decoded is not in the store; one that stopped
+    /// decoding keeps its last decoded state in the store (no handler is told of a change
+    /// that cannot be read, and none of a delete that did not happen) until it decodes
+    /// again or is deleted.
+    pub fn undecodable(&self) -> Vec<Undecodable> {
+        let mut all: Vec<_> = lock(&self.inner.undecodable).values().cloned().collect();
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all
     }
 
     /// Whether the first complete list has been applied.
@@ -626,6 +667,11 @@ where
 /// Connected or failing, from what the source reports.
 fn track_health<K>(inner: &Inner<K>, next: &Result<Event<K>, SourceError>) {
     match next {
+        // One bad object is no failure of the source: readiness stays as it is.
+        Err(SourceError {
+            kind: ErrorKind::Undecodable(_),
+            ..
+        }) => {}
         Err(e) => {
             inner.stats.connected.store(false, Ordering::SeqCst);
             inner.stats.last_error_ms.store(now_ms(), Ordering::Relaxed);
@@ -670,6 +716,10 @@ where
     };
     let mut changes = vec![];
     match next {
+        Err(SourceError {
+            kind: ErrorKind::Undecodable(u),
+            ..
+        }) => return skip_undecodable(inner, buffer.is_some(), &u, want_changes),
         Err(e) => {
             inner.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(informer = %inner.name, error = %e, "source failed; it retries with backoff");
@@ -688,6 +738,7 @@ where
             }
         }
         Ok(Event::Init) => {
+            lock(&inner.listed_undecodable).clear();
             inner.stats.listed.store(0, Ordering::Relaxed);
             *buffer = Some(vec![]);
             inner.relisting.store(true, Ordering::SeqCst);
@@ -697,7 +748,8 @@ where
             buffer.get_or_insert_with(Vec::new).push(prepare(o));
         }
         Ok(Event::InitDone) => {
-            let objs = buffer.take().unwrap_or_default();
+            let mut objs = buffer.take().unwrap_or_default();
+            keep_undecodable(inner, &mut objs);
             let handlers = read(&inner.handlers);
             let replaced = inner.store.replace(objs);
             inner.stats.relists.fetch_add(1, Ordering::Relaxed);
@@ -746,6 +798,7 @@ where
             inner.store.mark_synced();
         }
         Ok(Event::Apply(o)) => {
+            lock(&inner.undecodable).remove(&key_of(&o));
             let o = prepare(o);
             let handlers = read(&inner.handlers);
             // The store and the handlers share one copy.
@@ -788,6 +841,7 @@ where
         Ok(Event::Delete(o)) => {
             let handlers = read(&inner.handlers);
             let key = key_of(&o);
+            lock(&inner.undecodable).remove(&key);
             // The delete event carries the final state (finalizers, deletionTimestamp);
             // handlers get that rather than the cache's older copy.
             if inner.store.delete(&key).is_some() {
@@ -802,6 +856,78 @@ where
         }
     }
     changes
+}
+
+/// An object that did not decode: counted, logged by name, handlers told. What happens to a
+/// copy in the cache: see [`Informer::undecodable`]. Returns the changes for async handlers.
+fn skip_undecodable<K>(inner: &Inner<K>, listing: bool, u: &Undecodable, want_changes: bool) -> Vec<Change<K>>
+where
+    K: Resource + Clone + Serialize + Send + Sync + 'static,
+{
+    inner.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+    // Named, never shown: the error says where and what kind of value, not the value.
+    tracing::warn!(
+        informer = %inner.name,
+        kind = %u.kind,
+        namespace = %u.namespace.as_deref().unwrap_or(""),
+        name = %u.name,
+        uid = %u.uid.as_deref().unwrap_or(""),
+        error = %u.error,
+        "an object does not decode into the informer's type and was skipped; fix the object (or the type) and it is picked up"
+    );
+    let key = ObjectKey::new(u.namespace.as_deref(), &u.name);
+    let handlers = read(&inner.handlers);
+    for h in handlers.iter() {
+        guarded("on_undecodable", || h.on_undecodable(u));
+    }
+    let mut changes = vec![];
+    if listing {
+        lock(&inner.listed_undecodable).insert(key.clone());
+        lock(&inner.undecodable).insert(key, u.clone());
+        return changes;
+    }
+    let cached = inner.store.get(&key);
+    // A cached copy of another object under the same name (the uid changed) is gone.
+    let gone = u.deleted || cached.as_ref().is_some_and(|c| !same_uid(&**c, u));
+    if u.deleted {
+        lock(&inner.undecodable).remove(&key);
+    } else {
+        lock(&inner.undecodable).insert(key.clone(), u.clone());
+    }
+    if gone && let Some(last) = cached.and_then(|_| inner.store.delete(&key)) {
+        for h in handlers.iter() {
+            guarded("on_delete", || h.on_delete(&last));
+        }
+        if want_changes {
+            changes.push(Change::Deleted(last));
+        }
+    }
+    changes
+}
+
+fn same_uid<K: Resource>(cached: &K, u: &Undecodable) -> bool {
+    match (&cached.meta().uid, &u.uid) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// At the end of a list: forget undecodable objects the list no longer has, and keep the last
+/// decoded copy of those that stopped decoding (the list could not carry them).
+fn keep_undecodable<K>(inner: &Inner<K>, objs: &mut Vec<K>)
+where
+    K: Resource + Clone + Serialize + Send + Sync + 'static,
+{
+    let listed = std::mem::take(&mut *lock(&inner.listed_undecodable));
+    let mut undecodable = lock(&inner.undecodable);
+    undecodable.retain(|k, _| listed.contains(k));
+    for (key, u) in undecodable.iter() {
+        if let Some(cached) = inner.store.get(key)
+            && same_uid(&*cached, u)
+        {
+            objs.push((*cached).clone());
+        }
+    }
 }
 
 /// Implemented by every informer so the factory can start and wait for all of them.
@@ -834,6 +960,7 @@ where
             events: s.events.load(Ordering::Relaxed),
             relists: s.relists.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),
+            decode_errors: s.decode_errors.load(Ordering::Relaxed),
         }
     }
     fn healthy(&self, grace: Duration) -> Result<(), String> {

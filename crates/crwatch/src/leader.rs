@@ -114,7 +114,7 @@ impl LeaderElectionConfig {
     }
 
     /// Check the rules client-go checks: names and identity set, all durations positive,
-    /// `lease_duration > renew_deadline > 1.2 × retry_period`.
+    /// `lease_duration > renew_deadline > 1.2 × retry_period`; and each at most 24h.
     ///
     /// ```
     /// use std::time::Duration;
@@ -124,6 +124,11 @@ impl LeaderElectionConfig {
     ///     ..LeaderElectionConfig::new("ns", "l")
     /// };
     /// assert!(bad.validate().unwrap_err().to_string().contains("lease_duration"));
+    /// let huge = LeaderElectionConfig {
+    ///     retry_period: Duration::from_secs(u64::MAX),
+    ///     ..LeaderElectionConfig::new("ns", "l")
+    /// };
+    /// assert!(huge.validate().unwrap_err().to_string().contains("at most 24h"));
     /// ```
     pub fn validate(&self) -> Result<(), LeaderElectionError> {
         let invalid = |reason: &str| {
@@ -142,6 +147,14 @@ impl LeaderElectionConfig {
         if self.lease_duration.is_zero() || self.renew_deadline.is_zero() || self.retry_period.is_zero() {
             return invalid("lease_duration, renew_deadline and retry_period must be positive");
         }
+        // client-go has no upper bound, but deadlines are computed from these: a typo such as
+        // 100000000h would overflow them (a panic) or leave a dead leader's lease held for years.
+        if [self.lease_duration, self.renew_deadline, self.retry_period]
+            .iter()
+            .any(|d| *d > MAX_DURATION)
+        {
+            return invalid("lease_duration, renew_deadline and retry_period must be at most 24h");
+        }
         if self.lease_duration <= self.renew_deadline {
             return invalid("lease_duration must be greater than renew_deadline");
         }
@@ -158,6 +171,10 @@ impl LeaderElectionConfig {
         i32::try_from(secs).unwrap_or(i32::MAX).max(1)
     }
 }
+
+/// The longest lease duration, renew deadline or retry period [`LeaderElectionConfig::validate`]
+/// accepts.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// This machine's hostname (the pod name in a pod), from `/proc/sys/kernel/hostname` or
 /// `HOSTNAME`.
@@ -490,7 +507,7 @@ impl LeaderElector {
             let spec = lease.spec.get_or_insert_default();
             spec.renew_time = Some(now());
             spec.lease_duration_seconds = Some(self.config.lease_duration_seconds());
-            match self.api.replace(name, &PostParams::default(), &lease).await {
+            match crate::api::replace(&self.api, name, &PostParams::default(), &lease).await {
                 Ok(written) => {
                     *observed = Some(Observed {
                         lease: written,
@@ -503,7 +520,7 @@ impl LeaderElector {
             }
         }
 
-        let Some(current) = self.api.get_opt(name).await? else {
+        let Some(current) = crate::api::get_opt(&self.api, name).await? else {
             let t = now();
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -520,7 +537,7 @@ impl LeaderElector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match crate::api::create(&self.api, &PostParams::default(), &lease).await {
                 Ok(written) => {
                     *observed = Some(Observed {
                         lease: written,
@@ -573,7 +590,7 @@ impl LeaderElector {
             },
             ..spec
         });
-        match self.api.replace(name, &PostParams::default(), &lease).await {
+        match crate::api::replace(&self.api, name, &PostParams::default(), &lease).await {
             Ok(written) => {
                 if !ours {
                     tracing::info!(lease = name, previous = ?holder_now, "took over the lease");
@@ -621,10 +638,10 @@ impl LeaderElector {
             spec.lease_duration_seconds = Some(1);
             spec.acquire_time = Some(t.clone());
             spec.renew_time = Some(t);
-            match self.api.replace(&self.config.lease_name, &params, &lease).await {
+            match crate::api::replace(&self.api, &self.config.lease_name, &params, &lease).await {
                 Ok(_) => return Ok(true),
                 Err(kube::Error::Api(s)) if s.code == 409 && !last_try => {
-                    match self.api.get_opt(&self.config.lease_name).await? {
+                    match crate::api::get_opt(&self.api, &self.config.lease_name).await? {
                         Some(fresh) if holder(&fresh) == Some(self.identity()) => lease = fresh,
                         _ => return Ok(false),
                     }
@@ -922,6 +939,7 @@ mod tests {
         let writes = Match {
             verb: Some("update".into()),
             resource: Some("leases".into()),
+            ..Match::default()
         };
         server.faults().fail_next(1_000_000, 500, writes);
         wait_for(leader, Duration::from_secs(10), |s| *s != LeaderState::Leader).await;

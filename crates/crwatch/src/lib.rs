@@ -2,6 +2,8 @@
 //! changes out to handlers; controllers turn them into keys on a rate-limited workqueue and
 //! reconcile them; a manager runs it all with leader election, metrics and health probes.
 
+pub mod api;
+pub mod client;
 pub mod conditions;
 pub mod controller;
 pub mod diff;
@@ -10,6 +12,7 @@ pub mod events;
 pub mod finalizer;
 pub mod health;
 pub mod informer;
+pub mod json;
 pub mod leader;
 pub mod manager;
 pub mod metrics;
@@ -17,5 +20,7 @@ pub mod queue;
 pub mod retry;
 pub mod source;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "tls-client")]
 pub mod tls;

@@ -160,13 +160,15 @@ impl Manager {
 
     /// A controller builder for `primary` that already reports into this manager's
     /// `/metrics` (a controller built with [`Builder::new`] needs `.metrics(mgr.metrics())`
-    /// for that).
+    /// for that) and publishes Events as `name` (see [`Builder::events`]).
     pub fn controller<K>(&self, name: &str, primary: crate::informer::Informer<K>) -> Builder<K>
     where
         K: kube::Resource + Clone + serde::Serialize + Send + Sync + 'static,
         K::DynamicType: Default,
     {
-        Builder::new(name, primary).metrics(&self.metrics)
+        Builder::new(name, primary)
+            .metrics(&self.metrics)
+            .events(crate::events::Recorder::new(self.client.clone(), name))
     }
 
     /// Add a controller.

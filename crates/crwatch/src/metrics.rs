@@ -168,6 +168,8 @@ pub struct SourceSample {
     pub relists: u64,
     /// Errors it reported (it retried by itself).
     pub errors: u64,
+    /// Objects it skipped because they did not decode into the consumer's type.
+    pub decode_errors: u64,
 }
 
 type Samples = Arc<dyn Fn() -> Vec<SourceSample> + Send + Sync>;
@@ -224,6 +226,11 @@ impl prometheus_client::collector::Collector for SourceCollector {
                 "Errors the source reported (it retries by itself).",
                 |s| s.errors,
             ),
+            (
+                "crwatch_source_decode_errors",
+                "Objects skipped because they did not decode into the consumer's type.",
+                |s| s.decode_errors,
+            ),
         ] {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for s in &samples {
@@ -236,19 +243,21 @@ impl prometheus_client::collector::Collector for SourceCollector {
 
 impl Metrics {
     /// Report sources as `crwatch_source_connected`, `crwatch_source_last_event_timestamp_seconds`,
-    /// `crwatch_source_events_total`, `crwatch_source_relists_total` and
-    /// `crwatch_source_errors_total` (label `source`), sampled by `samples` at each scrape.
+    /// `crwatch_source_events_total`, `crwatch_source_relists_total`,
+    /// `crwatch_source_errors_total` and `crwatch_source_decode_errors_total` (label `source`),
+    /// sampled by `samples` at each scrape.
     ///
     /// ```
     /// use crwatch::metrics::{Metrics, SourceSample};
     /// let m = Metrics::default();
     /// m.register_sources(|| vec![SourceSample {
     ///     source: "file:/etc/app".into(), connected: true, last_event_seconds: 1.0,
-    ///     events: 3, relists: 1, errors: 0,
+    ///     events: 3, relists: 1, errors: 0, decode_errors: 2,
     /// }]);
     /// let text = m.encode();
     /// assert!(text.contains("crwatch_source_connected{source=\"file:/etc/app\"} 1"));
     /// assert!(text.contains("crwatch_source_relists_total{source=\"file:/etc/app\"} 1"));
+    /// assert!(text.contains("crwatch_source_decode_errors_total{source=\"file:/etc/app\"} 2"));
     /// ```
     pub fn register_sources(&self, samples: impl Fn() -> Vec<SourceSample> + Send + Sync + 'static) {
         self.with_registry(|r| r.register_collector(Box::new(SourceCollector(Arc::new(samples)))));

@@ -399,8 +399,21 @@ async fn the_token_file_is_read_for_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "first-token\n").unwrap();
+    // Over plain http:// the token is refused unless asked for explicitly.
+    let mut refused = start(
+        HttpSource::new(&url)
+            .bearer_token_file(&token)
+            .plain_http_credentials(false),
+    );
+    let err = next(&mut refused).await.unwrap_err();
+    assert!(err.message.contains("only sent over https://"), "{err}");
+    assert!(
+        server.auth.lock().unwrap().is_empty(),
+        "a token went out over http://"
+    );
     let source = HttpSource::new(&url)
         .bearer_token_file(&token)
+        .plain_http_credentials(true)
         .interval(Duration::from_millis(20));
     assert!(!format!("{source:?}").contains("first-token"));
     let mut events = start(source);

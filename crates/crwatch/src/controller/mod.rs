@@ -18,15 +18,59 @@ use kube::Resource;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{EventType, Recorder};
 use crate::informer::{HandlerFns, Informer};
 use crate::metrics::{ControllerLabel, ControllerMetrics, ResultLabels};
 use crate::queue::WorkQueue;
+use crate::source::Undecodable;
 use crate::store::{ObjectKey, Store};
 pub use predicate::Predicate;
 
 /// How long a controller run without a manager waits for its cache (controller-runtime's
 /// default).
 pub const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Undecodable primary objects waiting for their Event; beyond this they get none.
+const UNDECODABLE_EVENTS: usize = 64;
+
+/// The Event reason for a primary object that does not decode.
+pub const DECODE_FAILED: &str = "DecodeFailed";
+
+/// Publish a Warning Event on each object that did not decode, until `cancel`.
+async fn publish_undecodable(
+    controller: String,
+    recorder: Recorder,
+    mut rx: tokio::sync::mpsc::Receiver<Undecodable>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let u = tokio::select! {
+            _ = cancel.cancelled() => return,
+            u = rx.recv() => match u { Some(u) => u, None => return },
+        };
+        let regarding = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(u.api_version.clone()),
+            kind: Some(u.kind.clone()),
+            namespace: u.namespace.clone(),
+            name: Some(u.name.clone()),
+            uid: u.uid.clone(),
+            ..Default::default()
+        };
+        // The error names a field and a kind of value, never the value itself.
+        let message = format!(
+            "controller {controller} cannot read this {kind}: {error}. It is ignored until fixed: correct that \
+             field to match the {kind} schema (or update the controller if the schema changed)",
+            kind = u.kind,
+            error = u.error,
+        );
+        if let Err(e) = recorder
+            .publish(&regarding, EventType::Warning, DECODE_FAILED, &message, "Decode")
+            .await
+        {
+            tracing::warn!(controller = %controller, object = %u.name, error = %e, "could not publish the DecodeFailed Event");
+        }
+    }
+}
 
 /// What to do after a successful reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -182,6 +226,7 @@ pub struct Builder<K> {
     metrics: Option<ControllerMetrics>,
     queue_metrics: Option<crate::queue::metrics::QueueMetrics>,
     watches: Vec<Wiring>,
+    recorder: Option<Recorder>,
 }
 
 /// Connects an informer's handlers to the controller's queue; run when the controller starts,
@@ -216,7 +261,16 @@ where
             metrics: None,
             queue_metrics: None,
             watches: vec![],
+            recorder: None,
         }
+    }
+
+    /// Publish Events with `recorder`: a Warning `DecodeFailed` on every primary object that
+    /// does not decode into `K` (so `kubectl describe` shows its owner why it is ignored).
+    /// A manager's [`controller`](crate::manager::Manager::controller) builder has one already.
+    pub fn events(mut self, recorder: Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// Only updates of the primary object passing `p` enqueue it (creations and deletions
@@ -304,15 +358,23 @@ where
         let queue: WorkQueue<ObjectKey> = qb.build();
         let tombstones: Arc<Mutex<HashMap<ObjectKey, Arc<K>>>> = Arc::default();
         let mut wiring: Vec<Wiring> = Vec::with_capacity(self.watches.len() + 1);
+        // Bounded: a flood of bad objects drops Events (each is logged and counted anyway).
+        let (undecodable_tx, undecodable_rx) = tokio::sync::mpsc::channel::<Undecodable>(UNDECODABLE_EVENTS);
         {
             let primary = self.primary.clone();
             let predicate = self.predicate.clone();
             let ts_add = tombstones.clone();
             let ts_del = tombstones.clone();
+            let publish = self.recorder.is_some();
             wiring.push(Box::new(move |queue: WorkQueue<ObjectKey>| {
                 let (q1, q2, q3) = (queue.clone(), queue.clone(), queue);
                 primary.add_handler(
                     HandlerFns::new()
+                        .on_undecodable(move |u: &Undecodable| {
+                            if publish && undecodable_tx.try_send(u.clone()).is_err() {
+                                tracing::debug!(object = %u.name, "too many undecodable objects at once; no Event for this one");
+                            }
+                        })
                         .on_add(move |o: &Arc<K>| {
                             let key = ObjectKey::of(&**o);
                             lock(&ts_add).remove(&key);
@@ -348,6 +410,8 @@ where
             tombstones,
             reconciler: Arc::new(reconciler),
             ctx,
+            recorder: self.recorder,
+            undecodable: Mutex::new(Some(undecodable_rx)),
             concurrency: self.concurrency,
             shutdown_timeout: self.shutdown_timeout,
             metrics,
@@ -369,6 +433,9 @@ pub struct Controller<K, C> {
     tombstones: Arc<Mutex<HashMap<ObjectKey, Arc<K>>>>,
     reconciler: Arc<dyn Reconciler<K, C>>,
     ctx: Arc<C>,
+    recorder: Option<Recorder>,
+    /// Primary objects that did not decode, for Events (taken by the run).
+    undecodable: Mutex<Option<tokio::sync::mpsc::Receiver<Undecodable>>>,
     concurrency: usize,
     shutdown_timeout: Duration,
     metrics: ControllerMetrics,
@@ -402,6 +469,15 @@ where
         let wiring: Vec<Wiring> = std::mem::take(&mut *lock(&self.wiring));
         for w in wiring {
             w(self.queue.clone());
+        }
+        let rx = lock(&self.undecodable).take();
+        if let (Some(recorder), Some(rx)) = (self.recorder.clone(), rx) {
+            tokio::spawn(publish_undecodable(
+                self.name.clone(),
+                recorder,
+                rx,
+                cancel.clone(),
+            ));
         }
         // Reconciling against a cache that has not listed yet would report live objects as
         // deleted; the manager waits for every cache, a bare controller waits for its own.

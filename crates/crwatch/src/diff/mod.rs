@@ -56,8 +56,10 @@ pub use path::PathError;
 use path::{ParsedSeg, Seg, is_key_value, parse_path, push_index, push_key, push_selector};
 
 /// Nesting depth past which [`Diff::between`] stops descending and reports the whole subtree as
-/// one [`Op::Changed`]: it keeps recursion bounded for hand-built values that are deeper than
-/// anything serde_json parses (its own limit is 128), so no input can exhaust the stack here.
+/// one [`Op::Changed`]: objects may be nested far deeper (servers send up to 10,000 levels and
+/// [`crate::json`] decodes any depth), but a change path hundreds of segments long says nothing
+/// more, and it keeps the walk's recursion bounded. The walk also moves to a fresh stack
+/// segment when its stack runs low ([`crate::json::with_stack`]).
 const MAX_DEPTH: usize = 256;
 
 static DEFAULT_FILTER: LazyLock<Filter> = LazyLock::new(Filter::default);
@@ -727,6 +729,10 @@ fn set_keys(list: &[Value]) -> Option<Vec<(String, Seg<'_>)>> {
 
 impl<'f> Walker<'f> {
     fn walk(&mut self, old: &'f Value, new: &'f Value) {
+        crate::json::with_stack(|| self.walk_here(old, new))
+    }
+
+    fn walk_here(&mut self, old: &'f Value, new: &'f Value) {
         if self.filter.matches(&self.segs) {
             return;
         }

@@ -191,6 +191,7 @@ pub struct HttpSource {
     max_items: usize,
     ca_file: Option<PathBuf>,
     insecure: bool,
+    plain_http_credentials: bool,
     blocking: Option<Blocking>,
 }
 
@@ -232,6 +233,7 @@ impl HttpSource {
             max_items: DEFAULT_MAX_ITEMS,
             ca_file: None,
             insecure: false,
+            plain_http_credentials: crate::client::insecure_http_credentials_from_env(),
             blocking: None,
         }
     }
@@ -272,8 +274,20 @@ impl HttpSource {
     /// Send `Authorization: Bearer <token>` with the token read from `path` before every
     /// request, so a rotated token is used at once. Surrounding whitespace is ignored; the
     /// token is never logged.
+    ///
+    /// Over plain `http://` the token (and an `Authorization` header) is refused, as client-go
+    /// refuses to send credentials without TLS, unless [`HttpSource::plain_http_credentials`]
+    /// or `CRWATCH_INSECURE_HTTP_CREDENTIALS=1` asks for it.
     pub fn bearer_token_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.token_file = Some(path.into());
+        self
+    }
+
+    /// Send the bearer token or `Authorization` header over plain `http://` too (anyone on the
+    /// path can read them: for a local test endpoint only). Default: off, unless
+    /// `CRWATCH_INSECURE_HTTP_CREDENTIALS` is `1` or `true`.
+    pub fn plain_http_credentials(mut self, allow: bool) -> Self {
+        self.plain_http_credentials = allow;
         self
     }
 
@@ -489,6 +503,20 @@ impl HttpSource {
     pub(crate) fn fetcher(&self, conditional: bool) -> Result<Fetcher, HttpSourceError> {
         let url = self.parse_url()?;
         self.check_ranges()?;
+        let authorization = self.token_file.is_some()
+            || self
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if authorization && url.scheme() == "http" && !self.plain_http_credentials {
+            return Err(HttpSourceError::Invalid {
+                setting: "bearer_token_file",
+                reason: format!(
+                    "credentials are only sent over https:// (anyone on the path could read them over http://); use https, or set {}=1 (or plain_http_credentials(true)) for a local test endpoint",
+                    crate::client::INSECURE_HTTP_CREDENTIALS_ENV
+                ),
+            });
+        }
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         for (name, value) in &self.headers {
@@ -544,7 +572,8 @@ impl HttpSource {
         })
     }
 
-    /// Whether an items pointer is set.
+    /// Whether an items pointer is set (the webhook source asks).
+    #[cfg_attr(not(feature = "webhook"), allow(dead_code))]
     pub(crate) fn has_items_pointer(&self) -> bool {
         self.items.as_deref().is_some_and(|p| !p.is_empty())
     }
@@ -931,7 +960,7 @@ impl Fetcher {
         if self.conditional && self.body_hash == Some(hash) {
             return Ok(Fetched::Unchanged(validators));
         }
-        match serde_json::from_slice::<Value>(&body) {
+        match crate::json::from_slice::<Value>(&body) {
             Ok(v) => Ok(Fetched::Body(v, validators)),
             // Only the position and category: the message must not quote the body.
             Err(e) => Err(FetchError::new(format!(

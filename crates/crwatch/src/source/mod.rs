@@ -122,14 +122,154 @@ pub enum ErrorKind {
     /// Anything else (bad data, a local problem).
     #[default]
     Other,
+    /// One object could not be decoded into the source's type; it was skipped and the source
+    /// goes on (this is no failure of the source itself).
+    Undecodable(Box<Undecodable>),
+}
+
+/// An object the source's type cannot hold (a CRD's objects that no longer match the Rust
+/// type, a value the server accepted but the type rejects), named but never shown: `error`
+/// says where and what kind of value was wrong, not the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    /// Its apiVersion.
+    pub api_version: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its namespace (`None` when cluster-scoped).
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its uid, when it had one.
+    pub uid: Option<String>,
+    /// Whether it came as a deletion (the object is gone).
+    pub deleted: bool,
+    /// Why: a path into the object and what was wrong there (`data.a: invalid type: integer,
+    /// expected a string`), free of the object's values.
+    pub error: String,
+}
+
+impl Undecodable {
+    /// Name `object` (or a Table row's `object`) from its apiVersion, kind and metadata;
+    /// `api_version` and `kind` stand in where it has none (list items).
+    pub fn of(
+        object: &serde_json::Value,
+        api_version: &str,
+        kind: &str,
+        deleted: bool,
+        error: String,
+    ) -> Self {
+        let o = match object.get("object") {
+            Some(inner) if object.get("metadata").is_none() => inner,
+            _ => object,
+        };
+        let text = |p: &str| {
+            o.pointer(p)
+                .and_then(serde_json::Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        Undecodable {
+            api_version: text("/apiVersion").unwrap_or(api_version).to_string(),
+            kind: text("/kind").unwrap_or(kind).to_string(),
+            namespace: text("/metadata/namespace").map(str::to_string),
+            name: text("/metadata/name").unwrap_or_default().to_string(),
+            uid: text("/metadata/uid").map(str::to_string),
+            deleted,
+            error,
+        }
+    }
+}
+
+impl std::fmt::Display for Undecodable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ", self.kind)?;
+        if let Some(ns) = &self.namespace {
+            write!(f, "{ns}/")?;
+        }
+        write!(f, "{}", self.name)?;
+        if let Some(uid) = &self.uid {
+            write!(f, " (uid {uid})")?;
+        }
+        write!(f, " could not be decoded and was skipped: {}", self.error)
+    }
+}
+
+/// A serde message without the offending value: serde's `invalid type: string "hunter2",
+/// expected i32` names the value, and a Secret's or any object's values must not reach logs
+/// or Events; the kind of value (`string`), the expectation and field names stay.
+///
+/// ```
+/// use crwatch::source::redact_decode_message;
+/// assert_eq!(
+///     redact_decode_message("invalid type: string \"hunter2\", expected i32 at line 1 column 9"),
+///     "invalid type: string, expected i32"
+/// );
+/// assert_eq!(redact_decode_message("missing field `spec`"), "missing field `spec`");
+/// assert_eq!(redact_decode_message("unknown variant `s3cr3t`, expected `A` or `B`"), "unknown variant, expected `A` or `B`");
+/// assert_eq!(redact_decode_message("bad value \"s3cr3t\" here"), "bad value … here");
+/// ```
+pub fn redact_decode_message(message: &str) -> String {
+    // serde_json appends the position; the path the caller adds says more.
+    let message = match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(" column ") => &message[..i],
+        _ => message,
+    };
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            // `<kind> <value>, expected <what>`: keep the kind words before the value.
+            let (unexpected, expected) = match rest.find(", expected ") {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, ""),
+            };
+            let kind = unexpected
+                .find(['`', '"'])
+                .map_or(unexpected, |i| &unexpected[..i])
+                .trim_end();
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `")
+        && let Some(end) = rest.find('`')
+    {
+        return format!("unknown variant{}", &rest[end + 1..]);
+    }
+    // Field names come from the type, not the object.
+    if [
+        "missing field `",
+        "unknown field `",
+        "duplicate field `",
+        "invalid length ",
+    ]
+    .iter()
+    .any(|p| message.starts_with(p))
+    {
+        return message.to_string();
+    }
+    // Anything else (a type's own message) may quote the value: drop every quoted part.
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                quote = Some(c);
+                out.push('…');
+            }
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 impl ErrorKind {
     /// Whether retrying can help before a source first synced: a server that is busy or
     /// failing (429, 5xx) may recover; a refusal (401, 403, 404) or an unreachable server is
-    /// better reported at once to someone waiting at a terminal.
+    /// better reported at once to someone waiting at a terminal. An undecodable object counts
+    /// as transient: the source skipped it and goes on, so it is no reason to give up.
     pub fn is_transient(&self) -> bool {
         matches!(self, ErrorKind::Server { code, .. } if *code == 429 || *code >= 500)
+            || matches!(self, ErrorKind::Undecodable(_))
     }
 }
 

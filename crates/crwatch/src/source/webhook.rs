@@ -806,7 +806,7 @@ impl Shared {
             .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
             .unwrap_or_default();
         let json = |body: &[u8]| -> Result<Value, Reject> {
-            serde_json::from_slice(body).map_err(|e| {
+            crate::json::from_slice(body).map_err(|e| {
                 reject(
                     StatusCode::BAD_REQUEST,
                     format!("the body is not valid JSON: {e}"),

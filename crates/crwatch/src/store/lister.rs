@@ -298,9 +298,12 @@ impl<'a> Parser<'a> {
         self.pos >= self.src.len()
     }
 
+    /// Skip what the real lexer (`labels/selector.go` `isWhitespace`) calls whitespace: space,
+    /// tab, CR and LF only, so that a selector the server refuses (a vertical tab, found by
+    /// fuzz/ selector) is refused here too.
     fn skip_ws(&mut self) {
         let rest = self.rest();
-        self.pos += rest.len() - rest.trim_start().len();
+        self.pos += rest.len() - rest.trim_start_matches([' ', '\t', '\r', '\n']).len();
     }
 
     fn eat(&mut self, tok: &str) -> bool {
@@ -378,19 +381,48 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// `( v1, v2, ... )`; like apimachinery, an empty element means the empty value.
+    /// `( v1, v2, ... )`, parsed by the same state machine as apimachinery's
+    /// `parseIdentifiersList`, so that the server accepts every set this accepts: a leading
+    /// or trailing comma means the empty value, and a comma after a comma is taken with it as
+    /// one more empty value. Hence `(a,,b)` and `(a,,,)` parse while `(a,,)` and `()` do not
+    /// (found by fuzz/ selector). Like `parseValues`, `()` is the set of the empty value.
     fn set(&mut self) -> Result<BTreeSet<String>, SelectorError> {
         self.expect("(")?;
-        if self.eat(")") {
-            return Err(self.err(self.pos, "the value set of 'in'/'notin' must not be empty"));
-        }
         let mut values = BTreeSet::new();
+        if self.eat(")") {
+            values.insert(String::new());
+            return Ok(values);
+        }
         loop {
-            values.insert(self.value()?);
+            if self.eat(",") {
+                if values.is_empty() {
+                    values.insert(String::new());
+                }
+                if self.eat(")") {
+                    values.insert(String::new());
+                    return Ok(values);
+                }
+                if self.eat(",") {
+                    values.insert(String::new());
+                }
+                continue;
+            }
+            self.skip_ws();
+            let start = self.pos;
+            let value = self.word();
+            if value.is_empty() {
+                return Err(self.err(start, "expected ',' or a value"));
+            }
+            validate_value(value).map_err(|r| self.err(start, r))?;
+            values.insert(value.to_owned());
+            self.skip_ws();
+            if self.rest().starts_with(',') {
+                continue;
+            }
             if self.eat(")") {
                 return Ok(values);
             }
-            self.expect(",")?;
+            return Err(self.err(self.pos, "expected ',' or ')'"));
         }
     }
 }

@@ -1109,9 +1109,17 @@ mod tests {
         assert_eq!(ok("a="), "a=");
         assert_eq!(ok("a in (x,)"), "a in (,x)");
         assert_eq!(ok("in"), "in");
+        // apimachinery's parseIdentifiersList: `()` is {""}, and a comma after a comma is
+        // taken with it as one empty value, so `(x,,)` ends on a stray ')' (fuzz/ selector).
+        assert_eq!(ok("a in ()"), "a in ()");
+        assert_eq!(ok("a in (x,,y)"), "a in (,x,y)");
+        assert_eq!(ok("a in (x,,,)"), "a in (,x)");
+        assert_eq!(ok("a in (,)"), "a in ()");
         for bad in [
             "a in x",
-            "a in ()",
+            "a in (x,,)",
+            "a in (,,)",
+            "a in (x y)",
             "a in (x",
             "a>1",
             "a<1",
@@ -1128,9 +1136,13 @@ mod tests {
             "!",
             "a notin",
             "é=1",
+            // Not whitespace to the server's lexer (found by fuzz/ selector).
+            "\u{b}\u{b}",
+            "a=b\u{c}",
         ] {
             assert!(parse_selector(bad).is_err(), "{bad:?} should be rejected");
         }
+        assert!(parse_selector(" a = b ,\tc\r\n").is_ok());
         let e = parse_selector("a>1").unwrap_err();
         assert_eq!(e.pos, 1);
     }

@@ -106,7 +106,7 @@ impl SnapshotFile {
                 });
             }
         };
-        let snapshot: Snapshot<K> = serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Format {
+        let snapshot: Snapshot<K> = crate::json::from_slice(&bytes).map_err(|e| SnapshotError::Format {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;

@@ -4,8 +4,15 @@
 //! going backwards, a changed server identity) instead of waiting it out. Every consumer of
 //! Kubernetes changes in crwatch (informers, `crwatch get`, `crwatch forward`) runs on this.
 //!
-//! It speaks raw HTTP through [`kube::Client`] rather than kube-runtime's watcher because the
-//! watcher can neither start from a stored resourceVersion nor ask for Tables.
+//! It speaks raw HTTP through [`kube::Client::send`] rather than kube-runtime's watcher because
+//! the watcher can neither start from a stored resourceVersion nor ask for Tables; and rather
+//! than kube's `request*` helpers because those log a whole response body (Secrets included)
+//! when it does not decode. Here bodies are bounded, decoded at any depth ([`crate::json`]),
+//! and never logged: a failure names the object and the problem, not the content.
+//!
+//! Every request is timed: response headers within [`HEADER_TIMEOUT`], a list body never
+//! silent for longer than [`BODY_IDLE_TIMEOUT`], a watch never silent past its server-side
+//! timeout plus a margin.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::ReconnectBackoff;
-use crate::source::{Checkpoint, ErrorKind, Event, EventStream, SourceError};
+use crate::source::{Checkpoint, ErrorKind, Event, EventStream, SourceError, Undecodable};
 
 /// How objects are fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,6 +49,20 @@ const CHANNEL_CAPACITY: usize = 256;
 
 /// A watch silent for this long past its server-side timeout is taken for a dead connection.
 const IDLE_MARGIN: Duration = Duration::from_secs(30);
+
+/// From a request to its response's headers (the API server's own request timeout is 60 s,
+/// and it sends a watch's headers at once).
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest a list body may stall between two chunks.
+pub(crate) const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most of an error response read (a Status is a few hundred bytes).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// The most of the `kube-system` namespace read for the server's identity (an object may have
+/// up to 256 KiB of annotations).
+const MAX_IDENTITY_BYTES: usize = 1 << 20;
 
 /// Everything the engine needs to know about one list/watch.
 #[derive(Debug, Clone)]
@@ -129,6 +150,18 @@ pub(crate) fn start<K: Send + 'static>(
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
+/// The error for an object that did not decode: it names the object, and the decoder's
+/// message is already free of the object's values.
+fn undecodable_error(source: &str, mut named: Undecodable, e: &serde_json::Error) -> SourceError {
+    named.error = e.to_string();
+    SourceError {
+        source_name: source.to_string(),
+        message: named.to_string(),
+        relist: false,
+        kind: ErrorKind::Undecodable(Box::new(named)),
+    }
+}
+
 /// Why a watch ended.
 enum End {
     /// The resourceVersion is gone (410), or the server's history restarted: list again.
@@ -191,7 +224,7 @@ impl<K: Send + 'static> Engine<K> {
     async fn failed(&self, what: &str, e: &kube::Error) -> Result<(), Gone> {
         self.send(Err(SourceError {
             source_name: self.name.clone(),
-            message: format!("{what}: {}", message_of(e)),
+            message: format!("{what}: {}", cause_of(e)),
             relist: false,
             kind: error_kind(e),
         }))
@@ -203,6 +236,12 @@ impl<K: Send + 'static> Engine<K> {
             resource_version: rv.to_string(),
             identity: self.identity.clone(),
         }
+    }
+
+    /// A whole answer (a list page), at most the largest event size.
+    async fn get_bytes(&self, req: http::Request<Vec<u8>>) -> Result<Vec<u8>, kube::Error> {
+        let res = send(&self.client, req).await?;
+        read_body(res.into_body(), self.spec.max_event_bytes).await
     }
 
     async fn pause(&mut self) {
@@ -280,7 +319,11 @@ impl<K: Send + 'static> Engine<K> {
         let Ok(req) = http::Request::get("/api/v1/namespaces/kube-system").body(vec![]) else {
             return Ok(Identity::Unreadable);
         };
-        let text = match self.client.request_text(req).await {
+        let res = match send(&self.client, req).await {
+            Ok(res) => read_body(res.into_body(), MAX_IDENTITY_BYTES).await,
+            Err(e) => Err(e),
+        };
+        let text = match res {
             Ok(t) => t,
             Err(e) => {
                 return Ok(match error_kind(&e) {
@@ -292,7 +335,7 @@ impl<K: Send + 'static> Engine<K> {
                 });
             }
         };
-        let uid = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+        let uid = crate::json::from_slice::<Value>(&text).ok().and_then(|v| {
             v.pointer("/metadata/uid")
                 .and_then(Value::as_str)
                 .map(str::to_string)
@@ -377,7 +420,7 @@ impl<K: Send + 'static> Engine<K> {
                     }
                 };
                 self.accept(&mut req, true);
-                let page = match self.client.request_text(req).await {
+                let page = match self.get_bytes(req).await {
                     Ok(p) => p,
                     // The continue token expired (compaction): the list starts over, as
                     // client-go's pager does.
@@ -393,7 +436,7 @@ impl<K: Send + 'static> Engine<K> {
                 let raw = self
                     .decode_raw
                     .clone()
-                    .and_then(|d| Some((d, serde_json::from_str::<RawPage<'_>>(&page).ok()?)));
+                    .and_then(|d| Some((d, crate::json::from_slice::<RawPage<'_>>(&page).ok()?)));
                 let page_rv = if let Some((decode, page)) = raw {
                     cont = Some(page.metadata.continue_).filter(|c| !c.is_empty());
                     for item in page.items {
@@ -401,14 +444,14 @@ impl<K: Send + 'static> Engine<K> {
                             Ok(obj) => self.send(Ok(Event::InitApply(obj))).await?,
                             // One malformed object is reported and skipped; the rest goes on.
                             Err(e) => {
-                                self.error(format!("an object could not be decoded: {e}"), false)
-                                    .await?
+                                let item = crate::json::from_str(item.get()).unwrap_or(Value::Null);
+                                self.undecodable(&item, false, e).await?
                             }
                         }
                     }
                     page.metadata.resource_version
                 } else {
-                    let page: Value = match serde_json::from_str(&page) {
+                    let page: Value = match crate::json::from_slice(&page) {
                         Ok(v) => v,
                         Err(e) => {
                             self.error(format!("the server's list answer is not JSON: {e}"), false)
@@ -419,7 +462,7 @@ impl<K: Send + 'static> Engine<K> {
                     let page_rv = str_at(&page, "/metadata/resourceVersion").to_string();
                     cont = Some(str_at(&page, "/metadata/continue").to_string()).filter(|c| !c.is_empty());
                     for item in self.items(page) {
-                        if let Some(obj) = self.decode(item).await? {
+                        if let Some(obj) = self.decode(item, false).await? {
                             self.send(Ok(Event::InitApply(obj))).await?;
                         }
                     }
@@ -508,16 +551,35 @@ impl<K: Send + 'static> Engine<K> {
         o
     }
 
-    async fn decode(&self, item: Value) -> Result<Option<K>, Gone> {
+    async fn decode(&self, item: Value, deleted: bool) -> Result<Option<K>, Gone> {
+        // Named before decoding takes the item: a failure reports which object it was.
+        let named = Undecodable::of(
+            &item,
+            &self.spec.api_version,
+            &self.spec.kind,
+            deleted,
+            String::new(),
+        );
         match (self.decode)(item) {
             Ok(k) => Ok(Some(k)),
             Err(e) => {
                 // One malformed object is reported and skipped; the rest goes on.
-                self.error(format!("an object could not be decoded: {e}"), false)
-                    .await?;
+                self.send(Err(undecodable_error(&self.name, named, &e))).await?;
                 Ok(None)
             }
         }
+    }
+
+    /// Report `item`, which did not decode, as skipped.
+    async fn undecodable(&self, item: &Value, deleted: bool, e: serde_json::Error) -> Result<(), Gone> {
+        let named = Undecodable::of(
+            item,
+            &self.spec.api_version,
+            &self.spec.kind,
+            deleted,
+            String::new(),
+        );
+        self.send(Err(undecodable_error(&self.name, named, &e))).await
     }
 
     async fn open_watch(
@@ -533,7 +595,16 @@ impl<K: Send + 'static> Engine<K> {
             http::header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
         );
-        Ok(self.client.request_stream(req).await.map(Box::pin))
+        Ok(send(&self.client, req).await.map(|res| {
+            use futures::TryStreamExt;
+            use http_body_util::BodyExt;
+            Box::pin(
+                res.into_body()
+                    .into_data_stream()
+                    .map_err(std::io::Error::other)
+                    .into_async_read(),
+            )
+        }))
     }
 
     /// Watch from `from`; `at` follows the stream's resourceVersion.
@@ -621,7 +692,7 @@ impl<K: Send + 'static> Engine<K> {
             if buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let event: Value = match serde_json::from_slice(&buf) {
+            let event: Value = match crate::json::from_slice(&buf) {
                 Ok(v) => v,
                 Err(e) => {
                     self.error(format!("a watch event is not JSON: {e}"), false)
@@ -656,7 +727,7 @@ impl<K: Send + 'static> Engine<K> {
                     return Ok(Some(End::Relist));
                 }
                 for item in self.items(object) {
-                    let Some(obj) = self.decode(item).await? else {
+                    let Some(obj) = self.decode(item, kind == "DELETED").await? else {
                         continue;
                     };
                     let e = if kind == "DELETED" {
@@ -699,7 +770,7 @@ impl<K: Send + 'static> Engine<K> {
                     .await?;
                     return Ok(Some(End::Relist));
                 }
-                if let Ok(s) = serde_json::from_value::<kube::core::Status>(object)
+                if let Ok(s) = crate::json::from_value::<kube::core::Status>(object)
                     && too_large(&s)
                 {
                     self.error(
@@ -770,14 +841,14 @@ impl<K: Send + 'static> Engine<K> {
             if buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let Ok(mut event) = serde_json::from_slice::<Value>(&buf) else {
+            let Ok(mut event) = crate::json::from_slice::<Value>(&buf) else {
                 self.error("a watch event is not JSON".into(), false).await?;
                 return Ok(StreamEnd::Failed);
             };
             match str_at(&event, "/type") {
                 "ADDED" => {
                     for item in self.items(event["object"].take()) {
-                        if let Some(obj) = self.decode(item).await? {
+                        if let Some(obj) = self.decode(item, false).await? {
                             self.send(Ok(Event::InitApply(obj))).await?;
                         }
                     }
@@ -817,6 +888,117 @@ enum StreamEnd {
     Failed,
 }
 
+/// Send `req` and wait for the response's headers (at most [`HEADER_TIMEOUT`]); an error
+/// status becomes [`kube::Error::Api`] with the server's Status, read from a bounded body and
+/// never logged.
+pub(crate) async fn send(
+    client: &Client,
+    req: http::Request<Vec<u8>>,
+) -> Result<http::Response<kube::client::Body>, kube::Error> {
+    let res = match tokio::time::timeout(HEADER_TIMEOUT, client.send(req.map(kube::client::Body::from))).await
+    {
+        Err(_) => return Err(timed_out("net/http: timeout awaiting response headers")),
+        Ok(res) => res?,
+    };
+    let code = res.status();
+    if code.is_client_error() || code.is_server_error() {
+        // A body that breaks off or is not a Status still has its code to go by.
+        let body = read_body(res.into_body(), MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        return Err(kube::Error::Api(status_of(code, &body).boxed()));
+    }
+    Ok(res)
+}
+
+/// The largest answer [`request_json`] reads.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// One request's JSON answer, the way the engine makes its own: timed, bounded (64 MiB),
+/// decoded at any depth, and never logged (kube's `Client::request` logs a body that does not
+/// decode). For `crwatch get NAME` and other one-off reads.
+pub async fn request_json<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    req: http::Request<Vec<u8>>,
+) -> Result<T, kube::Error> {
+    let res = send(client, req).await?;
+    let body = read_body(res.into_body(), MAX_ANSWER_BYTES).await?;
+    crate::json::from_slice(&body).map_err(kube::Error::SerdeError)
+}
+
+/// A whole response body of at most `max` bytes, never silent for longer than
+/// [`BODY_IDLE_TIMEOUT`].
+pub(crate) async fn read_body(mut body: kube::client::Body, max: usize) -> Result<Vec<u8>, kube::Error> {
+    use http_body_util::BodyExt;
+    let mut out = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+            Err(_) => {
+                return Err(timed_out(&format!(
+                    "the server stopped sending its answer for {}s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(None) => return Ok(out),
+            Ok(Some(frame)) => frame?,
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err(kube::Error::Service(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the server's answer is larger than {max} bytes"),
+                ))));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+}
+
+/// A transport-level timeout, as [`error_kind`] reports it.
+fn timed_out(what: &str) -> kube::Error {
+    kube::Error::Service(Box::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        what.to_string(),
+    )))
+}
+
+/// The Status of an error response: the server's own, or (for a body that is not one, e.g. a
+/// proxy's page) one from the code alone, worded as client-go words such answers. The body
+/// itself is left out: it may be anything.
+fn status_of(code: http::StatusCode, body: &[u8]) -> kube::core::Status {
+    if let Ok(mut s) = crate::json::from_slice::<kube::core::Status>(body)
+        && (s.code != 0 || !s.message.is_empty() || !s.reason.is_empty())
+    {
+        if s.code == 0 {
+            s.code = code.as_u16();
+        }
+        return s;
+    }
+    let (reason, message) = match code.as_u16() {
+        401 => ("Unauthorized", "the server has asked for the client to provide credentials".to_string()),
+        403 => ("Forbidden", "the server does not allow access to the requested resource".to_string()),
+        404 => ("NotFound", "the server could not find the requested resource".to_string()),
+        409 => ("Conflict", "the server reported a conflict".to_string()),
+        422 => ("Invalid", "the server rejected our request due to an error in our request".to_string()),
+        429 => (
+            "TooManyRequests",
+            "the server has received too many requests and has asked us to try again later".to_string(),
+        ),
+        500 => ("InternalError", "an error on the server has prevented the request from succeeding".to_string()),
+        503 => ("ServiceUnavailable", "the server is currently unable to handle the request".to_string()),
+        504 => (
+            "Timeout",
+            "the server was unable to return a response in the time allotted, but may still be processing the request"
+                .to_string(),
+        ),
+        n => (
+            "",
+            format!("the server responded with the status code {n} but did not return more information"),
+        ),
+    };
+    kube::core::Status::failure(&message, reason).with_code(code.as_u16())
+}
+
 /// "Too large resource version": the server has not reached the version asked for (504 with
 /// cause `ResourceVersionTooLarge`, as the kube-apiserver's watch cache answers).
 fn too_large(s: &kube::core::Status) -> bool {
@@ -849,22 +1031,71 @@ pub fn error_kind(e: &kube::Error) -> ErrorKind {
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => {
             let mut cur: &(dyn std::error::Error + 'static) = e;
             let mut refused = false;
+            let mut header_timeout = false;
             loop {
                 if let Some(io) = cur.downcast_ref::<std::io::Error>() {
                     refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
                 }
+                // The client's response-header timeout (`crwatch::client`).
+                header_timeout |= cur.is::<tower::timeout::error::Elapsed>();
                 match cur.source() {
                     Some(next) => cur = next,
                     None => {
-                        return ErrorKind::Transport {
-                            refused,
-                            cause: cur.to_string(),
+                        let cause = if header_timeout {
+                            "net/http: timeout awaiting response headers".to_string()
+                        } else {
+                            transport_cause(cur.to_string())
                         };
+                        return ErrorKind::Transport { refused, cause };
                     }
                 }
             }
         }
         _ => ErrorKind::Other,
+    }
+}
+
+/// A transport failure's innermost cause in the words kubectl users know (Go's): rustls's
+/// certificate errors and the connect timeout's bare "deadline has elapsed" say what failed.
+fn transport_cause(innermost: String) -> String {
+    const TLS: &str = "tls: failed to verify certificate: x509: ";
+    let x509 = [
+        ("UnknownIssuer", "certificate signed by unknown authority"),
+        ("Expired", "certificate has expired or is not yet valid"),
+        ("NotValidYet", "certificate has expired or is not yet valid"),
+        (
+            "NotValidForName",
+            "certificate is not valid for the server's name",
+        ),
+        // A new CA with the old one's name: Go finds the candidate and says "unknown authority".
+        ("BadSignature", "certificate signed by unknown authority"),
+        ("Revoked", "certificate has been revoked"),
+    ];
+    if let Some(detail) = innermost.strip_prefix("invalid peer certificate: ") {
+        return match x509.iter().find(|(k, _)| detail.starts_with(k)) {
+            Some((_, words)) => format!("{TLS}{words} (invalid peer certificate: {detail})"),
+            None => format!("tls: failed to verify certificate: {detail}"),
+        };
+    }
+    if innermost == "deadline has elapsed" {
+        // hyper-timeout's connect timeout: the TCP connect or the TLS handshake did not finish.
+        return "timeout connecting to the server (TCP connect or TLS handshake)".into();
+    }
+    innermost
+}
+
+/// What went wrong, in one line, as it is worth showing: the server's answer, or the transport's
+/// innermost cause in kubectl's words.
+pub(crate) fn cause_of(e: &kube::Error) -> String {
+    match error_kind(e) {
+        ErrorKind::Server {
+            code,
+            reason,
+            message,
+        } if message.is_empty() => format!("{reason} ({code})"),
+        ErrorKind::Server { code, message, .. } => format!("{message} ({code})"),
+        ErrorKind::Transport { cause, .. } => cause,
+        _ => message_of(e),
     }
 }
 
@@ -936,6 +1167,71 @@ mod tests {
         let mut r = futures::io::BufReader::with_capacity(10, futures::io::Cursor::new(big));
         let e = next_line(&mut r, &mut buf, 100).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn error_answers_keep_the_servers_status_and_never_other_bodies() {
+        let status = br#"{"kind":"Status","status":"Failure","message":"configmaps is forbidden","reason":"Forbidden","code":403}"#;
+        let s = status_of(http::StatusCode::FORBIDDEN, status);
+        assert_eq!(
+            (s.code, s.reason.as_str(), s.message.as_str()),
+            (403, "Forbidden", "configmaps is forbidden")
+        );
+        // A proxy's page: its code in client-go's words, and nothing of the body.
+        let s = status_of(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            b"<html>password=hunter2</html>",
+        );
+        assert_eq!(s.code, 500);
+        assert_eq!(
+            s.message,
+            "an error on the server has prevented the request from succeeding"
+        );
+        let s = status_of(http::StatusCode::UNAUTHORIZED, b"");
+        assert_eq!(
+            (s.reason.as_str(), s.message.as_str()),
+            (
+                "Unauthorized",
+                "the server has asked for the client to provide credentials"
+            )
+        );
+        let s = status_of(http::StatusCode::IM_A_TEAPOT, b"{}");
+        assert_eq!(
+            s.message,
+            "the server responded with the status code 418 but did not return more information"
+        );
+    }
+
+    #[test]
+    fn transport_causes_are_worded_as_go_words_them() {
+        assert_eq!(
+            transport_cause("invalid peer certificate: UnknownIssuer".into()),
+            "tls: failed to verify certificate: x509: certificate signed by unknown authority (invalid peer certificate: UnknownIssuer)"
+        );
+        assert!(
+            transport_cause("invalid peer certificate: BadSignature".into())
+                .contains("signed by unknown authority")
+        );
+        assert!(
+            transport_cause("invalid peer certificate: Other(x)".into())
+                .starts_with("tls: failed to verify certificate: Other")
+        );
+        assert_eq!(
+            transport_cause("deadline has elapsed".into()),
+            "timeout connecting to the server (TCP connect or TLS handshake)"
+        );
+        assert_eq!(
+            transport_cause("Connection refused (os error 111)".into()),
+            "Connection refused (os error 111)"
+        );
+        let timeout = timed_out("net/http: timeout awaiting response headers");
+        assert_eq!(
+            error_kind(&timeout),
+            ErrorKind::Transport {
+                refused: false,
+                cause: "net/http: timeout awaiting response headers".into()
+            }
+        );
     }
 
     #[test]

@@ -109,7 +109,37 @@ const WATCH_TIMEOUT_SECS: u32 = 290;
 const MAX_EVENT_BYTES: usize = 64 << 20;
 
 fn typed_decode<K: DeserializeOwned + Send + 'static>() -> Decode<K> {
-    Arc::new(|v| serde_json::from_value(v))
+    // From a borrowed value, so that a failure can be decoded again to find where.
+    Arc::new(|v| {
+        K::deserialize(&v).map_err(|_| {
+            // Deep objects decode at any depth; the second pass must too.
+            explain(serde_path_to_error::deserialize::<_, K>(stacked(&v)).err())
+        })
+    })
+}
+
+/// `de` with a stack that grows on the heap as it recurses (as [`crate::json`] decodes).
+fn stacked<'de, D: serde::Deserializer<'de>>(de: D) -> serde_stacker::Deserializer<D> {
+    serde_stacker::Deserializer {
+        de,
+        red_zone: 64 << 10,
+        stack_size: 2 << 20,
+    }
+}
+
+/// A decode failure as it may be shown: where in the object and what kind of value was wrong,
+/// never the value (see [`crate::source::redact_decode_message`]). Only failures pay for the
+/// second, path-tracking decode.
+fn explain(e: Option<serde_path_to_error::Error<serde_json::Error>>) -> serde_json::Error {
+    use serde::de::Error as _;
+    let Some(e) = e else {
+        return serde_json::Error::custom("the object does not match the type");
+    };
+    let what = crate::source::redact_decode_message(&e.inner().to_string());
+    match e.path().to_string() {
+        p if p == "." => serde_json::Error::custom(what),
+        p => serde_json::Error::custom(format!("{p}: {what}")),
+    }
 }
 
 /// List items straight from their JSON; `types` fills apiVersion and kind where the server
@@ -120,7 +150,11 @@ where
     F: Fn(&mut K) + Send + Sync + 'static,
 {
     Some(Arc::new(move |s| {
-        let mut k: K = serde_json::from_str(s)?;
+        let mut k: K = crate::json::from_str(s).map_err(|_| {
+            let mut de = serde_json::Deserializer::from_str(s);
+            de.disable_recursion_limit();
+            explain(serde_path_to_error::deserialize::<_, K>(stacked(&mut de)).err())
+        })?;
         fill(&mut k);
         Ok(k)
     }))

@@ -41,7 +41,7 @@ impl TableRow {
             Some(Value::Array(c)) => Some(c),
             _ => None,
         };
-        let object = serde_json::from_value(v.get_mut("object").map(Value::take).unwrap_or(Value::Null))?;
+        let object = crate::json::from_value(v.get_mut("object").map(Value::take).unwrap_or(Value::Null))?;
         Ok(TableRow { object, cells })
     }
 }
