@@ -100,8 +100,8 @@ pub struct ForwardArgs {
 /// `crwatch demo`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Pause between steps, e.g. `1s`, `300ms`.
-    #[arg(long, default_value = "1s")]
+    /// Pause between steps, e.g. `1s`, `300ms` (0 to 1m).
+    #[arg(long, default_value = "1s", value_parser = parse_pace)]
     pub pace: humantime::Duration,
     /// Keep the API server running after the demo until Ctrl-C, and print its kubeconfig path.
     #[arg(long)]
@@ -192,4 +192,13 @@ pub struct GetArgs {
     /// LISTEN/NOTIFY instead of polling).
     #[arg(long)]
     pub install_trigger: bool,
+}
+
+/// `--pace`: a duration from 0 to one minute (a longer pause is a typo, not a demo).
+fn parse_pace(s: &str) -> Result<humantime::Duration, String> {
+    let d: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if *d > std::time::Duration::from_secs(60) {
+        return Err("must be between 0s and 1m".into());
+    }
+    Ok(d)
 }

@@ -445,8 +445,9 @@ impl Player<'_> {
     /// The credentials Secret of `at`, its values as text.
     async fn secret(&self, at: &ObjectRef) -> anyhow::Result<BTreeMap<String, String>> {
         let name = secret_name(at);
-        let secret = Api::<Secret>::namespaced(self.client.clone(), &at.namespace)
-            .get_opt(&name)
+        // crwatch::api: kube's own get_opt would log an undecodable Secret whole.
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), &at.namespace);
+        let secret = crwatch::api::get_opt(&secrets, &name)
             .await
             .with_context(|| format!("reading Secret {}/{name}", at.namespace))?
             .with_context(|| format!("the operator wrote no Secret {}/{name}", at.namespace))?;
@@ -465,10 +466,13 @@ impl Player<'_> {
             Step::Namespace(name) => {
                 say.step(&format!("kubectl create namespace {name}"));
                 let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-                Api::<Namespace>::all(client.clone())
-                    .create(&PostParams::default(), &ns)
-                    .await
-                    .with_context(|| format!("creating namespace {name}"))?;
+                crwatch::api::create(
+                    &Api::<Namespace>::all(client.clone()),
+                    &PostParams::default(),
+                    &ns,
+                )
+                .await
+                .with_context(|| format!("creating namespace {name}"))?;
                 Expect::Nothing
             }
             Step::Apply(manifest) => {
@@ -482,16 +486,16 @@ impl Player<'_> {
                     say.line(&format!("    {l}"));
                 }
                 let api = database_api(client, &at.namespace);
-                let existed = api.get_opt(&at.name).await?.is_some();
+                let existed = crwatch::api::get_opt(&api, &at.name).await?.is_some();
                 let obj: DynamicObject = serde_json::from_value(manifest.clone())?;
-                let out = api
-                    .patch(
-                        &at.name,
-                        &PatchParams::apply("kubectl").force(),
-                        &Patch::Apply(&obj),
-                    )
-                    .await
-                    .with_context(|| format!("applying {}/{}", at.namespace, at.name))?;
+                let out = crwatch::api::patch(
+                    &api,
+                    &at.name,
+                    &PatchParams::apply("kubectl").force(),
+                    &Patch::Apply(&obj),
+                )
+                .await
+                .with_context(|| format!("applying {}/{}", at.namespace, at.name))?;
                 let kind = if existed {
                     ChangeKind::Modified
                 } else {
@@ -505,8 +509,8 @@ impl Player<'_> {
                     at.name,
                     at.ns_flag()
                 ));
-                let out = database_api(client, &at.namespace)
-                    .patch(&at.name, &PatchParams::default(), &Patch::Merge(patch))
+                let api = database_api(client, &at.namespace);
+                let out = crwatch::api::patch(&api, &at.name, &PatchParams::default(), &Patch::Merge(patch))
                     .await
                     .with_context(|| format!("patching {}/{}", at.namespace, at.name))?;
                 Expect::Version(at.clone(), resource_version(&out), ChangeKind::Modified)
@@ -528,18 +532,26 @@ impl Player<'_> {
                     at.name,
                     at.ns_flag()
                 ));
-                let out = database_api(client, &at.namespace)
-                    .patch_status(&at.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .with_context(|| format!("patching the status of {}/{}", at.namespace, at.name))?;
+                let api = database_api(client, &at.namespace);
+                let out = crwatch::api::patch_status(
+                    &api,
+                    &at.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .with_context(|| format!("patching the status of {}/{}", at.namespace, at.name))?;
                 Expect::Version(at.clone(), resource_version(&out), ChangeKind::Modified)
             }
             Step::Delete(at) => {
                 say.step(&format!("kubectl delete db {}{}", at.name, at.ns_flag()));
-                database_api(client, &at.namespace)
-                    .delete(&at.name, &DeleteParams::default())
-                    .await
-                    .with_context(|| format!("deleting {}/{}", at.namespace, at.name))?;
+                crwatch::api::delete(
+                    &database_api(client, &at.namespace),
+                    &at.name,
+                    &DeleteParams::default(),
+                )
+                .await
+                .with_context(|| format!("deleting {}/{}", at.namespace, at.name))?;
                 Expect::Version(at.clone(), String::new(), ChangeKind::Deleted)
             }
             Step::Settled { at, doing } => {
@@ -772,6 +784,8 @@ async fn play_demo(
 ) -> anyhow::Result<Ending> {
     let server = crwatch_apiserver::ApiServer::start(crwatch_apiserver::Config {
         http_port: None,
+        // Deployments and StatefulSets the operator creates get Pods that become Ready.
+        simulate_workloads: true,
         ..Default::default()
     })
     .await

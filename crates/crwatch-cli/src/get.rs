@@ -421,11 +421,12 @@ async fn list(client: &Client, target: &Target, args: &GetArgs) -> anyhow::Resul
                 .get(name, &GetParams::default())
                 .context("building the request")?;
             let req = if table { as_table(req, false) } else { req };
-            let text = client
-                .request_text(req)
-                .await
-                .map_err(|e| explain(e, "getting"))?;
-            let got: Value = serde_json::from_str(&text).context("decoding the server's answer")?;
+            let got: Value = match crwatch::source::kube::engine::request_json(client, req).await {
+                Err(kube::Error::SerdeError(e)) => {
+                    return Err(anyhow::Error::new(e).context("decoding the server's answer"));
+                }
+                other => other.map_err(|e| explain(e, "getting"))?,
+            };
             let columns = if is_table(&got) {
                 server_columns(&got)
             } else {
@@ -831,7 +832,9 @@ async fn crd_of(client: &Client, target: &Target) -> Option<Value> {
         target.rt.full_name()
     );
     let req = http::Request::get(path).body(vec![]).ok()?;
-    client.request::<Value>(req).await.ok()
+    crwatch::source::kube::engine::request_json(client, req)
+        .await
+        .ok()
 }
 
 /// The informer `get` reads from: Table rows with their objects for table output (as
@@ -949,29 +952,61 @@ impl<K: Send + Sync + 'static> AsyncHandler<K> for ToPrinter<K> {
     }
 }
 
-/// Stderr notes about the connection, each said once per outage.
+/// Stderr notes about the connection: the outage once, then its cause again each time the
+/// cause changes (refused, then a certificate the client does not trust, then 401...), never
+/// once per retry.
 #[derive(Default)]
 struct Notes {
     interrupted: bool,
+    /// What the last printed note blamed, during this outage.
+    cause: Option<String>,
 }
 
 impl Notes {
     fn error(&mut self, e: &SourceError) {
-        if e.relist {
-            eprintln!("crwatch: {}", e.message);
-        } else if !self.interrupted {
-            eprintln!("crwatch: watch interrupted ({}); reconnecting", e.message);
+        if let Some(line) = self.note(e) {
+            eprintln!("{line}");
         }
+    }
+
+    /// The line to print for `e`, if any.
+    fn note(&mut self, e: &SourceError) -> Option<String> {
+        let cause = cause_key(e);
+        let line = if e.relist {
+            Some(format!("crwatch: {}", e.message))
+        } else if !self.interrupted {
+            Some(format!(
+                "crwatch: watch interrupted ({}); reconnecting",
+                e.message
+            ))
+        } else if self.cause.as_deref() != Some(cause.as_str()) {
+            Some(format!("crwatch: still reconnecting: {}", e.message))
+        } else {
+            None
+        };
+        self.cause = Some(cause);
         self.interrupted = true;
+        line
     }
 
     fn reconnected(&mut self, changes: Option<usize>) {
+        self.cause = None;
         if std::mem::take(&mut self.interrupted) {
             match changes {
                 Some(n) => eprintln!("crwatch: reconnected; {n} change(s) since"),
                 None => eprintln!("crwatch: reconnected"),
             }
         }
+    }
+}
+
+/// What an error blames, to tell a new cause from the same one again: the server's code and
+/// reason, the transport's innermost cause, or the message.
+fn cause_key(e: &SourceError) -> String {
+    match &e.kind {
+        ErrorKind::Server { code, reason, .. } => format!("{code} {reason}"),
+        ErrorKind::Transport { cause, .. } => cause.clone(),
+        _ => e.message.clone(),
     }
 }
 
@@ -1219,5 +1254,54 @@ mod tests {
             other.to_string(),
             "Unable to connect to the server https://nowhere.invalid:6443: dns error"
         );
+    }
+
+    #[test]
+    fn a_failing_watch_says_each_new_cause_once() {
+        let err = |kind: ErrorKind, message: &str| SourceError {
+            source_name: "s".into(),
+            message: message.into(),
+            relist: false,
+            kind,
+        };
+        let refused = err(
+            ErrorKind::Transport {
+                refused: true,
+                cause: "Connection refused (os error 111)".into(),
+            },
+            "watch failed: Connection refused (os error 111)",
+        );
+        let ca = err(
+            ErrorKind::Transport {
+                refused: false,
+                cause: "tls: failed to verify certificate: x509: certificate signed by unknown authority"
+                    .into(),
+            },
+            "watch failed: tls: failed to verify certificate: x509: certificate signed by unknown authority",
+        );
+        let unauthorized = err(
+            ErrorKind::Server {
+                code: 401,
+                reason: "Unauthorized".into(),
+                message: "Unauthorized".into(),
+            },
+            "watch failed: Unauthorized (401)",
+        );
+        let mut notes = Notes::default();
+        assert_eq!(
+            notes.note(&refused).unwrap(),
+            "crwatch: watch interrupted (watch failed: Connection refused (os error 111)); reconnecting"
+        );
+        assert_eq!(notes.note(&refused), None);
+        assert!(
+            notes
+                .note(&ca)
+                .unwrap()
+                .contains("still reconnecting: watch failed: tls: failed to verify")
+        );
+        assert_eq!(notes.note(&ca), None);
+        assert!(notes.note(&unauthorized).unwrap().ends_with("Unauthorized (401)"));
+        notes.reconnected(None);
+        assert!(notes.note(&unauthorized).unwrap().contains("watch interrupted"));
     }
 }

@@ -14,8 +14,13 @@ pub mod uri;
 
 use std::ffi::OsStr;
 
-use anyhow::Context;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+
+/// The stack of every thread the binary runs async code on (the main future's and the tokio
+/// workers'). Decoding, cloning, serializing, diffing and dropping an object are recursive in
+/// its nesting, and the API server serves objects up to 10,000 levels deep (Go's JSON limit):
+/// about 2 MiB per 2,000 levels in a debug build. Only the pages used are ever touched.
+pub const THREAD_STACK_BYTES: usize = 64 << 20;
 
 /// Connection flags shared by subcommands.
 #[derive(Debug, Clone, Default)]
@@ -87,7 +92,9 @@ pub async fn connect_with_url(conn: &Connection) -> anyhow::Result<(kube::Client
     };
     let namespace = config.default_namespace.clone();
     let url = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).context("creating the Kubernetes client")?;
+    // kubectl's rules: no credentials over plain HTTP (unless asked for), connect and
+    // response-header timeouts.
+    let client = crwatch::client::build(config, &crwatch::client::ClientOptions::default())?;
     Ok((client, namespace, url))
 }
 

@@ -7,8 +7,36 @@ use std::process::ExitCode;
 
 use crwatch_cli::get::{ConnectError, ServerError};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Deeply nested objects need deep stacks (see THREAD_STACK_BYTES): the main future runs on
+    // a thread of that size too, not on the process's main thread.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(crwatch_cli::THREAD_STACK_BYTES)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let main = std::thread::Builder::new()
+        .name("main".into())
+        .stack_size(crwatch_cli::THREAD_STACK_BYTES)
+        .spawn(move || runtime.block_on(run_main()));
+    match main.map(|t| t.join()) {
+        Ok(Ok(code)) => code,
+        // A panic was already printed by the panic hook.
+        Ok(Err(_)) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: starting the main thread: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_main() -> ExitCode {
     let colours = crwatch_cli::log_colours(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),

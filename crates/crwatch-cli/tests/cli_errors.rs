@@ -39,6 +39,15 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
+fn an_out_of_range_demo_pace_is_a_usage_error() {
+    let out = run(&["demo", "--pace", "100years"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("must be between 0s and 1m"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn diff_without_watch_is_a_usage_error() {
     let out = run(&["get", "pods", "--diff"], &[]);
     let err = stderr(&out);

@@ -390,6 +390,37 @@ async fn configuration_errors_name_file_line_and_field() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+
+    // Out-of-range numbers are refused at the value, by --check and at start alike (they once
+    // passed --check and then panicked, or allocated until the process was killed).
+    for (setting, want) in [
+        (
+            "queueSize: 18446744073709551615",
+            "bad.yaml:6:16: queueSize: must be between 1 and 1000000",
+        ),
+        (
+            "parallelism: 100000000",
+            "bad.yaml:6:18: parallelism: must be between 1 and 1024",
+        ),
+    ] {
+        std::fs::write(
+            &cfg,
+            format!("resources:\n  - resource: db\nsinks:\n  - name: x\n    file: {{path: \"-\"}}\n    {setting}\n"),
+        )
+        .unwrap();
+        for check in [true, false] {
+            let mut cmd = tokio::process::Command::new(BIN);
+            cmd.arg("forward");
+            if check {
+                cmd.arg("--check");
+            }
+            let out = cmd.arg("-f").arg(&cfg).output().await.unwrap();
+            assert_eq!(out.status.code(), Some(1));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(want), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -178,7 +178,10 @@ impl Committer {
         let pending = keys.iter().map(|_| VecDeque::new()).collect();
         Ok(Self {
             keys,
-            permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
+            // tokio refuses (panics) beyond MAX_PERMITS; the configuration's bounds stay far below.
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                max_in_flight.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             inner: Mutex::new(Inner {
                 committed,
                 pending,

@@ -32,12 +32,15 @@ pub struct ForwardConfig {
     /// CloudEvents `source` prefix; default: the API server's URL.
     #[serde(default)]
     pub source: Option<String>,
-    /// How long a shutdown waits for queued changes to be delivered. Default 10s.
-    #[serde(default = "default_grace", with = "humantime_serde")]
+    /// How long a shutdown waits for queued changes to be delivered (0s to 1h). Default 10s.
+    #[serde(default = "default_grace", deserialize_with = "bounds::shutdown_grace")]
     pub shutdown_grace: Duration,
     /// `/readyz` answers 503 once a stream's source has been failing this long (1s to 1h).
     /// Default 60s.
-    #[serde(default = "default_unhealthy_after", with = "humantime_serde")]
+    #[serde(
+        default = "default_unhealthy_after",
+        deserialize_with = "bounds::unhealthy_after"
+    )]
     pub unhealthy_after: Duration,
 }
 
@@ -96,8 +99,8 @@ pub struct ResourceConfig {
     /// `webhook` (objects pushed to `listen`), `postgres://…` (with that feature).
     #[serde(default)]
     pub source: Option<Spanned<String>>,
-    /// HTTP sources: how often the URL is polled. Default 30s.
-    #[serde(default, with = "humantime_serde")]
+    /// HTTP sources: how often the URL is polled (100ms to 24h). Default 30s.
+    #[serde(default, deserialize_with = "bounds::poll_interval")]
     pub interval: Option<Duration>,
     /// HTTP sources: JSON pointer to the items (`/items`); default the whole body.
     #[serde(default)]
@@ -165,8 +168,11 @@ impl EventType {
 pub struct CheckpointConfig {
     /// The checkpoint file (written atomically: temporary file, fsync, rename).
     pub path: PathBuf,
-    /// How often a changed checkpoint is written. Default 1s.
-    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    /// How often a changed checkpoint is written (10ms to 1h). Default 1s.
+    #[serde(
+        default = "default_checkpoint_interval",
+        deserialize_with = "bounds::checkpoint_interval"
+    )]
     pub interval: Duration,
 }
 
@@ -199,12 +205,13 @@ pub struct SinkConfig {
     /// dropped.
     #[serde(default)]
     pub dead_letter: Option<PathBuf>,
-    /// Changes queued for this sink before the watch is held back. Default 1000.
-    #[serde(default = "default_queue_size")]
+    /// Changes queued for this sink before the watch is held back (1 to
+    /// [`bounds::MAX_QUEUE_SIZE`]). Default 1000.
+    #[serde(default = "default_queue_size", deserialize_with = "bounds::queue_size")]
     pub queue_size: usize,
-    /// Parallel deliveries; changes of one object always go through the same lane, in order.
-    /// Default 1.
-    #[serde(default = "default_parallelism")]
+    /// Parallel deliveries; changes of one object always go through the same lane, in order
+    /// (1 to [`bounds::MAX_PARALLELISM`], and at most `queueSize`). Default 1.
+    #[serde(default = "default_parallelism", deserialize_with = "bounds::parallelism")]
     pub parallelism: usize,
 }
 
@@ -220,14 +227,15 @@ fn default_parallelism() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryConfig {
-    /// First backoff. Default 500ms.
-    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    /// First backoff (1ms to 24h). Default 500ms.
+    #[serde(default = "default_initial_backoff", deserialize_with = "bounds::backoff")]
     pub initial_backoff: Duration,
-    /// Longest backoff. Default 1m.
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    /// Longest backoff (1ms to 24h). Default 1m.
+    #[serde(default = "default_max_backoff", deserialize_with = "bounds::backoff")]
     pub max_backoff: Duration,
-    /// Attempts before a change goes to the dead-letter file; default unlimited (at least once).
-    #[serde(default)]
+    /// Attempts before a change goes to the dead-letter file (1 to
+    /// [`bounds::MAX_ATTEMPTS`]); default unlimited (at least once).
+    #[serde(default, deserialize_with = "bounds::max_attempts")]
     pub max_attempts: Option<u32>,
 }
 
@@ -276,6 +284,121 @@ pub type AmqpSection = crate::sinks::amqp::AmqpConfig;
 #[cfg(not(feature = "amqp"))]
 /// The AMQP section (this build has no AMQP support).
 pub type AmqpSection = serde::de::IgnoredAny;
+
+/// The documented range of every number in the configuration, checked while parsing so that
+/// an error points at the value itself (`forward.yaml:7:16: queueSize: must be between 1 and
+/// 1000000, not 18446744073709551615`), in `crwatch forward --check` and at start alike.
+/// The upper bounds keep every setting far from overflows and from memory or tasks that a
+/// typo could multiply: nothing is allocated in proportion to a setting up front (queues grow
+/// as changes arrive), but each lane of `parallelism` is a task of its own.
+pub mod bounds {
+    use std::fmt::Display;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Largest `sinks[].queueSize`: changes held per sink (each holds one object).
+    pub const MAX_QUEUE_SIZE: usize = 1_000_000;
+    /// Largest `sinks[].parallelism`: each lane is a task with its own connection use.
+    pub const MAX_PARALLELISM: usize = 1024;
+    /// Largest `sinks[].retry.maxAttempts`.
+    pub const MAX_ATTEMPTS: u32 = 1_000_000;
+    /// Largest rotated-file count (`sinks[].file.maxFiles`): each rotation renames them all.
+    pub const MAX_FILES: usize = 1000;
+    /// `sinks[].file.maxSize`: at least one small line, at most 1 TiB.
+    pub const FILE_SIZE: (u64, u64) = (1024, 1 << 40);
+    /// `shutdownGrace`.
+    pub const SHUTDOWN_GRACE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
+    /// `unhealthyAfter`.
+    pub const UNHEALTHY_AFTER: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+    /// `resources[].interval` (HTTP polling).
+    pub const POLL_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(86_400));
+    /// `checkpoint.interval`.
+    pub const CHECKPOINT_INTERVAL: (Duration, Duration) =
+        (Duration::from_millis(10), Duration::from_secs(3600));
+    /// `retry.initialBackoff` and `retry.maxBackoff`.
+    pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(86_400));
+    /// Sinks' `timeout` (webhook, NATS, AMQP).
+    pub const TIMEOUT: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+
+    fn within<T: PartialOrd + Display, E: serde::de::Error>(
+        field: &str,
+        v: T,
+        min: T,
+        max: T,
+    ) -> Result<T, E> {
+        if v < min || v > max {
+            return Err(E::custom(format!(
+                "{field}: must be between {min} and {max}, not {v}"
+            )));
+        }
+        Ok(v)
+    }
+
+    fn duration<'de, D: Deserializer<'de>>(
+        d: D,
+        field: &str,
+        (min, max): (Duration, Duration),
+    ) -> Result<Duration, D::Error> {
+        let v: Duration = humantime_serde::deserialize(d)?;
+        if v < min || v > max {
+            let f = humantime::format_duration;
+            return Err(serde::de::Error::custom(format!(
+                "{field}: must be between {} and {}, not {}",
+                f(min),
+                f(max),
+                f(v)
+            )));
+        }
+        Ok(v)
+    }
+
+    /// `sinks[].queueSize`.
+    pub fn queue_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        within("queueSize", u64::deserialize(d)?, 1, MAX_QUEUE_SIZE as u64).map(|v| v as usize)
+    }
+    /// `sinks[].parallelism`.
+    pub fn parallelism<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        within("parallelism", u64::deserialize(d)?, 1, MAX_PARALLELISM as u64).map(|v| v as usize)
+    }
+    /// `sinks[].retry.maxAttempts`.
+    pub fn max_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let v = u64::deserialize(d)?;
+        within("maxAttempts", v, 1, u64::from(MAX_ATTEMPTS)).map(|v| Some(v as u32))
+    }
+    /// `sinks[].file.maxFiles`.
+    pub fn max_files<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        within("maxFiles", u64::deserialize(d)?, 0, MAX_FILES as u64).map(|v| v as usize)
+    }
+    /// `sinks[].file.maxSize`, already parsed from a number or a quantity.
+    pub fn file_size<E: serde::de::Error>(v: u64) -> Result<u64, E> {
+        within("maxSize", v, FILE_SIZE.0, FILE_SIZE.1)
+    }
+    /// `shutdownGrace`.
+    pub fn shutdown_grace<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        duration(d, "shutdownGrace", SHUTDOWN_GRACE)
+    }
+    /// `unhealthyAfter`.
+    pub fn unhealthy_after<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        duration(d, "unhealthyAfter", UNHEALTHY_AFTER)
+    }
+    /// `resources[].interval`.
+    pub fn poll_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration(d, "interval", POLL_INTERVAL).map(Some)
+    }
+    /// `checkpoint.interval`.
+    pub fn checkpoint_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        duration(d, "interval", CHECKPOINT_INTERVAL)
+    }
+    /// `retry.initialBackoff`, `retry.maxBackoff`.
+    pub fn backoff<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        duration(d, "backoff", BACKOFF)
+    }
+    /// A sink's `timeout`.
+    pub fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        duration(d, "timeout", TIMEOUT)
+    }
+}
 
 /// A configuration error, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -386,13 +509,14 @@ impl ForwardConfig {
                     format!("sinks[{i}].amqp: this crwatch was built without AMQP support"),
                 ));
             }
-            if sink.queue_size == 0 {
-                return Err(at(loc, format!("sinks[{i}].queueSize: must be at least 1")));
-            }
-            if sink.parallelism == 0 || sink.parallelism > sink.queue_size {
+            // Each bound alone is checked while parsing, at the value; this one relates two.
+            if sink.parallelism > sink.queue_size {
                 return Err(at(
                     loc,
-                    format!("sinks[{i}].parallelism: must be between 1 and queueSize"),
+                    format!(
+                        "sinks[{i}].parallelism: {} is above queueSize ({}): must be between 1 and queueSize",
+                        sink.parallelism, sink.queue_size
+                    ),
                 ));
             }
             if sink.retry.initial_backoff > sink.retry.max_backoff {
@@ -401,18 +525,6 @@ impl ForwardConfig {
                     format!("sinks[{i}].retry: initialBackoff is above maxBackoff"),
                 ));
             }
-            if sink.retry.max_attempts == Some(0) {
-                return Err(at(
-                    loc,
-                    format!("sinks[{i}].retry.maxAttempts: must be at least 1"),
-                ));
-            }
-        }
-        if self.unhealthy_after < Duration::from_secs(1) || self.unhealthy_after > Duration::from_secs(3600) {
-            return Err(whole(format!(
-                "unhealthyAfter: {} is out of range: use 1s to 1h",
-                humantime::format_duration(self.unhealthy_after)
-            )));
         }
         for (i, r) in self.resources.iter().enumerate() {
             let name = match (&r.resource, &r.source) {
@@ -703,7 +815,10 @@ mod tests {
         let e = err(&format!(
             "resources:\n  - resource: db\n{SINK}unhealthyAfter: 0s\n"
         ));
-        assert!(e.contains("unhealthyAfter: 0s is out of range"), "{e}");
+        assert!(
+            e.starts_with("forward.yaml:7:17: unhealthyAfter: must be between 1s and 1h, not 0s"),
+            "{e}"
+        );
         let c = ForwardConfig::parse(&format!("resources:\n  - resource: db\n{SINK}"), "f").unwrap();
         assert_eq!(c.unhealthy_after, Duration::from_secs(60));
         if cfg!(feature = "source-webhook") {
@@ -712,6 +827,44 @@ mod tests {
             ));
             assert!(e.contains("a webhook source has no existing objects"), "{e}");
         }
+    }
+
+    /// Every number of the configuration, out of range: an error at the value, naming the
+    /// field and its range, never a panic or an allocation of that size.
+    #[test]
+    fn every_number_is_range_checked_at_its_value() {
+        let sink = |extra: &str| {
+            format!("resources:\n  - resource: db\nsinks:\n  - name: out\n    file:\n      path: x\n{extra}")
+        };
+        let cases = [
+            (sink("    queueSize: 18446744073709551615\n"), "7:16: queueSize: must be between 1 and 1000000, not 18446744073709551615"),
+            (sink("    queueSize: 0\n"), "7:16: queueSize: must be between 1 and 1000000, not 0"),
+            (sink("    parallelism: 100000000\n"), "7:18: parallelism: must be between 1 and 1024, not 100000000"),
+            (sink("    retry:\n      maxAttempts: 0\n"), "8:20: maxAttempts: must be between 1 and 1000000, not 0"),
+            (sink("    retry:\n      initialBackoff: 0s\n"), "8:23: backoff: must be between 1ms and 1day, not 0s"),
+            (sink("    retry:\n      maxBackoff: 100000years\n"), "8:19: backoff: must be between 1ms and 1day"),
+            (sink("      maxFiles: 1000000000\n"), "7:17: maxFiles: must be between 0 and 1000, not 1000000000"),
+            (sink("      maxSize: 1\n"), "7:16: maxSize: must be between 1024 and 1099511627776, not 1"),
+            (sink("shutdownGrace: 2h\n"), "7:16: shutdownGrace: must be between 0s and 1h, not 2h"),
+            (sink("checkpoint:\n  path: cp\n  interval: 0s\n"), "9:13: interval: must be between 10ms and 1h, not 0s"),
+            (
+                "resources:\n  - source: https://x/\n    interval: 0s\nsinks:\n  - name: out\n    file:\n      path: x\n"
+                    .to_string(),
+                "3:15: interval: must be between 100ms and 1day, not 0s",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let e = err(&yaml);
+            assert!(e.starts_with(&format!("forward.yaml:{want}")), "{yaml}\n→ {e}");
+        }
+        let e = err(&sink("    queueSize: 4\n    parallelism: 8\n"));
+        assert!(
+            e.contains("sinks[0].parallelism: 8 is above queueSize (4)"),
+            "{e}"
+        );
+        // The largest values are accepted.
+        let c = ForwardConfig::parse(&sink("    queueSize: 1000000\n    parallelism: 1024\n"), "f").unwrap();
+        assert_eq!((c.sinks[0].queue_size, c.sinks[0].parallelism), (1_000_000, 1024));
     }
 
     #[test]

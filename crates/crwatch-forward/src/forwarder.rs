@@ -136,7 +136,7 @@ pub async fn check_server(config: &ForwardConfig, file: &str, kube: &Kubernetes)
     for r in &config.resources {
         for ns in &r.namespaces {
             let at = Some((ns.referenced.line(), ns.referenced.column()));
-            let message = match api.get_opt(&ns.value).await {
+            let message = match crwatch::api::get_opt(&api, &ns.value).await {
                 Ok(Some(_)) => continue,
                 Ok(None) => format!("namespace {:?} does not exist on the server", ns.value),
                 Err(kube::Error::Api(s)) if s.code == 403 => continue, // may not read namespaces
@@ -433,9 +433,8 @@ impl Forwarder {
         let max_in_flight = config
             .sinks
             .iter()
-            .map(|s| s.queue_size + s.parallelism)
-            .sum::<usize>()
-            + 1;
+            .map(|s| s.queue_size.saturating_add(s.parallelism))
+            .fold(1usize, usize::saturating_add);
         let committer = Arc::new(Committer::open(
             streams.iter().map(|s| s.key.clone()).collect(),
             checkpoint_path,
@@ -672,12 +671,18 @@ fn spawn_stream_metrics(
     cancel: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let mut seen = vec![(0u64, 0u64); streams.len()];
+        let mut seen = vec![(0u64, 0u64, 0u64); streams.len()];
         loop {
-            for ((labels, informer), (relists, errors)) in streams.iter().zip(seen.iter_mut()) {
+            for ((labels, informer), (relists, errors, undecodable)) in streams.iter().zip(seen.iter_mut()) {
                 let stats = informer.stats();
                 let r = stats.relists.load(Ordering::Relaxed);
                 let e = stats.errors.load(Ordering::Relaxed);
+                let d = stats.decode_errors.load(Ordering::Relaxed);
+                metrics
+                    .decode_errors
+                    .get_or_create(labels)
+                    .inc_by(d.saturating_sub(*undecodable));
+                *undecodable = d;
                 let resource = crate::metrics::ResourceOnly {
                     resource: labels.resource.clone(),
                 };

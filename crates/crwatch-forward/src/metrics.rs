@@ -61,6 +61,8 @@ pub struct ForwardMetrics {
     pub reconnects: Family<ResourceOnly, Counter>,
     /// Errors a stream's source reported (it retries by itself).
     pub source_errors: Family<StreamLabels, Counter>,
+    /// Objects a stream skipped because they did not decode (each also logged by name).
+    pub decode_errors: Family<StreamLabels, Counter>,
     /// Whether a stream's source is connected (1) or failing (0).
     pub connected: Family<StreamLabels, Gauge>,
     /// When a stream's source last delivered an event or confirmed progress (Unix seconds).
@@ -88,6 +90,7 @@ impl ForwardMetrics {
             relists: Family::default(),
             reconnects: Family::default(),
             source_errors: Family::default(),
+            decode_errors: Family::default(),
             connected: Family::default(),
             last_event: Family::default(),
             delivered: Family::default(),
@@ -121,6 +124,11 @@ impl ForwardMetrics {
             "crwatch_forward_source_errors",
             "Errors a stream's source reported (it retries by itself)",
             m.source_errors.clone(),
+        );
+        registry.register(
+            "crwatch_forward_decode_errors",
+            "Objects a stream skipped because they did not decode",
+            m.decode_errors.clone(),
         );
         registry.register(
             "crwatch_forward_stream_connected",

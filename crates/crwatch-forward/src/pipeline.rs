@@ -151,6 +151,25 @@ impl Dispatcher {
                 )),
                 None => None,
             };
+            // The configuration checks these; a program building runners itself gets the same
+            // refusal instead of a task per lane by the million.
+            if s.queue_size == 0
+                || s.queue_size > crate::config::bounds::MAX_QUEUE_SIZE
+                || s.parallelism == 0
+                || s.parallelism > crate::config::bounds::MAX_PARALLELISM.min(s.queue_size)
+            {
+                return Err(crate::Error::Sink {
+                    sink: s.name.clone(),
+                    message: format!(
+                        "queueSize {} and parallelism {} out of range: queueSize 1 to {}, parallelism 1 to {} and at most queueSize",
+                        s.queue_size,
+                        s.parallelism,
+                        crate::config::bounds::MAX_QUEUE_SIZE,
+                        crate::config::bounds::MAX_PARALLELISM
+                    ),
+                });
+            }
+            // Bounded channels allocate as they fill, not up front.
             let per_lane = (s.queue_size / s.parallelism).max(1);
             let state = Arc::new(SinkState::default());
             let mut lanes = Vec::new();

@@ -77,7 +77,10 @@ pub struct AmqpConfig {
     #[serde(default)]
     pub mandatory: bool,
     /// Limit for connecting and for the broker's confirmation. Default 10s.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::config::bounds::timeout"
+    )]
     pub timeout: Duration,
 }
 

@@ -26,11 +26,14 @@ pub struct FileConfig {
     /// The file to append to; `-` means stdout (no rotation).
     pub path: PathBuf,
     /// Rotate before a write would take the file past this many bytes: an integer or a
-    /// Kubernetes quantity (`512Ki`, `10Mi`, `100M`). Default 100Mi.
-    #[serde(default = "default_max_size", deserialize_with = "deserialize_size")]
+    /// Kubernetes quantity (`512Ki`, `10Mi`, `100M`), 1Ki to 1Ti. Default 100Mi.
+    #[serde(default = "default_max_size", deserialize_with = "deserialize_max_size")]
     pub max_size: u64,
-    /// Rotated files kept (`path.1` newest … `path.N` oldest). Default 5.
-    #[serde(default = "default_max_files")]
+    /// Rotated files kept (`path.1` newest … `path.N` oldest), 0 to 1000. Default 5.
+    #[serde(
+        default = "default_max_files",
+        deserialize_with = "crate::config::bounds::max_files"
+    )]
     pub max_files: usize,
     /// fsync after every line: survives power loss, costs a disk flush per change. Default false.
     #[serde(default)]
@@ -47,6 +50,11 @@ fn default_max_size() -> u64 {
 
 fn default_max_files() -> usize {
     DEFAULT_MAX_FILES
+}
+
+/// `maxSize`: a byte count within [`crate::config::bounds::FILE_SIZE`].
+fn deserialize_max_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    crate::config::bounds::file_size(deserialize_size(deserializer)?)
 }
 
 /// Deserialize a byte count given as an integer or a quantity string (see [`parse_quantity`]).
@@ -554,6 +562,7 @@ mod tests {
 
         let stdout = FileSink::open(&serde_saphyr::from_str("path: '-'\n").unwrap()).unwrap();
         assert!(stdout.writer.path().is_none());
-        assert!(FileSink::open(&serde_saphyr::from_str("path: x\nmaxSize: 0\n").unwrap()).is_err());
+        // A zero size is refused while parsing, at the value.
+        assert!(serde_saphyr::from_str::<FileConfig>("path: x\nmaxSize: 0\n").is_err());
     }
 }

@@ -58,7 +58,10 @@ pub struct NatsConfig {
     #[serde(default)]
     pub credentials: Option<NatsCredentials>,
     /// Limit for connecting, flushing and waiting for a JetStream acknowledgement. Default 5s.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::config::bounds::timeout"
+    )]
     pub timeout: Duration,
 }
 

@@ -52,7 +52,10 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub tls: WebhookTlsConfig,
     /// Limit for one whole request, connecting to reading the response. Default 10s.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::config::bounds::timeout"
+    )]
     pub timeout: Duration,
 }
 
@@ -606,7 +609,15 @@ mod tests {
     fn construction_rejects_bad_settings() {
         let err = |yaml: &str| format!("{:#}", WebhookSink::new(&config(yaml)).unwrap_err());
         assert!(err("url: ftp://x/").contains("http:// or https://"));
-        assert!(err("url: http://x\ntimeout: 0s\n").contains("timeout"));
+        // A zero timeout is refused while parsing, at the value.
+        let zero = serde_saphyr::from_str::<WebhookConfig>("url: http://x\ntimeout: 0s\n")
+            .err()
+            .unwrap();
+        assert!(
+            zero.to_string()
+                .contains("timeout: must be between 10ms and 1h, not 0s"),
+            "{zero}"
+        );
         assert!(err("url: http://x\nheaders:\n  'bad name': v\n").contains("not a valid header name"));
         let e = err("url: http://x\nheaders:\n  X-Token: \"s3cret\\n\"\n");
         assert!(e.contains("X-Token") && !e.contains("s3cret"), "{e}");
