@@ -377,10 +377,7 @@ fn review(uid: &str, attrs: &Attributes, object: Option<&Value>) -> Value {
         req.insert("namespace".into(), json!(attrs.namespace));
     }
     req.insert("operation".into(), json!(attrs.operation.as_str()));
-    req.insert(
-        "userInfo".into(),
-        json!({"username": attrs.user, "groups": ["system:masters", "system:authenticated"]}),
-    );
+    req.insert("userInfo".into(), crate::authn::admission_user_info(&attrs.user));
     req.insert("object".into(), object.cloned().unwrap_or(Value::Null));
     req.insert(
         "oldObject".into(),
@@ -787,7 +784,7 @@ impl Admission {
                 describe_http_status(status.as_u16(), &text)
             )));
         }
-        let answer: Value = serde_json::from_str(&text)
+        let answer: Value = crate::decode::json_checked(text.as_bytes())
             .map_err(|e| calling(format!("failed to call webhook: couldn't decode response: {e}")))?;
         let verdict = verify(&uid, mutating, &answer)
             .map_err(|e| calling(format!("received invalid webhook response: {e}")))?;
@@ -798,7 +795,7 @@ impl Admission {
         let Some((patch_type, patch)) = verdict.patch else {
             return Ok(None);
         };
-        let ops: json_patch::Patch = serde_json::from_slice(&patch)
+        let ops: json_patch::Patch = crate::decode::json_checked(&patch)
             .map_err(|e| calling(format!("received undecodable patch in webhook response: {e}")))?;
         if ops.0.is_empty() {
             return Ok(None);
@@ -814,11 +811,10 @@ impl Admission {
         if patch_type != "JSONPatch" {
             return Err(calling(format!("unsupported patch type {patch_type:?}")));
         }
-        json_patch::patch(&mut object, &ops).map_err(|e| {
-            HookError::Final(AdmissionError::Internal {
-                message: e.to_string(),
-            })
-        })?;
+        // With the same copy limit as a client's JSON patch, as the real server's json-patch
+        // applies it to webhook patches too.
+        crate::patch::apply_ops(&mut object, &ops.0)
+            .map_err(|message| HookError::Final(AdmissionError::Internal { message }))?;
         Ok(Some(object))
     }
 

@@ -12,6 +12,7 @@ use crate::admission::{Admission, Attributes, Operation};
 use crate::faults::Faults;
 use crate::meta::{self, meta_str, set_meta};
 use crate::patch::{self, PatchType};
+use crate::rbac::go_quote;
 use crate::registry::{self, GroupResource, Registry, ResourceDef};
 use crate::schema;
 use crate::selector::{FieldSelector, LabelSelector};
@@ -30,6 +31,29 @@ impl Params {
 
     fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("true" | "1"))
+    }
+
+    /// An integer parameter (`limit`, `timeoutSeconds`, `gracePeriodSeconds`), converted as the
+    /// real server's parameter codec converts it (`strconv.ParseInt`): anything else is a 400
+    /// with Go's error text.
+    pub fn int64(&self, k: &str) -> ApiResult<Option<i64>> {
+        let Some(v) = self.get(k) else { return Ok(None) };
+        v.parse::<i64>().map(Some).map_err(|e| {
+            let why = match e.kind() {
+                std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                    "value out of range"
+                }
+                _ => "invalid syntax",
+            };
+            ApiError::bad_request(format!("strconv.ParseInt: parsing {}: {why}", go_quote(v)))
+        })
+    }
+
+    /// Check the integer parameters of `ListOptions` (list and watch).
+    pub fn check_list_options(&self) -> ApiResult<()> {
+        self.int64("limit")?;
+        self.int64("timeoutSeconds")?;
+        Ok(())
     }
 
     /// `dryRun=All`.
@@ -118,6 +142,9 @@ pub struct Api {
     pub(crate) admission: Admission,
     pub(crate) faults: Faults,
 }
+
+/// Namespaces the NamespaceLifecycle admission plugin never lets anyone delete.
+pub const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 
 /// Finalizer the server puts on a CRD while it deletes the CRD's objects.
 pub const CRD_CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
@@ -217,6 +244,22 @@ impl Api {
             ]),
             ("", "Secret") => allowed.push("type"),
             ("", "Namespace") => allowed.push("status.phase"),
+            // The field labels of the built-in kinds' `GetAttrs` (pkg/registry/*/strategy.go).
+            ("", "Pod") => allowed.extend([
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.nominatedNodeName",
+            ]),
+            ("", "Node") => allowed.push("spec.unschedulable"),
+            ("", "ReplicationController") | ("apps", "ReplicaSet") => allowed.push("status.replicas"),
+            ("batch", "Job") => allowed.push("status.successful"),
+            ("", "Service") => allowed.extend(["spec.clusterIP", "spec.type"]),
+            ("certificates.k8s.io", "CertificateSigningRequest") => allowed.push("spec.signerName"),
             ("", "Event") => allowed.extend([
                 "involvedObject.kind",
                 "involvedObject.namespace",
@@ -247,7 +290,9 @@ impl Api {
         let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
         let rv = ctx.params.get("resourceVersion").unwrap_or_default();
         let rv_match = ctx.params.get("resourceVersionMatch").unwrap_or_default();
-        let limit: usize = ctx.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+        ctx.params.check_list_options()?;
+        // As etcd's: zero or a negative limit means no limit.
+        let limit = usize::try_from(ctx.params.int64("limit")?.unwrap_or(0).max(0)).unwrap_or(usize::MAX);
         let cont = ctx.params.get("continue").unwrap_or_default();
         validate_list_options(rv, rv_match, cont)?;
         let (objects, snapshot_rev, start_after) = if !cont.is_empty() {
@@ -358,33 +403,13 @@ impl Api {
         Ok(())
     }
 
-    fn check_body_kind(ctx: &Ctx, body: &Value) -> ApiResult<()> {
-        let def = &ctx.def;
-        let av = body.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-        let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
-        if ctx.sub == "scale" {
-            return Ok(());
-        }
-        if !av.is_empty() && av != def.api_version() {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({av}) does not match the expected API version ({})",
-                def.api_version()
-            )));
-        }
-        if !kind.is_empty() && kind != def.kind {
-            return Err(ApiError::bad_request(format!(
-                "{kind} in version \"{}\" cannot be handled as a {}: no kind \"{kind}\" is registered for version \"{}\" in scheme",
-                def.version,
-                def.kind,
-                def.api_version()
-            )));
-        }
-        if !body.is_object() {
-            return Err(ApiError::bad_request(
-                "Object 'Kind' is missing in the request body",
-            ));
-        }
-        Ok(())
+    /// A create or update body, decoded and checked as the real server does (its wording for
+    /// malformed JSON and a kind or apiVersion the URL's type cannot take: `crate::decode`).
+    fn decode_object(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<crate::decode::Decoded> {
+        let registry = self.registry();
+        crate::decode::object_body(body, &ctx.def, &ctx.sub, &|av, kind| {
+            registry.by_kind(av, kind).is_some()
+        })
     }
 
     fn unknown_field_outcome(
@@ -538,7 +563,22 @@ impl Api {
         let storage_av = def.storage_api_version();
         // Fields the requested version's schema lacks (for built-in kinds with a known schema),
         // then the object in the storage schema.
-        let mut unknown_builtin = crate::convert::unknown_fields(&def, &new);
+        // However it was made (body, patch, apply), the object nests no deeper than the server
+        // can walk; its managedFields may mirror it a few levels further down.
+        if crate::decode::object_depth(&new) > crate::decode::MAX_DEPTH {
+            crate::decode::drop_deep(new);
+            return Err(crate::decode::too_deep_error());
+        }
+        // A built-in kind is decoded into its Go type first: a value of the wrong type fails
+        // the request, a field the type lacks is dropped (and reported below).
+        let mut unknown_builtin = crate::typed::decode(&def, &mut new).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{kind} in version \"{v}\" cannot be handled as a {kind}: {}",
+                e.0,
+                kind = def.kind,
+                v = def.version
+            ))
+        })?;
         new = crate::convert::to_storage(&def, new);
         if !new.get("metadata").is_some_and(Value::is_object) {
             new["metadata"] = json!({});
@@ -650,6 +690,22 @@ impl Api {
                         );
                         new = merged;
                     }
+                    "ephemeralcontainers" => {
+                        // Only spec.ephemeralContainers changes (the subresource's strategy
+                        // copies everything else from the stored pod).
+                        let ephemeral = new.pointer("/spec/ephemeralContainers").cloned();
+                        let mut merged = old.clone();
+                        merged["spec"]["ephemeralContainers"] = ephemeral.unwrap_or(Value::Null);
+                        if merged["spec"]["ephemeralContainers"].is_null()
+                            && let Some(spec) = merged["spec"].as_object_mut()
+                        {
+                            spec.remove("ephemeralContainers");
+                        }
+                        for k in ["resourceVersion", "managedFields"] {
+                            set_meta(&mut merged, k, new["metadata"][k].clone());
+                        }
+                        new = merged;
+                    }
                     _ if def.status_subresource => match old.get("status") {
                         Some(s) => new["status"] = s.clone(),
                         None => {
@@ -677,17 +733,35 @@ impl Api {
             }
         }
         self.kind_defaults(&def, &mut new)?;
+        crate::strategy::defaults(&def, old, &mut new, &|| self.allocated(), &|| {
+            self.default_storage_class()
+        });
 
         let (mut unknown, mut causes) = Self::apply_schema(&def, &mut new);
+        // CEL x-kubernetes-validations rules (src/cel.rs), run after the schema checks as the real strategy runs them.
+        causes.extend(crate::cel::rule_causes(&def, &new, old, &causes, warnings));
         unknown.append(&mut unknown_builtin);
         Self::unknown_field_outcome(ctx, &unknown, duplicates, warnings)?;
         let name = meta_str(&new, "name").to_string();
         let label_only = def.kind == "Namespace" && def.group.is_empty();
-        let mut meta_causes = meta::name_problems(&name, label_only);
+        // RBAC objects are named as path segments (`system:discovery`), not DNS subdomains.
+        let mut meta_causes = if crate::rbac::is_guarded(&def.group, &def.plural) {
+            crate::rbac::name_problems(&name)
+        } else {
+            meta::name_problems(&name, label_only)
+        };
         meta_causes.extend(meta::label_problems(&new));
         meta_causes.append(&mut causes);
         causes = meta_causes;
         causes.extend(self.kind_validation(&def, old, &new));
+        causes.extend(crate::typed::missing_required(&def, &new));
+        causes.extend(crate::strategy::causes(&def, &new));
+        if let Some(old) = old {
+            causes.extend(crate::strategy::update_causes(&def, old, &new));
+        }
+        // The schema's required fields and the kind's own checks may name the same field once.
+        let mut seen = std::collections::HashSet::new();
+        causes.retain(|c| seen.insert((c.field.clone(), c.message.clone())));
 
         if let Some(old) = old {
             // Finalizers: none may be added once deletion started.
@@ -743,7 +817,8 @@ impl Api {
         };
         if new != before_admission {
             new["apiVersion"] = json!(storage_av);
-            let (_, causes) = Self::apply_schema(&def, &mut new);
+            let (_, mut causes) = Self::apply_schema(&def, &mut new);
+            causes.extend(crate::cel::rule_causes(&def, &new, old, &causes, &mut Vec::new()));
             if !causes.is_empty() {
                 return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
             }
@@ -785,6 +860,58 @@ impl Api {
             }
             Some(_) => Ok(()),
         }
+    }
+
+    /// The cluster IPs and node ports existing Services hold.
+    fn allocated(&self) -> crate::strategy::Allocated {
+        let gr = GroupResource {
+            group: String::new(),
+            resource: "services".into(),
+        };
+        let mut out = crate::strategy::Allocated::default();
+        for svc in self.store.list(&gr, None).0 {
+            if let Some(ips) = svc.pointer("/spec/clusterIPs").and_then(Value::as_array) {
+                out.cluster_ips
+                    .extend(ips.iter().filter_map(Value::as_str).map(str::to_string));
+            }
+            if let Some(ports) = svc.pointer("/spec/ports").and_then(Value::as_array) {
+                out.node_ports.extend(
+                    ports
+                        .iter()
+                        .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+                        .filter_map(|p| u16::try_from(p).ok()),
+                );
+            }
+        }
+        out
+    }
+
+    /// The StorageClass marked default (the newest, if several are), as the
+    /// DefaultStorageClass admission plugin picks it.
+    fn default_storage_class(&self) -> Option<String> {
+        let gr = GroupResource {
+            group: "storage.k8s.io".into(),
+            resource: "storageclasses".into(),
+        };
+        self.store
+            .list(&gr, None)
+            .0
+            .into_iter()
+            .filter(|sc| {
+                [
+                    "storageclass.kubernetes.io/is-default-class",
+                    "storageclass.beta.kubernetes.io/is-default-class",
+                ]
+                .iter()
+                .any(|a| {
+                    sc.pointer("/metadata/annotations")
+                        .and_then(|m| m.get(*a))
+                        .and_then(Value::as_str)
+                        == Some("true")
+                })
+            })
+            .max_by(|a, b| meta_str(a, "creationTimestamp").cmp(meta_str(b, "creationTimestamp")))
+            .map(|sc| meta_str(&sc, "name").to_string())
     }
 
     /// Defaults the real server (or its controllers) fill in for built-in kinds.
@@ -836,25 +963,6 @@ impl Api {
                 // Stored as Go encodes a core v1 Event, whichever version it was written at.
                 *obj = crate::convert::normalize_storage(def, obj.take());
             }
-            ("apps", "Deployment") => {
-                let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
-                let mut spec = spec;
-                let defaults = [
-                    ("replicas", json!(1)),
-                    ("revisionHistoryLimit", json!(10)),
-                    ("progressDeadlineSeconds", json!(600)),
-                    (
-                        "strategy",
-                        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-                    ),
-                ];
-                for (k, v) in defaults {
-                    if spec.get(k).is_none_or(Value::is_null) {
-                        spec[k] = v;
-                    }
-                }
-                obj["spec"] = spec;
-            }
             _ => {}
         }
         Ok(())
@@ -862,6 +970,47 @@ impl Api {
 
     fn kind_validation(&self, def: &ResourceDef, _old: Option<&Value>, obj: &Value) -> Vec<Cause> {
         let mut out = vec![];
+        // ValidateAnnotations: keys and values together at most 256 KiB.
+        let annotations: usize = obj
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                    .sum()
+            })
+            .unwrap_or(0);
+        if annotations > MAX_ANNOTATIONS_BYTES {
+            out.push(too_long("metadata.annotations", MAX_ANNOTATIONS_BYTES));
+        }
+        // ValidateConfigMap / ValidateSecret: the data together at most 1 MiB (`core.MaxSecretSize`),
+        // counted in decoded bytes. The ConfigMap error is about the whole object (field `[]`).
+        if def.group.is_empty() && matches!(def.kind.as_str(), "ConfigMap" | "Secret") {
+            let decoded = |v: &Value| {
+                v.as_str()
+                    .map(|s| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(s)
+                            .map_or(s.len(), |b| b.len())
+                    })
+                    .unwrap_or(0)
+            };
+            let sum = |field: &str, f: &dyn Fn(&Value) -> usize| -> usize {
+                obj.get(field)
+                    .and_then(Value::as_object)
+                    .map(|m| m.values().map(f).sum())
+                    .unwrap_or(0)
+            };
+            let (total, field) = if def.kind == "ConfigMap" {
+                let text = sum("data", &|v: &Value| v.as_str().map_or(0, str::len));
+                (text + sum("binaryData", &decoded), "[]")
+            } else {
+                (sum("data", &decoded), "data")
+            };
+            if total > MAX_SECRET_SIZE {
+                out.push(too_long(field, MAX_SECRET_SIZE));
+            }
+        }
         if def.group == "apps" && def.kind == "Deployment" {
             let selector = obj.pointer("/spec/selector");
             match selector {
@@ -970,6 +1119,10 @@ impl Api {
                 }
             }
         }
+        // x-kubernetes-validations rules must compile (src/cel.rs).
+        for e in crate::cel::check_crd(crd, old) {
+            causes.push(Cause::new(e.reason(), e.field.clone(), e.message()));
+        }
         if let Some(old) = old {
             let old_scope = old
                 .pointer("/spec/scope")
@@ -981,6 +1134,32 @@ impl Api {
                     "spec.scope",
                     format!("Invalid value: \"{scope}\": field is immutable"),
                 ));
+            }
+        }
+        // Protected groups (k8s.io, kubernetes.io and their subdomains) need the API approval
+        // annotation, as the real server's validateAPIApproval checks; an update that leaves
+        // the approval state as it was is never refused (a controller updating the spec).
+        let approval = api_approval(&group, crd);
+        if let Some((state, reason)) = &approval {
+            let unchanged = old
+                .and_then(|o| api_approval(&group, o))
+                .is_some_and(|(old_state, _)| old_state == *state);
+            let value = crd
+                .pointer("/metadata/annotations/api-approved.kubernetes.io")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            match state {
+                Approval::Missing if !unchanged => causes.push(Cause::new(
+                    "FieldValueRequired",
+                    "metadata.annotations[api-approved.kubernetes.io]",
+                    format!("Required value: {reason}"),
+                )),
+                Approval::Invalid if !unchanged => causes.push(Cause::new(
+                    "FieldValueInvalid",
+                    "metadata.annotations[api-approved.kubernetes.io]",
+                    format!("Invalid value: {value:?}: {reason}"),
+                )),
+                _ => {}
             }
         }
         if !causes.is_empty() {
@@ -1055,6 +1234,15 @@ impl Api {
                         "the initial names have been accepted",
                     ),
                 ];
+                if let Some((state, reason)) = &approval {
+                    let (status, why) = match state {
+                        Approval::Approved => ("True", "ApprovedAnnotation"),
+                        Approval::Bypassed => ("False", "UnapprovedAnnotation"),
+                        Approval::Missing => ("False", "MissingAnnotation"),
+                        Approval::Invalid => ("False", "InvalidAnnotation"),
+                    };
+                    c.push(cond("KubernetesAPIApprovalPolicyConformant", status, why, reason));
+                }
                 if terminating {
                     c.push(cond(
                         "Terminating",
@@ -1136,8 +1324,7 @@ impl Api {
         if !ctx.name.is_empty() && ctx.sub.is_empty() {
             return Err(ApiError::method_not_allowed());
         }
-        let decoded = crate::decode::json(body)?;
-        Self::check_body_kind(ctx, &decoded.value)?;
+        let decoded = self.decode_object(ctx, body)?;
         let manager = meta::field_manager(ctx.params.get("fieldManager"), &ctx.user_agent);
         let mut warnings = vec![];
         let mut obj = self
@@ -1157,6 +1344,7 @@ impl Api {
             obj
         } else {
             let name = meta_str(&obj, "name").to_string();
+            check_stored_size(&obj)?;
             let stored = self
                 .store
                 .create(&gr_of(&ctx.def), obj)
@@ -1193,10 +1381,32 @@ impl Api {
 
     /// PUT: replace an object (or its status / scale).
     pub async fn update(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
-        let decoded = crate::decode::json(body)?;
-        Self::check_body_kind(ctx, &decoded.value)?;
+        let decoded = self.decode_object(ctx, body)?;
+        // An update without a resourceVersion is unconditional: on a concurrent write (a
+        // controller writing status meanwhile) it is applied again to the new current object,
+        // as the real server's GuaranteedUpdate does.
+        let mut attempts = 0;
+        loop {
+            match self.update_once(ctx, &decoded).await {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && attempts < 16 => {
+                    let pinned = decoded
+                        .value
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .is_some_and(|rv| !rv.is_empty());
+                    if pinned || ctx.def.requires_resource_version_on_update {
+                        return Err(e);
+                    }
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn update_once(&self, ctx: &Ctx, decoded: &crate::decode::Decoded) -> ApiResult<Out> {
         let old = self.current(ctx)?;
-        let mut body = decoded.value;
+        let mut body = decoded.value.clone();
         if ctx.sub == "scale" {
             body = self.scale_into_object(&ctx.def, &old, &body)?;
         }
@@ -1256,6 +1466,9 @@ impl Api {
         let finished = !meta_str(&new, "deletionTimestamp").is_empty()
             && meta::finalizers(&new).is_empty()
             && !self.has_pending_spec_finalizers(&ctx.def, &new);
+        if !finished {
+            check_stored_size(&new)?;
+        }
         let stored = if finished {
             self.store.delete(&gr, new, expected)
         } else {
@@ -1314,8 +1527,27 @@ impl Api {
                 )],
             ));
         }
-        // Retry on a concurrent write, as the real server does for patches without a
-        // resourceVersion precondition.
+        let decoded = match ptype {
+            PatchType::Json => None,
+            _ => Some(crate::decode::json(body)?),
+        };
+        // Whether the patch itself names a resourceVersion (a precondition): the patched object
+        // always carries one, copied from the object it was applied to.
+        let precondition = match &decoded {
+            Some(d) => d
+                .value
+                .pointer("/metadata/resourceVersion")
+                .is_some_and(|v| !v.is_null()),
+            None => crate::decode::json(body).is_ok_and(|d| {
+                d.value.as_array().is_some_and(|ops| {
+                    ops.iter()
+                        .any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion"))
+                })
+            }),
+        };
+        let duplicates = decoded.map(|d| d.duplicates).unwrap_or_default();
+        // Retry on a concurrent write (a controller writing status meanwhile), as the real
+        // server's GuaranteedUpdate does for patches without a resourceVersion precondition.
         for _ in 0..16 {
             let old = self.current(ctx)?;
             let base = if ctx.sub == "scale" {
@@ -1336,10 +1568,6 @@ impl Api {
             if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
                 return Err(ApiError::stale(&ctx.def.group, &ctx.def.plural, &ctx.name));
             }
-            let duplicates = match ptype {
-                PatchType::Json => vec![],
-                _ => crate::decode::json(body)?.duplicates,
-            };
             let mut warnings = vec![];
             let patched_json = patched.to_string();
             let new = match self
@@ -1362,8 +1590,19 @@ impl Api {
                 }
                 other => other?,
             };
-            match self.commit_update(ctx, &old, new, &warnings) {
-                Err(e) if e.code == 409 && e.reason == "Conflict" && rv.is_empty() => continue,
+            // As the real patch handler: an object too large to store is tried once more
+            // without its managedFields, which can be large.
+            let result = if !ctx.params.dry_run()? && check_stored_size(&new).is_err() {
+                let mut slim = new;
+                set_meta(&mut slim, "managedFields", Value::Null);
+                let mut ctx2 = ctx.clone();
+                ctx2.params.0.insert("__apply".into(), "1".into());
+                self.commit_update(&ctx2, &old, slim, &warnings)
+            } else {
+                self.commit_update(ctx, &old, new, &warnings)
+            };
+            match result {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && !precondition => continue,
                 Ok(out) if ctx.sub == "scale" => {
                     return Ok(Out::new(200, self.scale_of(&ctx.def, &out.body)?, out.warnings));
                 }
@@ -1388,22 +1627,13 @@ impl Api {
         };
         let decoded = crate::decode::json_or_yaml(body)?;
         let applied = decoded.value;
-        if !applied.is_object() {
-            return Err(ApiError::bad_request(
-                "error decoding YAML: the apply configuration must be an object",
-            ));
-        }
-        let av = applied
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let kind = applied.get("kind").and_then(Value::as_str).unwrap_or_default();
-        if av.is_empty() || kind.is_empty() {
-            return Err(ApiError::bad_request(
-                "error decoding YAML: Object 'Kind' is missing in the apply configuration (apiVersion and kind are required)",
-            ));
-        }
-        Self::check_body_kind(ctx, &applied)?;
+        // The real field manager's type check (a Scale is applied as autoscaling/v1 Scale).
+        let d = &ctx.def;
+        let expected = match ctx.sub.as_str() {
+            "scale" => ("autoscaling", "v1", "Scale"),
+            _ => (d.group.as_str(), d.version.as_str(), d.kind.as_str()),
+        };
+        crate::decode::check_apply_type(&applied, expected)?;
         let force = ctx.params.flag("force");
         let now = meta::now();
         let sub = ctx.sub.clone();
@@ -1434,8 +1664,8 @@ impl Api {
                     }
                     let mut obj =
                         crate::managed::apply(None, &applied_clean, manager, force, &api_version, "", &now)?;
-                    obj["apiVersion"] = json!(av);
-                    obj["kind"] = json!(kind);
+                    obj["apiVersion"] = json!(ctx.def.api_version());
+                    obj["kind"] = json!(ctx.def.kind);
                     set_meta(&mut obj, "name", json!(ctx.name));
                     let mut obj = self
                         .prepare(ctx, None, obj, &decoded.duplicates, &mut warnings)
@@ -1447,6 +1677,7 @@ impl Api {
                     if ctx.params.dry_run()? {
                         return Ok(Out::new(201, Self::present(&ctx.def, &obj), warnings));
                     }
+                    check_stored_size(&obj)?;
                     match self.store.create(&gr_of(&ctx.def), obj) {
                         Ok(stored) => {
                             self.after_write(&ctx.def, &stored);
@@ -1505,7 +1736,7 @@ impl Api {
         for k in ["propagationPolicy", "gracePeriodSeconds", "orphanDependents"] {
             if let Some(v) = ctx.params.get(k) {
                 opts[k] = match k {
-                    "gracePeriodSeconds" => json!(v.parse::<i64>().unwrap_or(0)),
+                    "gracePeriodSeconds" => json!(ctx.params.int64(k)?.unwrap_or(0)),
                     "orphanDependents" => json!(v == "true"),
                     _ => json!(v),
                 };
@@ -1537,6 +1768,18 @@ impl Api {
     pub async fn delete(&self, ctx: &Ctx, body: &[u8]) -> ApiResult<Out> {
         if !ctx.sub.is_empty() {
             return Err(ApiError::method_not_allowed());
+        }
+        // The NamespaceLifecycle admission plugin keeps its immortal namespaces, before the
+        // object is even looked up (dry runs included).
+        if ctx.def.group.is_empty()
+            && ctx.def.kind == "Namespace"
+            && IMMORTAL_NAMESPACES.contains(&ctx.name.as_str())
+        {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{}\" is forbidden: this namespace may not be deleted",
+                ctx.name
+            ))
+            .with_details(json!({"name": ctx.name, "kind": "namespaces"})));
         }
         let opts = Self::delete_options(ctx, body)?;
         let ctx = &Self::with_body_dry_run(ctx, &opts);
@@ -1593,6 +1836,18 @@ impl Api {
             None => "Background".into(),
         };
         let dry = ctx.params.dry_run()?;
+        // Hook: while the workload simulator runs, a Pod on a Node is deleted gracefully and
+        // its simulated kubelet finishes the deletion (crate::sim::graceful_pod_delete).
+        if let Some(next) = crate::sim::graceful_pod_delete(self, &ctx.def, &cur, &opts) {
+            if dry || next == *cur {
+                return Ok(Out::new(200, Self::present(&ctx.def, &next), warnings));
+            }
+            let stored = self
+                .store
+                .update(&gr_of(&ctx.def), next, obj_rv(&cur))
+                .map_err(|e| write_error(e, &ctx.def, &ctx.name))?;
+            return Ok(Out::new(200, Self::present(&ctx.def, &stored), warnings));
+        }
         self.delete_object(&ctx.def, &cur, &policy, dry, warnings)
     }
 
@@ -1864,6 +2119,53 @@ fn decode_continue(token: &str) -> ApiResult<(Option<u64>, String)> {
     Ok((rev, start))
 }
 
+/// `core.MaxSecretSize`: the most data a ConfigMap or Secret may hold.
+pub const MAX_SECRET_SIZE: usize = 1024 * 1024;
+
+/// `TotalAnnotationSizeLimitB`: the most bytes of annotations (keys and values) an object may have.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// etcd's default `--max-request-bytes` (1.5 MiB): the largest object the real server can
+/// store. Larger writes fail in etcd with `etcdserver: request is too large`, which the
+/// real server answers as a 500 without a reason. Measured here on the stored JSON (the real
+/// server stores built-in kinds as protobuf, a little smaller).
+pub const MAX_STORED_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// The etcd error the real server passes through for an object over [`MAX_STORED_OBJECT_BYTES`].
+pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+
+fn too_long(field: &str, max: usize) -> Cause {
+    Cause::new(
+        "FieldValueTooLong",
+        field,
+        format!("Too long: may not be more than {max} bytes"),
+    )
+}
+
+/// Whether `obj` fits in etcd (see [`MAX_STORED_OBJECT_BYTES`]), measured without building its
+/// encoding and stopping as soon as it is over.
+pub fn check_stored_size(obj: &Value) -> ApiResult<()> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 > MAX_STORED_OBJECT_BYTES {
+                return Err(std::io::Error::other("too large"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, obj) {
+        Ok(()) => Ok(()),
+        Err(_) if c.0 > MAX_STORED_OBJECT_BYTES => Err(ApiError::unknown(REQUEST_TOO_LARGE)),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
 /// The real server's message for a continue token whose snapshot was compacted away.
 const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
 
@@ -1908,4 +2210,62 @@ fn validate_list_options(rv: &str, rv_match: &str, cont: &str) -> ApiResult<()> 
     } else {
         Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes))
     }
+}
+
+/// The state of a CRD's `api-approved.kubernetes.io` annotation (apihelpers.APIApprovalState).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Approval {
+    Approved,
+    Bypassed,
+    Missing,
+    Invalid,
+}
+
+/// For a CRD in a protected group (`k8s.io`, `kubernetes.io` or a subdomain), the state of
+/// its approval annotation and the real server's words for it; `None` for other groups.
+fn api_approval(group: &str, crd: &Value) -> Option<(Approval, String)> {
+    let protected = group == "k8s.io"
+        || group.ends_with(".k8s.io")
+        || group == "kubernetes.io"
+        || group.ends_with(".kubernetes.io");
+    if !protected {
+        return None;
+    }
+    const KEY: &str = "api-approved.kubernetes.io";
+    const SEE: &str = "see https://github.com/kubernetes/enhancements/pull/1111";
+    let value = crd
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(KEY))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Some(if value.is_empty() {
+        (
+            Approval::Missing,
+            format!("protected groups must have approval annotation {KEY:?}, {SEE}"),
+        )
+    } else if value.starts_with("unapproved") {
+        (Approval::Bypassed, format!("not approved: {value:?}"))
+    } else if is_request_uri_with_host(value) {
+        (Approval::Approved, format!("approved in {value}"))
+    } else {
+        (
+            Approval::Invalid,
+            format!(
+                "protected groups must have approval annotation {KEY:?} with either a URL or a reason starting with \"unapproved\", {SEE}"
+            ),
+        )
+    })
+}
+
+/// What Go's `url.ParseRequestURI` accepts with a scheme and a host: `scheme://host...`.
+fn is_request_uri_with_host(v: &str) -> bool {
+    let Some((scheme, rest)) = v.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    scheme_ok && !host.is_empty() && !v.contains(char::is_whitespace)
 }

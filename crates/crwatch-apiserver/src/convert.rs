@@ -3,6 +3,10 @@
 //! and write, following `k8s.io/kubernetes/pkg/apis/events/v1/conversion.go` and the internal
 //! core Event. Output is shaped as Go's encoder writes the typed objects (`omitempty` drops
 //! empty strings and zero counts, but struct fields and zero timestamps stay, as `{}` and `null`).
+//! `autoscaling/v1` HorizontalPodAutoscalers are the stored `autoscaling/v2` ones, converted as
+//! `pkg/apis/autoscaling/v1/conversion.go` does for what v1 can say (the CPU utilization
+//! target and its current value); v2's other metrics, behavior and conditions are not written
+//! into annotations as the real conversion does, so a v1 write drops them.
 
 use serde_json::{Map, Value, json};
 
@@ -10,12 +14,75 @@ use crate::registry::ResourceDef;
 
 /// Whether objects of `def` are stored in another group's schema and must be converted.
 pub fn converts(def: &ResourceDef) -> bool {
-    def.group == "events.k8s.io" && def.kind == "Event"
+    (def.group == "events.k8s.io" && def.kind == "Event") || is_hpa_v1(def)
+}
+
+fn is_hpa_v1(def: &ResourceDef) -> bool {
+    def.group == "autoscaling" && def.version == "v1" && def.kind == "HorizontalPodAutoscaler"
+}
+
+/// The CPU utilization target of a v2 metric list, if it has one.
+fn cpu_utilization(metrics: Option<&Value>, target: &str, value: &str) -> Option<Value> {
+    metrics?.as_array()?.iter().find_map(|m| {
+        let r = m.get("resource")?;
+        (m.get("type")? == "Resource" && r.get("name")? == "cpu")
+            .then(|| r.get(target)?.get(value).cloned())
+            .flatten()
+    })
+}
+
+/// A stored `autoscaling/v2` HorizontalPodAutoscaler as `autoscaling/v1` shows it.
+fn hpa_to_v1(stored: &Value) -> Value {
+    let mut out = stored.clone();
+    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+        let cpu = cpu_utilization(spec.get("metrics"), "target", "averageUtilization");
+        spec.remove("metrics");
+        spec.remove("behavior");
+        if let Some(cpu) = cpu {
+            spec.insert("targetCPUUtilizationPercentage".into(), cpu);
+        }
+    }
+    if let Some(status) = out.get_mut("status").and_then(Value::as_object_mut) {
+        let cpu = cpu_utilization(status.get("currentMetrics"), "current", "averageUtilization");
+        status.remove("currentMetrics");
+        status.remove("conditions");
+        if let Some(cpu) = cpu {
+            status.insert("currentCPUUtilizationPercentage".into(), cpu);
+        }
+        status.entry("currentReplicas").or_insert(json!(0));
+    }
+    out
+}
+
+/// An `autoscaling/v1` HorizontalPodAutoscaler in the stored `autoscaling/v2` form.
+fn hpa_to_v2(obj: Value) -> Value {
+    let mut out = obj;
+    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut)
+        && let Some(cpu) = spec.remove("targetCPUUtilizationPercentage")
+        && !cpu.is_null()
+    {
+        spec.insert(
+            "metrics".into(),
+            json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu}}}]),
+        );
+    }
+    if let Some(status) = out.get_mut("status").and_then(Value::as_object_mut)
+        && let Some(cpu) = status.remove("currentCPUUtilizationPercentage")
+        && !cpu.is_null()
+    {
+        status.insert(
+            "currentMetrics".into(),
+            json!([{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": cpu}}}]),
+        );
+    }
+    out
 }
 
 /// A stored object as served at `def`'s version (the caller sets apiVersion and kind).
 pub fn to_version(def: &ResourceDef, stored: &Value) -> Value {
-    if converts(def) {
+    if is_hpa_v1(def) {
+        hpa_to_v1(stored)
+    } else if converts(def) {
         event_from_v1(stored.clone())
     } else {
         stored.clone()
@@ -24,7 +91,13 @@ pub fn to_version(def: &ResourceDef, stored: &Value) -> Value {
 
 /// An object written at `def`'s version in the storage schema.
 pub fn to_storage(def: &ResourceDef, obj: Value) -> Value {
-    if converts(def) { event_to_v1(obj) } else { obj }
+    if is_hpa_v1(def) {
+        hpa_to_v2(obj)
+    } else if converts(def) {
+        event_to_v1(obj)
+    } else {
+        obj
+    }
 }
 
 /// A stored object as the storage schema shapes it (core v1 Events get their Go encoding,
@@ -35,86 +108,6 @@ pub fn normalize_storage(def: &ResourceDef, obj: Value) -> Value {
     } else {
         obj
     }
-}
-
-/// Fields of a written object that its version's schema does not have, as the real server's
-/// decoder names them (`foo`, `regarding.foo`), for `fieldValidation`.
-pub fn unknown_fields(def: &ResourceDef, obj: &Value) -> Vec<String> {
-    const REF: &[&str] = &[
-        "kind",
-        "namespace",
-        "name",
-        "uid",
-        "apiVersion",
-        "resourceVersion",
-        "fieldPath",
-    ];
-    const SOURCE: &[&str] = &["component", "host"];
-    const SERIES: &[&str] = &["count", "lastObservedTime"];
-    let schema: &[(&str, &[&str])] = if converts(def) {
-        &[
-            ("apiVersion", &[]),
-            ("kind", &[]),
-            ("metadata", &[]),
-            ("eventTime", &[]),
-            ("series", SERIES),
-            ("reportingController", &[]),
-            ("reportingInstance", &[]),
-            ("action", &[]),
-            ("reason", &[]),
-            ("regarding", REF),
-            ("related", REF),
-            ("note", &[]),
-            ("type", &[]),
-            ("deprecatedSource", SOURCE),
-            ("deprecatedFirstTimestamp", &[]),
-            ("deprecatedLastTimestamp", &[]),
-            ("deprecatedCount", &[]),
-        ]
-    } else if def.group.is_empty() && def.kind == "Event" {
-        &[
-            ("apiVersion", &[]),
-            ("kind", &[]),
-            ("metadata", &[]),
-            ("involvedObject", REF),
-            ("reason", &[]),
-            ("message", &[]),
-            ("source", SOURCE),
-            ("firstTimestamp", &[]),
-            ("lastTimestamp", &[]),
-            ("count", &[]),
-            ("type", &[]),
-            ("eventTime", &[]),
-            ("series", SERIES),
-            ("action", &[]),
-            ("related", REF),
-            ("reportingComponent", &[]),
-            ("reportingInstance", &[]),
-        ]
-    } else {
-        return vec![];
-    };
-    let mut out = vec![];
-    let Some(m) = obj.as_object() else {
-        return out;
-    };
-    for (k, v) in m {
-        match schema.iter().find(|(name, _)| name == k) {
-            None => out.push(k.clone()),
-            Some((_, nested)) if !nested.is_empty() => {
-                if let Some(inner) = v.as_object() {
-                    out.extend(
-                        inner
-                            .keys()
-                            .filter(|ik| !nested.contains(&ik.as_str()))
-                            .map(|ik| format!("{k}.{ik}")),
-                    );
-                }
-            }
-            Some(_) => {}
-        }
-    }
-    out
 }
 
 /// Convert an `events.k8s.io/v1` Event to a core `v1` Event (the stored form).
@@ -401,11 +394,9 @@ mod tests {
             "reportingComponent"
         );
         assert_eq!(storage_field(&events, "metadata.name"), "metadata.name");
+        let mut ev = json!({"note": "x", "message": "y", "regarding": {"nme": "p"}});
         assert_eq!(
-            unknown_fields(
-                &events,
-                &json!({"note": "x", "message": "y", "regarding": {"nme": "p"}})
-            ),
+            crate::typed::decode(&events, &mut ev).unwrap(),
             ["message", "regarding.nme"]
         );
     }

@@ -193,6 +193,18 @@ pub fn record_update(
     sub: &str,
     now: &str,
 ) {
+    // The field walks recurse once per level of the object.
+    crate::schema::deep_stack(|| record_update_walk(old, new, manager, api_version, sub, now))
+}
+
+fn record_update_walk(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    sub: &str,
+    now: &str,
+) {
     let mut list = old.map(entries).unwrap_or_default();
     let changed = match old {
         Some(old) => changed_paths(old, new),
@@ -246,6 +258,18 @@ fn dotted(p: &Path) -> String {
 /// Server-side apply of `applied` by `manager` onto `current` (None when creating).
 /// Returns the new object with its managedFields, or a 409 listing the conflicts.
 pub fn apply(
+    current: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    force: bool,
+    api_version: &str,
+    sub: &str,
+    now: &str,
+) -> Result<Value, ApiError> {
+    crate::schema::deep_stack(|| apply_walk(current, applied, manager, force, api_version, sub, now))
+}
+
+fn apply_walk(
     current: Option<&Value>,
     applied: &Value,
     manager: &str,

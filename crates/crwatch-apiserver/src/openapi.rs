@@ -6,14 +6,17 @@
 //!   custom resources `com.example.stable.v1.Database` from the reversed group), carrying
 //!   `x-kubernetes-group-version-kind`; custom resources use their CRD schema with `apiVersion`,
 //!   `kind` and `metadata` (a reference to `ObjectMeta`) added, as apiextensions-apiserver does;
+//!   built-in kinds use their published schemas ([`crate::builtin`]) and every definition those
+//!   refer to;
 //! - every resource gets its paths (list, create, deletecollection, get, replace, delete, patch and
 //!   the `status`/`scale` subresources) whose operations carry `x-kubernetes-group-version-kind` and
 //!   `x-kubernetes-action`, with the query parameters the server understands. Every PATCH operation
 //!   lists `fieldValidation` inline, which is how kubectl decides to use server-side field
 //!   validation; `kubectl explain` finds the kind through the same operation extensions;
-//! - PATCH operations never advertise `application/strategic-merge-patch+json`: built-in kinds only
-//!   have permissive schemas here, so kubectl must compute strategic merge patches from its compiled-in
-//!   types rather than from these documents (and custom resources never support them).
+//! - PATCH operations never advertise `application/strategic-merge-patch+json`: the published
+//!   schemas here lack the `x-kubernetes-patch-*` extensions, so kubectl must compute strategic
+//!   merge patches from its compiled-in types rather than from these documents (the server
+//!   applies them with its own merge keys; custom resources never support them).
 //!
 //! Documents are built deterministically (sorted keys), so [`digest`] of a group-version document is
 //! stable and serves as the `hash` in the v3 index.
@@ -88,7 +91,7 @@ impl Flavor {
 ///
 /// Custom resources get their CRD schema converted the way the real server publishes it for v2
 /// (no `nullable`, `anyOf`/`oneOf`/`allOf`/`not`; subtrees that preserve unknown fields become
-/// untyped); built-in kinds get permissive schemas. This is the JSON form; client-go asks for
+/// untyped); built-in kinds get their published schemas. This is the JSON form; client-go asks for
 /// protobuf only, which [`v2_protobuf_minimal`] answers.
 pub fn v2(defs: &[Arc<ResourceDef>]) -> Value {
     let flavor = Flavor::V2;
@@ -300,6 +303,17 @@ fn add_resource(
 ) {
     definitions.insert(definition_name(def), kind_schema(flavor, def));
     definitions.insert(list_definition_name(def), list_schema(flavor, def));
+    // A built-in kind's published schema refers to the definitions of the types it uses.
+    if let Some(name) = crate::builtin::definition_of(def) {
+        for used in crate::builtin::closure([name]) {
+            if used == name {
+                continue;
+            }
+            if let Some(schema) = crate::builtin::definitions().get(&used) {
+                definitions.insert(used, with_refs(flavor, schema.clone()));
+            }
+        }
+    }
     for (path, item) in resource_paths(flavor, def) {
         paths.insert(path, item);
     }
@@ -307,13 +321,38 @@ fn add_resource(
 
 /// The schema of the kind itself, with `x-kubernetes-group-version-kind`.
 fn kind_schema(flavor: Flavor, def: &ResourceDef) -> Value {
-    let mut schema = match &def.schema {
-        Some(crd_schema) if crd_schema.is_object() => custom_schema(flavor, crd_schema),
-        Some(_) => json!({ "type": "object" }),
-        None if def.is_custom() => json!({ "type": "object" }),
-        None => builtin_schema(flavor, def),
+    let published = crate::builtin::definition_of(def).and_then(|n| crate::builtin::definitions().get(n));
+    let mut schema = match (&def.schema, published) {
+        (Some(crd_schema), _) if crd_schema.is_object() => custom_schema(flavor, crd_schema),
+        (Some(_), _) => json!({ "type": "object" }),
+        (None, _) if def.is_custom() => json!({ "type": "object" }),
+        (None, Some(published)) => with_refs(flavor, published.clone()),
+        (None, None) => json!({ "type": "object" }),
     };
     schema["x-kubernetes-group-version-kind"] = json!([gvk(def, &def.kind)]);
+    schema
+}
+
+/// A published schema with its references (`#/definitions/<name>`) in the document's form.
+fn with_refs(flavor: Flavor, mut schema: Value) -> Value {
+    fn walk(flavor: Flavor, v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get_mut("$ref")
+                    && let Some(name) = r.strip_prefix("#/definitions/")
+                {
+                    *r = flavor.reference(name)["$ref"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                }
+                m.values_mut().for_each(|c| walk(flavor, c));
+            }
+            Value::Array(items) => items.iter_mut().for_each(|c| walk(flavor, c)),
+            _ => {}
+        }
+    }
+    walk(flavor, &mut schema);
     schema
 }
 
@@ -526,164 +565,6 @@ fn type_meta_properties(flavor: Flavor) -> Map<String, Value> {
     );
     props
 }
-
-/// A permissive schema for a built-in kind: the well-known top-level fields are named (so `kubectl
-/// explain` has something to show), everything below them is accepted as is.
-fn builtin_schema(flavor: Flavor, def: &ResourceDef) -> Value {
-    let mut props = type_meta_properties(flavor);
-    for (name, type_, description) in builtin_fields(&def.kind) {
-        let field = match *type_ {
-            "object" => json!({
-                "description": description,
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": true,
-            }),
-            "map" => json!({
-                "additionalProperties": { "type": "string" },
-                "description": description,
-                "type": "object",
-            }),
-            "array" => json!({
-                "description": description,
-                "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
-                "type": "array",
-            }),
-            t => json!({ "description": description, "type": t }),
-        };
-        props.insert((*name).into(), field);
-    }
-    json!({
-        "description": format!("{} ({}).", def.kind, def.api_version()),
-        "properties": props,
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true,
-    })
-}
-
-/// Top-level fields of the built-in kinds: (name, type, description).
-fn builtin_fields(kind: &str) -> &'static [(&'static str, &'static str, &'static str)] {
-    const SPEC: &str = "Spec defines the behavior of the object. More info: \
-https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#spec-and-status";
-    const STATUS: &str = "Status is the most recently observed status of the object. Populated by the \
-system. Read-only. More info: \
-https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#spec-and-status";
-    match kind {
-        "Namespace" | "Deployment" | "CustomResourceDefinition" => {
-            &[("spec", "object", SPEC), ("status", "object", STATUS)]
-        }
-        "Lease" => &[("spec", "object", SPEC)],
-        "ConfigMap" => &[
-            (
-                "binaryData",
-                "map",
-                "BinaryData contains the binary data. Each key must consist of alphanumeric characters, \
-'-', '_' or '.'. BinaryData can contain byte sequences that are not in the UTF-8 range.",
-            ),
-            (
-                "data",
-                "map",
-                "Data contains the configuration data. Each key must consist of alphanumeric characters, \
-'-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field.",
-            ),
-            (
-                "immutable",
-                "boolean",
-                "Immutable, if set to true, ensures that data stored in the ConfigMap cannot be updated \
-(only object metadata can be modified).",
-            ),
-        ],
-        "Secret" => &[
-            (
-                "data",
-                "map",
-                "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' \
-or '.'. The serialized form of the secret data is a base64 encoded string.",
-            ),
-            (
-                "immutable",
-                "boolean",
-                "Immutable, if set to true, ensures that data stored in the Secret cannot be updated (only \
-object metadata can be modified).",
-            ),
-            (
-                "stringData",
-                "map",
-                "stringData allows specifying non-binary secret data in string form. It is provided as a \
-write-only input field for convenience. All keys and values are merged into the data field on write, \
-overwriting any existing values.",
-            ),
-            (
-                "type",
-                "string",
-                "Used to facilitate programmatic handling of secret data.",
-            ),
-        ],
-        "ServiceAccount" => &[
-            (
-                "automountServiceAccountToken",
-                "boolean",
-                "AutomountServiceAccountToken indicates whether pods running as this service account should \
-have an API token automatically mounted.",
-            ),
-            (
-                "imagePullSecrets",
-                "array",
-                "ImagePullSecrets is a list of references to secrets in the same namespace to use for \
-pulling any images in pods that reference this ServiceAccount.",
-            ),
-            (
-                "secrets",
-                "array",
-                "Secrets is a list of the secrets in the same namespace that pods running using this \
-ServiceAccount are allowed to use.",
-            ),
-        ],
-        "Event" => &[
-            (
-                "action",
-                "string",
-                "What action was taken/failed regarding to the Regarding object.",
-            ),
-            ("involvedObject", "object", "The object that this event is about."),
-            (
-                "message",
-                "string",
-                "A human-readable description of the status of this operation.",
-            ),
-            (
-                "note",
-                "string",
-                "note is a human-readable description of the status of this operation.",
-            ),
-            (
-                "reason",
-                "string",
-                "This should be a short, machine understandable string that gives the reason for the \
-transition into the object's current status.",
-            ),
-            (
-                "regarding",
-                "object",
-                "regarding contains the object this Event is about.",
-            ),
-            (
-                "type",
-                "string",
-                "Type of this event (Normal, Warning), new types could be added in the future",
-            ),
-        ],
-        "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration" => &[(
-            "webhooks",
-            "array",
-            "Webhooks is a list of webhooks and the affected resources and operations.",
-        )],
-        _ => &[],
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Paths
-// ---------------------------------------------------------------------------------------------
 
 /// One operation to describe.
 struct OpSpec {
@@ -1958,11 +1839,20 @@ mod tests {
     }
 
     #[test]
-    fn builtins_are_permissive_but_tagged() {
+    fn builtins_have_their_published_schemas() {
         let defs = all_defs();
         let apps = v3_group_version(&defs, "apis/apps/v1").unwrap();
-        let d = &apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
-        assert_eq!(d["x-kubernetes-preserve-unknown-fields"], true);
+        let schemas = &apps["components"]["schemas"];
+        let d = &schemas["io.k8s.api.apps.v1.Deployment"];
+        assert!(d.get("x-kubernetes-preserve-unknown-fields").is_none());
+        assert_eq!(
+            d["properties"]["spec"]["allOf"][0]["$ref"],
+            "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"
+        );
+        assert_eq!(
+            schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["restartPolicy"]["type"],
+            "string"
+        );
         assert_eq!(d["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
         assert!(d["properties"]["spec"].is_object());
         let item = &apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"];

@@ -1,5 +1,12 @@
 //! Patch formats: JSON patch, JSON merge patch, strategic merge patch (with the merge keys of
 //! the built-in kinds served here) and the merge step of server-side apply.
+//!
+//! Limits, as the real server's: at most [`MAX_JSON_PATCH_OPERATIONS`] operations in a JSON
+//! patch (413 otherwise), and `copy` operations may add at most [`MAX_JSON_PATCH_COPY_BYTES`]
+//! in total (422), so a small patch of repeated copies cannot double an object until memory
+//! runs out. Merge, strategic and apply patches cannot grow an object past the size of the
+//! patch itself, which the request body limit bounds; the size of the stored result is
+//! checked by the API (`Api::check_stored_size`).
 
 use serde_json::{Map, Value};
 
@@ -34,26 +41,114 @@ impl PatchType {
     }
 }
 
+/// The most operations a JSON patch may have (`maxJSONPatchOperations` of the real server's
+/// patch handler).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// The most bytes `copy` operations of one JSON patch may add together (the real server's
+/// `JSONPatchMaxCopyBytes`, 3 MiB, which it sets as json-patch's `AccumulatedCopySizeLimit`).
+pub const MAX_JSON_PATCH_COPY_BYTES: u64 = 3 * 1024 * 1024;
+
+/// The real server's answer to a JSON patch that cannot be applied: 422 Invalid with a generic
+/// message only (`NewGenericServerResponse` drops the json-patch error text), for a failed
+/// test, a missing path and an exceeded copy limit alike.
+fn unappliable() -> ApiError {
+    ApiError::new(
+        422,
+        "Invalid",
+        "the server rejected our request due to an error in our request",
+    )
+}
+
+/// The length of a value's compact JSON encoding, as json-patch measures a copied value,
+/// without building the encoding.
+fn encoded_len(v: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing to a counter cannot fail; a failure would only make the count smaller.
+    let _ = stacker::maybe_grow(64 * 1024, 1024 * 1024, || serde_json::to_writer(&mut c, v));
+    c.0
+}
+
 /// Apply an RFC 6902 JSON patch.
 pub fn json_patch(target: &Value, body: &[u8]) -> ApiResult<Value> {
-    let ops: json_patch::Patch = serde_json::from_slice(body)
+    let ops: json_patch::Patch = crate::decode::json_checked(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError::request_entity_too_large(&format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.0.len()
+        )));
+    }
     let mut out = target.clone();
-    json_patch::patch(&mut out, &ops).map_err(|_| {
-        // The real server answers a failed test or a missing path as 422 Invalid with this
-        // generic message only (`NewGenericServerResponse` drops the json-patch error text).
-        ApiError::new(
-            422,
-            "Invalid",
-            "the server rejected our request due to an error in our request",
-        )
-    })?;
+    apply_ops(&mut out, &ops.0).map_err(|_| unappliable())?;
     Ok(out)
+}
+
+/// Apply JSON patch operations (a request's, or a mutating webhook's) with the copy limit,
+/// one operation at a time, so that the bytes each `copy` adds are counted before the next
+/// one can double them again. `Err` is json-patch's error text.
+pub fn apply_ops(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Result<(), String> {
+    use json_patch::PatchOperation as Op;
+    let mut copied = 0u64;
+    // An upper bound of the document's depth: every operation that puts a value somewhere can
+    // make it as deep as the path plus the value. Operations that nest values ever deeper
+    // would otherwise outgrow what the stack can walk long before the object is checked.
+    let mut depth = crate::decode::depth(doc);
+    let limit = crate::decode::MAX_DEPTH + crate::decode::BODY_DEPTH_SLACK;
+    for op in ops {
+        let placed = match op {
+            Op::Add(a) => Some((a.path.as_str(), crate::decode::depth(&a.value))),
+            Op::Replace(r) => Some((r.path.as_str(), crate::decode::depth(&r.value))),
+            Op::Copy(c) => Some((
+                c.path.as_str(),
+                doc.pointer(c.from.as_str()).map_or(0, crate::decode::depth),
+            )),
+            Op::Move(m) => Some((
+                m.path.as_str(),
+                doc.pointer(m.from.as_str()).map_or(0, crate::decode::depth),
+            )),
+            Op::Remove(_) | Op::Test(_) => None,
+        };
+        if let Some((path, value_depth)) = placed {
+            let segments = path.matches('/').count();
+            depth = depth.max(segments + value_depth);
+            if depth > limit {
+                return Err("the patched object would nest deeper than the server accepts".into());
+            }
+        }
+        if let json_patch::PatchOperation::Copy(c) = op {
+            let from = doc.pointer(c.from.as_str()).ok_or_else(|| {
+                format!(
+                    "copy operation does not apply: doc is missing from path: {}",
+                    c.from
+                )
+            })?;
+            copied += encoded_len(from);
+            if copied > MAX_JSON_PATCH_COPY_BYTES {
+                // json-patch's AccumulatedCopySizeError.
+                return Err(format!(
+                    "Unable to complete the copy, the accumulated size increase of copy is {copied}, exceeding the limit {MAX_JSON_PATCH_COPY_BYTES}"
+                ));
+            }
+        }
+        json_patch::patch(doc, std::slice::from_ref(op)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Apply an RFC 7386 JSON merge patch.
 pub fn merge_patch(target: &Value, body: &[u8]) -> ApiResult<Value> {
-    let patch: Value = serde_json::from_slice(body)
+    let patch: Value = crate::decode::json_checked(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     if !patch.is_object() {
         return Err(ApiError::bad_request(
@@ -61,7 +156,7 @@ pub fn merge_patch(target: &Value, body: &[u8]) -> ApiResult<Value> {
         ));
     }
     let mut out = target.clone();
-    json_patch::merge(&mut out, &patch);
+    merge(&mut out, &patch);
     Ok(out)
 }
 
@@ -87,7 +182,7 @@ fn merge_key(field: &str) -> Option<&'static str> {
 /// understands the `$patch`, `$setElementOrder`, `$retainKeys` and `$deleteFromPrimitiveList`
 /// directives kubectl sends.
 pub fn strategic_merge_patch(target: &Value, body: &[u8], custom: bool) -> ApiResult<Value> {
-    let patch: Value = serde_json::from_slice(body)
+    let patch: Value = crate::decode::json_checked(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     if !patch.is_object() {
         return Err(ApiError::bad_request(
@@ -99,7 +194,32 @@ pub fn strategic_merge_patch(target: &Value, body: &[u8], custom: bool) -> ApiRe
     Ok(out)
 }
 
+/// RFC 7386 merge, one level per call, the stack growing as needed for deep documents.
+fn merge(target: &mut Value, patch: &Value) {
+    stacker::maybe_grow(64 * 1024, 1024 * 1024, || {
+        let Some(pm) = patch.as_object() else {
+            *target = patch.clone();
+            return;
+        };
+        if !target.is_object() {
+            *target = Value::Object(Map::new());
+        }
+        let Some(tm) = target.as_object_mut() else { return };
+        for (k, pv) in pm {
+            if pv.is_null() {
+                tm.remove(k);
+            } else {
+                merge(tm.entry(k.clone()).or_insert(Value::Null), pv);
+            }
+        }
+    })
+}
+
 fn smp_object(target: &mut Value, patch: &Value, custom: bool) {
+    stacker::maybe_grow(64 * 1024, 1024 * 1024, || smp_object_level(target, patch, custom))
+}
+
+fn smp_object_level(target: &mut Value, patch: &Value, custom: bool) {
     let Some(pm) = patch.as_object() else {
         *target = patch.clone();
         return;
@@ -186,6 +306,10 @@ fn smp_list(target: &mut Value, items: &[Value], key: &str, custom: bool) {
 /// Merge an applied configuration into an object: maps merge recursively, everything else
 /// (lists included) is replaced.
 pub fn apply_merge(target: &mut Value, applied: &Value) {
+    stacker::maybe_grow(64 * 1024, 1024 * 1024, || apply_merge_level(target, applied))
+}
+
+fn apply_merge_level(target: &mut Value, applied: &Value) {
     match (target.as_object_mut(), applied.as_object()) {
         (Some(tm), Some(am)) => {
             for (k, av) in am {
@@ -243,5 +367,56 @@ mod tests {
         let err = json_patch(&target, br#"[{"op": "test", "path": "/a", "value": 2}]"#).unwrap_err();
         assert_eq!(err.code, 422);
         assert!(json_patch(&target, b"not json").is_err());
+    }
+
+    #[test]
+    fn json_patch_operation_count_and_copy_size_are_limited() {
+        let target = json!({"a": "x"});
+        let ops: Vec<Value> = (0..=MAX_JSON_PATCH_OPERATIONS)
+            .map(|_| json!({"op": "test", "path": "/a", "value": "x"}))
+            .collect();
+        let err = json_patch(&target, &serde_json::to_vec(&ops).unwrap()).unwrap_err();
+        assert_eq!((err.code, err.reason.as_str()), (413, "RequestEntityTooLarge"));
+        assert_eq!(
+            err.message,
+            "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
+        );
+        // Each copy doubles /d: 1 KiB doubles past the 3 MiB limit in a dozen operations.
+        let target = json!({"d": ["x".repeat(1024)]});
+        let doubling: Vec<Value> = (0..40)
+            .map(|_| json!({"op": "copy", "from": "/d", "path": "/d/-"}))
+            .collect();
+        let err = json_patch(&target, &serde_json::to_vec(&doubling).unwrap()).unwrap_err();
+        assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+        // Below the limit copies work.
+        let few = &doubling[..3];
+        let out = json_patch(&target, &serde_json::to_vec(few).unwrap()).unwrap();
+        assert_eq!(out["d"].as_array().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn merge_patches_of_deep_documents_do_not_overflow() {
+        let deep =
+            "{\"a\":".repeat(crate::decode::MAX_DEPTH - 1) + "1" + &"}".repeat(crate::decode::MAX_DEPTH - 1);
+        let target: Value = crate::decode::from_slice_deep(deep.as_bytes()).unwrap();
+        let out = std::thread::Builder::new()
+            // The default stack of a tokio worker.
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let measure = |v: Value| {
+                    let d = crate::decode::depth(&v);
+                    crate::decode::drop_deep(v);
+                    d
+                };
+                let out = merge_patch(&target, deep.as_bytes()).map(measure);
+                let smp = strategic_merge_patch(&target, deep.as_bytes(), true).map(measure);
+                crate::decode::drop_deep(target);
+                (out, smp)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(out.0.unwrap(), crate::decode::MAX_DEPTH - 1);
+        assert_eq!(out.1.unwrap(), crate::decode::MAX_DEPTH - 1);
     }
 }

@@ -149,40 +149,6 @@ impl ResourceDef {
     pub fn is_custom(&self) -> bool {
         self.crd.is_some()
     }
-
-    fn builtin(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
-        ResourceDef {
-            group: group.into(),
-            version: version.into(),
-            kind: kind.into(),
-            plural: plural.into(),
-            singular: kind.to_ascii_lowercase(),
-            short_names: vec![],
-            categories: vec![],
-            namespaced,
-            verbs: ALL_VERBS.iter().map(|v| v.to_string()).collect(),
-            status_subresource: false,
-            scale: None,
-            schema: None,
-            printer_columns: vec![],
-            crd: None,
-            has_generation: false,
-            delete_returns_object: false,
-            requires_resource_version_on_update: false,
-            storage_version: version.into(),
-            storage_group: group.into(),
-        }
-    }
-
-    fn short(mut self, names: &[&str]) -> Self {
-        self.short_names = names.iter().map(|s| s.to_string()).collect();
-        self
-    }
-
-    fn categories(mut self, names: &[&str]) -> Self {
-        self.categories = names.iter().map(|s| s.to_string()).collect();
-        self
-    }
 }
 
 /// Storage identity of a resource: versions of one resource share their objects.
@@ -204,68 +170,9 @@ impl std::fmt::Display for GroupResource {
     }
 }
 
-/// The kinds served before any CRD exists.
+/// The kinds served before any CRD exists (see [`crate::builtin`]).
 pub fn builtin_resources() -> Vec<ResourceDef> {
-    let mut namespace = ResourceDef::builtin("", "v1", "Namespace", "namespaces", false).short(&["ns"]);
-    namespace.status_subresource = true;
-    namespace.delete_returns_object = true;
-    namespace.verbs.retain(|v| v != "deletecollection");
-    let mut deployment = ResourceDef::builtin("apps", "v1", "Deployment", "deployments", true)
-        .short(&["deploy"])
-        .categories(&["all"]);
-    deployment.status_subresource = true;
-    deployment.has_generation = true;
-    deployment.scale = Some(ScaleSpec {
-        spec_replicas_path: ".spec.replicas".into(),
-        status_replicas_path: ".status.replicas".into(),
-        label_selector_path: None,
-    });
-    let mut crd = ResourceDef::builtin(
-        "apiextensions.k8s.io",
-        "v1",
-        "CustomResourceDefinition",
-        "customresourcedefinitions",
-        false,
-    )
-    .short(&["crd", "crds"])
-    .categories(&["api-extensions"]);
-    crd.status_subresource = true;
-    crd.has_generation = true;
-    crd.delete_returns_object = true;
-    // As on the real server, events.k8s.io/v1 Events are the core v1 Events, converted.
-    let mut events_v1 = ResourceDef::builtin("events.k8s.io", "v1", "Event", "events", true);
-    events_v1.storage_group = String::new();
-    let mut vwc = ResourceDef::builtin(
-        "admissionregistration.k8s.io",
-        "v1",
-        "ValidatingWebhookConfiguration",
-        "validatingwebhookconfigurations",
-        false,
-    )
-    .categories(&["api-extensions"]);
-    vwc.has_generation = true;
-    let mut mwc = ResourceDef::builtin(
-        "admissionregistration.k8s.io",
-        "v1",
-        "MutatingWebhookConfiguration",
-        "mutatingwebhookconfigurations",
-        false,
-    )
-    .categories(&["api-extensions"]);
-    mwc.has_generation = true;
-    vec![
-        namespace,
-        ResourceDef::builtin("", "v1", "ConfigMap", "configmaps", true).short(&["cm"]),
-        ResourceDef::builtin("", "v1", "Secret", "secrets", true),
-        ResourceDef::builtin("", "v1", "ServiceAccount", "serviceaccounts", true).short(&["sa"]),
-        ResourceDef::builtin("", "v1", "Event", "events", true).short(&["ev"]),
-        events_v1,
-        ResourceDef::builtin("coordination.k8s.io", "v1", "Lease", "leases", true),
-        deployment,
-        crd,
-        vwc,
-        mwc,
-    ]
+    crate::builtin::resources()
 }
 
 /// The set of served resources, replaced wholesale (copy on write) when CRDs change.

@@ -160,6 +160,13 @@ impl FieldError {
         Self::new(ErrorType::Duplicate, field, Some(value), String::new())
     }
 
+    /// `Invalid value: <rendered>: detail`, for a bad value the real server prints with Go's `%#v` of
+    /// a type that has no JSON form here (like a CRD's `apiextensions.ValidationRule`).
+    pub fn invalid_raw(field: impl Into<String>, rendered: String, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        Self::new(ErrorType::Invalid, field, None, format!("{rendered}: {detail}"))
+    }
+
     /// `Internal error: detail`.
     pub fn internal(field: impl Into<String>, detail: impl Into<String>) -> Self {
         Self::new(ErrorType::Internal, field, None, detail.into())
@@ -274,6 +281,11 @@ fn go_float(f: f64) -> String {
 }
 
 /// Go's `strconv.Quote`.
+/// A string quoted the way Go's `%q` (strconv.Quote) quotes it.
+pub(crate) fn go_quote_str(s: &str) -> String {
+    go_quote(s)
+}
+
 fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -407,7 +419,7 @@ fn child_path(path: &str, key: &str) -> String {
 /// (`unknown field "spec.foo"`).
 pub fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
     let mut pruned = Vec::new();
-    prune_node(obj, Some(schema), true, "", &mut pruned);
+    deep_stack(|| prune_node(obj, Some(schema), true, "", &mut pruned));
     pruned.sort();
     pruned
 }
@@ -501,13 +513,20 @@ fn skip_prune(x: &mut Value, s: &Value, force_embedded: bool, path: &str, out: &
 /// default is replaced by the default, while a null in a nullable field is kept. Call after [`prune`].
 pub fn apply_defaults(schema: &Value, obj: &mut Value) {
     prune_nulls(schema, obj);
-    default_node(obj, Some(schema));
+    deep_stack(|| default_node(obj, Some(schema)));
 }
 
 /// Remove object fields whose value is null although their schema is neither nullable nor has a
 /// default (the real server's `PruneNonNullableNullsWithoutDefaults`; [`apply_defaults`] calls it).
 pub fn prune_nulls(schema: &Value, obj: &mut Value) {
-    prune_nulls_node(obj, Some(schema));
+    deep_stack(|| prune_nulls_node(obj, Some(schema)));
+}
+
+/// Run a walk that recurses once per level of an object on a stack large enough for the
+/// deepest object the server accepts ([`crate::decode::MAX_DEPTH`] levels at a few KiB each
+/// in debug builds), whatever stack the caller has left (a tokio worker has 2 MiB).
+pub(crate) fn deep_stack<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(4 * 1024 * 1024, 16 * 1024 * 1024, f)
 }
 
 fn non_nullable_non_defaultable(s: Option<&Value>) -> bool {
@@ -609,6 +628,10 @@ fn default_node(x: &mut Value, s: Option<&Value>) {
 /// Returns every error, in the real server's order where it is deterministic (object properties are
 /// visited in schema order, where the real server's order is random).
 pub fn validate(schema: &Value, obj: &Value) -> Vec<FieldError> {
+    deep_stack(|| validate_walk(schema, obj))
+}
+
+fn validate_walk(schema: &Value, obj: &Value) -> Vec<FieldError> {
     let mut errs = validate_schema(schema, obj, "", true).errs;
     errs.extend(validate_embedded(schema, obj, ""));
     if let Value::Object(m) = obj {

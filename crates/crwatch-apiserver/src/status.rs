@@ -108,8 +108,12 @@ impl ApiError {
             .iter()
             .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
             .collect();
-        ApiError::new(422, "Invalid", format!("{gk} \"{name}\" is invalid: {joined}"))
-            .with_details(json!({"name": name, "group": group, "kind": kind, "causes": causes_json}))
+        // The real server leaves `group` out for the core group (omitempty).
+        let mut details = json!({"name": name, "kind": kind, "causes": causes_json});
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        ApiError::new(422, "Invalid", format!("{gk} \"{name}\" is invalid: {joined}")).with_details(details)
     }
 
     /// 400 BadRequest.
@@ -148,6 +152,23 @@ impl ApiError {
         )
     }
 
+    /// 413 RequestEntityTooLarge: `Request entity too large: {why}`, as
+    /// `NewRequestEntityTooLargeError` words it (no details).
+    pub fn request_entity_too_large(why: &str) -> Self {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: {why}"),
+        )
+    }
+
+    /// An error the real server did not turn into a `Status` itself (like etcd's `etcdserver:
+    /// request is too large`): 500 with no reason and the bare message, as `ErrorToAPIStatus`
+    /// answers it.
+    pub fn unknown(message: impl Into<String>) -> Self {
+        ApiError::new(500, "", message)
+    }
+
     /// 500 InternalError.
     pub fn internal(message: impl std::fmt::Display) -> Self {
         ApiError::new(
@@ -173,6 +194,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        // `StatusReasonUnknown` is the empty string, which the real server omits.
+        if self.reason.is_empty()
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("reason");
+        }
         if let Some(d) = &self.details {
             s["details"] = (**d).clone();
         }
@@ -274,6 +301,9 @@ mod tests {
             "ConfigMap \"x\" is invalid: [a: Required value, b: Required value]"
         );
         assert_eq!(two.status()["details"]["causes"][1]["field"], "b");
+        // `details.group` is left out for the core group, as the real server's omitempty does.
+        assert!(two.status()["details"].get("group").is_none());
+        assert_eq!(one.status()["details"]["group"], "stable.example.com");
     }
 
     #[test]

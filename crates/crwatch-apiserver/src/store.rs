@@ -1,9 +1,11 @@
 //! The object store: every object by resource and key, one increasing revision across all of
-//! them (as etcd gives), a bounded history of changes for watches and consistent paging, and
-//! the fan-out of new changes to watchers.
+//! them (as etcd gives), a bounded history of changes per resource for watches and consistent
+//! paging (sized like the real server's watch cache, see [`ResourceHistory`]), and the fan-out
+//! of new changes to watchers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -48,6 +50,12 @@ pub struct Event {
     pub object: Arc<Value>,
     /// The object before the change, for updates and deletes.
     pub prev: Option<Arc<Value>>,
+    /// The object's encoded JSON length, computed once at commit: what history's byte limit
+    /// counts.
+    pub size: usize,
+    /// The encoded watch lines of this change, shared by every watcher that renders it the
+    /// same way while any of them still holds one (so it is encoded once, not per watcher).
+    pub lines: crate::watch::LineCache,
 }
 
 /// A subscription to every future change.
@@ -81,22 +89,53 @@ pub enum WriteError {
 #[derive(Default)]
 struct Inner {
     rev: u64,
+    /// Changes up to this revision are durable and have been sent to watchers.
+    published: u64,
+    /// With a state file: committed changes waiting to be on disk before watchers see them.
+    pending: VecDeque<Arc<Event>>,
     objects: BTreeMap<GroupResource, BTreeMap<ObjKey, Arc<Value>>>,
     uids: HashMap<String, (GroupResource, ObjKey)>,
-    history: VecDeque<Arc<Event>>,
-    /// Revisions up to and including this one are no longer in history.
-    compacted: u64,
+    /// Each resource's own history, as the real server keeps one watch cache per resource (so
+    /// a busy resource does not push out the history of a quiet one).
+    histories: BTreeMap<GroupResource, ResourceHistory>,
+    /// What the object versions all histories keep alive cost.
+    history_bytes: HistoryBytes,
+    /// Where a resource's history starts when it has none yet: the revision the server started
+    /// at (or was compacted at). Like the real watch cache, which starts empty at its initial
+    /// LIST's revision, nothing from before it can be watched.
+    floor: u64,
 }
+
+/// How far changes are on disk (without a state file: everything committed).
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    /// Every change up to this revision is durable.
+    pub rev: u64,
+    /// Why the newest changes cannot be written, while that lasts.
+    pub error: Option<String>,
+}
+
+/// Writing a change to the state file failed: it was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage error: {0}")]
+pub struct NotDurable(pub String);
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
     inner: Mutex<Inner>,
+    /// The state file's writer, when there is one.
+    journal: std::sync::OnceLock<crate::state::StateDb>,
+    durable: tokio::sync::watch::Sender<Durable>,
     events: broadcast::Sender<Arc<Event>>,
-    window: usize,
+    /// Each resource's history capacity bounds: (lower, upper).
+    window: (usize, usize),
+    /// History's byte limit over all resources (see [`HistoryBytes`]).
+    window_bytes: usize,
     buffer: usize,
 }
 
-fn rv_of(obj: &Value) -> u64 {
+/// The object's resourceVersion as a number (0 when missing or not a number).
+pub fn rv_of(obj: &Value) -> u64 {
     obj.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
@@ -121,18 +160,24 @@ pub fn key_of(obj: &Value) -> ObjKey {
 }
 
 impl Store {
-    /// An empty store keeping `window` changes of history and buffering `watch_buffer`
+    /// An empty store keeping at most `window` changes of history per resource (see
+    /// [`ResourceHistory`] for how much below that it keeps) and buffering `watch_buffer`
     /// undelivered changes per watcher before closing a watcher that fell behind.
     pub fn new(window: usize, watch_buffer: usize) -> Self {
+        let upper = window.max(1);
         let buffer = watch_buffer.max(16);
         let (events, _) = broadcast::channel(buffer);
         Store {
             inner: Mutex::new(Inner {
                 rev: 1,
+                published: 1,
                 ..Default::default()
             }),
+            journal: std::sync::OnceLock::new(),
+            durable: tokio::sync::watch::Sender::new(Durable { rev: 1, error: None }),
             events,
-            window: window.max(1),
+            window: (upper.min(LOWER_BOUND_CAPACITY), upper),
+            window_bytes: DEFAULT_HISTORY_BYTES,
             buffer,
         }
     }
@@ -140,6 +185,107 @@ impl Store {
     /// How many undelivered changes a watcher may have queued before it is closed.
     pub fn watch_buffer(&self) -> usize {
         self.buffer
+    }
+
+    /// Keep at most `bytes` of object versions in history (see [`HistoryBytes`]); older
+    /// changes are compacted as by the count limit.
+    pub fn with_history_bytes(mut self, bytes: usize) -> Self {
+        self.window_bytes = bytes;
+        self
+    }
+
+    /// The bytes of object versions history keeps alive now, and how many changes it holds
+    /// (over all resources).
+    pub fn history_usage(&self) -> (usize, usize) {
+        let inner = self.lock();
+        let kept = inner.histories.values().map(|h| h.events.len()).sum();
+        (inner.history_bytes.total, kept)
+    }
+
+    /// One resource's history now: how many changes it holds, and its capacity (which grows
+    /// and shrinks as the real watch cache's does).
+    pub fn history_of(&self, gr: &GroupResource) -> (usize, usize) {
+        let inner = self.lock();
+        inner
+            .histories
+            .get(gr)
+            .map_or((0, self.window.0), |h| (h.events.len(), h.capacity))
+    }
+
+    /// The oldest revision a watch or paged list of `gr` can still start from.
+    pub fn oldest_in(&self, gr: &GroupResource) -> u64 {
+        let inner = self.lock();
+        inner.histories.get(gr).map_or(inner.floor, |h| h.compacted)
+    }
+
+    /// Up to `max` published changes of `gr` after revision `from`, for a watcher catching up
+    /// from history a chunk at a time (so it never pins more than a chunk of old versions).
+    /// When these reach the newest published change, also a subscription that continues right
+    /// after them. `from` older than the resource's history is [`Compacted`] (410 Gone).
+    pub fn catch_up_in(
+        &self,
+        gr: &GroupResource,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<Arc<Event>>, Option<Subscription>), Compacted> {
+        let inner = self.lock();
+        let published = inner.published;
+        let (chunk, caught_up) = match inner.histories.get(gr) {
+            Some(h) => {
+                let mut rest = h.since(from)?.take_while(|e| e.rev <= published);
+                let chunk: Vec<Arc<Event>> = rest.by_ref().take(max.max(1)).cloned().collect();
+                (chunk, rest.next().is_none())
+            }
+            None if from < inner.floor => {
+                return Err(Compacted {
+                    requested: from,
+                    oldest: inner.floor,
+                });
+            }
+            None => (vec![], true),
+        };
+        // Subscribing under the lock: the next published change is the first one received.
+        Ok((chunk, caught_up.then(|| self.events.subscribe())))
+    }
+
+    /// Every resource's published changes after `from`, merged in revision order (for
+    /// [`Store::catch_up`] and [`Store::history_and_subscribe`], which are not per resource).
+    fn merged_since(inner: &Inner, from: u64) -> Result<Vec<Arc<Event>>, Compacted> {
+        let oldest = inner
+            .histories
+            .values()
+            .map(|h| h.compacted)
+            .fold(inner.floor, u64::max);
+        if from < oldest {
+            return Err(Compacted {
+                requested: from,
+                oldest,
+            });
+        }
+        let published = inner.published;
+        let mut all: Vec<Arc<Event>> = vec![];
+        for h in inner.histories.values() {
+            all.extend(h.since(from)?.take_while(|e| e.rev <= published).cloned());
+        }
+        all.sort_by_key(|e| e.rev);
+        Ok(all)
+    }
+
+    /// Up to `max` published changes of every resource after revision `from` (the newest
+    /// start of any resource's history bounds it; a watcher of one resource uses
+    /// [`Store::catch_up_in`]). When these reach the newest published change, also a
+    /// subscription that continues right after them.
+    pub fn catch_up(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<Arc<Event>>, Option<Subscription>), Compacted> {
+        let inner = self.lock();
+        let mut chunk = Self::merged_since(&inner, from)?;
+        let caught_up = chunk.len() <= max.max(1);
+        chunk.truncate(max.max(1));
+        // Subscribing under the lock: the next published change is the first one received.
+        Ok((chunk, caught_up.then(|| self.events.subscribe())))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -153,9 +299,15 @@ impl Store {
         self.lock().rev
     }
 
-    /// The oldest revision a watch or paged list can still start from.
+    /// The oldest revision a watch or paged list of every resource can still start from
+    /// (each resource's own is [`Store::oldest_in`]).
     pub fn oldest(&self) -> u64 {
-        self.lock().compacted
+        let inner = self.lock();
+        inner
+            .histories
+            .values()
+            .map(|h| h.compacted)
+            .fold(inner.floor, u64::max)
     }
 
     /// One object.
@@ -205,17 +357,19 @@ impl Store {
         if rev >= inner.rev {
             return Ok(Self::collect(&inner.objects, gr, ns));
         }
-        if rev < inner.compacted {
-            return Err(Compacted {
-                requested: rev,
-                oldest: inner.compacted,
-            });
-        }
-        let mut state: BTreeMap<ObjKey, Arc<Value>> = inner.objects.get(gr).cloned().unwrap_or_default();
-        for ev in inner.history.iter().rev().take_while(|e| e.rev > rev) {
-            if &ev.gr != gr {
-                continue;
+        let history = match inner.histories.get(gr) {
+            Some(h) => h.since(rev)?,
+            None if rev < inner.floor => {
+                return Err(Compacted {
+                    requested: rev,
+                    oldest: inner.floor,
+                });
             }
+            // Nothing of this resource changed since then.
+            None => return Ok(Self::collect(&inner.objects, gr, ns)),
+        };
+        let mut state: BTreeMap<ObjKey, Arc<Value>> = inner.objects.get(gr).cloned().unwrap_or_default();
+        for ev in history.rev() {
             let key = key_of(&ev.object);
             match (&ev.kind, &ev.prev) {
                 (EventType::Added, _) => {
@@ -246,17 +400,132 @@ impl Store {
             rev: inner.rev,
             gr: gr.clone(),
             kind,
+            size: encoded_len(&object),
             object,
             prev,
+            lines: Default::default(),
         });
-        inner.history.push_back(ev.clone());
-        while inner.history.len() > self.window {
-            if let Some(old) = inner.history.pop_front() {
-                inner.compacted = old.rev;
+        inner.history_bytes.push(&ev);
+        let (floor, (lower, upper)) = (inner.floor, self.window);
+        let Inner {
+            histories,
+            history_bytes,
+            ..
+        } = inner;
+        let history = histories
+            .entry(gr.clone())
+            .or_insert_with(|| ResourceHistory::new(floor, lower, upper));
+        // Oldest first, by this resource's capacity; compacted revisions get 410 Gone.
+        for old in history.push(ev.clone(), Instant::now()) {
+            history_bytes.evict(&old);
+        }
+        // And by bytes over all resources: the oldest change of any resource goes first.
+        while history_bytes.total > self.window_bytes {
+            let oldest = histories
+                .values_mut()
+                .filter(|h| !h.events.is_empty())
+                .min_by_key(|h| h.events.front().map_or(u64::MAX, |e| e.event.rev));
+            let Some(old) = oldest.and_then(ResourceHistory::pop_oldest) else {
+                break;
+            };
+            history_bytes.evict(&old);
+        }
+        match self.journal.get() {
+            // Watchers see the change once it is on disk (`publish`), so no client ever sees a
+            // change, or a revision, that a crash could take back.
+            Some(journal) => {
+                let key = key_of(&ev.object);
+                journal.send(match kind {
+                    EventType::Deleted => crate::state::Record::Delete {
+                        rev: ev.rev,
+                        gr: gr.clone(),
+                        key,
+                    },
+                    _ => crate::state::Record::Put {
+                        rev: ev.rev,
+                        gr: gr.clone(),
+                        key,
+                        object: ev.object.clone(),
+                    },
+                });
+                inner.pending.push_back(ev);
+            }
+            None => {
+                inner.published = ev.rev;
+                // No receivers is fine: nobody is watching.
+                let _ = self.events.send(ev);
             }
         }
-        // No receivers is fine: nobody is watching.
-        let _ = self.events.send(ev);
+    }
+
+    /// Write every change from now on to `journal` (a state file) and acknowledge changes only
+    /// once they are on disk. Called once, right after loading.
+    pub(crate) fn set_journal(
+        self: &Arc<Self>,
+        opened: crate::state::Opened,
+    ) -> Result<(), crate::state::StateError> {
+        // Everything before (the loaded state) is on disk already.
+        let rev = self.revision();
+        self.durable.send_modify(|d| d.rev = d.rev.max(rev));
+        let weak = Arc::downgrade(self);
+        let journal = opened.start(Box::new(move |r| {
+            if let Some(store) = weak.upgrade() {
+                store.publish(r);
+            }
+        }))?;
+        let _ = self.journal.set(journal);
+        Ok(())
+    }
+
+    /// The state file's writer, if there is one.
+    pub(crate) fn journal(&self) -> Option<&crate::state::StateDb> {
+        self.journal.get()
+    }
+
+    /// Changes up to `upto` are on disk: show them to watchers, in order.
+    fn publish(&self, r: Result<u64, String>) {
+        let mut inner = self.lock();
+        match r {
+            Ok(upto) => {
+                while inner.pending.front().is_some_and(|e| e.rev <= upto) {
+                    if let Some(ev) = inner.pending.pop_front() {
+                        inner.published = ev.rev;
+                        let _ = self.events.send(ev);
+                    }
+                }
+                self.durable.send_modify(|d| {
+                    d.rev = d.rev.max(upto);
+                    d.error = None;
+                });
+            }
+            Err(e) => self.durable.send_modify(|d| d.error = Some(e)),
+        }
+    }
+
+    /// Wait until every change up to `rev` is durable (at once without a state file). A
+    /// response must not show, or acknowledge, what a crash could take back.
+    pub async fn sync(&self, rev: u64) -> Result<(), NotDurable> {
+        // Without a state file every change is as durable as it gets once committed.
+        if self.journal.get().is_none() {
+            return Ok(());
+        }
+        let mut rx = self.durable.subscribe();
+        let d = rx
+            .wait_for(|d| d.rev >= rev || d.error.is_some())
+            .await
+            .map_err(|_| NotDurable("the state file's writer stopped".into()))?;
+        if d.rev >= rev {
+            return Ok(());
+        }
+        Err(NotDurable(d.error.clone().unwrap_or_default()))
+    }
+
+    /// Wait until every change committed so far is durable (at once without a state file).
+    pub async fn sync_all(&self) -> Result<(), NotDurable> {
+        if self.journal.get().is_none() {
+            return Ok(());
+        }
+        self.sync(self.revision()).await
     }
 
     fn stamp(inner: &mut Inner, obj: &mut Value) {
@@ -350,30 +619,13 @@ impl Store {
         Ok(last)
     }
 
-    /// A snapshot of a resource plus a subscription that starts right after it, so a watch
-    /// that begins with the current state misses nothing and sees nothing twice.
-    pub fn snapshot_and_subscribe(
-        &self,
-        gr: &GroupResource,
-        ns: Option<&str>,
-    ) -> (Vec<Arc<Value>>, u64, broadcast::Receiver<Arc<Event>>) {
-        let inner = self.lock();
-        let rx = self.events.subscribe();
-        (Self::collect(&inner.objects, gr, ns), inner.rev, rx)
-    }
-
-    /// The changes after revision `from` still in history, plus a subscription for newer ones.
+    /// The changes of every resource after revision `from` still in history, plus a
+    /// subscription for newer ones.
     pub fn history_and_subscribe(&self, from: u64) -> Result<Replay, Compacted> {
         let inner = self.lock();
-        if from < inner.compacted {
-            return Err(Compacted {
-                requested: from,
-                oldest: inner.compacted,
-            });
-        }
+        // Changes not yet durable reach the subscription once they are.
+        let backlog = Self::merged_since(&inner, from)?;
         let rx = self.events.subscribe();
-        let start = inner.history.partition_point(|e| e.rev <= from);
-        let backlog = inner.history.iter().skip(start).cloned().collect();
         Ok((backlog, inner.rev, rx))
     }
 
@@ -385,8 +637,12 @@ impl Store {
     /// Forget all history: watches and paged lists from older revisions get 410 Gone.
     pub fn compact(&self) {
         let mut inner = self.lock();
-        inner.history.clear();
-        inner.compacted = inner.rev;
+        let rev = inner.rev;
+        for h in inner.histories.values_mut() {
+            h.restart(rev);
+        }
+        inner.history_bytes = HistoryBytes::default();
+        inner.floor = rev;
     }
 
     /// Every stored object, by resource (for saving state).
@@ -399,10 +655,12 @@ impl Store {
             .collect()
     }
 
-    /// Load saved objects as they are (keeping their resourceVersions), and move the revision
-    /// past the largest one; history starts empty.
-    pub fn load(&self, objects: Vec<(GroupResource, Value)>) {
+    /// Load saved objects as they are (keeping their resourceVersions), and continue from
+    /// `revision` (the newest one ever handed out) or the largest resourceVersion, whichever is
+    /// larger, so revisions never repeat after deletes; history starts empty.
+    pub fn load(&self, objects: Vec<(GroupResource, Value)>, revision: u64) {
         let mut inner = self.lock();
+        inner.rev = inner.rev.max(revision);
         for (gr, obj) in objects {
             inner.rev = inner.rev.max(rv_of(&obj));
             let key = key_of(&obj);
@@ -411,7 +669,215 @@ impl Store {
             }
             inner.objects.entry(gr).or_default().insert(key, Arc::new(obj));
         }
-        inner.compacted = inner.rev;
+        // Nothing from before the start can be watched: every history starts here.
+        let rev = inner.rev;
+        for h in inner.histories.values_mut() {
+            h.restart(rev);
+        }
+        inner.history_bytes = HistoryBytes::default();
+        inner.floor = rev;
+        inner.published = rev;
+        self.durable.send_modify(|d| d.rev = d.rev.max(rev));
+    }
+}
+
+/// History's default byte limit: 256 MiB of object versions.
+pub const DEFAULT_HISTORY_BYTES: usize = 256 << 20;
+
+/// The capacity a resource's history starts at and never shrinks below: the real watch
+/// cache's `defaultLowerBoundCapacity`.
+pub const LOWER_BOUND_CAPACITY: usize = 100;
+
+/// The capacity a resource's history never grows past by default: the real watch cache's
+/// `defaultUpperBoundCapacity` (100 * 1024).
+pub const UPPER_BOUND_CAPACITY: usize = 100 * 1024;
+
+/// How long changes should stay in history: the real watch cache's `eventFreshDuration` (the
+/// bookmark frequency plus a margin), which drives growing and shrinking the capacity.
+pub const EVENT_FRESH_DURATION: Duration = Duration::from_secs(75);
+
+/// One kept change and when it was recorded.
+struct Held {
+    event: Arc<Event>,
+    at: Instant,
+}
+
+/// One resource's history, sized as the real server's watch cache (`watch_cache.go`): it starts
+/// empty at the revision the server started at, holds `capacity` changes, and before adding a
+/// change to a full history it doubles the capacity (up to `upper`) if even the oldest kept
+/// change is younger than [`EVENT_FRESH_DURATION`], or halves it (down to `lower`, dropping the
+/// oldest) if even the newest quarter is older than that; otherwise the oldest change goes. A
+/// client that falls behind thus keeps at least 75 s of changes (up to 102,400 per resource)
+/// and meets 410 Gone where it would on a real cluster.
+struct ResourceHistory {
+    events: VecDeque<Held>,
+    capacity: usize,
+    lower: usize,
+    upper: usize,
+    /// The oldest revision a watch can start from (as the real cache's `oldest-1`): the start
+    /// while nothing was dropped, then one before the oldest kept change.
+    compacted: u64,
+}
+
+impl ResourceHistory {
+    fn new(start: u64, lower: usize, upper: usize) -> Self {
+        let lower = lower.clamp(1, upper.max(1));
+        ResourceHistory {
+            events: VecDeque::new(),
+            capacity: lower,
+            lower,
+            upper: upper.max(lower),
+            compacted: start,
+        }
+    }
+
+    /// Start over, empty, at `rev` (a compaction or a restart); the capacity stays.
+    fn restart(&mut self, rev: u64) {
+        self.events.clear();
+        self.compacted = rev;
+    }
+
+    /// The kept changes after `from`, or [`Compacted`] when `from` is older than history.
+    fn since(&self, from: u64) -> Result<impl DoubleEndedIterator<Item = &Arc<Event>>, Compacted> {
+        if from < self.compacted {
+            return Err(Compacted {
+                requested: from,
+                oldest: self.compacted,
+            });
+        }
+        let start = self.events.partition_point(|e| e.event.rev <= from);
+        Ok(self.events.range(start..).map(|e| &e.event))
+    }
+
+    /// Drop the oldest change.
+    fn pop_oldest(&mut self) -> Option<Arc<Event>> {
+        let old = self.events.pop_front()?;
+        self.compacted = match self.events.front() {
+            Some(next) => next.event.rev - 1,
+            None => old.event.rev,
+        };
+        Some(old.event)
+    }
+
+    /// Add a change recorded at `now`; returns the changes dropped to make room.
+    fn push(&mut self, event: Arc<Event>, now: Instant) -> Vec<Arc<Event>> {
+        let mut dropped = vec![];
+        if self.events.len() >= self.capacity {
+            let oldest_fresh = self
+                .events
+                .front()
+                .is_some_and(|e| now.saturating_duration_since(e.at) < EVENT_FRESH_DURATION);
+            // The oldest of the newest quarter (as the real cache: at endIndex - capacity/4).
+            let quarter = self.events.len() - (self.capacity / 4).min(self.events.len());
+            let quarter_stale = self
+                .events
+                .get(quarter)
+                .is_some_and(|e| now.saturating_duration_since(e.at) > EVENT_FRESH_DURATION);
+            if oldest_fresh && self.capacity < self.upper {
+                self.capacity = self.capacity.saturating_mul(2).min(self.upper);
+            } else if !oldest_fresh && quarter_stale && self.capacity > self.lower {
+                self.capacity = (self.capacity / 2).max(self.lower);
+            }
+            while self.events.len() >= self.capacity {
+                match self.pop_oldest() {
+                    Some(old) => dropped.push(old),
+                    None => break,
+                }
+            }
+        }
+        self.events.push_back(Held { event, at: now });
+        dropped
+    }
+}
+
+/// The length of `v` encoded as compact JSON, counted without building the text.
+pub fn encoded_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a Value to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// What history's kept object versions cost, each distinct version counted once by its
+/// encoded JSON length (a proxy for its memory; a parsed `Value` takes a small multiple).
+///
+/// An event keeps its object and, for updates and deletes, the version before (`prev`).
+/// `prev` is normally the object of an earlier event of the same key, the same `Arc`: it is
+/// counted with that event while it is kept, and stays counted after that event leaves
+/// history for as long as the later event keeps it alive. A `prev` no kept event produced
+/// (loaded from a state file, or already evicted) is counted when its event arrives. So
+/// `total` is the size of every distinct version history holds, and the byte limit bounds it.
+#[derive(Default)]
+struct HistoryBytes {
+    total: usize,
+    /// Objects of kept events, by address, with their size.
+    objects: HashMap<usize, usize>,
+    /// Previous versions held by kept events, by address.
+    prevs: HashMap<usize, HeldPrev>,
+}
+
+struct HeldPrev {
+    size: usize,
+    /// Kept events holding it (one, unless a version was reinstated).
+    holders: usize,
+    /// Counted in `total` on the holders' account (its own event is gone or never was).
+    counted: bool,
+}
+
+fn addr(v: &Arc<Value>) -> usize {
+    Arc::as_ptr(v) as usize
+}
+
+impl HistoryBytes {
+    fn push(&mut self, ev: &Event) {
+        self.total = self.total.saturating_add(ev.size);
+        self.objects.insert(addr(&ev.object), ev.size);
+        if let Some(prev) = &ev.prev {
+            let kept = self.objects.get(&addr(prev)).copied();
+            let total = &mut self.total;
+            let held = self.prevs.entry(addr(prev)).or_insert_with(|| HeldPrev {
+                size: kept.unwrap_or_else(|| encoded_len(prev)),
+                holders: 0,
+                counted: false,
+            });
+            held.holders += 1;
+            if kept.is_none() && !held.counted {
+                held.counted = true;
+                *total = total.saturating_add(held.size);
+            }
+        }
+    }
+
+    fn evict(&mut self, ev: &Event) {
+        let a = addr(&ev.object);
+        self.objects.remove(&a);
+        match self.prevs.get_mut(&a) {
+            // A later kept event still holds this version: it stays counted on its account.
+            Some(held) => held.counted = true,
+            None => self.total = self.total.saturating_sub(ev.size),
+        }
+        if let Some(prev) = &ev.prev {
+            let p = addr(prev);
+            if let Some(held) = self.prevs.get_mut(&p) {
+                held.holders = held.holders.saturating_sub(1);
+                if held.holders == 0 {
+                    if held.counted {
+                        self.total = self.total.saturating_sub(held.size);
+                    }
+                    self.prevs.remove(&p);
+                }
+            }
+        }
     }
 }
 
@@ -452,6 +918,210 @@ mod tests {
         assert_eq!(now[0], a2);
         assert!(s.by_uid("uid-b").is_none());
         assert!(s.by_uid("uid-a").is_some());
+    }
+
+    /// Every distinct object version history holds, by address, summed by encoded size.
+    fn distinct_bytes(s: &Store) -> usize {
+        let inner = s.lock();
+        let mut seen = HashMap::new();
+        for ev in inner
+            .histories
+            .values()
+            .flat_map(|h| h.events.iter().map(|e| &e.event))
+        {
+            seen.insert(addr(&ev.object), encoded_len(&ev.object));
+            if let Some(p) = &ev.prev {
+                seen.insert(addr(p), encoded_len(p));
+            }
+        }
+        seen.values().sum()
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_counting_each_version_once() {
+        const LIMIT: usize = 64 * 1024;
+        let s = Store::new(10_000, 100).with_history_bytes(LIMIT);
+        let big = |n: usize| "x".repeat(n);
+        let mut rvs = vec![];
+        for k in 0..4 {
+            rvs.push(rv_of(&s.create(&gr(), cm(&format!("k{k}"), &big(1000))).unwrap()));
+        }
+        for i in 0..200 {
+            let k = i % 4;
+            let name = format!("k{k}");
+            let cur = s.get(&gr(), &("ns".into(), name.clone())).unwrap();
+            let next = if i % 7 == 0 {
+                s.delete(&gr(), (*cur).clone(), rv_of(&cur)).unwrap();
+                s.create(&gr(), cm(&name, &big(500 + i * 37 % 3000))).unwrap()
+            } else {
+                s.update(&gr(), cm(&name, &big(500 + i * 37 % 3000)), rv_of(&cur))
+                    .unwrap()
+            };
+            rvs.push(rv_of(&next));
+            let (bytes, kept) = s.history_usage();
+            assert_eq!(bytes, distinct_bytes(&s), "exact accounting after change {i}");
+            assert!(bytes <= LIMIT, "{bytes} bytes kept");
+            assert!(kept < 10_000);
+        }
+        // Far fewer than 200 changes of 0.5 to 3.5 KB fit: the oldest are compacted (410).
+        assert!(s.history_usage().1 < 100);
+        assert!(s.history_and_subscribe(rvs[0]).is_err());
+        assert!(s.history_and_subscribe(s.revision() - 1).is_ok());
+        s.compact();
+        assert_eq!(s.history_usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_change_bigger_than_the_byte_limit_compacts_everything() {
+        let s = Store::new(10_000, 100).with_history_bytes(100);
+        s.create(&gr(), cm("a", &"x".repeat(1000))).unwrap();
+        assert_eq!(s.history_usage(), (0, 0));
+        assert_eq!(s.oldest(), s.revision());
+    }
+
+    fn event(rev: u64) -> Arc<Event> {
+        Arc::new(Event {
+            rev,
+            gr: gr(),
+            kind: EventType::Added,
+            object: Arc::new(cm(&rev.to_string(), "1")),
+            prev: None,
+            size: 1,
+            lines: Default::default(),
+        })
+    }
+
+    #[test]
+    fn history_grows_while_its_oldest_change_is_fresh_as_the_real_watch_cache() {
+        let t0 = Instant::now();
+        let mut h = ResourceHistory::new(10, LOWER_BOUND_CAPACITY, UPPER_BOUND_CAPACITY);
+        // 1000 changes within a second: nothing is dropped, the capacity doubles 100 -> 1600.
+        for i in 0..1000u64 {
+            let dropped = h.push(event(11 + i), t0 + Duration::from_millis(i));
+            assert!(dropped.is_empty(), "change {i} dropped {}", dropped.len());
+        }
+        assert_eq!((h.events.len(), h.capacity), (1000, 1600));
+        assert_eq!(h.compacted, 10, "nothing dropped: the start is still watchable");
+    }
+
+    #[test]
+    fn history_drops_the_oldest_once_stale_and_halves_when_the_newest_quarter_is_stale() {
+        let t0 = Instant::now();
+        let mut h = ResourceHistory::new(0, LOWER_BOUND_CAPACITY, UPPER_BOUND_CAPACITY);
+        for i in 0..200u64 {
+            h.push(event(1 + i), t0);
+        }
+        assert_eq!(h.capacity, 200);
+        // 30 s later the oldest is still fresh: full, it doubles again.
+        let t1 = t0 + Duration::from_secs(30);
+        for i in 0..200u64 {
+            h.push(event(201 + i), t1);
+        }
+        assert_eq!((h.events.len(), h.capacity), (400, 400));
+        // 80 s after the start: full, the oldest stale but the newest quarter fresh: the
+        // oldest goes, no resize.
+        let t2 = t0 + Duration::from_secs(80);
+        for i in 0..50u64 {
+            h.push(event(401 + i), t2);
+        }
+        assert_eq!((h.events.len(), h.capacity), (400, 400));
+        assert_eq!(h.events[0].event.rev, 51);
+        // The real cache's `oldest-1`: one before the oldest kept change.
+        assert_eq!(h.compacted, h.events[0].event.rev - 1);
+        assert!(h.since(h.compacted).is_ok());
+        let too_old = h.compacted - 1;
+        assert_eq!(
+            h.since(too_old).err(),
+            Some(Compacted {
+                requested: too_old,
+                oldest: h.compacted
+            })
+        );
+        // Once even the newest quarter is stale, a full history halves on the next change.
+        let t3 = t1 + Duration::from_secs(80);
+        h.push(event(451), t3);
+        assert_eq!((h.events.len(), h.capacity), (200, 200));
+        assert_eq!(h.events.back().map(|e| e.event.rev), Some(451));
+        assert_eq!(
+            h.events[0].event.rev, 252,
+            "the newest 199 and the new one are kept"
+        );
+        let t4 = t3 + EVENT_FRESH_DURATION * 2;
+        for i in 0..300u64 {
+            h.push(
+                event(452 + i),
+                t4 + EVENT_FRESH_DURATION * 2 * u32::try_from(i).unwrap(),
+            );
+        }
+        assert_eq!(h.capacity, LOWER_BOUND_CAPACITY, "never below the lower bound");
+    }
+
+    #[test]
+    fn a_busy_resource_does_not_compact_a_quiet_ones_history() {
+        let s = Store::new(2, 100);
+        let secrets = GroupResource {
+            group: "".into(),
+            resource: "secrets".into(),
+        };
+        let quiet = s.create(&secrets, cm("s", "1")).unwrap();
+        let a = s.create(&gr(), cm("a", "1")).unwrap();
+        for i in 0..10 {
+            let cur = s.get(&gr(), &key_of(&a)).unwrap();
+            s.update(&gr(), cm("a", &i.to_string()), rv_of(&cur)).unwrap();
+        }
+        assert!(s.catch_up_in(&gr(), rv_of(&a), 10).is_err());
+        // The quiet resource's single change is still there for a watch from before it.
+        let (chunk, sub) = s.catch_up_in(&secrets, rv_of(&quiet) - 1, 10).unwrap();
+        assert_eq!(chunk.len(), 1);
+        assert!(sub.is_some());
+        assert_eq!(s.history_of(&secrets), (1, 2));
+    }
+
+    #[test]
+    fn after_a_restart_nothing_from_before_it_can_be_watched() {
+        let s = Store::new(100, 100);
+        s.load(
+            vec![(gr(), {
+                let mut o = cm("a", "1");
+                o["metadata"]["resourceVersion"] = json!("41");
+                o
+            })],
+            42,
+        );
+        // As the real cache, which starts empty at its initial LIST's revision.
+        assert_eq!(
+            s.catch_up_in(&gr(), 41, 10).err(),
+            Some(Compacted {
+                requested: 41,
+                oldest: 42
+            })
+        );
+        assert!(s.list_at(&gr(), None, 41).is_err());
+        let (chunk, sub) = s.catch_up_in(&gr(), 42, 10).unwrap();
+        assert!(chunk.is_empty() && sub.is_some());
+        let b = s.create(&gr(), cm("b", "1")).unwrap();
+        let (chunk, _) = s.catch_up_in(&gr(), 42, 10).unwrap();
+        assert_eq!(chunk.len(), 1);
+        assert_eq!(chunk[0].rev, rv_of(&b));
+    }
+
+    #[test]
+    fn catching_up_goes_a_chunk_at_a_time_and_subscribes_at_the_end() {
+        let s = Store::new(100, 100);
+        let first = s.revision();
+        for i in 0..5 {
+            s.create(&gr(), cm(&format!("c{i}"), "1")).unwrap();
+        }
+        let (chunk, sub) = s.catch_up_in(&gr(), first, 3).unwrap();
+        assert_eq!(chunk.len(), 3);
+        assert!(sub.is_none(), "more to come");
+        let (chunk, sub) = s.catch_up_in(&gr(), chunk[2].rev, 3).unwrap();
+        assert_eq!(chunk.len(), 2);
+        assert!(sub.is_some());
+        // The merged, all-resource variant agrees.
+        let (all, sub) = s.catch_up(first, 3).unwrap();
+        assert_eq!(all.len(), 3);
+        assert!(sub.is_none());
     }
 
     #[test]

@@ -334,7 +334,7 @@ pub fn to_table(def: &ResourceDef, objects: &[&Value], list_meta: Value, with_co
             cols,
             Box::new(move |o: &Value| custom.iter().map(|c| custom_cell(c, o)).collect()),
         )
-    } else if let Some((cols, f)) = builtin_columns(def) {
+    } else if let Some((cols, f)) = builtin_columns(def).or_else(|| crate::sim::printers::columns(def)) {
         (cols, Box::new(f))
     } else {
         (
@@ -350,7 +350,9 @@ pub fn to_table(def: &ResourceDef, objects: &[&Value], list_meta: Value, with_co
         .map(|o| {
             let mut row = vec![];
             if name_cells_first(&def.kind) {
-                row.push(json!(str_at(o, "/metadata/name")));
+                row.push(json!(
+                    crate::sim::printers::display_name(def, o).unwrap_or_else(|| str_at(o, "/metadata/name"))
+                ));
             }
             row.extend(cells(o));
             json!({"cells": row, "object": partial_metadata(o)})

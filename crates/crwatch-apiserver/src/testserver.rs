@@ -50,13 +50,7 @@ impl TestServer {
         server
             .write_kubeconfig(&kubeconfig)
             .map_err(|e| ServerError::Manifest(format!("writing {}: {e}", kubeconfig.display())))?;
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
-            .map_err(|e| ServerError::Manifest(format!("reading kubeconfig: {e}")))?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|e| ServerError::Manifest(format!("loading kubeconfig: {e}")))?;
-        let client = kube::Client::try_from(cfg)
-            .map_err(|e| ServerError::Manifest(format!("building client: {e}")))?;
+        let client = client_from(&kubeconfig).await?;
         Ok(TestServer {
             server,
             client,
@@ -68,6 +62,53 @@ impl TestServer {
     /// A kube-rs client for the server (HTTPS, verified against the server's CA).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// A kube-rs client that authenticates with another bearer token: a static user's
+    /// ([`crate::Config::users`]) or a ServiceAccount's. RBAC decides what it may do.
+    pub async fn client_with_token(&self, token: &str) -> Result<kube::Client, ServerError> {
+        let path = self.kubeconfig_with_token(token)?;
+        client_from(&path).await
+    }
+
+    /// A kube-rs client that acts as `user` in `groups` through impersonation (the admin's
+    /// `Impersonate-User`/`Impersonate-Group` headers, as `kubectl --as --as-group`): RBAC
+    /// decides what it may do, no token user needs to be configured. `system:authenticated` is
+    /// added as the real server adds it.
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> Result<kube::Client, ServerError> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|e| ServerError::Manifest(format!("reading kubeconfig: {e}")))?;
+        let mut cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| ServerError::Manifest(format!("loading kubeconfig: {e}")))?;
+        cfg.auth_info.impersonate = Some(user.to_string());
+        if !groups.is_empty() {
+            cfg.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        }
+        kube::Client::try_from(cfg).map_err(|e| ServerError::Manifest(format!("building client: {e}")))
+    }
+
+    /// A kube-rs client for a ServiceAccount (which must exist), with a token the server
+    /// issues as TokenRequest does (valid for an hour, and until the ServiceAccount is deleted).
+    pub async fn client_for_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<kube::Client, ServerError> {
+        let token = self.server.service_account_token(namespace, name, 3600)?;
+        self.client_with_token(&token).await
+    }
+
+    /// A kubeconfig file in the server's directory that authenticates with `token` (for
+    /// `kubectl` or an operator binary running as another user).
+    pub fn kubeconfig_with_token(&self, token: &str) -> Result<PathBuf, ServerError> {
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{}", uuid::Uuid::new_v4().simple()));
+        crate::write_private(&path, self.server.kubeconfig_yaml_with_token(token).as_bytes())
+            .map_err(|e| ServerError::Manifest(format!("writing {}: {e}", path.display())))?;
+        Ok(path)
     }
 
     /// The kubeconfig file.
@@ -113,4 +154,14 @@ impl TestServer {
     pub async fn shutdown(self) -> Result<(), ServerError> {
         self.server.shutdown().await
     }
+}
+
+/// A kube-rs client from a kubeconfig file.
+async fn client_from(kubeconfig: &Path) -> Result<kube::Client, ServerError> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| ServerError::Manifest(format!("reading kubeconfig: {e}")))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| ServerError::Manifest(format!("loading kubeconfig: {e}")))?;
+    kube::Client::try_from(cfg).map_err(|e| ServerError::Manifest(format!("building client: {e}")))
 }

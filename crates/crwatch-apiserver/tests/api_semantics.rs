@@ -2057,7 +2057,19 @@ async fn builtin_kinds_round_trip() {
             spec: Some(ScaleSpec { replicas: Some(3) }),
             status: None,
         };
-        let out = deployments.replace_scale("web", &pp, &new_scale).await.unwrap();
+        // Without a resourceVersion: the deployment controller (a real cluster's, or the
+        // workload simulator) may have written the status since the read.
+        let unconditional = Scale {
+            metadata: kube::api::ObjectMeta {
+                resource_version: None,
+                ..scale.metadata.clone()
+            },
+            ..new_scale.clone()
+        };
+        let out = deployments
+            .replace_scale("web", &pp, &unconditional)
+            .await
+            .unwrap();
         assert_eq!(out.spec.and_then(|s| s.replicas), Some(3));
         let d = deployments.get("web").await.unwrap();
         assert_eq!(

@@ -180,3 +180,18 @@ fn binary_rejects_a_wrong_token_and_a_bad_state_file() {
     assert!(err.contains("not a crwatch-apiserver state file"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_kubeconfig_into_a_missing_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_crwatch-apiserver"))
+        .args(["--port", "0", "--kubeconfig"])
+        .arg(missing.join("kubeconfig"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist (create it first)"), "{err}");
+    assert!(!missing.exists(), "the directory was created");
+}

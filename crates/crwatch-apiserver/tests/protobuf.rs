@@ -283,3 +283,148 @@ async fn kubectl_delete_after_protobuf_create() {
     let err = t.kubectl_err(&["get", "configmap", "gone", "-n", &ns], None);
     assert!(err.contains("not found"), "{err}");
 }
+
+/// The kinds whose tables came with scripts/gen-protobuf-tables' second set of roots: each
+/// `kubectl create` goes as protobuf and reads back with the fields kubectl set.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_create_workload_service_and_policy_kinds_send_protobuf() {
+    let t = common::local().await;
+    let ns = t.namespace("pb-kinds").await;
+    for bin in BINS {
+        let sfx = bin.replace('.', "-");
+
+        let job = format!("job-{sfx}");
+        let out = create(&t, bin, &["job", &job, "-n", &ns, "--image=busybox"]);
+        assert_eq!(out.trim(), format!("job.batch/{job} created"));
+        let got = get_json(&t, &["job", &job, "-n", &ns]);
+        assert_eq!(
+            (got["apiVersion"].as_str(), got["kind"].as_str()),
+            (Some("batch/v1"), Some("Job"))
+        );
+        let pod = &got["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never", "{got}");
+        assert_eq!(pod["containers"][0]["name"], job.as_str());
+        assert_eq!(pod["containers"][0]["image"], "busybox");
+
+        let cj = format!("cj-{sfx}");
+        let out = create(
+            &t,
+            bin,
+            &[
+                "cronjob",
+                &cj,
+                "-n",
+                &ns,
+                "--image=busybox",
+                "--schedule=*/5 * * * *",
+            ],
+        );
+        assert_eq!(out.trim(), format!("cronjob.batch/{cj} created"));
+        let got = get_json(&t, &["cronjob", &cj, "-n", &ns]);
+        assert_eq!(got["kind"], "CronJob");
+        assert_eq!(got["spec"]["schedule"], "*/5 * * * *");
+        let pod = &got["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "OnFailure", "{got}");
+        assert_eq!(pod["containers"][0]["name"], cj.as_str());
+        assert_eq!(pod["containers"][0]["image"], "busybox");
+
+        let svc = format!("svc-{sfx}");
+        let out = create(
+            &t,
+            bin,
+            &["service", "clusterip", &svc, "-n", &ns, "--tcp=80:8080"],
+        );
+        assert_eq!(out.trim(), format!("service/{svc} created"));
+        let got = get_json(&t, &["service", &svc, "-n", &ns]);
+        assert_eq!(
+            (got["apiVersion"].as_str(), got["kind"].as_str()),
+            (Some("v1"), Some("Service"))
+        );
+        assert_eq!(got["spec"]["type"], "ClusterIP");
+        assert_eq!(got["spec"]["selector"]["app"], svc.as_str());
+        let port = &got["spec"]["ports"][0];
+        assert_eq!(port["name"], "80-8080");
+        assert_eq!(port["port"], 80);
+        assert_eq!(
+            port["targetPort"], 8080,
+            "an IntOrString int stays a number: {port}"
+        );
+        assert_eq!(port["protocol"], "TCP");
+
+        let ing = format!("ing-{sfx}");
+        let out = create(
+            &t,
+            bin,
+            &["ingress", &ing, "-n", &ns, "--rule=foo.com/bar=svc1:8080"],
+        );
+        assert_eq!(out.trim(), format!("ingress.networking.k8s.io/{ing} created"));
+        let got = get_json(&t, &["ingress", &ing, "-n", &ns]);
+        assert_eq!(got["apiVersion"], "networking.k8s.io/v1");
+        let rule = &got["spec"]["rules"][0];
+        assert_eq!(rule["host"], "foo.com", "{got}");
+        let path = &rule["http"]["paths"][0];
+        assert_eq!(path["path"], "/bar");
+        assert_eq!(path["pathType"], "Exact");
+        assert_eq!(path["backend"]["service"]["name"], "svc1");
+        assert_eq!(path["backend"]["service"]["port"]["number"], 8080);
+
+        let pdb = format!("pdb-{sfx}");
+        let out = create(
+            &t,
+            bin,
+            &[
+                "poddisruptionbudget",
+                &pdb,
+                "-n",
+                &ns,
+                "--selector=app=x",
+                "--min-available=1",
+            ],
+        );
+        assert_eq!(out.trim(), format!("poddisruptionbudget.policy/{pdb} created"));
+        let got = get_json(&t, &["poddisruptionbudget", &pdb, "-n", &ns]);
+        assert_eq!(got["apiVersion"], "policy/v1");
+        assert_eq!(got["spec"]["minAvailable"], 1, "{got}");
+        assert_eq!(got["spec"]["selector"]["matchLabels"]["app"], "x");
+        assert!(got["spec"].get("maxUnavailable").is_none(), "{got}");
+
+        let quota = format!("quota-{sfx}");
+        let out = create(&t, bin, &["quota", &quota, "-n", &ns, "--hard=pods=10"]);
+        assert_eq!(out.trim(), format!("resourcequota/{quota} created"));
+        let got = get_json(&t, &["resourcequota", &quota, "-n", &ns]);
+        assert_eq!(got["kind"], "ResourceQuota");
+        assert_eq!(got["spec"]["hard"], serde_json::json!({"pods": "10"}));
+
+        let pc = format!("pc-{sfx}");
+        let out = create(&t, bin, &["priorityclass", &pc, "--value=1000"]);
+        assert_eq!(
+            out.trim(),
+            format!("priorityclass.scheduling.k8s.io/{pc} created")
+        );
+        let got = get_json(&t, &["priorityclass", &pc]);
+        assert_eq!(got["apiVersion"], "scheduling.k8s.io/v1");
+        assert_eq!(got["value"], 1000);
+        assert_eq!(got["preemptionPolicy"], "PreemptLowerPriority");
+        assert!(
+            got.get("globalDefault").is_none(),
+            "a false non-pointer bool is dropped: {got}"
+        );
+        // `value` has no omitempty: an explicit 0 must read back as 0, not vanish.
+        let pc0 = format!("pc0-{sfx}");
+        create(&t, bin, &["priorityclass", &pc0, "--value=0"]);
+        assert_eq!(get_json(&t, &["priorityclass", &pc0])["value"], 0);
+    }
+    // The priority classes are cluster-scoped: not removed with the namespace.
+    for bin in BINS {
+        let sfx = bin.replace('.', "-");
+        t.kubectl_ok(
+            &[
+                "delete",
+                "priorityclass",
+                &format!("pc-{sfx}"),
+                &format!("pc0-{sfx}"),
+            ],
+            None,
+        );
+    }
+}

@@ -1441,6 +1441,7 @@ async fn injected_failures_hit_exactly_the_matching_requests() {
         Match {
             verb: Some("create".into()),
             resource: Some("configmaps".into()),
+            ..Match::default()
         },
     );
     assert_eq!(http.get(&list).send().await.unwrap().status(), 200);

@@ -1,6 +1,11 @@
 //! Shared helpers of the conformance suite: the clusters a test runs against (always the
 //! in-process server; also a real cluster when `CRWATCH_TEST_KUBECONFIG` names one), kubectl
-//! invocation, per-test namespaces and the Database CRD.
+//! invocation, per-test namespaces and the CRDs the tests need.
+//!
+//! On a real cluster the suite leaves nothing behind and trusts nothing it finds: the CRDs it
+//! needs are applied (server-side, forced) in the versions this repository has, and the
+//! namespaces a test created are deleted when its [`Target`] is dropped, also when the test
+//! panics.
 
 #![allow(dead_code)]
 
@@ -11,7 +16,7 @@ use std::time::Duration;
 
 use crwatch_apiserver::{Faults, TestServer};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 
 /// Where the Database CRD of shared/DESIGN.md section 8 lives in the repository.
@@ -37,18 +42,37 @@ pub struct Target {
 
 static NOTICE: Once = Once::new();
 
+/// What a run without a real cluster tells its user.
+pub const SKIPPED_NOTICE: &str = "notice: real-cluster conformance runs skipped: set CRWATCH_TEST_KUBECONFIG=/path/to/kubeconfig to run the suite against a real cluster too";
+
+/// Tell the user, once per test binary, that the real-cluster runs were skipped. Written to
+/// the process's stderr directly: libtest captures only what `print!`/`eprint!` write (and
+/// shows it only for failing tests), so an `eprintln!` here never reached a `cargo test` user.
+pub fn skipped_notice() {
+    NOTICE.call_once(|| {
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "\n{SKIPPED_NOTICE}");
+        let _ = err.flush();
+    });
+}
+
 /// The in-process server, and the real cluster when `CRWATCH_TEST_KUBECONFIG` is set.
 pub async fn targets() -> Vec<Target> {
     let mut out = vec![local().await];
     match std::env::var("CRWATCH_TEST_KUBECONFIG") {
         Ok(path) if !path.is_empty() => out.push(external(PathBuf::from(path)).await),
-        _ => NOTICE.call_once(|| {
-            eprintln!(
-                "notice: real-cluster conformance runs skipped: set CRWATCH_TEST_KUBECONFIG=/path/to/kubeconfig to run the suite against a real cluster too"
-            )
-        }),
+        _ => skipped_notice(),
     }
     out
+}
+
+/// The real cluster's kubeconfig, when one is configured.
+pub fn real_cluster() -> Option<PathBuf> {
+    std::env::var("CRWATCH_TEST_KUBECONFIG")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Only the in-process server (for behaviour that needs the fault handle).
@@ -65,7 +89,9 @@ pub async fn local() -> Target {
     }
 }
 
-async fn external(kubeconfig: PathBuf) -> Target {
+/// A real cluster (or any server) reached through a kubeconfig: no fault handle, and its
+/// namespaces are deleted when the target is dropped.
+pub async fn external(kubeconfig: PathBuf) -> Target {
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("read CRWATCH_TEST_KUBECONFIG");
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
@@ -166,25 +192,76 @@ impl Target {
         name
     }
 
-    /// Create the Database CRD (if missing) and wait until it is established.
-    pub async fn install_database_crd(&self) {
-        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let yaml = std::fs::read_to_string(database_crd_path()).expect("read CRD");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).expect("parse CRD");
-        match crds.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
+    /// Make sure the namespace `name` exists (manifests name theirs); one this created is
+    /// deleted with the test's own (see [`Target::namespace`]), one that was there is left.
+    pub async fn fixed_namespace(&self, name: &str) {
+        use k8s_openapi::api::core::v1::Namespace;
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.to_string());
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => self.namespaces.lock().expect("lock").push(name.to_string()),
             Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => panic!("create CRD: {e}"),
+            Err(e) => panic!("[{}] create namespace {name}: {e}", self.name),
         }
-        let established = await_condition(
-            crds,
-            "databases.stable.example.com",
-            conditions::is_crd_established(),
-        );
+    }
+
+    /// Install or update the Database CRD to the version in this repository
+    /// (`deploy/database-crd.yaml`) and wait until it is established.
+    pub async fn install_database_crd(&self) {
+        self.install_crd_file(&database_crd_path()).await;
+    }
+
+    /// Install or update a CRD from a manifest: applied server-side with this suite's field
+    /// manager, forced, so a cluster holding another version of it (an older Database CRD, a
+    /// different schema) gets exactly the versions the tests need. Waits until it is
+    /// established and serves every version of the manifest.
+    pub async fn install_crd_file(&self, path: &Path) {
+        let yaml = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+        let name = crd.metadata.name.clone().expect("the CRD has a name");
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("[{}] apply CRD {name}: {e}", self.name));
+        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
         tokio::time::timeout(Duration::from_secs(30), established)
             .await
             .expect("CRD established in time")
             .expect("watch CRD");
+        // Every version the manifest has is served (an update may add one).
+        let gvs: Vec<String> = crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| format!("/apis/{}/{}", crd.spec.group, v.name))
+            .collect();
+        let plural = crd.spec.names.plural.clone();
+        eventually(30, "every version of the CRD in discovery", || {
+            let client = self.client.clone();
+            let (gvs, plural) = (gvs.clone(), plural.clone());
+            async move {
+                for gv in gvs {
+                    let req = http::Request::get(&gv).body(Vec::new()).ok()?;
+                    let list: serde_json::Value = client.request(req).await.ok()?;
+                    let served = list["resources"]
+                        .as_array()?
+                        .iter()
+                        .any(|r| r["name"] == plural.as_str());
+                    if !served {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await;
     }
 
     /// Delete the namespaces this target created (real clusters keep nothing behind).
@@ -196,6 +273,74 @@ impl Target {
             let _ = api.delete(&n, &DeleteParams::default()).await;
         }
     }
+}
+
+/// The field manager the suite applies with.
+pub const FIELD_MANAGER: &str = "crwatch-conformance";
+
+/// How long dropping a real-cluster target may take to delete its namespaces.
+const DROP_CLEANUP: Duration = Duration::from_secs(30);
+
+impl Drop for Target {
+    /// A test that failed (or forgot `cleanup`) still leaves no namespace behind on a real
+    /// cluster. Drop cannot await, and the test's runtime may be unwinding or busy (a kube
+    /// client of it would need that runtime to make progress), so the deletes run on a fresh
+    /// thread with its own runtime and client, and the drop waits for them at most
+    /// [`DROP_CLEANUP`]. The in-process server takes its namespaces with it.
+    fn drop(&mut self) {
+        let names: Vec<String> = match self.namespaces.lock() {
+            Ok(mut n) => n.drain(..).collect(),
+            Err(p) => p.into_inner().drain(..).collect(),
+        };
+        if names.is_empty() || self.server.is_some() {
+            return;
+        }
+        let kubeconfig = self.kubeconfig.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("namespace-cleanup".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = done_tx.send(Err(format!("runtime: {e}")));
+                        return;
+                    }
+                };
+                let result = rt.block_on(delete_namespaces(kubeconfig, names));
+                let _ = done_tx.send(result);
+            });
+        if spawned.is_err() {
+            eprintln!("warning: could not start the namespace cleanup thread");
+            return;
+        }
+        match done_rx.recv_timeout(DROP_CLEANUP) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: deleting the test namespaces failed: {e}"),
+            Err(_) => eprintln!(
+                "warning: deleting the test namespaces took longer than {DROP_CLEANUP:?}; they may be left behind"
+            ),
+        }
+    }
+}
+
+/// Delete namespaces on the cluster of `kubeconfig` (a missing one is fine).
+async fn delete_namespaces(kubeconfig: PathBuf, names: Vec<String>) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).map_err(|e| e.to_string())?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = kube::Client::try_from(cfg).map_err(|e| e.to_string())?;
+    let api: Api<Namespace> = Api::all(client);
+    for n in names {
+        match api.delete(&n, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(format!("delete namespace {n}: {e}")),
+        }
+    }
+    Ok(())
 }
 
 fn uuid_suffix() -> String {
