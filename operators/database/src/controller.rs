@@ -223,8 +223,8 @@ async fn apply(db: &Database, ctx: &Context) -> Result<Action, Failure> {
     // The cached copy can lag behind our own status writes (a Secret event queues the Database
     // again at once); deciding from it would flip conditions back and repeat one-time Events.
     let api: Api<Database> = Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let Some(fresh) = api
-        .get_opt(&db.name_any())
+    // crwatch::api, not Api's methods: an answer that does not decode never reaches a log.
+    let Some(fresh) = crwatch::api::get_opt(&api, &db.name_any())
         .await
         .map_err(|e| Failure::kube("reading the Database", e))?
     else {
@@ -425,8 +425,8 @@ async fn provision(
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = secret_name(db);
-    let existing = secrets
-        .get_opt(&name)
+    // Secrets go through crwatch::api: kube's own methods log an undecodable answer whole.
+    let existing = crwatch::api::get_opt(&secrets, &name)
         .await
         .map_err(|e| Failure::kube("reading the credentials Secret", e))?;
     let uid = db.uid().unwrap_or_default();
@@ -454,8 +454,7 @@ async fn provision(
         let role = naming::role_name(kind, &database, u);
         let password = match user.password_secret() {
             Some(secret) => {
-                let s = secrets
-                    .get_opt(secret)
+                let s = crwatch::api::get_opt(&secrets, secret)
                     .await
                     .map_err(|e| Failure::kube("reading a password Secret", e))?
                     .ok_or_else(|| Failure {
@@ -593,8 +592,7 @@ async fn write_secret(
             s.data = Some(data);
             s.string_data = None;
             s.labels_mut().insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-            secrets
-                .replace(&secret_name(db), &PostParams::default(), &s)
+            crwatch::api::replace(secrets, &secret_name(db), &PostParams::default(), &s)
                 .await
                 .map_err(|e| Failure::kube("updating the credentials Secret", e))?;
             event(
@@ -619,8 +617,7 @@ async fn write_secret(
                 data: Some(data),
                 ..Default::default()
             };
-            secrets
-                .create(&PostParams::default(), &s)
+            crwatch::api::create(secrets, &PostParams::default(), &s)
                 .await
                 .map_err(|e| Failure::kube("creating the credentials Secret", e))?;
             event(

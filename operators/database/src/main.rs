@@ -71,8 +71,10 @@ struct RunArgs {
     /// How often candidates try to acquire or renew.
     #[arg(long, default_value = "2s")]
     leader_elect_retry_period: humantime::Duration,
-    /// Parallel reconciles.
-    #[arg(long, env = "DATABASE_OPERATOR_CONCURRENCY", default_value_t = 4)]
+    /// Parallel reconciles (1 to 1024: each is a worker task and may hold a database
+    /// connection).
+    #[arg(long, env = "DATABASE_OPERATOR_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1024), usize::from))]
     concurrency: usize,
     /// Log format.
     #[arg(
@@ -173,7 +175,10 @@ async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
         }
         None => kube::Config::infer().await.context("finding a kubeconfig")?,
     };
-    kube::Client::try_from(config).context("creating the Kubernetes client")
+    // As kubectl builds one: credentials only over TLS, connect (TLS included) within 10 s and
+    // response headers within 60 s, so a silent server cannot hang status writes or leases.
+    crwatch::client::build(config, &crwatch::client::ClientOptions::default())
+        .context("creating the Kubernetes client")
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -80,9 +80,13 @@ pub async fn run(
         KubeSource::<Secret>::all(client.clone()).labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
     );
     let recorder = Recorder::new(client.clone(), "database-operator");
+    // The controller's own Events (DecodeFailed on a Database the operator cannot read) come
+    // from the same reporter as the reconciler's.
+    let controller_events = recorder.clone();
     let ctx = Arc::new(Context::new(client, servers, recorder).context("configuring database servers")?);
     let controller = mgr
         .controller("database", databases)
+        .events(controller_events)
         .owns(secrets)
         // Status writes bump no generation; deletion does (the API server sets it with
         // deletionTimestamp), so spec changes and deletions both get here.

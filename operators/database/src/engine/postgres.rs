@@ -87,6 +87,27 @@ pub fn role_comment(database: &str) -> String {
     format!("managed by database-operator for database {database}")
 }
 
+/// How long [`PostgresEngine::lock_database`] waits for an idle holder of a database's lock
+/// before ending its session.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The advisory lock key text of database `name` (hashed by the server).
+fn lock_key(name: &str) -> String {
+    format!("database-operator/database/{name}")
+}
+
+/// Give the lock of [`PostgresEngine::lock_database`] back; a connection that cannot is closed,
+/// which releases it too (it must not go back to the pool holding the lock).
+async fn unlock_database(mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>, name: &str) {
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(lock_key(name))
+        .execute(&mut *conn)
+        .await;
+    if unlocked.is_err() {
+        let _ = sqlx::Connection::close(conn.detach()).await;
+    }
+}
+
 /// A PostgreSQL server, through a small pool of administrator connections.
 #[derive(Clone)]
 pub struct PostgresEngine {
@@ -162,36 +183,103 @@ impl PostgresEngine {
     pub async fn ensure_database(&self, name: &str) -> Result<bool, EngineError> {
         let op = format!("create database {name:?}");
         let q = quote_ident(name).map_err(|k| self.ctx.error(&op, k))?;
-        let mut created = false;
-        if !self.database_exists(name).await? {
-            // Not in a transaction: CREATE DATABASE cannot run in one.
-            match self.execute(&format!("CREATE DATABASE {q}")).await {
-                Ok(()) => created = true,
-                // Created concurrently since we looked (42P04), or so concurrently that the
-                // catalog's unique index caught it (23505, e.g. a predecessor killed
-                // mid-CREATE whose backend finished it): either way it exists now.
-                Err(e) if matches!(sqlstate(&e).as_deref(), Some("42P04" | "23505")) => {}
-                Err(e) => return Err(self.error(&op, e)),
+        let mut conn = self.lock_database(name, &op).await?;
+        let result = async {
+            let mut created = false;
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(name)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if !exists {
+                // Not in a transaction: CREATE DATABASE cannot run in one.
+                let create = format!("CREATE DATABASE {q}");
+                match sqlx::query(&create).persistent(false).execute(&mut *conn).await {
+                    Ok(_) => created = true,
+                    // Created concurrently since we looked (42P04), or so concurrently that
+                    // the catalog's unique index caught it (23505): it exists now.
+                    Err(e) if matches!(sqlstate(&e).as_deref(), Some("42P04" | "23505")) => {}
+                    Err(e) => return Err(e),
+                }
             }
+            let revoke = format!("REVOKE ALL ON DATABASE {q} FROM PUBLIC");
+            sqlx::query(&revoke).persistent(false).execute(&mut *conn).await?;
+            Ok(created)
         }
-        self.execute(&format!("REVOKE ALL ON DATABASE {q} FROM PUBLIC"))
-            .await
-            .map_err(|e| self.error(&op, e))?;
-        Ok(created)
+        .await;
+        unlock_database(conn, name).await;
+        result.map_err(|e| self.error(&op, e))
     }
 
     /// See [`super::Engine::drop_database`].
     pub async fn drop_database(&self, name: &str) -> Result<bool, EngineError> {
         let op = format!("drop database {name:?}");
         let q = quote_ident(name).map_err(|k| self.ctx.error(&op, k))?;
-        if !self.database_exists(name).await? {
-            return Ok(false);
+        // After the lock, a CREATE DATABASE a killed predecessor left running has finished
+        // (see `lock_database`), so what is dropped now stays dropped.
+        let mut conn = self.lock_database(name, &op).await?;
+        let result = async {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(name)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if !exists {
+                return Ok(false);
+            }
+            // FORCE terminates the other sessions connected to it (PostgreSQL 13+).
+            let drop = format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)");
+            sqlx::query(&drop).persistent(false).execute(&mut *conn).await?;
+            Ok(true)
         }
-        // FORCE terminates the other sessions connected to it (PostgreSQL 13+).
-        self.execute(&format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)"))
-            .await
-            .map_err(|e| self.error(&op, e))?;
-        Ok(true)
+        .await;
+        unlock_database(conn, name).await;
+        result.map_err(|e| self.error(&op, e))
+    }
+
+    /// A pooled connection holding the session advisory lock of database `name`, taken by
+    /// everything that creates or drops it. A predecessor killed in the middle of
+    /// `CREATE DATABASE` leaves its server process running the statement to the end, holding
+    /// this lock until it notices its client is gone; without the lock, a cleanup that ran
+    /// meanwhile found no database, removed the finalizer, and the database appeared
+    /// afterwards, owned by nothing (found by `crwatch::testing`: killed right before its
+    /// 5th write while another worker was creating a database that was then deleted).
+    async fn lock_database(
+        &self,
+        name: &str,
+        op: &str,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, EngineError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.error(op, e))?;
+        let waiting = std::time::Instant::now();
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(lock_key(name))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| self.error(op, e))?;
+            if got {
+                return Ok(conn);
+            }
+            // The holder is a predecessor (one reconcile per Database at a time here). One
+            // still running a statement is waited for; one idle for this long is a client
+            // that is gone without its server process knowing (a crashed node: no FIN, and
+            // TCP keepalive takes hours), and would hold the lock until then: end it.
+            if waiting.elapsed() >= LOCK_PATIENCE {
+                sqlx::query(
+                    "SELECT pg_terminate_backend(a.pid) FROM pg_locks l \
+                     JOIN pg_stat_activity a ON a.pid = l.pid \
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                     AND l.classid::bigint = (hashtextextended($1, 0) >> 32) & 4294967295 \
+                     AND l.objid::bigint = hashtextextended($1, 0) & 4294967295 \
+                     AND a.state LIKE 'idle%' AND a.pid <> pg_backend_pid()",
+                )
+                .bind(lock_key(name))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.error(op, e))?;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// See [`super::Engine::ensure_user`].
