@@ -68,9 +68,14 @@ impl MariaDb {
                  GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'127.0.0.1' WITH GRANT OPTION;\n"
             ),
         )?;
+        // Temporary tables go to the server's own directory, not the shared /tmp: a test run
+        // that cleans /tmp (or another server) must not take files from under the bootstrap
+        // ("Could not remove temporary table ... error: 2", then "Unknown table").
+        let tmp = process.make_dir("tmp")?;
         let mut cmd = tokio::process::Command::new(install);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", process.path("data").display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args([
                 "--auth-root-authentication-method=socket",
                 "--skip-test-db",
@@ -162,6 +167,7 @@ impl MariaDb {
             "--bind-address=127.0.0.1".to_string(),
             format!("--socket={}", self.process.path("mariadbd.sock").display()),
             format!("--pid-file={}", self.pid_path().display()),
+            format!("--tmpdir={}", self.process.path("tmp").display()),
             format!("--log-error={}", log.display()),
             "--skip-name-resolve".to_string(),
             "--max-connections=300".to_string(),

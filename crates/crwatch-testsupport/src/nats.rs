@@ -8,9 +8,7 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-
-use crate::process::{ServerProcess, find_binary};
+use crate::process::{ServerProcess, find_binary, owned_tempdir};
 
 /// How long `nats-server` may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,10 +34,7 @@ impl NatsServer {
     /// connections.
     pub async fn start() -> anyhow::Result<Self> {
         let binary = find_binary("nats-server", &["/usr/sbin/nats-server", "/usr/bin/nats-server"])?;
-        let dir = tempfile::Builder::new()
-            .prefix("crwatch-nats-")
-            .tempdir()
-            .context("creating a temporary directory for nats-server")?;
+        let dir = owned_tempdir("crwatch-nats-")?;
         std::fs::create_dir_all(dir.path().join("jetstream"))?;
         let mut server = Self {
             process: ServerProcess::new("nats-server", dir, START_TIMEOUT)?,

@@ -164,6 +164,16 @@ impl ServerProcess {
         Ok(path)
     }
 
+    /// Create the directory `name` in the server's directory, owned by the server's user.
+    pub(crate) fn make_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.path(name);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+        }
+        Ok(path)
+    }
+
     /// Run the setup command `cmd` (`what`, such as `initdb`) as the server's user in its
     /// directory, within the start timeout; fail with its output unless it succeeds.
     pub(crate) async fn run_setup(&self, mut cmd: tokio::process::Command, what: &str) -> anyhow::Result<()> {
@@ -413,7 +423,39 @@ pub(crate) fn owned_tempdir(prefix: &str) -> anyhow::Result<TempDir> {
         .with_context(|| format!("creating a temporary directory {prefix}*"))?;
     std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
         .context("recording the owner of the server directory")?;
+    remove_at_exit(dir.path());
     Ok(dir)
+}
+
+/// Write ends of the pipes read by [`remove_at_exit`]'s reapers. A `static` is never dropped, so
+/// each pipe closes only when this process exits, however it exits.
+static REAPERS: std::sync::Mutex<Vec<std::process::ChildStdin>> = std::sync::Mutex::new(Vec::new());
+
+/// Remove `dir` once this process has exited, even when a server kept in a `static` is never
+/// dropped or the test process is killed: a small `sh`, in its own process group so that
+/// killing a server's group spares it, waits for its stdin (a pipe from this process) to close,
+/// gives the servers (killed by their watchdogs at the same moment) a moment to go, and removes
+/// the directory. Best effort: without `sh` the next start of the same kind cleans up instead
+/// ([`remove_orphaned_dirs`]).
+fn remove_at_exit(dir: &Path) {
+    use std::os::unix::process::CommandExt;
+
+    const REAPER: &str = r#"read -r _; sleep 2; rm -rf -- "$1"; sleep 3; rm -rf -- "$1""#;
+    let spawned = Command::new("sh")
+        .arg("-c")
+        .arg(REAPER)
+        .arg("sh")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Ok(mut child) = spawned
+        && let Some(stdin) = child.stdin.take()
+    {
+        REAPERS.lock().unwrap_or_else(|e| e.into_inner()).push(stdin);
+    }
 }
 
 /// Remove `$TMPDIR/<prefix>*` directories whose owner file names a process that no longer
@@ -506,4 +548,48 @@ pub(crate) fn signal(pid: u32, name: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set in the child run of [`a_leaked_server_directory_is_removed_when_the_process_exits`].
+    const LEAK_CHILD: &str = "CRWATCH_TESTSUPPORT_LEAK_CHILD";
+
+    /// A directory leaked as a `static` server's is (never dropped) and a process that exits
+    /// without destructors: the directory is gone shortly after the exit.
+    #[test]
+    fn a_leaked_server_directory_is_removed_when_the_process_exits() {
+        if std::env::var_os(LEAK_CHILD).is_some() {
+            let dir = owned_tempdir("crwatch-leak-test-").unwrap();
+            println!("{}", dir.path().display());
+            std::mem::forget(dir);
+            std::process::exit(0);
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "process::tests::a_leaked_server_directory_is_removed_when_the_process_exits",
+                "--nocapture",
+            ])
+            .env(LEAK_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let path = stdout
+            .lines()
+            .find(|l| l.contains("crwatch-leak-test-"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("child printed no directory: {stdout}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while path.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} still exists 20 s after its owner exited",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
-use crate::process::{ChildGuard, find_binary, free_port, kill_group, log_tail, spawn_group, wait_port_free};
+use crate::process::{
+    ChildGuard, find_binary, free_port, kill_group, log_tail, owned_tempdir, spawn_group, wait_port_free,
+};
 
 /// How long the broker may take to accept an AMQP connection.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,10 +58,7 @@ impl RabbitMq {
             bail!("{SERVER_SCRIPT} not found; install Debian's rabbitmq-server (apt-get install)");
         }
         let epmd_binary = find_binary("epmd", &["/usr/bin/epmd"])?;
-        let dir = tempfile::Builder::new()
-            .prefix("crwatch-rabbitmq-")
-            .tempdir()
-            .context("creating a temporary directory for rabbitmq-server")?;
+        let dir = owned_tempdir("crwatch-rabbitmq-")?;
         let amqp_port = free_port()?;
         let mut dist_port = free_port()?;
         while dist_port == amqp_port {
