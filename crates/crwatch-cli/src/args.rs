@@ -74,6 +74,10 @@ pub enum Command {
     /// Run the demo: an embedded API server, the Database CRD, sample objects changing, and the
     /// watch with diffs.
     Demo(DemoArgs),
+    /// Serve watched resources to many subscribers over Envoy's xDS (MCP-over-xDS resources).
+    Serve(crate::serve::ServeArgs),
+    /// Serve watched resources to AI agents over the Model Context Protocol.
+    Mcp(crate::mcp::McpArgs),
 }
 
 /// `crwatch forward -f forward.yaml`.

@@ -8,7 +8,9 @@ pub mod demo;
 pub mod errors;
 pub mod forward;
 pub mod get;
+pub mod mcp;
 pub mod resolve;
+pub mod serve;
 pub mod table;
 pub mod uri;
 
@@ -173,5 +175,7 @@ pub async fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Get(a) => get::run(a).await,
         args::Command::Forward(a) => forward::run(a).await,
         args::Command::Demo(a) => demo::run(a).await,
+        args::Command::Serve(a) => serve::run(a).await,
+        args::Command::Mcp(a) => mcp::run(a).await,
     }
 }

@@ -8,6 +8,7 @@ pub mod mariadb;
 pub mod nats;
 pub mod postgres;
 pub mod process;
+pub mod python;
 pub mod rabbitmq;
 
 pub use process::{free_port, wait_for_tcp};
