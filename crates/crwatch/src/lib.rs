@@ -24,3 +24,5 @@ pub mod store;
 pub mod testing;
 #[cfg(feature = "tls-client")]
 pub mod tls;
+#[cfg(feature = "xds")]
+pub mod xds;
