@@ -22,6 +22,8 @@ pub mod postgres;
 pub mod sql;
 #[cfg(feature = "webhook")]
 pub mod webhook;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
