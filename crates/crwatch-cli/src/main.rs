@@ -43,10 +43,10 @@ async fn run_main() -> ExitCode {
         std::env::var_os("TERM").as_deref(),
     );
     let cli = crwatch_cli::args::Cli::parse_checked();
-    // `crwatch forward` runs unattended: its warnings (a sink failing, a source down) show by
+    // `crwatch forward` and `crwatch serve` run unattended: their warnings (a sink failing, a source down, a NACK) show by
     // default. Other commands print their own messages and log nothing unless asked.
     let default_level = match cli.command {
-        crwatch_cli::args::Command::Forward(_) => "warn",
+        crwatch_cli::args::Command::Forward(_) | crwatch_cli::args::Command::Serve(_) => "warn",
         _ => "off",
     };
     tracing_subscriber::fmt()
