@@ -35,6 +35,10 @@ async fn source_of(args: &GetArgs) -> anyhow::Result<(Box<dyn Source<DynamicObje
     let uri = args.resource.as_str();
     let scheme = uri.split("://").next().unwrap_or_default().to_ascii_lowercase();
     let interval = args.interval.map(Duration::from);
+    #[cfg(feature = "xds")]
+    if scheme == "xds" {
+        return xds(uri);
+    }
     let (source, api_version, kind): (Box<dyn Source<DynamicObject>>, &str, &str) = match scheme.as_str() {
         #[cfg(feature = "file")]
         "file" => {
@@ -75,7 +79,7 @@ async fn source_of(args: &GetArgs) -> anyhow::Result<(Box<dyn Source<DynamicObje
             (Box::new(s), "http.crwatch.io/v1", "Item")
         }
         other => anyhow::bail!(
-            "unknown source scheme {other:?}: use file://, postgres://, mysql:// or https:// (each needs its cargo feature)"
+            "unknown source scheme {other:?}: use file://, postgres://, mysql://, https:// or xds:// (each needs its cargo feature)"
         ),
     };
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -90,6 +94,31 @@ async fn source_of(args: &GetArgs) -> anyhow::Result<(Box<dyn Source<DynamicObje
         preferred: true,
     };
     Ok((source, rt))
+}
+
+/// How long `crwatch get xds://…` waits for the server's first response before it takes the
+/// type as empty (a server with no object of the type sends nothing).
+#[cfg(feature = "xds")]
+const CLI_XDS_INITIAL_FETCH: Duration = Duration::from_secs(3);
+
+/// `xds://HOST:PORT/<group>/<version>/<Kind>[?names=…&tls=…&ca_file=…&token_file=…]`: a
+/// remote `crwatch serve` through the delta-xDS client source; its objects are the served
+/// objects themselves, so they print with their own kind.
+#[cfg(feature = "xds")]
+fn xds(uri: &str) -> anyhow::Result<(Box<dyn Source<DynamicObject>>, ResourceType)> {
+    let source = crwatch::source::xds::XdsSource::from_url(uri)?.initial_fetch_timeout(CLI_XDS_INITIAL_FETCH);
+    let t = crwatch::xds::TypeUrl::parse(source.type_url())?;
+    let rt = ResourceType {
+        group: t.group.clone(),
+        version: t.version.clone(),
+        kind: t.kind.clone(),
+        plural: format!("{}s", t.kind.to_lowercase()),
+        singular: t.kind.to_lowercase(),
+        short_names: vec![],
+        namespaced: true,
+        preferred: true,
+    };
+    Ok((Box::new(source), rt))
 }
 
 /// A PostgreSQL source as the CLI wants it: without `mode=` and `--install-trigger`, changes
