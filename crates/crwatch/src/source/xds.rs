@@ -152,6 +152,9 @@ pub struct XdsStats {
     pub connects: AtomicU64,
     /// Responses received.
     pub responses: AtomicU64,
+    /// Resources received (each added or changed resource of a response; removals are
+    /// names only and not counted).
+    pub resources: AtomicU64,
     /// Responses ACKed.
     pub acks: AtomicU64,
     /// Responses NACKed.
@@ -831,6 +834,7 @@ impl Runner {
             }
             Ok(Ok(Some(response))) => {
                 XdsStats::add(&self.config.stats.responses, 1);
+                XdsStats::add(&self.config.stats.resources, response.resources.len() as u64);
                 self.apply(response)
             }
             Ok(Ok(None)) => {
