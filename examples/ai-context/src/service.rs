@@ -209,8 +209,13 @@ impl Selector {
             if current.same_versions(&next) {
                 return false;
             }
-            next.swaps = current.swaps + 1;
-            if let (Some(p), Some(m)) = (&next.prompt_template, &next.model_config) {
+            // A new version with the same content (a status write) is no swap.
+            let swapped = current.model_config.as_ref().map(|m| (&m.name, &m.spec))
+                != next.model_config.as_ref().map(|m| (&m.name, &m.spec))
+                || current.prompt_template.as_ref().map(|p| (&p.name, &p.spec))
+                    != next.prompt_template.as_ref().map(|p| (&p.name, &p.spec));
+            next.swaps = current.swaps + u64::from(swapped);
+            if swapped && let (Some(p), Some(m)) = (&next.prompt_template, &next.model_config) {
                 tracing::info!(
                     prompt = %p.name, prompt_version = %p.resource_version,
                     model_config = %m.name, model_version = %m.resource_version,
