@@ -42,6 +42,9 @@ pub struct XdsMetrics {
     pub acked_version: Family<SubscriberTypeLabels, Gauge>,
     /// `crwatch_xds_nacks_total{subscriber,type_url}`: NACKs received.
     pub nacks: Family<SubscriberTypeLabels, Counter>,
+    /// `crwatch_xds_type_nacks_total{type_url}`: NACKs received from all subscribers (kept
+    /// after they disconnect).
+    pub type_nacks: Family<TypeLabel, Counter>,
     /// `crwatch_xds_pending_resources{subscriber,type_url}`: resources changed since what the
     /// subscriber has (its queue, coalesced to the latest state per resource).
     pub pending: Family<SubscriberTypeLabels, Gauge>,
@@ -74,6 +77,11 @@ impl XdsMetrics {
             "crwatch_xds_nacks",
             "NACKs received per subscriber and type",
             m.nacks.clone(),
+        );
+        registry.register(
+            "crwatch_xds_type_nacks",
+            "NACKs received per type from all subscribers",
+            m.type_nacks.clone(),
         );
         registry.register(
             "crwatch_xds_pending_resources",

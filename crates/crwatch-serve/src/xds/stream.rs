@@ -215,6 +215,7 @@ pub async fn run<P: Protocol>(
                     }
                     Ok(Answer::Nack(sent, message)) => {
                         metrics.nacks.get_or_create(&labels(&subscriber, &t)).inc();
+                        metrics.type_nacks.get_or_create(&super::metrics::TypeLabel { type_url: t.clone() }).inc();
                         tracing::warn!(%subscriber, type_url = %t, version = sent.version, nonce = %sent.nonce,
                             resources = sent.changed.len(), error = %super::report::truncate(&message, 200),
                             "NACK: the subscriber keeps its previous version");
