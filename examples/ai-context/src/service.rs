@@ -278,7 +278,10 @@ impl Service {
         let (prompt_stats, model_stats) = (prompts.stats(), models.stats());
         let prompts = Informer::new(prompts);
         let models = Informer::new(models);
-        let (active, _) = watch::channel(Arc::new(Active::default()));
+        let (active, _) = watch::channel(Arc::new(Active {
+            problem: Some("waiting for the first state of both xDS subscriptions".into()),
+            ..Active::default()
+        }));
         let selector = Arc::new(Selector {
             namespace: config.namespace.clone(),
             model_config: config.model_config.clone(),
@@ -298,10 +301,24 @@ impl Service {
         })
     }
 
-    /// Start both subscriptions; they stop when `cancel` is cancelled.
+    /// Start both subscriptions; they stop when `cancel` is cancelled. Once both synced, the
+    /// active configuration is computed (also when they are empty, so `problem` says what is
+    /// missing).
     pub fn start(&self, cancel: CancellationToken) {
         self.prompts.start(cancel.clone());
-        self.models.start(cancel);
+        self.models.start(cancel.clone());
+        let (prompts, models, selector) = (self.prompts.clone(), self.models.clone(), self.selector.clone());
+        tokio::spawn(async move {
+            let synced = async {
+                while prompts.wait_synced(Duration::from_secs(60)).await.is_err() {}
+                while models.wait_synced(Duration::from_secs(60)).await.is_err() {}
+                selector.recompute();
+            };
+            tokio::select! {
+                _ = synced => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
     }
 
     /// Wait until both subscriptions have their first state.
