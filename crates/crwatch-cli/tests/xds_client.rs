@@ -179,6 +179,19 @@ async fn lists_watches_acks_and_nacks_what_the_validator_rejects() {
     assert_eq!(names(&informer), ["a", "b"]);
     until("the NACK of the first response", || get(&stats.nacks) == 1).await;
     assert_eq!(get(&stats.rejected), 1);
+    // The informer names the rejected object, and stays healthy.
+    let skipped = informer.undecodable();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(
+        (skipped[0].namespace.as_deref(), skipped[0].name.as_str()),
+        (Some(ns), "bad")
+    );
+    assert!(
+        skipped[0].error.contains("labelled reject"),
+        "{}",
+        skipped[0].error
+    );
+    assert!(informer.health().last_error.is_none());
     let o = informer.store().get(&ObjectKey::new(Some(ns), "a")).unwrap();
     assert_eq!(o.types.as_ref().unwrap().kind, "ConfigMap");
     assert!(o.metadata.resource_version.is_some());

@@ -15,7 +15,11 @@
 //!   `INVALID_ARGUMENT`) when a resource could not be decoded or the caller's
 //!   [`XdsSource::validator`] rejected it. The resources of a NACKed response that were valid
 //!   are applied; a rejected one keeps its previous version (or stays absent), as Envoy keeps
-//!   the last good configuration;
+//!   the last good configuration, and is reported to the informer as a skipped object
+//!   ([`ErrorKind::Undecodable`]: named, with the reason, in `Informer::undecodable`; the
+//!   source stays healthy). The NACK's message is `namespace/name: reason` per rejected
+//!   resource, `; `-separated (`crwatch serve --report-nacks` writes it into an
+//!   `Accepted=False` condition);
 //! - `removed_resources` (and `removed_resource_names`) delete what the source holds; removals
 //!   of resources it never had are ignored, as the protocol allows.
 //!
@@ -79,7 +83,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::{ErrorKind, Event, EventStream, Source, SourceError};
+use super::{ErrorKind, Event, EventStream, Source, SourceError, Undecodable};
 use crate::xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use crate::xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use crate::xds::{Status, TypeUrl, resource_to_object, unpack_resource};
@@ -853,6 +857,26 @@ impl Runner {
         }
     }
 
+    /// A rejected resource as the informer's skipped object: named (from the object when it
+    /// decoded, else from the resource name `namespace/name`), with the reason.
+    fn skipped(&self, name: &str, object: Option<&DynamicObject>, why: &str) -> SourceError {
+        let (ns, short) = match name.split_once('/') {
+            Some((ns, n)) => (Some(ns.to_string()), n.to_string()),
+            None => (None, name.to_string()),
+        };
+        let u = Undecodable {
+            api_version: self.api_version.clone(),
+            kind: self.kind.clone(),
+            namespace: object.map_or(ns, |o| o.metadata.namespace.clone()),
+            name: object.and_then(|o| o.metadata.name.clone()).unwrap_or(short),
+            uid: object.and_then(|o| o.metadata.uid.clone()),
+            deleted: false,
+            error: format!("rejected (NACK sent; the previous version stays): {why}"),
+        };
+        self.error(u.to_string())
+            .with_kind(ErrorKind::Undecodable(Box::new(u)))
+    }
+
     /// Decode one resource into an object of this source's type.
     fn decode(&self, resource: &crate::xds::discovery::Resource) -> Result<DynamicObject, String> {
         let any = resource
@@ -882,8 +906,11 @@ impl Runner {
     /// Take a response: its events, and the (N)ACK to send once they were taken.
     fn apply(&mut self, response: DeltaDiscoveryResponse) -> Vec<Item> {
         let mut rejected: Vec<(String, String)> = vec![];
+        // Each rejected resource, as the informer's "skipped object" (no source failure).
+        let mut skipped: Vec<Item> = vec![];
         let mut events: Vec<Item> = vec![];
-        if response.type_url != self.config.type_url {
+        let wrong_type = response.type_url != self.config.type_url;
+        if wrong_type {
             rejected.push((
                 String::new(),
                 format!(
@@ -894,15 +921,22 @@ impl Runner {
         } else {
             let mut changed = Vec::with_capacity(response.resources.len());
             for resource in &response.resources {
-                let decoded = self
-                    .decode(resource)
-                    .and_then(|object| match &self.config.validator {
-                        Some(v) => v(&object).map(|()| object),
-                        None => Ok(object),
-                    });
-                match decoded {
-                    Ok(object) => changed.push((resource.name.clone(), resource.version.clone(), object)),
-                    Err(why) => rejected.push((resource.name.clone(), why)),
+                let decoded = self.decode(resource);
+                let checked = match (&decoded, &self.config.validator) {
+                    (Ok(object), Some(v)) => v(object),
+                    (Ok(_), None) => Ok(()),
+                    (Err(why), _) => Err(why.clone()),
+                };
+                match (decoded, checked) {
+                    (Ok(object), Ok(())) => {
+                        changed.push((resource.name.clone(), resource.version.clone(), object))
+                    }
+                    // (A body that did not decode has its reason in `checked` too.)
+                    (object, checked) => {
+                        let why = checked.err().unwrap_or_default();
+                        skipped.push(Err(self.skipped(&resource.name, object.ok().as_ref(), &why)));
+                        rejected.push((resource.name.clone(), why));
+                    }
                 }
             }
             let removed = response
@@ -930,10 +964,12 @@ impl Runner {
             if self.synced {
                 events.extend(applied.into_iter().map(|o| Ok(Event::Apply(o))));
                 events.extend(deleted.into_iter().map(|o| Ok(Event::Delete(o))));
+                events.append(&mut skipped);
             } else {
                 self.synced = true;
                 events.push(Ok(Event::Init));
                 events.extend(self.held.values().map(|h| Ok(Event::InitApply(h.object.clone()))));
+                events.append(&mut skipped);
                 events.push(Ok(Event::InitDone));
             }
         }
@@ -945,8 +981,10 @@ impl Runner {
             XdsStats::add(&stats.nacks, 1);
             XdsStats::add(&stats.rejected, rejected.len() as u64);
             let message = nack_message(&rejected);
-            tracing::warn!(source = %self.name, nonce = %response.nonce, %message, "NACK");
-            events.push(Err(self.error(format!("rejected (NACK sent): {message}"))));
+            tracing::warn!(source = %self.name, nonce = %response.nonce, %message, "NACK: the previous versions stay");
+            if wrong_type {
+                events.push(Err(self.error(format!("rejected (NACK sent): {message}"))));
+            }
             Some(Status {
                 code: INVALID_ARGUMENT,
                 message,
