@@ -90,6 +90,10 @@ fn free_port() -> u16 {
 /// `crwatch serve -r widgets -n NS --listen 127.0.0.1:0 --token-file F --metrics ...`, once it
 /// says where it listens.
 async fn serve(server: &TestServer, ns: &str) -> Serve {
+    serve_with(server, ns, &[]).await
+}
+
+async fn serve_with(server: &TestServer, ns: &str, extra: &[&std::ffi::OsStr]) -> Serve {
     let token = server.dir().join("xds-token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -107,6 +111,7 @@ async fn serve(server: &TestServer, ns: &str) -> Serve {
         ])
         .arg("--token-file")
         .arg(&token)
+        .args(extra)
         .arg("--kubeconfig")
         .arg(server.kubeconfig())
         .env_remove("KUBECONFIG")
@@ -123,7 +128,8 @@ async fn serve(server: &TestServer, ns: &str) -> Serve {
             if let Some(rest) =
                 line.strip_prefix("crwatch serve: xDS (ADS, state of the world and delta) on ")
             {
-                return rest.split_whitespace().next().unwrap_or_default().to_string();
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                return addr.trim_start_matches("https://").to_string();
             }
         }
         panic!("crwatch serve ended before listening");
@@ -204,7 +210,20 @@ async fn sotw_client_gets_the_whole_state_acks_nacks_and_reconnects_without_rese
     let s = serve(&server, ns).await;
     let kc = server.kubeconfig().to_string_lossy().into_owned();
     python("xds_sotw.py", &[&s.addr, TOKEN, TYPE_URL, ns, &kc], "SOTW OK").await;
-    drop(s);
+    // SIGTERM: every stream ends and the server exits cleanly.
+    let mut child = s.child;
+    let pid = child.id().expect("pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(common::WAIT, child.wait())
+        .await
+        .expect("crwatch serve stops within 20 s of SIGTERM")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -323,4 +342,65 @@ async fn plaintext_is_refused_off_loopback() {
         stderr.contains("refusing to serve plaintext gRPC on 0.0.0.0:0"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+    let ns = "xds-tls";
+    let server = setup(ns).await;
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "crwatch serve test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
+    let issue = |name: &str| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        let cert = params.signed_by(&key, &ca).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    };
+    let dir = server.dir().to_path_buf();
+    let write = |name: &str, pem: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).expect("pem");
+        p
+    };
+    let ca_pem = write("ca.pem", &ca.pem());
+    let (c, k) = issue("localhost");
+    let (server_cert, server_key) = (write("server.pem", &c), write("server-key.pem", &k));
+    let (c, k) = issue("subscriber");
+    let (client_cert, client_key) = (write("client.pem", &c), write("client-key.pem", &k));
+    let s = serve_with(
+        &server,
+        ns,
+        &[
+            "--tls-cert".as_ref(),
+            server_cert.as_os_str(),
+            "--tls-key".as_ref(),
+            server_key.as_os_str(),
+            "--client-ca".as_ref(),
+            ca_pem.as_os_str(),
+        ],
+    )
+    .await;
+    let p = |p: &PathBuf| p.to_string_lossy().into_owned();
+    python(
+        "xds_tls.py",
+        &[
+            &s.addr,
+            TOKEN,
+            TYPE_URL,
+            &p(&ca_pem),
+            &p(&client_cert),
+            &p(&client_key),
+        ],
+        "TLS OK",
+    )
+    .await;
+    drop(s);
 }

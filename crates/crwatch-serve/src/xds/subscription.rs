@@ -410,15 +410,16 @@ impl SotwState {
         self.inflight.is_none() && (self.owed || self.checked != Some(snapshot.version))
     }
 
-    /// How many resources differ between the last response and `snapshot`.
+    /// About how many resources changed since the last response (the journal's count, or
+    /// the whole type when the journal does not reach back that far).
     pub fn pending(&self, snapshot: &TypeSnapshot) -> usize {
-        let now = self.state_of(snapshot);
-        match &self.last {
-            None => now.len(),
-            Some(last) => {
-                now.iter().filter(|(k, v)| last.get(*k) != Some(*v)).count()
-                    + last.keys().filter(|k| !now.contains_key(*k)).count()
-            }
+        match self.checked {
+            Some(v) if v == snapshot.version => 0,
+            Some(v) => snapshot
+                .changed_since(v)
+                .map(|c| c.len())
+                .unwrap_or(snapshot.entries.len()),
+            None => snapshot.entries.len(),
         }
     }
 

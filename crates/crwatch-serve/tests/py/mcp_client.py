@@ -356,7 +356,15 @@ async def main() -> None:
     notes = Notes()
     mode = "legacy" if args.revision == "legacy" else "auto"
     if args.url:
-        # A wrong token first: refused.
+        # No token, a wrong token: 401 with a Bearer challenge, before any MCP.
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        async with create_mcp_http_client() as http:
+            for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {args.token}"}]:
+                r = await http.post(args.url, json=body, headers={"Accept": "application/json, text/event-stream", **headers})
+                check(r.status_code == 401, f"{headers}: HTTP {r.status_code}")
+                check(r.headers.get("www-authenticate") == "Bearer", "no Bearer challenge")
+        log("missing and wrong tokens: 401")
+        # A wrong token through the SDK: refused.
         bad = streamable_http_client(args.url, http_client=create_mcp_http_client(headers={"Authorization": "Bearer wrong"}))
         try:
             with anyio.fail_after(STEP_TIMEOUT):

@@ -77,8 +77,11 @@ class Stream:
     """One ADS stream (delta or SotW) with requests from a queue and responses read with a
     timeout."""
 
-    def __init__(self, addr, token, delta):
-        self.channel = grpc.insecure_channel(addr)
+    def __init__(self, addr, token, delta, creds=None):
+        if creds is None:
+            self.channel = grpc.insecure_channel(addr)
+        else:
+            self.channel = grpc.secure_channel(addr, creds)
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
         self.requests = queue.Queue()
         self.responses = queue.Queue()
