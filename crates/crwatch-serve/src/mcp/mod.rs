@@ -135,7 +135,14 @@ async fn check_token(State(token): State<Option<Token>>, request: Request, next:
                 .into_response();
         }
     }
-    next.run(request).await
+    let delete = request.method() == http::Method::DELETE;
+    let mut response = next.run(request).await;
+    // rmcp answers a session's DELETE with 202; the session is closed by then, and the
+    // official SDKs' clients expect 200 or 204 (the Python one logs a failure otherwise).
+    if delete && response.status() == http::StatusCode::ACCEPTED {
+        *response.status_mut() = http::StatusCode::OK;
+    }
+    response
 }
 
 /// Serve streamable HTTP at [`HTTP_PATH`] on `listener` until `cancel` fires. Every request

@@ -387,3 +387,34 @@ impl ServerHandler for Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bursts_are_coalesced_and_a_lagging_session_is_told() {
+        let (tx, mut rx) = broadcast::channel(16);
+        for _ in 0..3 {
+            tx.send(HubEvent::Updated("k8s://core/v1/ConfigMap/namespaces/a/x".into()))
+                .unwrap();
+            tx.send(HubEvent::ListChanged).unwrap();
+        }
+        let p = next_batch(&mut rx).await.unwrap();
+        assert_eq!(p.updated.len(), 1);
+        assert!(p.list_changed && !p.lagged);
+        // More than the ring holds while the session is not reading: the oldest are lost,
+        // and the session learns it (it then re-announces everything it subscribed to).
+        for i in 0..40 {
+            tx.send(HubEvent::Updated(format!(
+                "k8s://core/v1/ConfigMap/namespaces/a/x{i}"
+            )))
+            .unwrap();
+        }
+        let p = next_batch(&mut rx).await.unwrap();
+        assert!(p.lagged);
+        assert_eq!(p.updated.len(), 16, "at most the ring's capacity is held");
+        drop(tx);
+        assert!(next_batch(&mut rx).await.is_none());
+    }
+}
