@@ -481,7 +481,7 @@ impl Hub {
                     .collect::<Vec<_>>()
             })
             .collect();
-        all.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+        all.sort_by_cached_key(|a| a.0.to_string());
         all
     }
 
