@@ -428,3 +428,132 @@ async fn crwatch_get_xds_refuses_a_bad_uri() {
         "{stderr}"
     );
 }
+
+/// TLS with a client certificate (mTLS) and a bearer token: the library client and
+/// `crwatch get xds://…?ca_file=…` sync; a wrong token is `UNAUTHENTICATED` (HTTP 401 in the
+/// error kind), a missing client certificate fails the handshake; the token is never shown.
+#[tokio::test]
+async fn tls_client_certificates_and_a_bearer_token() {
+    use crwatch::source::{ErrorKind, Source};
+    use crwatch_serve::xds::TlsFiles;
+    use futures::StreamExt;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+
+    let server = TestServer::start().await.unwrap();
+    let ns = "xds-client-tls";
+    let cms = namespace(&server, ns).await;
+    create(&cms, "secure", "1", json!({})).await;
+
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "xds client test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let issue = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let dir = server.dir().to_path_buf();
+    let write = |name: &str, content: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    let (server_cert, server_key) = issue("localhost");
+    let (c, k) = issue("subscriber");
+    let (cert_file, key_file) = (write("client.pem", &c), write("client-key.pem", &k));
+    let token_file = write("token", "s3cret-token\n");
+    let wrong_token = write("wrong-token", "not-it");
+
+    let ar = ApiResource::erase::<ConfigMap>(&());
+    let informer = Informer::new(KubeSource::<DynamicObject>::dynamic(
+        server.client(),
+        &ar,
+        Some(ns),
+    ));
+    let xds = XdsServer::new(ServerOptions {
+        token: Some("s3cret-token".into()),
+        ..ServerOptions::default()
+    });
+    xds.serve_informer(&informer, &ar.api_version, &ar.kind);
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    informer.start(cancel.clone());
+    let listener = bind(0).await;
+    let addr = listener.local_addr().unwrap();
+    let tls = TlsFiles {
+        cert_pem: server_cert.into_bytes(),
+        key_pem: server_key.into_bytes(),
+        client_ca_pem: Some(ca.pem().into_bytes()),
+    };
+    let stop = cancel.clone();
+    tokio::spawn(async move { xds.serve(listener, Some(tls), stop).await.unwrap() });
+
+    let url = |token: &str, cert: bool| {
+        let mut u = format!("xds://{addr}/{CM}?ca_file={ca_file}&token_file={token}");
+        if cert {
+            u.push_str(&format!("&cert_file={cert_file}&key_file={key_file}"));
+        }
+        u
+    };
+    // The library client.
+    let source = XdsSource::from_url(&url(&token_file, true)).unwrap();
+    assert!(source.describe_endpoint().starts_with("https://"));
+    let synced: Informer<DynamicObject> = Informer::new(source);
+    synced.start(cancel.clone());
+    synced.wait_synced(WAIT).await.unwrap();
+    assert_eq!(names(&synced), ["secure"]);
+
+    // The first event of a source, which fails here.
+    let first_error = |uri: String| async move {
+        let source = XdsSource::from_url(&uri).unwrap();
+        let mut events = Box::new(source).events();
+        let first = tokio::time::timeout(WAIT, events.next()).await.unwrap().unwrap();
+        first.expect_err("the connection fails")
+    };
+    let e = first_error(url(&wrong_token, true)).await;
+    assert!(
+        matches!(&e.kind, ErrorKind::Server { code: 401, .. }),
+        "{e}: {:?}",
+        e.kind
+    );
+    assert!(e.message.contains("check the bearer token file"), "{e}");
+    assert!(
+        !e.to_string().contains("not-it") && !e.to_string().contains("s3cret"),
+        "{e}"
+    );
+    let e = first_error(url(&token_file, false)).await;
+    assert!(
+        // TLS 1.3: the server's alert may come before or after the stream opened.
+        matches!(&e.kind, ErrorKind::Transport { cause, .. }
+            if cause.contains("CertificateRequired") || cause.contains("closed")),
+        "{e}: {:?}",
+        e.kind
+    );
+
+    // crwatch get through TLS, the client certificate and the token.
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::new(BIN)
+            .args(["get", &url(&token_file, true), "-o", "name"])
+            .env_remove("KUBECONFIG")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "configmap/secure");
+}

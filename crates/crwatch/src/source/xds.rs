@@ -677,6 +677,12 @@ impl Runner {
                     cause,
                 }
             }
+            // The client never cancels a stream it still reads: the connection went (a TLS
+            // peer that refused us after the handshake shows up this way too).
+            (tonic::Code::Cancelled, cause) => ErrorKind::Transport {
+                refused: false,
+                cause: cause.unwrap_or_else(|| format!("the connection was closed: {}", status.message())),
+            },
             _ => ErrorKind::Server {
                 code: http_code(code),
                 reason: format!("{code:?}"),
