@@ -22,7 +22,9 @@ use crate::{Connection, connect};
 /// `crwatch serve -r RESOURCE [-r RESOURCE]... --listen ADDR`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// A resource to serve, named as `crwatch get` names it (repeatable); or `file://DIR`.
+    /// A resource to serve, named as `crwatch get` names it (repeatable); or `file://DIR`
+    /// (each YAML/JSON document under its own type URL; `file://DIR?mode=raw`: every file as
+    /// `file.crwatch.io/v1/File`).
     #[arg(short = 'r', long = "resource", required = true)]
     pub resources: Vec<String>,
     /// Address of the gRPC listener. Without --tls-cert/--tls-key it must be a loopback
@@ -212,8 +214,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A `file://` source as a served type (`file.crwatch.io/v1/File`, or the documents' own
-/// kinds when the directory holds Kubernetes-shaped YAML).
+/// A `file://` source: with `mode=raw`, every file as a `file.crwatch.io/v1/File`; otherwise
+/// each document under the type URL of its own `apiVersion`/`kind`.
 #[cfg(feature = "file")]
 fn file_informer(server: &XdsServer, uri: &str) -> anyhow::Result<Informer<DynamicObject>> {
     if !uri.starts_with("file://") {
@@ -221,11 +223,15 @@ fn file_informer(server: &XdsServer, uri: &str) -> anyhow::Result<Informer<Dynam
     }
     let source = crwatch::source::file::FileSource::from_url(uri)?;
     let informer = Informer::new(source);
-    server.serve_informer(
-        &informer,
-        crwatch::source::file::RAW_API_VERSION,
-        crwatch::source::file::RAW_KIND,
-    );
+    if uri.contains("mode=raw") {
+        server.serve_informer(
+            &informer,
+            crwatch::source::file::RAW_API_VERSION,
+            crwatch::source::file::RAW_KIND,
+        );
+    } else {
+        server.serve_informer_by_kind(&informer);
+    }
     Ok(informer)
 }
 

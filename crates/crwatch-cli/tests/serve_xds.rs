@@ -404,3 +404,42 @@ async fn tls_with_client_certificates() {
     .await;
     drop(s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_documents_is_served_kind_by_kind() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(
+        dir.path().join("prompts.yaml"),
+        "apiVersion: ai.example.com/v1\nkind: PromptTemplate\nmetadata: {name: greet, namespace: ai}\nspec: {template: 'hello {{name}}'}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: other, namespace: ai}\ndata: {template: x}\n",
+    )
+    .expect("file");
+    let uri = format!("file://{}", dir.path().display());
+    let mut child = Command::new(BIN)
+        .args(["serve", "-r", &uri, "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("crwatch serve starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = tokio::time::timeout(common::WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("stderr line") {
+            if let Some(rest) =
+                line.strip_prefix("crwatch serve: xDS (ADS, state of the world and delta) on ")
+            {
+                return rest.split_whitespace().next().unwrap_or_default().to_string();
+            }
+        }
+        panic!("crwatch serve ended before listening");
+    })
+    .await
+    .expect("listening");
+    let out = python(
+        "xds_fetch.py",
+        &[&addr, "ai.example.com/v1/PromptTemplate"],
+        "FETCH OK",
+    )
+    .await;
+    assert!(out.lines().any(|l| l == "ai/greet hello {{name}}"), "{out}");
+    let out = python("xds_fetch.py", &[&addr, "core/v1/ConfigMap"], "FETCH OK").await;
+    assert!(out.lines().any(|l| l == "ai/other x"), "{out}");
+}

@@ -253,98 +253,142 @@ pub fn entry_of(object: Value, fallback_version: u64) -> Result<Entry, crwatch::
     })
 }
 
-/// The informer handler that publishes one type: lists as one version, single events one
-/// version each. It never waits for subscribers.
-pub struct Publisher {
-    cache: TypeCache,
-    /// `apiVersion` and `kind` for objects that come without them.
-    type_meta: (String, String),
-    state: Mutex<PublisherState>,
+/// Where a [`Publisher`] puts objects.
+enum Target {
+    /// One type: objects without `apiVersion`/`kind` get these.
+    Fixed(TypeCache, String, String),
+    /// Each object under the type URL of its own `apiVersion`/`kind` (a directory of
+    /// documents of several kinds); objects without them are not served.
+    Routed(Cache),
 }
 
-#[derive(Default)]
-struct PublisherState {
+type Staged = Vec<(TypeCache, String, Option<Arc<Entry>>)>;
+
+/// The informer handler that publishes: lists as one version per type, single events one
+/// version each. It never waits for subscribers.
+pub struct Publisher {
+    target: Target,
     /// The changes of a list under way (`Some` between `Relist` and `RelistDone`).
-    staged: Option<Vec<(String, Option<Arc<Entry>>)>>,
+    staged: Mutex<Option<Staged>>,
 }
 
 impl Publisher {
     /// A publisher into `cache` for objects of `api_version`/`kind`.
     pub fn new(cache: TypeCache, api_version: &str, kind: &str) -> Self {
         Publisher {
-            cache,
-            type_meta: (api_version.to_string(), kind.to_string()),
-            state: Mutex::default(),
+            target: Target::Fixed(cache, api_version.to_string(), kind.to_string()),
+            staged: Mutex::default(),
         }
     }
 
-    fn value_of(&self, object: &DynamicObject) -> Option<Value> {
+    /// A publisher that serves each object under the type URL of its own `apiVersion` and
+    /// `kind`, making the types in `cache` as they appear.
+    pub fn routed(cache: Cache) -> Self {
+        Publisher {
+            target: Target::Routed(cache),
+            staged: Mutex::default(),
+        }
+    }
+
+    fn value_of(&self, object: &DynamicObject) -> Option<(TypeCache, Value)> {
         let mut value = serde_json::to_value(object).ok()?;
         let obj = value.as_object_mut()?;
-        obj.entry("apiVersion")
-            .or_insert_with(|| Value::String(self.type_meta.0.clone()));
-        obj.entry("kind")
-            .or_insert_with(|| Value::String(self.type_meta.1.clone()));
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("managedFields");
         }
-        Some(value)
+        let tc = match &self.target {
+            Target::Fixed(tc, api_version, kind) => {
+                obj.entry("apiVersion")
+                    .or_insert_with(|| Value::String(api_version.clone()));
+                obj.entry("kind").or_insert_with(|| Value::String(kind.clone()));
+                tc.clone()
+            }
+            Target::Routed(cache) => {
+                let api_version = obj.get("apiVersion").and_then(Value::as_str)?;
+                let kind = obj.get("kind").and_then(Value::as_str)?;
+                cache.type_cache(&crwatch::xds::type_url(api_version, kind))
+            }
+        };
+        Some((tc, value))
     }
 
-    fn change_of(&self, object: &DynamicObject, deleted: bool) -> Option<(String, Option<Arc<Entry>>)> {
-        let value = self.value_of(object)?;
+    fn change_of(
+        &self,
+        object: &DynamicObject,
+        deleted: bool,
+    ) -> Option<(TypeCache, String, Option<Arc<Entry>>)> {
+        let (tc, value) = self.value_of(object)?;
         let name = crwatch::xds::resource_name(&value)?;
         if deleted {
-            return Some((name, None));
+            return Some((tc, name, None));
         }
-        let fallback = self.cache.current().map(|s| s.version + 1).unwrap_or(1);
+        let fallback = tc.current().map(|s| s.version + 1).unwrap_or(1);
         match entry_of(value, fallback) {
-            Ok(e) => Some((name, Some(Arc::new(e)))),
+            Ok(e) => Some((tc, name, Some(Arc::new(e)))),
             Err(e) => {
-                tracing::warn!(type_url = %self.cache.type_url(), resource = %name, error = %e,
+                tracing::warn!(type_url = %tc.type_url(), resource = %name, error = %e,
                     "not serving this object (it is withdrawn from subscribers until it can be served)");
-                Some((name, None))
+                Some((tc, name, None))
             }
         }
     }
 
-    fn apply(&self, changes: Vec<(String, Option<Arc<Entry>>)>) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(staged) = state.staged.as_mut() {
-            staged.extend(changes);
+    /// Publish `changes`, one version per type touched.
+    fn publish(changes: Staged, skip_unpublished: bool) {
+        let mut by_type: Vec<(TypeCache, Vec<(String, Option<Arc<Entry>>)>)> = vec![];
+        for (tc, name, entry) in changes {
+            match by_type.iter_mut().find(|(t, _)| t.type_url() == tc.type_url()) {
+                Some((_, v)) => v.push((name, entry)),
+                None => by_type.push((tc, vec![(name, entry)])),
+            }
+        }
+        for (tc, changes) in by_type {
+            let current = match tc.current() {
+                Some(s) => (*s).clone(),
+                // Outside a list, a type never published has no consistent state to extend
+                // unless its objects are routed (a new kind appearing in a directory).
+                None if !skip_unpublished => TypeSnapshot::empty(tc.type_url(), 0),
+                None => continue,
+            };
+            tc.publish(current.next(changes));
+        }
+    }
+
+    fn apply(&self, change: Option<(TypeCache, String, Option<Arc<Entry>>)>) {
+        let Some(change) = change else { return };
+        let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(staged) = staged.as_mut() {
+            staged.push(change);
             return;
         }
-        drop(state);
-        // Outside a list: the cache must have been published once (a first list always
-        // comes first), else there is nothing consistent to extend yet.
-        if let Some(current) = self.cache.current() {
-            self.cache.publish(current.next(changes));
-        }
+        drop(staged);
+        Self::publish(vec![change], matches!(self.target, Target::Fixed(..)));
     }
 
     fn handle_change(&self, change: Change<DynamicObject>) {
         match change {
             Change::Relist => {
-                self.state.lock().unwrap_or_else(|p| p.into_inner()).staged = Some(vec![]);
+                *self.staged.lock().unwrap_or_else(|p| p.into_inner()) = Some(vec![]);
             }
             Change::RelistDone => {
                 let staged = self
-                    .state
+                    .staged
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .staged
                     .take()
                     .unwrap_or_default();
-                let current = self
-                    .cache
-                    .current()
-                    .map(|s| (*s).clone())
-                    .unwrap_or_else(|| TypeSnapshot::empty(self.cache.type_url(), 0));
-                self.cache.publish(current.next(staged));
+                // The first list publishes the fixed type even when it is empty.
+                if let Target::Fixed(tc, ..) = &self.target
+                    && tc.current().is_none()
+                    && staged.is_empty()
+                {
+                    tc.publish(TypeSnapshot::empty(tc.type_url(), 0).next(vec![]));
+                }
+                Self::publish(staged, false);
             }
-            Change::Added(o) => self.apply(self.change_of(&o, false).into_iter().collect()),
-            Change::Updated { new, .. } => self.apply(self.change_of(&new, false).into_iter().collect()),
-            Change::Deleted(o) => self.apply(self.change_of(&o, true).into_iter().collect()),
+            Change::Added(o) => self.apply(self.change_of(&o, false)),
+            Change::Updated { new, .. } => self.apply(self.change_of(&new, false)),
+            Change::Deleted(o) => self.apply(self.change_of(&o, true)),
             // Checkpoints (bookmarks) move the source's resume point, not the served state.
             _ => {}
         }
@@ -359,7 +403,7 @@ impl AsyncHandler<DynamicObject> for Publisher {
 
     fn on_error(&self, error: &SourceError) {
         if error.relist {
-            tracing::info!(type_url = %self.cache.type_url(), "relisting: subscribers get the differences as one version");
+            tracing::info!(source = %error.source_name, "relisting: subscribers get the differences as one version");
         }
     }
 }
@@ -438,5 +482,46 @@ mod tests {
         let s3 = tc.current().unwrap();
         assert_eq!(s3.entries.keys().collect::<Vec<_>>(), vec!["ns/c"]);
         assert_eq!(s3.changed_since(s2.version).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn routed_objects_go_under_their_own_type_and_an_empty_first_list_is_a_state() {
+        let cache = Cache::default();
+        let p = Publisher::routed(cache.clone());
+        let obj = |av: &str, kind: &str, name: &str| {
+            let v = serde_json::json!({"apiVersion": av, "kind": kind, "metadata": {"name": name}});
+            Arc::new(serde_json::from_value::<DynamicObject>(v).unwrap())
+        };
+        p.handle(Change::Relist).await;
+        p.handle(Change::Added(obj("v1", "ConfigMap", "a"))).await;
+        p.handle(Change::Added(obj("ai.example.com/v1", "PromptTemplate", "t")))
+            .await;
+        p.handle(Change::RelistDone).await;
+        assert_eq!(
+            cache.type_urls(),
+            ["ai.example.com/v1/PromptTemplate", "core/v1/ConfigMap"]
+        );
+        assert_eq!(cache.snapshot("core/v1/ConfigMap").unwrap().entries.len(), 1);
+        // A kind that appears later is served from then on.
+        p.handle(Change::Added(obj("ai.example.com/v1", "ModelConfig", "m")))
+            .await;
+        assert_eq!(
+            cache
+                .snapshot("ai.example.com/v1/ModelConfig")
+                .unwrap()
+                .entries
+                .len(),
+            1
+        );
+
+        let fixed = Cache::default();
+        let tc = fixed.type_cache("core/v1/Secret");
+        let p = Publisher::new(tc.clone(), "v1", "Secret");
+        p.handle(Change::Relist).await;
+        p.handle(Change::RelistDone).await;
+        assert!(
+            tc.current().unwrap().entries.is_empty(),
+            "an empty list is the (empty) state"
+        );
     }
 }

@@ -168,6 +168,13 @@ impl XdsServer {
         tc
     }
 
+    /// Serve the objects of `informer` each under the type URL of its own `apiVersion` and
+    /// `kind` (a source of several kinds, like a directory of documents); objects without
+    /// them are not served.
+    pub fn serve_informer_by_kind(&self, informer: &Informer<DynamicObject>) {
+        informer.add_async_handler(cache::Publisher::routed(self.cache.clone()));
+    }
+
     /// Report NACKs and ACKs as `Accepted` conditions on the objects of `targets` (type URL →
     /// resource type), written through `client`.
     pub fn report_to(
