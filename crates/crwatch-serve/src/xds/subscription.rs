@@ -161,16 +161,14 @@ impl DeltaState {
         if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() || first {
             self.synced = None;
         }
-        let Some(inflight) = &self.inflight else {
+        // Only the newest nonce answers the response in flight; a stale one ACKs nothing.
+        let answers = self
+            .inflight
+            .as_ref()
+            .is_some_and(|s| !req.response_nonce.is_empty() && req.response_nonce == s.nonce);
+        let Some(sent) = self.inflight.take_if(|_| answers) else {
             return Ok(Answer::None);
         };
-        if req.response_nonce.is_empty() || req.response_nonce != inflight.nonce {
-            return Ok(Answer::None);
-        }
-        let sent = self
-            .inflight
-            .take()
-            .unwrap_or_else(|| unreachable!("checked just above"));
         Ok(match &req.error_detail {
             Some(status) => Answer::Nack(sent, status.message.clone()),
             None => {
