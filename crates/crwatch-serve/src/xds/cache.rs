@@ -262,6 +262,9 @@ enum Target {
     Routed(Cache),
 }
 
+/// One change: a name and its new entry (`None`: gone).
+type NamedChange = (String, Option<Arc<Entry>>);
+/// Changes with the type each goes to.
 type Staged = Vec<(TypeCache, String, Option<Arc<Entry>>)>;
 
 /// The informer handler that publishes: lists as one version per type, single events one
@@ -335,7 +338,7 @@ impl Publisher {
 
     /// Publish `changes`, one version per type touched.
     fn publish(changes: Staged, skip_unpublished: bool) {
-        let mut by_type: Vec<(TypeCache, Vec<(String, Option<Arc<Entry>>)>)> = vec![];
+        let mut by_type: Vec<(TypeCache, Vec<NamedChange>)> = vec![];
         for (tc, name, entry) in changes {
             match by_type.iter_mut().find(|(t, _)| t.type_url() == tc.type_url()) {
                 Some((_, v)) => v.push((name, entry)),
