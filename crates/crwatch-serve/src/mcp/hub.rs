@@ -442,6 +442,14 @@ impl Hub {
         self.get(&rt, uri.namespace.as_deref(), &uri.name).await
     }
 
+    /// The object at `uri` from the API server (`None`: not found), whether watched or not:
+    /// what the tools read, so a call sees the writes before it (the watch cache may not
+    /// have them yet).
+    pub async fn read_fresh(&self, uri: &ObjectUri) -> Result<Option<Value>, ReadError> {
+        let rt = self.type_of(&uri.group, &uri.version, &uri.kind).await?;
+        self.get(&rt, uri.namespace.as_deref(), &uri.name).await
+    }
+
     /// An object of type `rt` from the API server (`None`: not found).
     pub async fn get(
         &self,

@@ -35,6 +35,9 @@ use super::uri::{CLUSTER_TEMPLATE, NAMESPACED_TEMPLATE, ObjectUri};
 pub const PROTOCOL_VERSIONS: [ProtocolVersion; 2] =
     [ProtocolVersion::V_2025_11_25, ProtocolVersion::V_2026_07_28];
 
+/// How often a 2025-11-25 session's notification task checks that its client is still there.
+const CLOSED_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Legacy (2025-11-25) subscriptions of one session.
 #[derive(Debug, Default)]
 struct Legacy {
@@ -107,9 +110,17 @@ impl Session {
         let stop = self.hub.stopping();
         let legacy = self.legacy.clone();
         tokio::spawn(async move {
+            // A session that went quietly (HTTP) is noticed here, not only at the next send.
+            let mut check = tokio::time::interval(CLOSED_CHECK);
             loop {
                 let batch = tokio::select! {
                     _ = stop.cancelled() => return,
+                    _ = check.tick() => {
+                        if peer.is_transport_closed() {
+                            return;
+                        }
+                        continue;
+                    }
                     b = next_batch(&mut rx) => b,
                 };
                 let Some(p) = batch else { return };

@@ -4,7 +4,8 @@
 //! Each tool has a JSON schema for its input (from the argument structs below) and answers
 //! with the result as JSON text (and the same JSON as structured content). Every failure a
 //! caller can act on is a tool error (`isError: true`) with a message saying what to do.
-//! Every object returned is redacted ([`super::redact`]).
+//! Every object returned is redacted ([`super::redact`]). Tools read the API server (so a
+//! call sees the writes before it); resources are served from the watch cache.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -329,7 +330,7 @@ async fn get_object(
         rt.namespaced.then_some(ns.as_str()),
         &args.name,
     );
-    let found = hub.read(&uri).await.map_err(|e| match e {
+    let found = hub.read_fresh(&uri).await.map_err(|e| match e {
         ReadError::Api(e) => api_error(&format!("reading {uri}"), e),
         e => ToolError(e.to_string()),
     })?;
@@ -627,7 +628,7 @@ async fn wait(hub: &Hub, args: WaitArgs) -> ToolResult {
     let mut events = hub.subscribe();
     let watched = hub.is_watched(&uri);
     loop {
-        let object = hub.read(&uri).await.map_err(|e| match e {
+        let object = hub.read_fresh(&uri).await.map_err(|e| match e {
             ReadError::Api(e) => api_error(&format!("reading {uri}"), e),
             e => ToolError(e.to_string()),
         })?;

@@ -319,6 +319,27 @@ async def scenario(client: Client, args: argparse.Namespace, notes: "Notes") -> 
     check("RFC 6902" in err, err)
     log("patch ok")
 
+    # A Secret that changes: diff, describe and the listed resource show keys, never values.
+    secret_rv = tool_json(
+        await client.call_tool("get", {"resource": "secret", "name": "db-credentials", "namespace": ns})
+    )["object"]["metadata"]["resourceVersion"]
+    await k.run("patch", "secret", "db-credentials", "--type=merge", "-p", '{"stringData":{"password":"n3w-pass","api-key":"k3y"}}')
+    tool_json(
+        await client.call_tool(
+            "wait",
+            {"resource": "secret", "name": "db-credentials", "namespace": ns, "field": "data.api-key", "value": "<redacted>"},
+        )
+    )
+    secret_diff = await client.call_tool("diff", {"uri": secret_uri, "sinceResourceVersion": secret_rv})
+    secret_desc = await client.call_tool("describe", {"resource": "secret", "name": "db-credentials", "namespace": ns})
+    read = await client.read_resource(secret_uri, cache_mode="refresh")
+    for leaked in ["n3w-pass", "bjN3LXBhc3M", "k3y", "azN5", "aHVudGVyMg", "YWRtaW4"]:
+        for what, out in [("diff", secret_diff.model_dump_json()), ("describe", secret_desc.model_dump_json()),
+                          ("read", read.model_dump_json())]:
+            check(leaked not in out, f"{what} leaked a Secret value")
+    check([c["path"] for c in tool_json(secret_diff)["changes"]] == ["data.api-key"], f"secret diff {secret_diff}")
+    log("secret changes: keys only")
+
     try:
         await client.call_tool("no-such-tool", {})
         raise AssertionError("unknown tool accepted")
