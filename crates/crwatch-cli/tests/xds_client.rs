@@ -614,3 +614,88 @@ async fn speaks_the_protocol_to_a_python_xds_server() {
     assert_eq!((get(&stats.acks), get(&stats.nacks)), (3, 1));
     let _ = child.kill().await;
 }
+
+/// A slow consumer reads nothing ahead: while its informer is stuck in a handler, 200 changes
+/// on the API server cost it no response beyond the one being handled; once it goes on, it
+/// gets the latest state in one or two responses (coalesced by the server), not 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_consumer_reads_nothing_ahead_and_gets_the_latest_state() {
+    use crwatch::informer::HandlerFns;
+    use std::sync::{Arc, Condvar, Mutex};
+
+    let server = TestServer::start().await.unwrap();
+    let ns = "xds-client-slow";
+    let cms = namespace(&server, ns).await;
+    create(&cms, "hot", "0", json!({})).await;
+    let ar = ApiResource::erase::<ConfigMap>(&());
+    let upstream = Informer::new(KubeSource::<DynamicObject>::dynamic(
+        server.client(),
+        &ar,
+        Some(ns),
+    ));
+    let up = serve(upstream.clone(), &ar.api_version, &ar.kind, 0).await;
+
+    // A gate the client's handler waits at while it is closed.
+    let gate = Arc::new((Mutex::new(true), Condvar::new()));
+    let (handler_gate, entered) = (gate.clone(), Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let handler_entered = entered.clone();
+    let source = client(up.addr);
+    let stats = source.stats();
+    let informer: Informer<DynamicObject> = Informer::new(source);
+    informer.add_handler(HandlerFns::new().on_update(move |_, _, _| {
+        handler_entered.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (open, cv) = &*handler_gate;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+    }));
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    informer.start(cancel.clone());
+    informer.wait_synced(WAIT).await.unwrap();
+    assert_eq!(get(&stats.responses), 1);
+
+    *gate.0.lock().unwrap() = false;
+    set(&cms, "hot", "1").await;
+    until("the handler is stuck", || {
+        entered.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    for i in 2..=200 {
+        set(&cms, "hot", &i.to_string()).await;
+    }
+    until("the server has the last change", || {
+        upstream
+            .store()
+            .get(&ObjectKey::new(Some(ns), "hot"))
+            .and_then(|o| {
+                o.data
+                    .pointer("/data/value")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
+            .as_deref()
+            == Some("200")
+    })
+    .await;
+    assert_eq!(
+        get(&stats.responses),
+        2,
+        "nothing read beyond the response being handled"
+    );
+
+    let (open, cv) = &*gate;
+    *open.lock().unwrap() = true;
+    cv.notify_all();
+    until("the latest state", || {
+        value(&informer, ns, "hot").as_deref() == Some("200")
+    })
+    .await;
+    let responses = get(&stats.responses);
+    assert!(responses <= 4, "{responses} responses for 200 changes");
+    eprintln!(
+        "200 changes reached the slow consumer in {} responses",
+        responses - 1
+    );
+}
