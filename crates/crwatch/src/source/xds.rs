@@ -42,9 +42,14 @@
 //!   [`XdsSource::max_message_bytes`] (default 64 MiB); a larger one fails the stream, which
 //!   is reported and reconnected.
 //! - Requests wait in a queue of [`REQUEST_QUEUE`]; only one (N)ACK is ever outstanding.
-//! - A broken connection (the server went away, HTTP/2 keepalive got no answer within
-//!   20 s) is reported as one error and reconnected with backoff (800 ms doubling to 30 s,
-//!   jittered, as client-go's watch reconnects), from the versions held.
+//! - The source keeps a copy of each object it holds (a deletion carries the last state, as
+//!   the informer's handlers expect), so it holds what the informer's store holds, once more.
+//! - A broken connection (the server went away; a peer that vanished without closing is
+//!   found by TCP keepalive: probes after 30 s idle, every 10 s, 3 unanswered = dead, so
+//!   within about a minute) is reported as one error and reconnected with backoff (800 ms
+//!   doubling to 30 s, jittered, as client-go's watch reconnects), from the versions held.
+//!   HTTP/2 pings are off by default ([`XdsSource::http2_keepalive`]): gRPC-Go servers
+//!   (go-control-plane, Istio) answer pings more often than every 5 minutes with `GOAWAY`.
 //!
 //! ```no_run
 //! use crwatch::informer::Informer;
@@ -102,10 +107,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(800);
 /// The default longest pause after failures.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// HTTP/2 keepalive: a ping this often...
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-/// ...that must be answered within this, or the connection counts as broken.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP keepalive: the first probe after this long without traffic...
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// ...then one this often...
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and the connection is dead after this many unanswered probes.
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// How long an HTTP/2 ping may go unanswered (when [`XdsSource::http2_keepalive`] is set).
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// gRPC `INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;
 /// The longest `error_detail` message sent (the rest is cut, with a count of what was cut).
@@ -219,6 +228,7 @@ pub struct XdsSource {
     connect_timeout: Duration,
     initial_fetch_timeout: Duration,
     max_message_bytes: usize,
+    http2_keepalive: Option<Duration>,
     stats: Arc<XdsStats>,
 }
 
@@ -272,6 +282,7 @@ impl XdsSource {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             initial_fetch_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            http2_keepalive: None,
             stats: Arc::default(),
         }
     }
@@ -449,6 +460,15 @@ impl XdsSource {
         self
     }
 
+    /// Send an HTTP/2 ping this often (10 s to 1 h), and count the connection as broken when
+    /// one goes unanswered for 20 s. Off by default: TCP keepalive already finds a vanished
+    /// peer within about a minute, and gRPC-Go servers (go-control-plane, Istio) close
+    /// connections that ping more often than every 5 minutes.
+    pub fn http2_keepalive(mut self, every: Duration) -> Self {
+        self.http2_keepalive = Some(every);
+        self
+    }
+
     /// What the source did so far (shared by its clones and its running stream).
     pub fn stats(&self) -> Arc<XdsStats> {
         self.stats.clone()
@@ -515,6 +535,11 @@ impl XdsSource {
                 self.max_message_bytes,
                 "64 KiB (65536) to 1 GiB (1073741824)",
             ));
+        }
+        if let Some(every) = self.http2_keepalive
+            && !(Duration::from_secs(10)..=HOUR).contains(&every)
+        {
+            return Err(range("http2_keepalive", every, "10s to 1h"));
         }
         if self.node_id.is_empty() {
             return Err(XdsSourceError::Invalid {
@@ -739,9 +764,16 @@ impl Runner {
             .map_err(|e| self.error(format!("endpoint: {e}")))?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+            .tcp_keepalive(Some(TCP_KEEPALIVE))
+            .tcp_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+            .tcp_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
+        let endpoint = match self.config.http2_keepalive {
+            Some(every) => endpoint
+                .http2_keep_alive_interval(every)
+                .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true),
+            None => endpoint,
+        };
         let endpoint = match self.config.tls_config().map_err(|e| self.error(e))? {
             Some(tls) => endpoint
                 .tls_config(tls)
@@ -810,6 +842,10 @@ impl Runner {
                 Ok(conn) => {
                     self.conn = Some(conn);
                     self.failures = 0;
+                    // The initial fetch timeout counts from the stream that can answer.
+                    if !self.synced {
+                        self.waiting_since = Instant::now();
+                    }
                 }
                 Err(e) => {
                     self.failures = self.failures.saturating_add(1);
@@ -1117,6 +1153,8 @@ mod tests {
         assert!(s().initial_fetch_timeout(Duration::ZERO).validate().is_err());
         assert!(s().max_message_bytes(1 << 31).validate().is_err());
         assert!(s().node_id("").validate().is_err());
+        assert!(s().http2_keepalive(Duration::from_secs(1)).validate().is_err());
+        assert!(s().http2_keepalive(Duration::from_secs(300)).validate().is_ok());
         assert!(s().names([""]).validate().is_err());
         assert!(s().ca_file("/x").validate().is_err());
         assert!(XdsSource::new("h:1", "core/v1/ConfigMap").validate().is_err());
