@@ -31,9 +31,11 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use super::hub::{Hub, HubEvent, ReadError, page};
 use super::uri::{CLUSTER_TEMPLATE, NAMESPACED_TEMPLATE, ObjectUri};
 
-/// The protocol revisions served: the current one and the previous one.
-pub const PROTOCOL_VERSIONS: [ProtocolVersion; 2] =
-    [ProtocolVersion::V_2025_11_25, ProtocolVersion::V_2026_07_28];
+/// The protocol revisions served: the current one (2026-07-28) and the previous one
+/// (2025-11-25), both tested with the official Python SDK, and the older handshake revisions
+/// (2024-11-05 to 2025-06-18) that desktop clients may still offer at `initialize`; their
+/// resources, subscriptions and tools are those of 2025-11-25.
+pub const PROTOCOL_VERSIONS: &[ProtocolVersion] = ProtocolVersion::KNOWN_VERSIONS;
 
 /// How often a 2025-11-25 session's notification task checks that its client is still there.
 const CLOSED_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
@@ -208,7 +210,7 @@ impl ServerHandler for Session {
     }
 
     fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
-        std::borrow::Cow::Owned(PROTOCOL_VERSIONS.to_vec())
+        std::borrow::Cow::Borrowed(PROTOCOL_VERSIONS)
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
