@@ -94,6 +94,12 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     };
     let (client, default_namespace) = crate::connect(&conn).await?;
     let hub = Hub::start(client, default_namespace, config).await?;
+    for name in hub.unsynced() {
+        eprintln!(
+            "crwatch mcp: warning: {name} could not be listed yet (check RBAC and connectivity; CRWATCH_LOG=warn \
+             shows why); serving it as far as listed, retrying"
+        );
+    }
     match args.http {
         None => serve_stdio(hub).await?,
         Some(addr) => {

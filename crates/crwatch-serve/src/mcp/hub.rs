@@ -302,11 +302,13 @@ impl Hub {
                 informer.start(hub.cancel.child_token());
                 hub.watched.push(Watched { rt, informer });
             }
-            for w in &hub.watched {
+            // All at once: one resource that cannot be listed costs SYNC_TIMEOUT once.
+            let waits = hub.watched.iter().map(|w| async move {
                 if let Err(e) = w.informer.wait_synced(SYNC_TIMEOUT).await {
                     tracing::warn!(resource = %w.rt.full_name(), "{e}; serving what is listed so far");
                 }
-            }
+            });
+            futures::future::join_all(waits).await;
         }
         Ok(Arc::new(hub))
     }
@@ -355,6 +357,16 @@ impl Hub {
     /// Stop the informers.
     pub fn stop(&self) {
         self.cancel.cancel();
+    }
+
+    /// The watched resources whose first list has not completed (RBAC, connectivity): they
+    /// are served as far as listed, and keep retrying.
+    pub fn unsynced(&self) -> Vec<String> {
+        self.watched
+            .iter()
+            .filter(|w| !w.informer.has_synced())
+            .map(|w| w.rt.full_name())
+            .collect()
     }
 
     /// The names of the watched resources (`plural.group`).
