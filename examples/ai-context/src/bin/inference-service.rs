@@ -34,7 +34,7 @@ struct Args {
     /// Where the HTTP API listens.
     #[arg(long, default_value = "127.0.0.1:8088")]
     listen: SocketAddr,
-    /// The xDS node id (default: inference-service-<random>).
+    /// The xDS node id (default: `inference-service-<random>`).
     #[arg(long)]
     node_id: Option<String>,
     /// A CA file to verify an https:// xDS server.
