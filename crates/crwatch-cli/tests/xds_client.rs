@@ -226,6 +226,17 @@ async fn lists_watches_acks_and_nacks_what_the_validator_rejects() {
     until("the second NACK", || get(&stats.nacks) == 2).await;
     assert_eq!(value(&informer, ns, "a").as_deref(), Some("2"));
     assert!(get(&stats.acks) >= 4, "acks: {}", get(&stats.acks));
+    // A rejected object that is deleted leaves no record behind.
+    create(&cms, "bad2", "1", json!({"reject": "yes"})).await;
+    until("bad2 recorded as skipped", || {
+        informer.undecodable().iter().any(|u| u.name == "bad2")
+    })
+    .await;
+    cms.delete("bad2", &DeleteParams::default()).await.unwrap();
+    until("bad2 forgotten", || {
+        !informer.undecodable().iter().any(|u| u.name == "bad2")
+    })
+    .await;
     assert_eq!(get(&stats.connects), 1);
 }
 

@@ -73,7 +73,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -645,6 +645,8 @@ struct Runner {
     api_version: String,
     kind: String,
     held: BTreeMap<String, Held>,
+    /// Resources rejected and not held, so a removal of one clears the informer's record.
+    rejected_names: BTreeSet<String>,
     synced: bool,
     conn: Option<Conn>,
     /// The (N)ACK of the last response, sent once its events were taken.
@@ -901,7 +903,7 @@ impl Runner {
 
     /// A rejected resource as the informer's skipped object: named (from the object when it
     /// decoded, else from the resource name `namespace/name`), with the reason.
-    fn skipped(&self, name: &str, object: Option<&DynamicObject>, why: &str) -> SourceError {
+    fn skipped(&self, name: &str, object: Option<&DynamicObject>, why: &str, deleted: bool) -> SourceError {
         let (ns, short) = match name.split_once('/') {
             Some((ns, n)) => (Some(ns.to_string()), n.to_string()),
             None => (None, name.to_string()),
@@ -912,8 +914,8 @@ impl Runner {
             namespace: object.map_or(ns, |o| o.metadata.namespace.clone()),
             name: object.and_then(|o| o.metadata.name.clone()).unwrap_or(short),
             uid: object.and_then(|o| o.metadata.uid.clone()),
-            deleted: false,
-            error: format!("rejected (NACK sent; the previous version stays): {why}"),
+            deleted,
+            error: why.to_string(),
         };
         self.error(u.to_string())
             .with_kind(ErrorKind::Undecodable(Box::new(u)))
@@ -971,12 +973,22 @@ impl Runner {
                 };
                 match (decoded, checked) {
                     (Ok(object), Ok(())) => {
+                        self.rejected_names.remove(&resource.name);
                         changed.push((resource.name.clone(), resource.version.clone(), object))
                     }
                     // (A body that did not decode has its reason in `checked` too.)
                     (object, checked) => {
                         let why = checked.err().unwrap_or_default();
-                        skipped.push(Err(self.skipped(&resource.name, object.ok().as_ref(), &why)));
+                        let note = format!("rejected (NACK sent; the previous version stays): {why}");
+                        skipped.push(Err(self.skipped(
+                            &resource.name,
+                            object.ok().as_ref(),
+                            &note,
+                            false,
+                        )));
+                        if !self.held.contains_key(&resource.name) {
+                            self.rejected_names.insert(resource.name.clone());
+                        }
                         rejected.push((resource.name.clone(), why));
                     }
                 }
@@ -990,6 +1002,9 @@ impl Runner {
             for name in removed {
                 if let Some(held) = self.held.remove(&name) {
                     deleted.push(held.object);
+                } else if self.rejected_names.remove(&name) {
+                    // Never held (it was rejected): the informer only forgets its record.
+                    skipped.push(Err(self.skipped(&name, None, "removed", true)));
                 }
             }
             let mut applied = vec![];
@@ -1084,6 +1099,7 @@ impl Source<DynamicObject> for XdsSource {
             config: *self,
             name,
             held: BTreeMap::new(),
+            rejected_names: BTreeSet::new(),
             synced: false,
             conn: None,
             pending: None,
