@@ -300,7 +300,8 @@ async fn a_reconnect_gets_only_what_changed_meanwhile() {
     })
     .await;
     assert_eq!(informer.store().len(), 20);
-    assert_eq!(get(&stats.connects), 2);
+    // (A stream may still open on the old server while it shuts down.)
+    assert!(get(&stats.connects) >= 2);
     assert_eq!(get(&stats.resources), 22, "only what changed is re-sent");
 }
 

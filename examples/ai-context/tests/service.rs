@@ -213,11 +213,12 @@ async fn the_service_picks_up_hot_swaps_and_nacks_bad_templates() {
 
     // It picks the configuration up.
     let c = config_until(&http, &url, "the first configuration", |c| {
+        // (Both stores fill before the informers flag themselves synced.)
         c["promptTemplate"]["name"] == "ai-service/support"
             && c["modelConfig"]["name"] == "ai-service/default"
+            && c["synced"] == true
     })
     .await;
-    assert_eq!(c["synced"], true);
     assert_eq!(c["modelConfig"]["spec"]["model"], "llama-3.1-8b-instruct");
     let health = http.get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
