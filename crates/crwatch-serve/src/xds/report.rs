@@ -2,7 +2,16 @@
 //! `Accepted=False` (reason `Rejected`, the subscriber's `error_detail.message` truncated to
 //! 1 KiB, `observedGeneration` of the object sent) on each object the NACKed response carried
 //! (delta: every resource in it; SotW: the changed ones); a later ACK of a response carrying
-//! an object whose condition is `Accepted=False` sets `Accepted=True` (reason `Acknowledged`).
+//! an object whose condition is `Accepted=False` sets `Accepted=True` (reason `Acknowledged`)
+//! once no subscriber that rejected that generation is left rejecting it.
+//!
+//! Writing the condition makes a new version of the object, which goes to every subscriber
+//! again. So that subscribers that disagree cannot flip the condition for ever (one NACKs,
+//! another ACKs, each write resends), the writer remembers per object which subscribers
+//! rejected its current generation: an ACK clears only its own subscriber's rejection, and
+//! `True` is written only when none is left; the first rejection's message stands until the
+//! generation changes. A rejecting subscriber that goes away leaves `False` in place until the
+//! next generation or until every rejecting subscriber ACKs it.
 //!
 //! Writes go through the status subresource as a JSON merge patch guarded by the object's
 //! `resourceVersion`, only when the condition changes (`lastTransitionTime` moves only when
@@ -51,6 +60,7 @@ enum Job {
     Ack {
         type_url: String,
         entries: Vec<Arc<Entry>>,
+        subscriber: String,
     },
 }
 
@@ -77,6 +87,7 @@ impl Reporter {
             targets,
             cache,
             written: HashMap::new(),
+            rejected: HashMap::new(),
         };
         tokio::spawn(writer.run(rx, cancel));
         Reporter { tx, metrics }
@@ -109,13 +120,14 @@ impl Reporter {
     }
 
     /// A subscriber ACKed a response carrying `entries`.
-    pub fn ack(&self, type_url: &str, entries: Vec<Arc<Entry>>) {
+    pub fn ack(&self, type_url: &str, entries: Vec<Arc<Entry>>, subscriber: &str) {
         if entries.is_empty() {
             return;
         }
         self.send(Job::Ack {
             type_url: type_url.to_string(),
             entries,
+            subscriber: subscriber.to_string(),
         });
     }
 }
@@ -139,7 +151,14 @@ struct Writer {
     /// The last condition written per (type, name): skips repeats before the cache has seen
     /// our own write. Cleared when it grows past 10,000 entries.
     written: HashMap<(String, String), (i64, String, String)>,
+    /// Per (type, name): the generation rejected and the subscribers rejecting it (at most
+    /// [`MAX_REJECTERS`] remembered; more count as one more). Cleared when it grows past
+    /// 10,000 objects, like `written`.
+    rejected: HashMap<(String, String), (i64, Vec<String>)>,
 }
+
+/// Subscribers remembered as rejecting one object's generation.
+const MAX_REJECTERS: usize = 64;
 
 /// The condition a report wants.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,18 +184,27 @@ impl Writer {
                     subscriber,
                 } => {
                     for e in entries {
+                        let generation = generation(&e.object);
+                        self.reject(&type_url, &e.name, generation, &subscriber);
                         let wanted = Wanted {
                             status: "False",
                             reason: "Rejected",
                             message: message.clone(),
-                            generation: generation(&e.object),
+                            generation,
                         };
                         tracing::debug!(%type_url, resource = %e.name, %subscriber, "NACK: marking Accepted=False");
                         self.write(&type_url, &e, wanted, false).await;
                     }
                 }
-                Job::Ack { type_url, entries } => {
+                Job::Ack {
+                    type_url,
+                    entries,
+                    subscriber,
+                } => {
                     for e in entries {
+                        if self.still_rejected(&type_url, &e.name, generation(&e.object), &subscriber) {
+                            continue;
+                        }
                         let wanted = Wanted {
                             status: "True",
                             reason: "Acknowledged",
@@ -188,6 +216,43 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Remember that `subscriber` rejects `generation` of the object.
+    fn reject(&mut self, type_url: &str, name: &str, generation: i64, subscriber: &str) {
+        if self.rejected.len() > 10_000 {
+            self.rejected.clear();
+        }
+        let entry = self
+            .rejected
+            .entry((type_url.to_string(), name.to_string()))
+            .or_insert_with(|| (generation, Vec::new()));
+        if entry.0 != generation {
+            *entry = (generation, Vec::new());
+        }
+        if !entry.1.iter().any(|s| s == subscriber) && entry.1.len() < MAX_REJECTERS {
+            entry.1.push(subscriber.to_string());
+        }
+    }
+
+    /// `subscriber` ACKed `generation`: forget its rejection, and say whether others still
+    /// reject this generation (then `Accepted` stays `False`).
+    fn still_rejected(&mut self, type_url: &str, name: &str, generation: i64, subscriber: &str) -> bool {
+        let key = (type_url.to_string(), name.to_string());
+        let Some((rejected_gen, subscribers)) = self.rejected.get_mut(&key) else {
+            return false;
+        };
+        if *rejected_gen != generation {
+            // A newer generation: the old rejections are about content no longer served.
+            self.rejected.remove(&key);
+            return false;
+        }
+        subscribers.retain(|s| s != subscriber);
+        if subscribers.is_empty() {
+            self.rejected.remove(&key);
+            return false;
+        }
+        true
     }
 
     async fn write(&mut self, type_url: &str, sent: &Entry, wanted: Wanted, only_if_rejected: bool) {
@@ -214,6 +279,17 @@ impl Writer {
             .find(|c| c.get("type").and_then(Value::as_str) == Some(CONDITION));
         let cur_status = current.and_then(|c| c.get("status")).and_then(Value::as_str);
         if only_if_rejected && cur_status != Some("False") {
+            return;
+        }
+        // The first rejection of a generation stands: another subscriber's different message
+        // would otherwise rewrite the status, resend the object and be answered again.
+        if wanted.status == "False"
+            && cur_status == Some("False")
+            && current
+                .and_then(|c| c.get("observedGeneration"))
+                .and_then(Value::as_i64)
+                == Some(wanted.generation)
+        {
             return;
         }
         let same = current.is_some_and(|c| {

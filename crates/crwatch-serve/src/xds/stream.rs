@@ -226,7 +226,7 @@ pub async fn run<P: Protocol>(
                     Ok(Answer::Ack(sent)) => {
                         metrics.acked_version.get_or_create(&labels(&subscriber, &t)).set(sent.version as i64);
                         if let Some(r) = &shared.reporter {
-                            r.ack(&t, sent.changed);
+                            r.ack(&t, sent.changed, &subscriber);
                         }
                     }
                     Ok(Answer::None) => {}
