@@ -425,6 +425,8 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
 /// One scenario's figures.
 struct Sample {
     label: String,
+    /// Direct watches on the API server (else subscribers of crwatch serve).
+    direct: bool,
     subscribers: usize,
     sync: Duration,
     /// Server processes: RSS after every subscriber synced, and peak, in KiB.
@@ -525,6 +527,7 @@ async fn direct(opts: &Options, subscribers: usize) -> Result<Sample> {
     }
     Ok(Sample {
         label: format!("{subscribers} direct watches on crwatch-apiserver"),
+        direct: true,
         subscribers,
         sync,
         rss_kib: rss,
@@ -594,6 +597,7 @@ async fn fanout(opts: &Options, subscribers: usize) -> Result<Sample> {
     }
     Ok(Sample {
         label: format!("{subscribers} subscribers of crwatch serve (1 API watch)"),
+        direct: false,
         subscribers,
         sync,
         rss_kib: rss,
@@ -627,10 +631,10 @@ fn print(samples: &[Sample], opts: &Options) {
             s.delivered * 100.0
         );
     }
-    for s in samples.iter().filter(|s| s.label.contains("serve")) {
+    for s in samples.iter().filter(|s| !s.direct) {
         if let Some(d) = samples
             .iter()
-            .find(|d| d.subscribers == s.subscribers && d.label.contains("direct"))
+            .find(|d| d.subscribers == s.subscribers && d.direct)
         {
             println!(
                 "{} subscribers, fan-out / direct: memory {:.2}x, CPU {:.2}x, p99 {:.2}x",
