@@ -129,7 +129,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut targets = HashMap::new();
     let (uris, kinds): (Vec<&String>, Vec<&String>) = args.resources.iter().partition(|r| r.contains("://"));
     for uri in uris {
-        informers.push((uri.clone(), file_informer(&server, uri)?));
+        let informer = if uri.starts_with("xds://") || uri.starts_with("xdss://") {
+            xds_informer(&server, uri)?
+        } else {
+            file_informer(&server, uri)?
+        };
+        informers.push((uri.clone(), informer));
     }
     let mut client = None;
     if !kinds.is_empty() {
@@ -214,12 +219,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An `xds://HOST:PORT/<type URL>` source: another `crwatch serve` (or any delta-xDS server of
+/// MCP resources), so servers chain: one API watch, a first server, many replicas of it, each
+/// serving its own subscribers. Objects are served under the type URL they arrive with.
+fn xds_informer(server: &XdsServer, uri: &str) -> anyhow::Result<Informer<DynamicObject>> {
+    let source = crwatch::source::xds::XdsSource::from_url(uri)?;
+    let informer = Informer::new(source);
+    server.serve_informer_by_kind(&informer);
+    Ok(informer)
+}
+
 /// A `file://` source: with `mode=raw`, every file as a `file.crwatch.io/v1/File`; otherwise
 /// each document under the type URL of its own `apiVersion`/`kind`.
 #[cfg(feature = "file")]
 fn file_informer(server: &XdsServer, uri: &str) -> anyhow::Result<Informer<DynamicObject>> {
     if !uri.starts_with("file://") {
-        bail!("{uri}: crwatch serve takes Kubernetes resource names and file:// URIs");
+        bail!("{uri}: crwatch serve takes Kubernetes resource names, file:// and xds:// URIs");
     }
     let source = crwatch::source::file::FileSource::from_url(uri)?;
     let informer = Informer::new(source);

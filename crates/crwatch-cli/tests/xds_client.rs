@@ -345,6 +345,42 @@ async fn chained_servers_carry_a_change_to_the_last_client() {
     .await;
 }
 
+/// The binary chains too: `crwatch serve -r xds://FIRST/core/v1/ConfigMap` serves what the
+/// first server serves, and a change on the API server reaches its clients.
+#[tokio::test]
+async fn crwatch_serve_chains_behind_another_server() {
+    let server = TestServer::start().await.unwrap();
+    let ns = "xds-client-serve-chain";
+    let cms = namespace(&server, ns).await;
+    create(&cms, "app", "1", json!({})).await;
+    let first = serve_configmaps(&server, ns, 0).await;
+    let port = bind(0).await.local_addr().unwrap().port();
+    let mut relay = Command::new(BIN)
+        .args(["serve", "-r", &format!("xds://{}/{CM}", first.addr)])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let informer: Informer<DynamicObject> = Informer::new(client(SocketAddr::from(([127, 0, 0, 1], port))));
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    informer.start(cancel.clone());
+    until("the object through the relay", || {
+        value(&informer, ns, "app").as_deref() == Some("1")
+    })
+    .await;
+    set(&cms, "app", "2").await;
+    until("the change through the relay", || {
+        value(&informer, ns, "app").as_deref() == Some("2")
+    })
+    .await;
+    assert!(relay.try_wait().unwrap().is_none(), "the relay is still running");
+    let _ = relay.kill().await;
+}
+
 /// `crwatch get xds://…` lists, then `-w --diff` shows a change with its diff.
 #[tokio::test]
 async fn crwatch_get_xds_lists_and_watches() {
