@@ -532,6 +532,14 @@ impl Hub {
         lock(&self.shared.history).since(uri, resource_version)
     }
 
+    /// Whether the history of `uri` holds version `resource_version`.
+    pub fn history_has(&self, uri: &ObjectUri, resource_version: &str) -> bool {
+        lock(&self.shared.history)
+            .versions(uri)
+            .iter()
+            .any(|rv| rv == resource_version)
+    }
+
     /// The history bound.
     pub fn history_bound(&self) -> usize {
         lock(&self.shared.history).per_object()

@@ -31,6 +31,8 @@ pub const DEFAULT_WAIT_SECONDS: u64 = 30;
 pub const MAX_WAIT_SECONDS: u64 = 300;
 /// How often `wait` reads an object whose resource is not watched.
 pub const WAIT_POLL: Duration = Duration::from_secs(1);
+/// How long `diff` waits for the watch to deliver the version the API server has.
+pub const DIFF_CATCH_UP: Duration = Duration::from_secs(5);
 /// The field manager of `apply` unless given.
 pub const FIELD_MANAGER: &str = "crwatch-mcp";
 /// Most Events `describe` looks through.
@@ -493,9 +495,36 @@ async fn diff(hub: &Hub, args: DiffArgs) -> ToolResult {
             }
         )));
     }
+    // The history comes from the watch; the caller may know a newer version (it just
+    // patched the object): wait, briefly, until the watch has delivered it.
+    let mut events = hub.subscribe();
+    let current = hub.read_fresh(&uri).await.map_err(|e| match e {
+        ReadError::Api(e) => api_error(&format!("reading {uri}"), e),
+        e => ToolError(e.to_string()),
+    })?;
+    let current_rv = current
+        .as_ref()
+        .and_then(|o| o.pointer("/metadata/resourceVersion"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let caught_up = match &current_rv {
+        None => true,
+        Some(rv) => {
+            // Every event is a reason to look again (the history is written before it is sent).
+            let wait = async {
+                while !hub.history_has(&uri, rv) {
+                    if let Err(RecvError::Closed) = events.recv().await {
+                        return;
+                    }
+                }
+            };
+            tokio::time::timeout(DIFF_CATCH_UP, wait).await.is_ok() && hub.history_has(&uri, rv)
+        }
+    };
     let since = hub.since(&uri, &args.since_resource_version)?;
     Ok(json!({
         "uri": uri.to_string(),
+        "watchBehind": !caught_up,
         "from": since.from,
         "to": since.to,
         "versionsKeptPerObject": hub.history_bound(),
