@@ -4,7 +4,7 @@
 //! Each tool has a JSON schema for its input (from the argument structs below) and answers
 //! with the result as JSON text (and the same JSON as structured content). Every failure a
 //! caller can act on is a tool error (`isError: true`) with a message saying what to do.
-//! Argument structs and tool definitions are in [`args`], `wait` in [`wait`].
+//! Argument structs and tool definitions are in `args.rs`, `wait` in `wait.rs`.
 //! Every object returned is redacted ([`super::redact`]). Tools read the API server (so a
 //! call sees the writes before it); resources are served from the watch cache.
 
