@@ -136,12 +136,16 @@ async def scenario(client: Client, args: argparse.Namespace, notes: "Notes") -> 
             log("listen acknowledged", honored.resource_subscriptions, honored.resources_list_changed)
             check(honored.resource_subscriptions == [target], f"honored {honored}")
             check(honored.resources_list_changed is True, "list changes not honored")
+            started_at = anyio.current_time()
             await k.run("patch", "configmap", "watched-1", "--type=merge", "-p", '{"data":{"k":"v2"}}')
+            patched_at = anyio.current_time()
             with anyio.fail_after(STEP_TIMEOUT):
                 async for ev in sub:
                     log("event", ev)
                     if isinstance(ev, ResourceUpdated) and ev.uri == target:
                         break
+            now = anyio.current_time()
+            log(f"update notified {1000 * (now - patched_at):.1f} ms after kubectl patch exited ({1000 * (now - started_at):.0f} ms after it started)")
             await k.run("create", "configmap", "watched-5", "--from-literal=k=v1")
             with anyio.fail_after(STEP_TIMEOUT):
                 async for ev in sub:
@@ -163,10 +167,14 @@ async def scenario(client: Client, args: argparse.Namespace, notes: "Notes") -> 
             raise AssertionError("subscribing to an unwatched object succeeded")
         except Exception as e:
             log("unwatched subscribe refused:", e)
+        started_at = anyio.current_time()
         await k.run("patch", "configmap", "watched-1", "--type=merge", "-p", '{"data":{"k":"v2"}}')
+        patched_at = anyio.current_time()
         with anyio.fail_after(STEP_TIMEOUT):
             await notes.updated_event(target).wait()
         log("notified: updated", target)
+        now = anyio.current_time()
+        log(f"update notified {1000 * (now - patched_at):.1f} ms after kubectl patch exited ({1000 * (now - started_at):.0f} ms after it started)")
         await k.run("create", "configmap", "watched-5", "--from-literal=k=v1")
         with anyio.fail_after(STEP_TIMEOUT):
             await notes.list_changed.wait()
