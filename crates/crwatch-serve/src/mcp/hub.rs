@@ -444,11 +444,11 @@ impl Hub {
         Some(w.informer.store().get(&key).map(|o| served_json(&o, &w.rt)))
     }
 
-    /// The object at `uri` (`None`: not found): from the watched informer if there is one,
-    /// else from the API server.
+    /// The object at `uri` (`None`: not found): from the watched informer if it has it, else
+    /// from the API server (an object outside `-l`, or one the watch has not delivered yet).
     pub async fn read(&self, uri: &ObjectUri) -> Result<Option<Value>, ReadError> {
-        if let Some(cached) = self.cached(uri) {
-            return Ok(cached);
+        if let Some(Some(cached)) = self.cached(uri) {
+            return Ok(Some(cached));
         }
         let rt = self.type_of(&uri.group, &uri.version, &uri.kind).await?;
         self.get(&rt, uri.namespace.as_deref(), &uri.name).await
