@@ -52,6 +52,8 @@ struct Legacy {
 pub struct Session {
     hub: Arc<Hub>,
     legacy: Arc<Legacy>,
+    /// Over HTTP: this session's place among the live ones (freed when the last clone goes).
+    _slot: Option<Arc<super::SessionSlot>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,7 +102,14 @@ impl Session {
         Session {
             hub,
             legacy: Arc::default(),
+            _slot: None,
         }
+    }
+
+    /// A session counted among the live HTTP sessions while it (or a clone) exists.
+    pub(crate) fn with_slot(mut self, slot: super::SessionSlot) -> Self {
+        self._slot = Some(Arc::new(slot));
+        self
     }
 
     /// The 2025-11-25 notifications of this session, until the client goes or the hub stops.
