@@ -597,7 +597,11 @@ async fn fanout(opts: &Options, subscribers: usize) -> Result<Sample> {
     let port = free_port()?;
     let child = Command::new(opts.bin_dir.join("crwatch"))
         .args(["serve", "-r", "configmaps", "-n", NAMESPACE])
-        .args(std::env::var("FANOUT_SERVE_ARGS").unwrap_or_default().split_whitespace())
+        .args(
+            std::env::var("FANOUT_SERVE_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--kubeconfig")
         .arg(&api.kubeconfig)
