@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// responses. State-of-the-world responses always carry the whole state.
     #[arg(long, default_value_t = 4 * 1024 * 1024 - 64 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
     pub max_response_bytes: u64,
+    /// The most subscriber streams served at once (1 to 1,000,000); more are refused with
+    /// RESOURCE_EXHAUSTED. Each costs about one response of buffers (see --max-response-bytes).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_subscribers: u64,
     /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`, then in-cluster).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -118,6 +122,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let limits = Limits {
         max_response_bytes: args.max_response_bytes as usize,
+        max_streams: args.max_subscribers as usize,
         ..Limits::default()
     };
     let mut server = XdsServer::new(ServerOptions {

@@ -63,6 +63,9 @@ pub struct Limits {
     pub max_response_bytes: usize,
     /// The most resource names one stream may subscribe to per type.
     pub max_names: usize,
+    /// The most streams (subscribers) served at once; more are refused with
+    /// `RESOURCE_EXHAUSTED`. Each costs up to about one response of buffers.
+    pub max_streams: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +73,7 @@ impl Default for Limits {
         Limits {
             max_response_bytes: 4 * 1024 * 1024 - 64 * 1024,
             max_names: 100_000,
+            max_streams: 10_000,
         }
     }
 }
@@ -670,6 +674,7 @@ mod tests {
         let l = Limits {
             max_response_bytes: 100,
             max_names: 10,
+            ..Limits::default()
         };
         let mut n = nonces();
         let s = TypeSnapshot::empty(T, 1).next(vec![entry("a", "1"), entry("b", "1"), entry("c", "1")]);
