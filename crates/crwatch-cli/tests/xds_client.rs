@@ -692,11 +692,16 @@ async fn a_slow_consumer_reads_nothing_ahead_and_gets_the_latest_state() {
     let informer: Informer<DynamicObject> = Informer::new(source);
     informer.add_handler(HandlerFns::new().on_update(move |_, _, _| {
         handler_entered.store(true, std::sync::atomic::Ordering::SeqCst);
-        let (open, cv) = &*handler_gate;
-        let mut open = open.lock().unwrap();
-        while !*open {
-            open = cv.wait(open).unwrap();
-        }
+        // block_in_place: a handler that blocks its worker thread would strand the task in
+        // that worker's LIFO slot (which no other worker steals): the API server's answer to
+        // the next write, and the test with it (seen hanging under CI load).
+        tokio::task::block_in_place(|| {
+            let (open, cv) = &*handler_gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+        });
     }));
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
