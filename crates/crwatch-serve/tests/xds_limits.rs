@@ -59,7 +59,7 @@ async fn streams_beyond_the_limit_are_refused_until_one_leaves() {
 
     let first = open(addr).await.expect("the first stream");
     let _second = open(addr).await.expect("the second stream");
-    let refused = open(addr).await.err().expect("the third is refused");
+    let refused = open(addr).await.expect_err("the third is refused");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert!(
         refused.message().contains("already serves 2 streams"),
