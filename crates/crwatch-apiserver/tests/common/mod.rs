@@ -314,7 +314,18 @@ impl Drop for Target {
             eprintln!("warning: could not start the namespace cleanup thread");
             return;
         }
-        match done_rx.recv_timeout(DROP_CLEANUP) {
+        // Inside a multi-threaded runtime, wait in `block_in_place`: a worker blocked here
+        // would strand the tasks in its LIFO slot, which no other worker steals (the
+        // in-process server's connection task among them: then the delete never finishes,
+        // seen under CI load).
+        let wait = || done_rx.recv_timeout(DROP_CLEANUP);
+        let outcome = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("warning: deleting the test namespaces failed: {e}"),
             Err(_) => eprintln!(
