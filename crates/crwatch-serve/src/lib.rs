@@ -6,4 +6,5 @@
 //! - [`mcp`]: a Model Context Protocol server for AI agents (`crwatch mcp`).
 
 pub mod mcp;
+mod slots;
 pub mod xds;

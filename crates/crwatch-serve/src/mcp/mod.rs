@@ -31,6 +31,7 @@ pub mod uri;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::slots::Slots;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -150,28 +151,6 @@ async fn check_token(State(token): State<Option<Token>>, request: Request, next:
 /// growing the server's memory.
 pub const MAX_HTTP_SESSIONS: usize = 1024;
 
-/// One live HTTP session's place; dropping it frees the place.
-#[derive(Debug)]
-pub(crate) struct SessionSlot(Arc<std::sync::atomic::AtomicUsize>);
-
-impl SessionSlot {
-    /// A place among [`MAX_HTTP_SESSIONS`], or `None` when all are taken.
-    fn take(live: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
-        use std::sync::atomic::Ordering;
-        live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < MAX_HTTP_SESSIONS).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| SessionSlot(live.clone()))
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// Serve streamable HTTP at [`HTTP_PATH`] on `listener` until `cancel` fires. Every request
 /// must carry `Authorization: Bearer <token>` when `token` is given; a non-loopback address
 /// without a token is refused.
@@ -191,10 +170,10 @@ pub async fn serve_http(
         config = config.disable_allowed_hosts();
     }
     let factory_hub = hub.clone();
-    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let live = Slots::default();
     let service = StreamableHttpService::new(
         move || {
-            let slot = SessionSlot::take(&live).ok_or_else(|| {
+            let slot = live.take(MAX_HTTP_SESSIONS).ok_or_else(|| {
                 tracing::warn!("refusing a new MCP session: {MAX_HTTP_SESSIONS} are open");
                 std::io::Error::other(format!(
                     "too many MCP sessions ({MAX_HTTP_SESSIONS} open): close idle sessions (HTTP DELETE) or retry later"
@@ -215,20 +194,4 @@ pub async fn serve_http(
         .await?;
     hub.stop();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_sessions_are_bounded_and_freed() {
-        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let slots: Vec<_> = (0..MAX_HTTP_SESSIONS)
-            .map(|_| SessionSlot::take(&live).expect("a free place"))
-            .collect();
-        assert!(SessionSlot::take(&live).is_none(), "all places taken");
-        drop(slots);
-        assert!(SessionSlot::take(&live).is_some(), "places freed");
-    }
 }

@@ -53,7 +53,7 @@ pub struct Session {
     hub: Arc<Hub>,
     legacy: Arc<Legacy>,
     /// Over HTTP: this session's place among the live ones (freed when the last clone goes).
-    _slot: Option<Arc<super::SessionSlot>>,
+    _slot: Option<Arc<crate::slots::Slot>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,7 +107,7 @@ impl Session {
     }
 
     /// A session counted among the live HTTP sessions while it (or a clone) exists.
-    pub(crate) fn with_slot(mut self, slot: super::SessionSlot) -> Self {
+    pub(crate) fn with_slot(mut self, slot: crate::slots::Slot) -> Self {
         self._slot = Some(Arc::new(slot));
         self
     }

@@ -38,6 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::slots::{Slot, Slots};
 use crwatch::informer::Informer;
 use crwatch::xds::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -210,7 +211,7 @@ impl XdsServer {
                 cancel,
             }),
             streams: Arc::new(AtomicU64::new(0)),
-            live: Arc::default(),
+            live: Slots::default(),
         };
         let svc = AggregatedDiscoveryServiceServer::new(svc)
             .max_decoding_message_size(4 * 1024 * 1024)
@@ -310,29 +311,17 @@ pub struct AdsService {
     shared: Arc<Shared>,
     streams: Arc<AtomicU64>,
     /// Streams being served now (at most `limits.max_streams`).
-    live: Arc<std::sync::atomic::AtomicUsize>,
+    live: Slots,
 }
 
-/// One live stream's place among `max_streams`; freed when the stream's task ends.
-struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
-
-impl StreamSlot {
-    fn take(live: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Result<Self, Status> {
-        live.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
-            .map(|_| StreamSlot(live.clone()))
-            .map_err(|_| {
-                tracing::warn!(max, "refusing an xDS stream: the server serves {max} already");
-                Status::resource_exhausted(format!(
-                    "this crwatch serve already serves {max} streams (--max-subscribers); retry later or connect to a replica"
-                ))
-            })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+/// A place among `max_streams`, or the status that refuses the stream.
+fn stream_slot(live: &Slots, max: usize) -> Result<Slot, Status> {
+    live.take(max).ok_or_else(|| {
+        tracing::warn!(max, "refusing an xDS stream: the server serves {max} already");
+        Status::resource_exhausted(format!(
+            "this crwatch serve already serves {max} streams (--max-subscribers); retry later or connect to a replica"
+        ))
+    })
 }
 
 fn peer_of<T>(req: &Request<T>) -> String {
@@ -355,7 +344,7 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let peer = peer_of(&request);
         let (tx, rx) = mpsc::channel(OUTBOUND);
-        let slot = StreamSlot::take(&self.live, self.shared.limits.max_streams)?;
+        let slot = stream_slot(&self.live, self.shared.limits.max_streams)?;
         let n = self.streams.fetch_add(1, Ordering::Relaxed);
         let run = stream::run::<stream::Sotw>(self.shared.clone(), request.into_inner(), tx, peer, n);
         tokio::spawn(async move {
@@ -371,7 +360,7 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = peer_of(&request);
         let (tx, rx) = mpsc::channel(OUTBOUND);
-        let slot = StreamSlot::take(&self.live, self.shared.limits.max_streams)?;
+        let slot = stream_slot(&self.live, self.shared.limits.max_streams)?;
         let n = self.streams.fetch_add(1, Ordering::Relaxed);
         let run = stream::run::<stream::Delta>(self.shared.clone(), request.into_inner(), tx, peer, n);
         tokio::spawn(async move {
