@@ -73,16 +73,9 @@ fn parse_args() -> Result<Options> {
         changes: 200,
         rate: 50,
         subscribers: vec![1, 100, 1000],
-        bin_dir: exe
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
+        // target/release/fanout lives beside the other release binaries.
+        bin_dir: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
-    // target/release/fanout lives beside the other release binaries, not in deps/.
-    if let Some(dir) = exe.parent() {
-        o.bin_dir = dir.to_path_buf();
-    }
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
