@@ -1,0 +1,342 @@
+//! The sync engine against a real nginx (Debian's), with real backends and real HTTP: routes,
+//! header matches, weights, conflicts, a route nginx refuses next to good ones, no reload when
+//! nothing changed, and the AI gateway's model routing, API keys, CIDRs and rate limits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use gateway_operator::backend::Backend;
+use gateway_operator::engine::Engine;
+use gateway_operator::loadgen::{RequestSpec, request};
+use gateway_operator::nginx::{Mode, Nginx};
+use gateway_operator::plan::{Kind, ResKey, Snapshot};
+use gateway_operator::render::Settings;
+use gateway_operator::types::{AIGateway, GatewayRoute};
+use k8s_openapi::api::core::v1::Secret;
+
+struct Fixture {
+    engine: Engine,
+    world: Arc<Mutex<Snapshot>>,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.engine.nginx().kill_now();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::Builder::new().prefix("crwatch-gw-").tempdir().unwrap();
+    let http = free_port();
+    let mut settings = Settings::loopback(PathBuf::from(dir.path()), http, free_port());
+    settings.https_port = Some(free_port());
+    let binary =
+        gateway_operator::nginx::find_binary().expect("nginx is installed (scripts/test installs it)");
+    let nginx = Nginx::new(binary, settings, Mode::Start).unwrap();
+    let world = Arc::new(Mutex::new(Snapshot::default()));
+    let w = world.clone();
+    let engine = Engine::new(nginx, Arc::new(move || w.lock().unwrap().clone()));
+    Fixture {
+        engine,
+        world,
+        addr: SocketAddr::from(([127, 0, 0, 1], http)),
+        _dir: dir,
+    }
+}
+
+fn route(name: &str, age: u32, spec: serde_json::Value) -> Arc<GatewayRoute> {
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.crwatch.io/v1alpha1", "kind": "GatewayRoute",
+            "metadata": {"name": name, "namespace": "default", "generation": 1,
+                         "creationTimestamp": format!("2026-01-01T00:{age:02}:00Z")},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+}
+
+fn secret(name: &str, data: &[(&str, &str)]) -> Arc<Secret> {
+    use base64::Engine as _;
+    let data: serde_json::Map<String, serde_json::Value> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                base64::engine::general_purpose::STANDARD.encode(v).into(),
+            )
+        })
+        .collect();
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "default"}, "data": data,
+        }))
+        .unwrap(),
+    )
+}
+
+async fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, Option<String>) {
+    let r = request(addr, &RequestSpec::get(host, path)).await.unwrap();
+    (r.status, r.backend().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_headers_conflicts_and_nginx_refusals() {
+    let f = fixture();
+    let a = Backend::start("a").await.unwrap();
+    let b = Backend::start("b").await.unwrap();
+    f.world.lock().unwrap().routes = vec![
+        route(
+            "shop",
+            1,
+            serde_json::json!({"host": "shop.test", "path": {"value": "/api"}, "backends": [{"url": a.url()}],
+            "responseHeaders": {"set": [{"name": "x-route", "value": "shop$1"}]}}),
+        ),
+        route(
+            "canary",
+            2,
+            serde_json::json!({"host": "shop.test", "path": {"value": "/api"},
+            "headers": [{"name": "x-canary", "value": "yes"}], "backends": [{"url": b.url()}]}),
+        ),
+        route(
+            "late",
+            3,
+            serde_json::json!({"host": "shop.test", "path": {"value": "/api/"}, "backends": [{"url": b.url()}]}),
+        ),
+        route(
+            "any-host",
+            4,
+            serde_json::json!({"path": {"type": "Exact", "value": "/health"}, "backends": [{"url": b.url()}]}),
+        ),
+    ];
+    let out = f.engine.sync().await;
+    assert_eq!(out.error, None);
+    assert!(out.reloaded);
+    let late = &out.verdicts[&ResKey::new(Kind::Route, "default", "late")];
+    assert_eq!(late.refused.as_ref().unwrap().reason, "Conflicted", "{late:?}");
+
+    assert_eq!(get(f.addr, "shop.test", "/api/x").await, (200, Some("a".into())));
+    assert_eq!(get(f.addr, "shop.test", "/api").await, (200, Some("a".into())));
+    assert_eq!(get(f.addr, "shop.test", "/apix").await.0, 404);
+    let r = request(
+        f.addr,
+        &RequestSpec::get("shop.test", "/api/1").header("x-canary", "yes"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.backend(), Some("b"));
+    let r = request(f.addr, &RequestSpec::get("shop.test", "/api/1"))
+        .await
+        .unwrap();
+    assert_eq!(r.header("x-route"), Some("shop$1"), "a literal $ survives");
+    // The host-less route serves every host.
+    assert_eq!(
+        get(f.addr, "other.test", "/health").await,
+        (200, Some("b".into()))
+    );
+    assert_eq!(get(f.addr, "shop.test", "/health").await, (200, Some("b".into())));
+
+    // Unchanged: no reload.
+    let reloads = f.engine.reloads();
+    let again = f.engine.sync().await;
+    assert!(!again.reloaded);
+    assert_eq!(f.engine.reloads(), reloads);
+
+    // A regex PCRE refuses: that route is out with nginx's message, the others stay live.
+    f.world.lock().unwrap().routes.push(route(
+        "bad-regex",
+        5,
+        serde_json::json!({"path": {"type": "RegularExpression", "value": "^/(unclosed"}, "backends": [{"url": a.url()}]}),
+    ));
+    let out = f.engine.sync().await;
+    assert_eq!(out.error, None);
+    let bad = out.verdicts[&ResKey::new(Kind::Route, "default", "bad-regex")]
+        .refused
+        .clone()
+        .unwrap();
+    assert_eq!(bad.reason, "RejectedByNginx");
+    assert!(
+        bad.message.contains("pcre") || bad.message.contains("missing"),
+        "{}",
+        bad.message
+    );
+    assert!(
+        !bad.message.contains("/gen/"),
+        "paths are shortened: {}",
+        bad.message
+    );
+    assert_eq!(get(f.addr, "shop.test", "/api/x").await, (200, Some("a".into())));
+    // Remembered: the next sync does not test it again, nor reload.
+    let reloads = f.engine.reloads();
+    assert!(!f.engine.sync().await.reloaded);
+    assert_eq!(f.engine.reloads(), reloads);
+
+    // A TLS Secret holding garbage: nginx names the certificate file; that route is out.
+    {
+        let mut w = f.world.lock().unwrap();
+        w.secrets.push(secret(
+            "bad-tls",
+            &[("tls.crt", "not a certificate"), ("tls.key", "nope")],
+        ));
+        w.routes.push(route(
+            "tls",
+            6,
+            serde_json::json!({"host": "tls.test", "tls": {"secretName": "bad-tls"}, "backends": [{"url": a.url()}]}),
+        ));
+    }
+    let out = f.engine.sync().await;
+    assert_eq!(out.error, None);
+    let tls = out.verdicts[&ResKey::new(Kind::Route, "default", "tls")]
+        .refused
+        .clone()
+        .unwrap();
+    assert_eq!(tls.reason, "RejectedByNginx", "{tls:?}");
+    assert_eq!(get(f.addr, "shop.test", "/api/x").await, (200, Some("a".into())));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weights_are_honoured() {
+    let f = fixture();
+    let a = Backend::start("a").await.unwrap();
+    let b = Backend::start("b").await.unwrap();
+    f.world.lock().unwrap().routes = vec![route(
+        "w",
+        1,
+        serde_json::json!({"backends": [{"url": a.url(), "weight": 80}, {"url": b.url(), "weight": 20}]}),
+    )];
+    assert_eq!(f.engine.sync().await.error, None);
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..200 {
+        let (status, backend) = get(f.addr, "x", "/").await;
+        assert_eq!(status, 200);
+        *counts.entry(backend.unwrap()).or_default() += 1;
+    }
+    // Smooth weighted round robin is exact over each cycle of 5.
+    assert_eq!(counts["a"], 160, "{counts:?}");
+    assert_eq!(counts["b"], 40, "{counts:?}");
+}
+
+fn ai(spec: serde_json::Value) -> Arc<AIGateway> {
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.crwatch.io/v1alpha1", "kind": "AIGateway",
+            "metadata": {"name": "ai", "namespace": "default", "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ai_gateway_routes_by_model_and_checks_keys_and_limits() {
+    let f = fixture();
+    let gpt = Backend::start_openai("gpt").await.unwrap();
+    let local = Backend::start_openai("local").await.unwrap();
+    {
+        let mut w = f.world.lock().unwrap();
+        w.secrets = vec![
+            secret("upstream", &[("apiKey", "sk-upstream-123")]),
+            secret("clients", &[("team-a", "key-a-1"), ("team-b", "key-b-2")]),
+        ];
+        w.ai_gateways = vec![ai(serde_json::json!({
+            "host": "ai.test",
+            "modelIntegrations": [
+                {"name": "gpt", "baseURL": format!("{}/v1", gpt.url()), "apiKeySecretRef": {"name": "upstream", "key": "apiKey"}},
+                {"name": "local", "baseURL": format!("{}/v1", local.url())},
+            ],
+            "routingRules": [
+                {"name": "by-model", "match": {"model": "gpt-4o"}, "integration": "gpt"},
+                {"name": "by-header", "match": {"headers": [{"name": "x-team", "value": "gpt"}]}, "integration": "gpt"},
+                {"name": "rest", "integration": "local"},
+            ],
+            "rateLimits": [{"name": "per-client", "requestsPerMinute": 60, "burst": 5}],
+            "securityPolicies": [{"name": "keys", "apiKeys": [{"secretName": "clients"}]}],
+        }))];
+    }
+    let out = f.engine.sync().await;
+    assert_eq!(out.error, None, "{out:?}");
+    let body =
+        |model: &str| format!(r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}]}}"#);
+    let chat = |model: &str, key: Option<&str>| {
+        let mut spec = RequestSpec::post("ai.test", "/v1/chat/completions", body(model))
+            .header("content-type", "application/json");
+        if let Some(k) = key {
+            spec = spec.header("authorization", format!("Bearer {k}"));
+        }
+        spec
+    };
+    let r = request(f.addr, &chat("gpt-4o", None)).await.unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = request(f.addr, &chat("gpt-4o", Some("wrong"))).await.unwrap();
+    assert_eq!(r.status, 401);
+    let r = request(f.addr, &chat("gpt-4o", Some("key-a-1"))).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.backend(), Some("gpt"));
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["model"], "gpt-4o");
+    // The upstream key was injected (by hash), the client's key was not passed on.
+    assert_eq!(
+        v["headers"]["authorization_sha256"],
+        gateway_operator::backend::sha256_hex(b"Bearer sk-upstream-123")
+    );
+    let r = request(f.addr, &chat("llama", Some("key-b-2"))).await.unwrap();
+    assert_eq!(r.backend(), Some("local"), "{}", r.text());
+    let v: serde_json::Value = r.json().unwrap();
+    assert!(
+        v["headers"].get("authorization").is_none(),
+        "no key for the local integration: {v}"
+    );
+    let r = request(f.addr, &chat("llama", Some("key-b-2")).header("x-team", "gpt"))
+        .await
+        .unwrap();
+    assert_eq!(r.backend(), Some("gpt"));
+    let r = request(
+        f.addr,
+        &RequestSpec::get("ai.test", "/v1/models").header("x-api-key", "key-a-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.status, r.backend()), (200, Some("local")));
+
+    // 60/min with a burst of 5 per client: team b has used 2; of 10 more, some get 429.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(
+            request(f.addr, &chat("llama", Some("key-b-2")))
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    // Team a has its own bucket.
+    assert_eq!(
+        request(f.addr, &chat("llama", Some("key-a-1")))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // Secrets never reach a message or the world-readable files.
+    let conf = std::fs::read_to_string(f.engine.nginx().conf_path()).unwrap();
+    assert!(conf.contains("sk-upstream-123"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(f.engine.nginx().conf_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "nginx.conf is private");
+}
