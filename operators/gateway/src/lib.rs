@@ -11,11 +11,13 @@
 //!   backends, for the demo, the tests and the benchmark.
 
 pub mod backend;
+pub mod controller;
 pub mod crd;
 pub mod engine;
 pub mod loadgen;
 pub mod nginx;
 pub mod plan;
 pub mod render;
+pub mod run;
 pub mod types;
 pub mod validate;

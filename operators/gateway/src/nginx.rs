@@ -238,6 +238,7 @@ impl Nginx {
         write_file(&tmp, r.conf.as_bytes(), 0o600)?;
         std::fs::rename(&tmp, self.conf_path()).map_err(io("replacing nginx.conf"))?;
         let log_offset = std::fs::metadata(self.error_log()).map(|m| m.len()).unwrap_or(0);
+        let old_workers = self.master_pid().map(children).unwrap_or_default();
         match self.master_pid() {
             Some(pid) => signal(pid, libc::SIGHUP).map_err(io("signalling the nginx master (SIGHUP)"))?,
             None if self.mode == Mode::Start => self.start()?,
@@ -249,7 +250,12 @@ impl Nginx {
         }
         let deadline = Instant::now() + RELOAD_TIMEOUT;
         loop {
-            if self.serving().await.as_deref() == Some(r.hash.as_str()) {
+            // nginx keeps the old workers accepting for 100 ms after starting the new ones
+            // (ngx_master_process_cycle): the generation is live once the new workers answer
+            // and every old worker has stopped accepting ("is shutting down") or exited.
+            if self.serving().await.as_deref() == Some(r.hash.as_str())
+                && old_workers.iter().all(|pid| !accepting(*pid))
+            {
                 break;
             }
             if Instant::now() > deadline {
@@ -404,6 +410,45 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), NginxError> {
     let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
     drop(f);
     std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+}
+
+/// The child processes of `pid` (nginx's workers).
+fn children(pid: i32) -> Vec<i32> {
+    let direct = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    if let Ok(text) = direct {
+        return text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    }
+    // Without CONFIG_PROC_CHILDREN: scan every process's parent.
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| {
+                    st.rsplit_once(')')
+                        .map(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string))
+                })
+                .flatten()
+                .and_then(|pp| pp.parse::<i32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Whether worker `pid` still accepts connections: it runs and has not retitled itself
+/// "worker process is shutting down" (which nginx does as it closes its listening sockets).
+fn accepting(pid: i32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => {
+            let text = String::from_utf8_lossy(&cmd);
+            text.contains("worker process") && !text.contains("shutting down")
+        }
+        Err(_) => false,
+    }
 }
 
 fn signal(pid: i32, sig: libc::c_int) -> std::io::Result<()> {
