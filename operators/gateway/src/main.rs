@@ -23,6 +23,10 @@ struct Cli {
 enum Command {
     /// Run the operator (and, unless --nginx external, its nginx).
     Run(RunArgs),
+    /// Run nginx in the foreground on the prefix (the nginx container of the Pod, beside an
+    /// operator in `--nginx external` mode): writes a configuration with no routes when there
+    /// is none yet, then replaces itself with `nginx -g 'daemon off;'`.
+    Nginx(RunArgs),
     /// Print the GatewayRoute and AIGateway CRDs as YAML
     /// (`gateway-operator crd > deploy/gateway/crds.yaml`).
     Crd,
@@ -140,6 +144,51 @@ async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
         .context("creating the Kubernetes client")
 }
 
+fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
+    Ok(Settings {
+        prefix: std::path::absolute(&args.nginx_prefix).context("resolving --nginx-prefix")?,
+        listen: args.listen,
+        http_port: args.http_port,
+        https_port: (args.https_port != 0).then_some(args.https_port),
+        status_port: args.status_port,
+        workers: args.nginx_workers,
+        access_log: args.access_log,
+        user: args.nginx_user.clone(),
+    })
+}
+
+fn binary(args: &RunArgs) -> anyhow::Result<PathBuf> {
+    match &args.nginx_binary {
+        Some(b) => Ok(b.clone()),
+        None => gateway_operator::nginx::find_binary()
+            .context("no nginx binary: install nginx (Debian: apt-get install nginx) or pass --nginx-binary"),
+    }
+}
+
+/// The nginx container: bootstrap the prefix, then become nginx.
+fn exec_nginx(args: RunArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let settings = settings(&args)?;
+    let binary = binary(&args)?;
+    let nginx = gateway_operator::nginx::Nginx::new(binary.clone(), settings.clone(), Mode::External)?;
+    if !nginx.conf_path().exists() {
+        let empty = gateway_operator::render::render(&Default::default(), &settings);
+        nginx.write_generation(&empty)?;
+        nginx.install(&empty)?;
+    }
+    let err = std::process::Command::new(&binary)
+        .arg("-p")
+        .arg(&settings.prefix)
+        .arg("-e")
+        .arg(nginx.error_log())
+        .arg("-c")
+        .arg(nginx.conf_path())
+        .arg("-g")
+        .arg("daemon off;")
+        .exec();
+    Err(err).with_context(|| format!("executing {}", binary.display()))
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     let probe_interval = *args.probe_interval;
@@ -186,6 +235,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Nginx(args) => exec_nginx(args),
         Command::Crd => {
             print!("{}", gateway_operator::crd::crd_yaml());
             Ok(())

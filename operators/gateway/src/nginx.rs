@@ -231,12 +231,17 @@ impl Nginx {
         ))
     }
 
+    /// Install a written generation as `nginx.conf` without signalling anyone.
+    pub fn install(&self, r: &Rendered) -> Result<(), NginxError> {
+        let tmp = self.settings.prefix.join(".nginx.conf.tmp");
+        write_file(&tmp, r.conf.as_bytes(), 0o600)?;
+        std::fs::rename(&tmp, self.conf_path()).map_err(io("replacing nginx.conf"))
+    }
+
     /// Make `r` live: swap `nginx.conf`, then reload (or start nginx), and wait until the
     /// workers serve `r.hash`.
     pub async fn activate(&self, r: &Rendered) -> Result<(), NginxError> {
-        let tmp = self.settings.prefix.join(".nginx.conf.tmp");
-        write_file(&tmp, r.conf.as_bytes(), 0o600)?;
-        std::fs::rename(&tmp, self.conf_path()).map_err(io("replacing nginx.conf"))?;
+        self.install(r)?;
         let log_offset = std::fs::metadata(self.error_log()).map(|m| m.len()).unwrap_or(0);
         let old_workers = self.master_pid().map(children).unwrap_or_default();
         match self.master_pid() {
