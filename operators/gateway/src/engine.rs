@@ -65,6 +65,68 @@ struct State {
     programmed: BTreeMap<ResKey, i64>,
     /// nginx refusals: resource -> (content hash, message).
     memo: BTreeMap<ResKey, (String, String)>,
+    /// The watch epoch the live configuration was planned from.
+    planned_epoch: Option<u64>,
+}
+
+/// The engine's Prometheus metrics.
+#[derive(Debug, Clone, Default)]
+pub struct EngineMetrics {
+    /// `gateway_nginx_reloads_total`: generations made live (starts included).
+    pub reloads: prometheus_client::metrics::counter::Counter,
+    /// `gateway_sync_errors_total`: syncs that left the previous configuration live.
+    pub sync_errors: prometheus_client::metrics::counter::Counter,
+    /// `gateway_nginx_rejections_total`: resources left out because `nginx -t` refused them.
+    pub rejections: prometheus_client::metrics::counter::Counter,
+    /// `gateway_sync_duration_seconds`: plan, render, test and reload.
+    pub sync_seconds: Arc<prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// `gateway_config_bytes`: the live configuration's size.
+    pub config_bytes: prometheus_client::metrics::gauge::Gauge,
+    /// `gateway_resources_refused`: resources not served (invalid, conflicted, refused by nginx).
+    pub refused: prometheus_client::metrics::gauge::Gauge,
+    /// `gateway_resources_served`: resources live in nginx.
+    pub served: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl EngineMetrics {
+    /// Register the metrics in `registry`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "gateway_nginx_reloads",
+            "Generations made live in nginx (starts included)",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "gateway_sync_errors",
+            "Syncs that left the previous nginx configuration live",
+            self.sync_errors.clone(),
+        );
+        registry.register(
+            "gateway_nginx_rejections",
+            "Resources left out because nginx -t refused their configuration",
+            self.rejections.clone(),
+        );
+        registry.register(
+            "gateway_sync_duration_seconds",
+            "Duration of the latest sync (plan, render, nginx -t, reload)",
+            (*self.sync_seconds).clone(),
+        );
+        registry.register(
+            "gateway_config_bytes",
+            "Size of the live nginx configuration",
+            self.config_bytes.clone(),
+        );
+        registry.register(
+            "gateway_resources_refused",
+            "GatewayRoutes and AIGateways not served",
+            self.refused.clone(),
+        );
+        registry.register(
+            "gateway_resources_served",
+            "GatewayRoutes and AIGateways live in nginx",
+            self.served.clone(),
+        );
+    }
 }
 
 /// The engine.
@@ -74,6 +136,10 @@ pub struct Engine {
     state: tokio::sync::Mutex<State>,
     latest: Mutex<Arc<Outcome>>,
     reloads: std::sync::atomic::AtomicU64,
+    /// Bumped by every watch event; a sync that planned from the current epoch and finds
+    /// nginx serving its generation has nothing to do.
+    epoch: std::sync::atomic::AtomicU64,
+    metrics: EngineMetrics,
 }
 
 impl Engine {
@@ -85,7 +151,19 @@ impl Engine {
             state: tokio::sync::Mutex::new(State::default()),
             latest: Mutex::new(Arc::new(Outcome::default())),
             reloads: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::sync::atomic::AtomicU64::new(1),
+            metrics: EngineMetrics::default(),
         }
+    }
+
+    /// The engine's metrics (register them with [`EngineMetrics::register`]).
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
+    }
+
+    /// Note that a watched object changed (informer handlers call this).
+    pub fn touch(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The nginx.
@@ -114,6 +192,18 @@ impl Engine {
         if let Err(e) = self.nginx.ensure_running().await {
             tracing::warn!(error = %e, "nginx is not running and could not be started");
         }
+        // Read before the snapshot: an event after this point bumps it, so the next sync
+        // plans again.
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        if state.planned_epoch == Some(epoch)
+            && state.live.is_some()
+            && self.nginx.serving().await == state.live
+        {
+            let mut same = (*self.latest()).clone();
+            same.reloaded = false;
+            same.took = started.elapsed();
+            return Arc::new(same);
+        }
         let mut plan = plan(&(self.snapshot)());
         let result = self.apply(&mut state, &mut plan).await;
         let mut outcome = Outcome {
@@ -125,13 +215,20 @@ impl Engine {
         match result {
             Ok(reloaded) => {
                 state.programmed = plan.units.iter().map(|u| (u.key.clone(), u.generation)).collect();
+                state.planned_epoch = Some(epoch);
                 outcome.reloaded = reloaded;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "gateway sync failed");
+                state.planned_epoch = None;
+                self.metrics.sync_errors.inc();
                 outcome.error = Some(e.to_string());
             }
         }
+        let refused = outcome.verdicts.values().filter(|v| v.refused.is_some()).count();
+        self.metrics.refused.set(refused as i64);
+        self.metrics.served.set(state.programmed.len() as i64);
+        self.metrics.sync_seconds.set(outcome.took.as_secs_f64());
         outcome.programmed = state.programmed.clone();
         let outcome = Arc::new(outcome);
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = outcome.clone();
@@ -168,6 +265,8 @@ impl Engine {
                 Ok(()) => {
                     self.nginx.activate(&rendered).await?;
                     self.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.reloads.inc();
+                    self.metrics.config_bytes.set(rendered.conf.len() as i64);
                     tracing::info!(generation = %rendered.hash, units = plan.units.len(), "nginx serves a new generation");
                     state.live = Some(rendered.hash.clone());
                     return Ok(true);
@@ -183,6 +282,7 @@ impl Engine {
                     {
                         state.memo.insert(owner.clone(), (h.clone(), message.clone()));
                     }
+                    self.metrics.rejections.inc();
                     plan.refuse(&owner, "RejectedByNginx", message);
                     rendered = render(plan, self.nginx.settings());
                 }

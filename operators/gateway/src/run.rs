@@ -146,6 +146,8 @@ pub async fn run(
         None => templates_installed(&client).await,
     };
     let templates = watch_templates.then(|| factory.all::<PromptTemplate>());
+    let secrets_for_touch = secrets.clone();
+    let templates_for_touch = templates.clone();
     tracing::info!(prompt_templates = watch_templates, "watching");
 
     let stores = (
@@ -168,6 +170,7 @@ pub async fn run(
         })
     };
     let engine = Engine::new(nginx.clone(), snapshot);
+    mgr.metrics().with_registry(|r| engine.metrics().register(r));
     let recorder = Recorder::new(client.clone(), "gateway-operator");
     let ctx = Arc::new(Context::new(
         engine,
@@ -227,6 +230,36 @@ pub async fn run(
         .concurrency(options.concurrency.max(1))
         .build(reconcile_ai, ctx.clone());
     ctx.set_queues(route_controller.queue(), ai_controller.queue());
+    // Every event of every watched kind marks the engine's caches as changed.
+    fn touch_on<
+        K: kube::Resource
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    >(
+        informer: &crwatch::informer::Informer<K>,
+        ctx: &Arc<Context>,
+    ) {
+        let (a, u, d) = (ctx.clone(), ctx.clone(), ctx.clone());
+        informer.add_handler(
+            crwatch::informer::HandlerFns::new()
+                .on_add(move |_: &Arc<K>| a.engine.touch())
+                .on_update(move |_: &Arc<K>, _: &Arc<K>, _| u.engine.touch())
+                .on_delete(move |_: &Arc<K>| d.engine.touch()),
+        );
+    }
+    touch_on(&routes, &ctx);
+    touch_on(&ai, &ctx);
+    touch_on(&services, &ctx);
+    touch_on(&slices, &ctx);
+    touch_on(&secrets_for_touch, &ctx);
+    if let Some(t) = &templates_for_touch {
+        touch_on(t, &ctx);
+    }
     mgr.add(route_controller);
     mgr.add(ai_controller);
     // Integrations are URLs: AI gateways do not watch Services or EndpointSlices.
