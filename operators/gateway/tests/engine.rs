@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use gateway_operator::backend::Backend;
 use gateway_operator::engine::Engine;
@@ -347,4 +348,134 @@ async fn ai_gateway_routes_by_model_and_checks_keys_and_limits() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "nginx.conf is private");
+}
+
+fn template(name: &str, text: &str) -> Arc<ai_context::types::PromptTemplate> {
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ai.crwatch.io/v1alpha1", "kind": "PromptTemplate",
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "7"},
+            "spec": {"template": text, "variables": [{"name": "q"}]},
+        }))
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_timeouts_retries_cidrs_limits_and_templates() {
+    let f = fixture();
+    let a = Backend::start("a").await.unwrap();
+    let slow = Backend::start("slow").await.unwrap();
+    slow.set_delay(Duration::from_secs(3)).unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let cert = rcgen::generate_simple_self_signed(vec!["tls.test".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let up = Backend::start_openai("up").await.unwrap();
+    {
+        let mut w = f.world.lock().unwrap();
+        w.secrets = vec![secret("tls", &[("tls.crt", &cert_pem), ("tls.key", &key_pem)])];
+        w.routes = vec![
+            route(
+                "tls",
+                1,
+                serde_json::json!({"host": "tls.test", "tls": {"secretName": "tls"}, "backends": [{"url": a.url()}]}),
+            ),
+            route(
+                "slow",
+                2,
+                serde_json::json!({"host": "slow.test", "backends": [{"url": slow.url()}], "timeouts": {"request": "300ms"}}),
+            ),
+            // A dead endpoint beside a live one: with retries nothing fails.
+            route(
+                "retry",
+                3,
+                serde_json::json!({"host": "retry.test", "backends": [{"url": dead}, {"url": a.url()}],
+                "retries": {"attempts": 2}, "requestHeaders": {"set": [{"name": "x-added", "value": "v"}], "remove": ["x-drop"]}}),
+            ),
+        ];
+        w.templates = vec![template("support", "Answer {{q}} kindly.")];
+        w.ai_gateways = vec![ai(serde_json::json!({
+            "host": "ai.test",
+            "modelIntegrations": [{"name": "up", "baseURL": format!("{}/v1", up.url())}],
+            "rateLimits": [{"name": "all", "requestsPerSecond": 1, "burst": 1, "key": "Global", "statusCode": 503}],
+            "securityPolicies": [{"name": "office", "allowedCIDRs": ["10.0.0.0/8"]}],
+            "promptTemplates": [{"name": "support"}],
+        }))];
+    }
+    let out = f.sync().await;
+    assert_eq!(out.error, None, "{out:?}");
+    for (k, v) in &out.verdicts {
+        assert!(v.refused.is_none(), "{k}: {v:?}");
+    }
+
+    // TLS with the Secret's certificate, verified by a client trusting it.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let tls = crwatch::tls::client_config(Some(&ca), false, false).unwrap();
+    let https_port = f.engine.nginx().settings().https_port.unwrap();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .resolve("tls.test", SocketAddr::from(([127, 0, 0, 1], https_port)))
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("https://tls.test:{https_port}/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-backend"], "a");
+
+    // A backend slower than the route's timeout: 504, in about the timeout.
+    let started = std::time::Instant::now();
+    assert_eq!(get(f.addr, "slow.test", "/").await.0, 504);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Retries pass over the dead endpoint; header rewrites reach the backend.
+    for _ in 0..6 {
+        let r = request(f.addr, &RequestSpec::get("retry.test", "/").header("x-drop", "1"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = r.json().unwrap();
+        assert_eq!(v["headers"]["x-added"], "v");
+        assert!(v["headers"].get("x-drop").is_none());
+    }
+
+    // The AI gateway only admits 10.0.0.0/8: loopback gets 403, before any rate limit.
+    let r = request(f.addr, &RequestSpec::get("ai.test", "/v1/models"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Let loopback in; the global limit (1/s, burst 1) answers 503 as configured.
+    {
+        let mut w = f.world.lock().unwrap();
+        let mut g = (*w.ai_gateways[0]).clone();
+        g.spec.security_policies[0].allowed_cidrs = vec!["127.0.0.0/8".into()];
+        w.ai_gateways = vec![Arc::new(g)];
+    }
+    assert_eq!(f.sync().await.error, None);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            request(f.addr, &RequestSpec::get("ai.test", "/v1/models"))
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+    // The prompt template is served (the policy applies; the rate limit does not).
+    let r = request(
+        f.addr,
+        &RequestSpec::get("ai.test", "/v1/prompt-templates/support"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["template"], "Answer {{q}} kindly.");
+    assert_eq!(v["resourceVersion"], "7");
 }
