@@ -254,7 +254,8 @@ fn header_flags(s: &mut String, id: &str, headers: &[HeaderCond]) {
     for (i, (name, how, value)) in headers.iter().enumerate() {
         let re = match how {
             HeaderMatchType::Exact => format!("~^{}$", pcre_escape(value)),
-            HeaderMatchType::RegularExpression => format!("~{value}"),
+            // Grouped, so a leading `*` cannot turn into nginx's case-insensitive marker `~*`.
+            HeaderMatchType::RegularExpression => format!("~(?:{value})"),
         };
         let _ = writeln!(
             s,

@@ -188,6 +188,15 @@ pub fn parse_url(s: &str) -> Result<UrlParts, String> {
         return Err("must not have a query or fragment".into());
     }
     let host = match url.host() {
+        // WHATWG URLs allow `;`, `{`, `"`, `$` and more in domains; nginx takes the host
+        // unquoted in a `server` line, so only DNS characters pass.
+        Some(url::Host::Domain(d))
+            if !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+        {
+            return Err(format!("host {d:?} is not a DNS name"));
+        }
         Some(url::Host::Domain(d)) => d.to_string(),
         Some(url::Host::Ipv4(ip)) => ip.to_string(),
         Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
@@ -429,6 +438,43 @@ pub fn ai_gateway(spec: &AIGatewaySpec) -> Vec<FieldError> {
     }
     if spec.model_integrations.is_empty() {
         errors.add("spec.modelIntegrations", "needs at least one integration");
+    }
+    // Names reach the configuration (zone names, messages): DNS labels only.
+    let label = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !n.starts_with('-')
+            && !n.ends_with('-')
+    };
+    let named = spec
+        .model_integrations
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("spec.modelIntegrations[{i}].name"), &m.name))
+        .chain(
+            spec.routing_rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.routingRules[{i}].name"), &r.name)),
+        )
+        .chain(
+            spec.rate_limits
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.rateLimits[{i}].name"), &r.name)),
+        )
+        .chain(
+            spec.security_policies
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.securityPolicies[{i}].name"), &r.name)),
+        );
+    for (field, name) in named {
+        if !label(name) {
+            errors.add(field, "must be a DNS label (lowercase letters, digits, -)");
+        }
     }
     let mut integrations = BTreeSet::new();
     for (i, m) in spec.model_integrations.iter().enumerate() {

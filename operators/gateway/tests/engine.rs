@@ -479,3 +479,75 @@ async fn tls_timeouts_retries_cidrs_limits_and_templates() {
     assert_eq!(v["template"], "Answer {{q}} kindly.");
     assert_eq!(v["resourceVersion"], "7");
 }
+
+/// Hostile values in every field that reaches the configuration: each route is refused
+/// (Invalid or RejectedByNginx) or served as written, never able to add a directive, and the
+/// good route keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_values_never_inject_configuration() {
+    let f = fixture();
+    let a = Backend::start("a").await.unwrap();
+    let hostile = [
+        "x\"; return 200 \"pwned",
+        "'; return 200 'pwned",
+        "} server { listen 1; } #",
+        "$host${crw_dollar}$$",
+        "a\\\";\\",
+        "{{ }}",
+        "\u{202e}évil",
+        "x\n return 200;",
+        &"y".repeat(3000),
+    ];
+    let mut routes = vec![route(
+        "good",
+        0,
+        serde_json::json!({"host": "good.test", "backends": [{"url": a.url()}]}),
+    )];
+    for (i, h) in hostile.iter().enumerate() {
+        let n = i * 10;
+        routes.push(route(&format!("p{i}"), (n + 1) as u32 % 60, serde_json::json!({"path": {"type": "Exact", "value": format!("/{h}")}, "backends": [{"url": a.url()}]})));
+        routes.push(route(&format!("r{i}"), (n + 2) as u32 % 60, serde_json::json!({"path": {"type": "RegularExpression", "value": h}, "backends": [{"url": a.url()}]})));
+        routes.push(route(&format!("h{i}"), (n + 3) as u32 % 60, serde_json::json!({"host": "h.test", "path": {"value": format!("/h{i}")},
+            "headers": [{"name": "x-h", "value": h}, {"name": "x-r", "value": h, "type": "RegularExpression"}], "backends": [{"url": a.url()}]})));
+        routes.push(route(&format!("w{i}"), (n + 4) as u32 % 60, serde_json::json!({"host": "w.test", "path": {"value": format!("/w{i}")},
+            "requestHeaders": {"set": [{"name": "x-set", "value": h}]}, "responseHeaders": {"add": [{"name": "x-add", "value": h}]}, "backends": [{"url": a.url()}]})));
+        routes.push(route(
+            &format!("u{i}"),
+            (n + 5) as u32 % 60,
+            serde_json::json!({"host": "u.test", "path": {"value": format!("/u{i}")},
+            "backends": [{"url": format!("http://{h}:80")}]}),
+        ));
+    }
+    f.world.lock().unwrap().routes = routes;
+    let out = f.sync().await;
+    assert_eq!(out.error, None, "{:?}", out.error);
+    for (k, v) in &out.verdicts {
+        let verdict = v.refused.as_ref().map(|r| {
+            format!(
+                "{}: {}",
+                r.reason,
+                r.message.chars().take(120).collect::<String>()
+            )
+        });
+        println!("{k}: {}", verdict.as_deref().unwrap_or("served"));
+    }
+    assert!(
+        out.verdicts[&ResKey::new(Kind::Route, "default", "good")]
+            .refused
+            .is_none()
+    );
+    assert_eq!(get(f.addr, "good.test", "/").await, (200, Some("a".into())));
+    // Nothing answers "pwned": every served hostile route reaches the backend.
+    for path in ["/x", "/'", "/}", "/pwned"] {
+        let r = request(f.addr, &RequestSpec::get("h.test", path)).await.unwrap();
+        assert!(!r.text().contains("pwned"), "{path}: {}", r.text());
+    }
+    let conf = std::fs::read_to_string(f.engine.nginx().conf_path()).unwrap();
+    assert!(!conf.contains("return 200 \"pwned\";\n"), "an injected directive");
+    // Literal values arrive literally.
+    let r = request(f.addr, &RequestSpec::get("w.test", "/w3")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-add"), Some(hostile[3]));
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["headers"]["x-set"], hostile[3]);
+}
