@@ -351,11 +351,14 @@ pub async fn reconcile_ai(req: Request<AIGateway>, ctx: Arc<Context>) -> Result<
     Ok(Action::requeue_after(ctx.probe_interval))
 }
 
+/// A probe's identity: the gateway, the integration's name, the URL probed.
+type ProbeKey = (ResKey, String, String);
+
 /// Probes integrations' `models` endpoints, remembering results for a probe interval.
 struct Prober {
     client: Option<reqwest::Client>,
     error: Option<String>,
-    cache: Mutex<BTreeMap<(ResKey, String, String), (Instant, IntegrationStatus)>>,
+    cache: Mutex<BTreeMap<ProbeKey, (Instant, IntegrationStatus)>>,
 }
 
 /// The most remembered probe results.

@@ -1013,3 +1013,277 @@ pub fn render(plan: &Plan, settings: &Settings) -> Rendered {
         secrets,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::plan::{Snapshot, plan};
+
+    /// nginx's tokenizer (ngx_conf_read_token), enough to see the structure: tokens, `;`,
+    /// `{`, `}`; quoted strings with backslash escapes; `#` comments.
+    fn tokens(conf: &str) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        let mut chars = conf.chars().peekable();
+        while let Some(&c) = chars.peek() {
+            match c {
+                c if c.is_whitespace() => {
+                    chars.next();
+                }
+                '#' => {
+                    for c in chars.by_ref() {
+                        if c == '\n' {
+                            break;
+                        }
+                    }
+                }
+                ';' | '{' | '}' => {
+                    out.push(c.to_string());
+                    chars.next();
+                }
+                '"' | '\'' => {
+                    let q = c;
+                    chars.next();
+                    let mut t = String::from("Q:");
+                    loop {
+                        match chars.next() {
+                            None => return Err("unterminated quote".into()),
+                            Some('\\') => {
+                                t.push('\\');
+                                t.push(chars.next().ok_or("dangling backslash")?);
+                            }
+                            Some(c) if c == q => break,
+                            Some(c) => t.push(c),
+                        }
+                    }
+                    out.push(t);
+                }
+                _ => {
+                    let mut t = String::new();
+                    let mut in_var_braces = false;
+                    while let Some(&c) = chars.peek() {
+                        if in_var_braces {
+                            t.push(c);
+                            chars.next();
+                            if c == '}' {
+                                in_var_braces = false;
+                            }
+                            continue;
+                        }
+                        if c.is_whitespace() || c == ';' || c == '"' || c == '\'' {
+                            break;
+                        }
+                        if c == '{' && !t.ends_with('$') {
+                            break;
+                        }
+                        if c == '}' {
+                            break;
+                        }
+                        if c == '{' {
+                            in_var_braces = true;
+                        }
+                        t.push(c);
+                        chars.next();
+                    }
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    const DIRECTIVES: &[&str] = &[
+        "user",
+        "worker_processes",
+        "pid",
+        "error_log",
+        "events",
+        "worker_connections",
+        "http",
+        "access_log",
+        "client_body_temp_path",
+        "proxy_temp_path",
+        "fastcgi_temp_path",
+        "uwsgi_temp_path",
+        "scgi_temp_path",
+        "default_type",
+        "server_tokens",
+        "keepalive_timeout",
+        "server_names_hash_bucket_size",
+        "server_names_hash_max_size",
+        "map_hash_bucket_size",
+        "map_hash_max_size",
+        "variables_hash_bucket_size",
+        "variables_hash_max_size",
+        "proxy_headers_hash_bucket_size",
+        "proxy_headers_hash_max_size",
+        "geo",
+        "map",
+        "upstream",
+        "server",
+        "keepalive",
+        "listen",
+        "ssl_reject_handshake",
+        "server_name",
+        "ssl_certificate",
+        "ssl_certificate_key",
+        "location",
+        "error_page",
+        "return",
+        "internal",
+        "proxy_http_version",
+        "proxy_set_header",
+        "proxy_hide_header",
+        "add_header",
+        "proxy_connect_timeout",
+        "proxy_read_timeout",
+        "proxy_send_timeout",
+        "proxy_next_upstream",
+        "proxy_next_upstream_tries",
+        "proxy_next_upstream_timeout",
+        "proxy_ssl_server_name",
+        "proxy_ssl_name",
+        "proxy_pass",
+        "limit_req_zone",
+        "limit_req",
+        "limit_req_status",
+        "client_body_buffer_size",
+        "client_max_body_size",
+        "client_body_in_single_buffer",
+        "mirror",
+        "mirror_request_body",
+        "proxy_buffering",
+        "if",
+        "alias",
+        "stub_status",
+    ];
+
+    /// Walk the tokens as nginx would: every directive is known, blocks balance, and each
+    /// `map`/`geo` entry is exactly a key and a value.
+    fn check_structure(conf: &str) -> Result<(), String> {
+        let toks = tokens(conf)?;
+        let mut stack: Vec<String> = Vec::new();
+        let mut stmt: Vec<&str> = Vec::new();
+        for t in &toks {
+            match t.as_str() {
+                ";" => {
+                    let in_table = matches!(stack.last().map(String::as_str), Some("map" | "geo"));
+                    if in_table {
+                        if stmt.len() != 2 {
+                            return Err(format!("map entry of {} tokens: {stmt:?}", stmt.len()));
+                        }
+                    } else if let Some(name) = stmt.first()
+                        && !DIRECTIVES.contains(name)
+                    {
+                        return Err(format!("unknown directive {name:?} in {stmt:?}"));
+                    }
+                    stmt.clear();
+                }
+                "{" => {
+                    let name = stmt.first().copied().unwrap_or("");
+                    if !DIRECTIVES.contains(&name) {
+                        return Err(format!("unknown block {name:?}"));
+                    }
+                    stack.push(name.to_string());
+                    stmt.clear();
+                }
+                "}" => {
+                    if !stmt.is_empty() || stack.pop().is_none() {
+                        return Err(format!("unbalanced }} after {stmt:?}"));
+                    }
+                }
+                other => stmt.push(other),
+            }
+        }
+        if !stack.is_empty() || !stmt.is_empty() {
+            return Err(format!("unclosed: {stack:?} {stmt:?}"));
+        }
+        Ok(())
+    }
+
+    fn hostile() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-z0-9/\"';{}$\\\\# .*()\\[\\]|-]{0,24}").unwrap()
+    }
+
+    fn secret(name: &str, key: &str, value: &str) -> Arc<k8s_openapi::api::core::v1::Secret> {
+        let mut data = std::collections::BTreeMap::new();
+        data.insert(
+            key.to_string(),
+            k8s_openapi::ByteString(value.as_bytes().to_vec()),
+        );
+        Arc::new(k8s_openapi::api::core::v1::Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn hostile_specs_render_well_formed_configuration(
+            path in hostile(), regex in hostile(), hval in hostile(), url in hostile(), model in hostile(), key in hostile(),
+        ) {
+            let route = |n: &str, spec: serde_json::Value| -> Arc<crate::types::GatewayRoute> {
+                let mut spec = spec;
+                spec["backends"] = serde_json::json!([{"url": "http://127.0.0.1:1"}]);
+                Arc::new(serde_json::from_value(serde_json::json!({
+                    "apiVersion": "gateway.crwatch.io/v1alpha1", "kind": "GatewayRoute",
+                    "metadata": {"name": n, "namespace": "ns"}, "spec": spec,
+                })).unwrap())
+            };
+            // One hostile field per resource, so that one refused field does not hide another.
+            let mut routes = vec![
+                route("a", serde_json::json!({"path": {"type": "Exact", "value": format!("/{path}")}})),
+                route("b", serde_json::json!({"path": {"type": "RegularExpression", "value": regex}})),
+                route("c", serde_json::json!({"host": "c.test", "headers": [{"name": "x-h", "value": hval}]})),
+                route("d", serde_json::json!({"host": "d.test", "headers": [{"name": "x-r", "value": hval, "type": "RegularExpression"}]})),
+                route("e", serde_json::json!({"host": "e.test", "requestHeaders": {"set": [{"name": "x-s", "value": hval}]},
+                    "responseHeaders": {"add": [{"name": "x-a", "value": hval}]}})),
+            ];
+            let mut f = (*route("f", serde_json::json!({"host": "f.test"}))).clone();
+            f.spec.backends[0].url = Some(format!("http://{url}"));
+            routes.push(Arc::new(f));
+            let ai: Arc<crate::types::AIGateway> = Arc::new(serde_json::from_value(serde_json::json!({
+                "apiVersion": "gateway.crwatch.io/v1alpha1", "kind": "AIGateway",
+                "metadata": {"name": "g", "namespace": "ns"},
+                "spec": {
+                    "host": "ai.test",
+                    "modelIntegrations": [{"name": "m", "baseURL": "http://127.0.0.1:3/v1", "apiKeySecretRef": {"name": "s", "key": "k"}}],
+                    "routingRules": [{"name": "r", "match": {"model": model, "headers": [{"name": "x-m", "value": hval}]}, "integration": "m"}],
+                    "rateLimits": [{"name": "l", "requestsPerSecond": 5}],
+                    "securityPolicies": [{"name": "p", "apiKeys": [{"secretName": "c"}]}],
+                },
+            })).unwrap());
+            let snapshot = Snapshot {
+                routes,
+                ai_gateways: vec![ai],
+                secrets: vec![secret("s", "k", &key), secret("c", "client", &key)],
+                ..Default::default()
+            };
+            let p = plan(&snapshot);
+            let r = render(&p, &Settings::loopback("/tmp/p".into(), 80, 81));
+            prop_assert!(check_structure(&r.conf).is_ok(), "{:?}\n{}", check_structure(&r.conf), r.conf);
+            // Every resource served has lines attributed to it.
+            for u in &p.units {
+                prop_assert!(r.owners.iter().any(|(_, _, k)| k == &u.key));
+            }
+        }
+    }
+
+    #[test]
+    fn the_tokenizer_sees_an_injection() {
+        assert!(check_structure("http { server { listen 1; } }").is_ok());
+        assert!(check_structure("http { include /etc/x; }").is_err());
+        assert!(check_structure("http { map $a $b { \"x\" 1 2; } }").is_err());
+        assert!(check_structure("http { server { } ").is_err());
+    }
+}
