@@ -152,14 +152,9 @@ fn conditions(key: &ResKey, v: &Verdict, outcome: &Outcome) -> [Condition; 3] {
             "not served: see Accepted".into(),
             g,
         ),
-        (None, Some(live)) if *live == g => cond(
-            condition::PROGRAMMED,
-            true,
-            "Programmed",
-            format!(
-                "live in nginx (generation {})",
-                outcome.live.as_deref().unwrap_or("?")
-            ),
+        // No generation hash in the message: it changes with every change of any resource,
+        // and would rewrite every status on each one.
+        (None, Some(live)) if *live == g => cond(condition::PROGRAMMED, true, "Programmed", "live in nginx".into(), g),
             g,
         ),
         (None, _) => cond(
