@@ -154,7 +154,11 @@ fn conditions(key: &ResKey, v: &Verdict, outcome: &Outcome) -> [Condition; 3] {
         ),
         // No generation hash in the message: it changes with every change of any resource,
         // and would rewrite every status on each one.
-        (None, Some(live)) if *live == g => cond(condition::PROGRAMMED, true, "Programmed", "live in nginx".into(), g),
+        (None, Some(live)) if *live == g => cond(
+            condition::PROGRAMMED,
+            true,
+            "Programmed",
+            "live in nginx".into(),
             g,
         ),
         (None, _) => cond(
