@@ -23,6 +23,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::render::{Rendered, Settings};
 
+/// A log grown past this is rotated (renamed to `.1`, replacing the one before, and nginx told
+/// to reopen its logs with SIGUSR1): two files of at most this size each.
+pub const MAX_LOG_BYTES: u64 = 16 << 20;
+
 /// How long `nginx -t` may take.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a reload may take to show the new generation.
@@ -277,7 +281,23 @@ impl Nginx {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         self.collect_garbage(&r.hash);
+        self.rotate_logs();
         Ok(())
+    }
+
+    /// Rotate `logs/*.log` that outgrew [`MAX_LOG_BYTES`].
+    pub fn rotate_logs(&self) {
+        let Some(pid) = self.master_pid() else { return };
+        let mut rotated = false;
+        for name in ["error.log", "access.log"] {
+            let path = self.settings.prefix.join("logs").join(name);
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
+                rotated |= std::fs::rename(&path, path.with_extension("log.1")).is_ok();
+            }
+        }
+        if rotated {
+            let _ = signal(pid, libc::SIGUSR1);
+        }
     }
 
     /// Start the master (`daemon off`, own process group, so it outlives the operator).

@@ -866,7 +866,7 @@ pub fn render(plan: &Plan, settings: &Settings) -> Rendered {
     w.l(0, &format!("pid {};", quote(&format!("{prefix}/nginx.pid"))));
     w.l(
         0,
-        &format!("error_log {} notice;", quote(&format!("{prefix}/logs/error.log"))),
+        &format!("error_log {} warn;", quote(&format!("{prefix}/logs/error.log"))),
     );
     w.l(0, "events { worker_connections 4096; }");
     w.l(0, "http {");
