@@ -196,6 +196,25 @@ async fn statuses_conflicts_and_service_backends() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+    // And a Warning Event says so.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(g.server.client(), "gw-status");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = events.list(&Default::default()).await.unwrap();
+        if list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("RejectedByNginx")
+                && e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no RejectedByNginx Event: {:?}",
+            list.items.iter().map(|e| &e.reason).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A Service backend: resolved through its EndpointSlice; no Service yet means ResolvedRefs=False.
     api.create(
