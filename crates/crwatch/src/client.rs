@@ -127,6 +127,67 @@ pub fn build(mut config: kube::Config, options: &ClientOptions) -> Result<kube::
         .build())
 }
 
+/// Why no client could be made from a kubeconfig.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The named kubeconfig file could not be read or parsed.
+    #[error("reading kubeconfig {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The named kubeconfig holds no usable context.
+    #[error("using kubeconfig {path}: {source}")]
+    Use {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// Neither KUBECONFIG, ~/.kube/config nor an in-cluster service account gave a
+    /// configuration.
+    #[error("finding a kubeconfig (KUBECONFIG, ~/.kube/config or in-cluster): {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    /// The client could not be built.
+    #[error("creating the Kubernetes client: {0}")]
+    Client(#[source] ClientError),
+}
+
+/// A client from `kubeconfig` (or, without one, `KUBECONFIG`, `~/.kube/config`, then the
+/// in-cluster service account), built by [`build`] with `options`: what an operator binary's
+/// `--kubeconfig` flag means.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), crwatch::client::ConnectError> {
+/// let client = crwatch::client::from_kubeconfig(None, &Default::default()).await?;
+/// # Ok(()) }
+/// ```
+pub async fn from_kubeconfig(
+    kubeconfig: Option<&std::path::Path>,
+    options: &ClientOptions,
+) -> Result<kube::Client, ConnectError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| ConnectError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|source| ConnectError::Use {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await.map_err(ConnectError::Infer)?,
+    };
+    build(config, options).map_err(ConnectError::Client)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

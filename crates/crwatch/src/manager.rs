@@ -316,6 +316,29 @@ impl Manager {
     }
 }
 
+/// A metrics, probe or webhook address flag as operators spell it: `host:port`, `:port` (all
+/// interfaces, as Go's flags), or `off`/empty for none.
+///
+/// ```
+/// use crwatch::manager::listen_address;
+/// assert_eq!(listen_address(":8080").unwrap(), Some("0.0.0.0:8080".parse().unwrap()));
+/// assert_eq!(listen_address("off").unwrap(), None);
+/// assert!(listen_address("8080").unwrap_err().contains("host:port"));
+/// ```
+pub fn listen_address(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "off" || text.is_empty() {
+        return Ok(None);
+    }
+    let full = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_string()
+    };
+    full.parse()
+        .map(Some)
+        .map_err(|_| format!("invalid address {text:?}: expected host:port, :port or off"))
+}
+
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     #[cfg(unix)]

@@ -153,32 +153,13 @@ fn init_logs(format: LogFormat) {
 }
 
 fn address(text: &str) -> anyhow::Result<Option<SocketAddr>> {
-    if text == "off" || text.is_empty() {
-        return Ok(None);
-    }
-    let full = if text.starts_with(':') {
-        format!("0.0.0.0{text}")
-    } else {
-        text.to_string()
-    };
-    full.parse()
-        .map(Some)
-        .with_context(|| format!("invalid address {text:?}: expected host:port or off"))
+    crwatch::manager::listen_address(text).map_err(anyhow::Error::msg)
 }
 
 async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
-        None => kube::Config::infer().await.context("finding a kubeconfig")?,
-    };
     // As kubectl builds one: credentials only over TLS, connect (TLS included) within 10 s and
     // response headers within 60 s, so a silent server cannot hang status writes or leases.
-    crwatch::client::build(config, &crwatch::client::ClientOptions::default())
-        .context("creating the Kubernetes client")
+    Ok(crwatch::client::from_kubeconfig(kubeconfig, &crwatch::client::ClientOptions::default()).await?)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
