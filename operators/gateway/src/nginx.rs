@@ -262,10 +262,16 @@ impl Nginx {
             // nginx keeps the old workers accepting for 100 ms after starting the new ones
             // (ngx_master_process_cycle): the generation is live once the new workers answer
             // and every old worker has stopped accepting ("is shutting down") or exited.
-            if self.serving().await.as_deref() == Some(r.hash.as_str())
-                && old_workers.iter().all(|pid| !accepting(*pid))
-            {
-                break;
+            if self.serving().await.as_deref() == Some(r.hash.as_str()) {
+                // The new workers are up: retire the old ones now rather than after the
+                // master's 100 ms pause. SIGQUIT is the master's own graceful shutdown signal:
+                // they close their listening sockets and finish what they are serving.
+                for pid in old_workers.iter().filter(|pid| accepting(**pid)) {
+                    let _ = signal(*pid, libc::SIGQUIT);
+                }
+                if old_workers.iter().all(|pid| !accepting(*pid)) {
+                    break;
+                }
             }
             if Instant::now() > deadline {
                 let detail = self
@@ -340,6 +346,7 @@ impl Nginx {
         if self.master_pid().is_some() || self.mode == Mode::External || !self.conf_path().exists() {
             return Ok(false);
         }
+        self.retire_orphans().await;
         self.start()?;
         let deadline = Instant::now() + RELOAD_TIMEOUT;
         while self.serving().await.is_none() {
@@ -349,6 +356,40 @@ impl Nginx {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(true)
+    }
+
+    /// Workers whose master died (SIGKILL, OOM) keep serving and hold the listening sockets, so
+    /// a new master could not bind. They are in the dead master's process group (we start
+    /// nginx as a group leader): ask them to finish gracefully (SIGQUIT closes their listening
+    /// sockets at once; in-flight requests complete) and wait until they stopped accepting.
+    async fn retire_orphans(&self) {
+        let Some(old) = std::fs::read_to_string(self.pid_path())
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let orphans: Vec<i32> = group_members(old)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("nginx: worker process"))
+            })
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            ?orphans,
+            "the nginx master is gone but its workers still serve; retiring them gracefully"
+        );
+        for pid in &orphans {
+            let _ = signal(*pid, libc::SIGQUIT);
+        }
+        let deadline = Instant::now() + RELOAD_TIMEOUT;
+        while orphans.iter().any(|pid| accepting(*pid)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Stop nginx: SIGQUIT (graceful), then SIGKILL after `grace`.
@@ -460,6 +501,27 @@ fn children(pid: i32) -> Vec<i32> {
                 .flatten()
                 .and_then(|pp| pp.parse::<i32>().ok())
                 == Some(pid)
+        })
+        .collect()
+}
+
+/// The processes in process group `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            // /proc/<pid>/stat: pid (comm) state ppid pgrp ...; comm may hold spaces.
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| {
+                    st.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok())
+                })
+                == Some(pgid)
         })
         .collect()
 }

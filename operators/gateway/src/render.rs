@@ -274,6 +274,19 @@ fn header_flags(s: &mut String, id: &str, headers: &[HeaderCond]) {
     );
 }
 
+/// The request headers every route sends upstream (set once at the http level).
+const DEFAULT_HEADERS: [(&str, &str); 5] = [
+    ("Host", "$host"),
+    ("X-Real-IP", "$remote_addr"),
+    ("X-Forwarded-For", "$proxy_add_x_forwarded_for"),
+    ("X-Forwarded-Proto", "$scheme"),
+    ("X-Forwarded-Host", "$host"),
+];
+/// The http level's `proxy_connect_timeout`, in ms.
+const DEFAULT_CONNECT_MS: u64 = 5_000;
+/// The http level's `proxy_read_timeout` and `proxy_send_timeout`, in ms.
+const DEFAULT_READ_MS: u64 = 60_000;
+
 /// The named location of a route.
 fn route_location(u: &Unit, body: &RouteBody) -> String {
     let id = unit_prefix(u);
@@ -287,17 +300,14 @@ fn route_location(u: &Unit, body: &RouteBody) -> String {
         .map(|h| h.name.to_ascii_lowercase())
         .chain(body.request.remove.iter().map(|n| n.to_ascii_lowercase()))
         .collect();
-    s.push_str("    proxy_http_version 1.1;\n");
-    s.push_str("    proxy_set_header Connection \"\";\n");
-    for (name, value) in [
-        ("Host", "$host"),
-        ("X-Real-IP", "$remote_addr"),
-        ("X-Forwarded-For", "$proxy_add_x_forwarded_for"),
-        ("X-Forwarded-Proto", "$scheme"),
-        ("X-Forwarded-Host", "$host"),
-    ] {
-        if !overridden.contains(&name.to_ascii_lowercase()) {
-            let _ = writeln!(s, "    proxy_set_header {name} {value};");
+    // Without rewrites the route inherits the http level's headers (and nginx shares their
+    // compiled table instead of building one per location: most of a location's memory).
+    if !overridden.is_empty() {
+        s.push_str("    proxy_set_header Connection \"\";\n");
+        for (name, value) in DEFAULT_HEADERS {
+            if !overridden.contains(&name.to_ascii_lowercase()) {
+                let _ = writeln!(s, "    proxy_set_header {name} {value};");
+            }
         }
     }
     let mut seen = BTreeSet::new();
@@ -332,11 +342,16 @@ fn route_location(u: &Unit, body: &RouteBody) -> String {
             quote_value(&h.value)
         );
     }
-    let _ = writeln!(s, "    proxy_connect_timeout {}ms;", body.connect_ms);
-    let _ = writeln!(s, "    proxy_read_timeout {}ms;", body.read_ms);
-    let _ = writeln!(s, "    proxy_send_timeout {}ms;", body.read_ms);
+    if body.connect_ms != DEFAULT_CONNECT_MS {
+        let _ = writeln!(s, "    proxy_connect_timeout {}ms;", body.connect_ms);
+    }
+    if body.read_ms != DEFAULT_READ_MS {
+        let _ = writeln!(s, "    proxy_read_timeout {}ms;", body.read_ms);
+        let _ = writeln!(s, "    proxy_send_timeout {}ms;", body.read_ms);
+    }
     match &body.retries {
-        None => s.push_str("    proxy_next_upstream error timeout;\n    proxy_next_upstream_tries 2;\n"),
+        // The http level's default.
+        None => {}
         Some((0, _, _)) => s.push_str("    proxy_next_upstream off;\n"),
         Some((n, on, budget)) => {
             let _ = writeln!(s, "    proxy_next_upstream {};", on.join(" "));
@@ -572,7 +587,7 @@ fn ai_location(u: &Unit, body: &AiBody) -> String {
         s.push_str("    client_body_buffer_size 4m;\n    client_max_body_size 4m;\n    client_body_in_single_buffer on;\n");
         s.push_str("    mirror /__crwatch_mirror;\n    mirror_request_body on;\n");
     }
-    s.push_str("    proxy_http_version 1.1;\n    proxy_buffering off;\n");
+    s.push_str("    proxy_buffering off;\n");
     let _ = writeln!(s, "    proxy_set_header Host $crw_ai_{id}_host;");
     s.push_str("    proxy_set_header Connection \"\";\n");
     let _ = writeln!(s, "    proxy_set_header Authorization $crw_ai_{id}_auth;");
@@ -772,8 +787,16 @@ fn server_body(
     if !has_root {
         w.l(0, "location / { return 404; }");
     }
-    w.l(0, "location @crw_404 { return 404; }");
-    w.l(0, "location = /__crwatch_mirror { internal; return 204; }");
+    // Locations cost memory in every server block: only where something uses them.
+    if groups.values().any(|m| m.iter().all(|u| !u.headers.is_empty())) {
+        w.l(0, "location @crw_404 { return 404; }");
+    }
+    if units
+        .iter()
+        .any(|u| matches!(&u.body, UnitBody::Ai(b) if b.uses_model()))
+    {
+        w.l(0, "location = /__crwatch_mirror { internal; return 204; }");
+    }
     for u in units {
         if let Some(t) = texts.get(&u.key) {
             w.owned(&u.key, 0, &t.location);
@@ -908,6 +931,16 @@ pub fn render(plan: &Plan, settings: &Settings) -> Rendered {
     ] {
         w.l(1, line);
     }
+    w.l(1, "proxy_http_version 1.1;");
+    w.l(1, "proxy_set_header Connection \"\";");
+    for (name, value) in DEFAULT_HEADERS {
+        w.l(1, &format!("proxy_set_header {name} {value};"));
+    }
+    w.l(1, &format!("proxy_connect_timeout {DEFAULT_CONNECT_MS}ms;"));
+    w.l(1, &format!("proxy_read_timeout {DEFAULT_READ_MS}ms;"));
+    w.l(1, &format!("proxy_send_timeout {DEFAULT_READ_MS}ms;"));
+    w.l(1, "proxy_next_upstream error timeout;");
+    w.l(1, "proxy_next_upstream_tries 2;");
     w.l(
         1,
         &format!(

@@ -282,8 +282,17 @@ pub async fn run(
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
-                if ctx.engine.nginx().master_pid().is_none() {
-                    tracing::warn!("the nginx master is gone; syncing to start it again");
+                // The master died (start it again), the last sync failed (nginx was not up yet
+                // in external mode), or nginx serves another generation (restarted by someone
+                // else): sync. Otherwise this costs one loopback request.
+                let latest = ctx.engine.latest();
+                let nginx = ctx.engine.nginx();
+                let master = nginx.master_pid().is_some();
+                if !master || latest.error.is_some() || nginx.serving().await != latest.live {
+                    if !master {
+                        tracing::warn!("no nginx master is running; syncing to start or adopt one");
+                    }
+                    ctx.engine.touch();
                     ctx.engine.sync().await;
                 }
             }
