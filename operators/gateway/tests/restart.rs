@@ -397,3 +397,77 @@ async fn a_killed_nginx_is_started_again_by_the_running_operator() {
     .unwrap_or_else(|e| panic!("the route is served again: {e}\n{}", op.log()));
     op.kill().await;
 }
+
+/// Only the master dies (SIGKILL, as the OOM killer might): its workers go on serving and hold
+/// the port. The operator retires them gracefully and starts a new master on the live
+/// configuration; under 200 req/s, the requests that fail are only those in the moment between
+/// the orphans closing their sockets and the new master opening its own (printed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_master_alone_is_replaced_and_its_orphaned_workers_retired() {
+    let mut site = Site::new("gw-master-dies").await;
+    let api = site.routes();
+    let a = Backend::start("a").await.expect("backend a");
+    let op = site.start_operator();
+    api.create(
+        &PostParams::default(),
+        &route(
+            "main",
+            json!({"host": "restart.test", "backends": [{"url": a.url()}]}),
+        ),
+    )
+    .await
+    .expect("create main");
+    wait_condition(&api, "main", "Programmed", "True", &op).await;
+    let master = site.nginx.master_pid().expect("the operator started nginx");
+    let load = LoadGen::start(LoadConfig::new(site.addr(), "restart.test", "/load", 200)).expect("load");
+    // SIGKILL to the master process only.
+    // SAFETY: kill(2) with a pid read from nginx's own pid file and checked to be its master.
+    assert_eq!(unsafe { libc::kill(master, libc::SIGKILL) }, 0);
+    // Its workers, orphaned (they share its process group).
+    let orphans: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            // /proc/<pid>/stat: pid (comm) state ppid pgrp ...
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let pgrp: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()?;
+            (pgrp == master).then(|| stat)
+        })
+        .collect();
+    assert!(!orphans.is_empty(), "the workers outlive their master");
+    let replaced = wait_for("a new master serving", Duration::from_secs(20), async || {
+        let pid = site.nginx.master_pid().filter(|p| *p != master)?;
+        site.nginx.serving().await.map(|_| pid)
+    })
+    .await;
+    first_success_after(
+        site.addr(),
+        "restart.test",
+        "/probe",
+        &[],
+        Some("a"),
+        Duration::from_millis(10),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("served again: {e}\n{}", op.log()));
+    let stats = load.stop().await;
+    println!("master {master} replaced by {replaced}; under load: {stats}");
+    assert!(stats.ok > 0, "{stats}");
+    // None is left.
+    wait_for(
+        "the orphaned workers to exit",
+        Duration::from_secs(20),
+        async || {
+            orphans
+                .iter()
+                .all(|s| {
+                    let pid = s.split_whitespace().next().unwrap_or("0");
+                    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    op.kill().await;
+}
