@@ -103,12 +103,14 @@ pub struct ForwardArgs {
 
 /// `crwatch demo`.
 #[derive(Debug, Clone, Args)]
+#[command(disable_help_subcommand = true)]
 pub struct DemoArgs {
     /// Pause between steps, e.g. `1s`, `300ms` (0 to 1m).
-    #[arg(long, default_value = "1s", value_parser = parse_pace)]
+    // Global: `crwatch demo gateway --pace 0s` sets it too.
+    #[arg(long, default_value = "1s", value_parser = parse_pace, global = true)]
     pub pace: humantime::Duration,
     /// Keep the API server running after the demo until Ctrl-C, and print its kubeconfig path.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub keep: bool,
     /// Run the Database operator in process against a local PostgreSQL (the default when
     /// crwatch is built with the `demo-operator` feature).
@@ -117,6 +119,17 @@ pub struct DemoArgs {
     /// Play the scripted demo: the script writes status itself, no operator or PostgreSQL.
     #[arg(long, overrides_with = "operator")]
     pub no_operator: bool,
+    /// Another demo than the Database one.
+    #[command(subcommand)]
+    pub demo: Option<DemoCommand>,
+}
+
+/// `crwatch demo <DEMO>`: the demos besides the Database one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum DemoCommand {
+    /// The gateway operator driving a local nginx: GatewayRoutes added, shifted by weight and
+    /// removed under load, watched with diffs (feature `demo-gateway`).
+    Gateway,
 }
 
 impl DemoArgs {

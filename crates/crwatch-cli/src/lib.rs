@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod demo;
+pub mod demo_gateway;
 pub mod errors;
 pub mod forward;
 pub mod get;
@@ -174,7 +175,10 @@ pub async fn run(cli: args::Cli) -> anyhow::Result<()> {
     match cli.command {
         args::Command::Get(a) => get::run(a).await,
         args::Command::Forward(a) => forward::run(a).await,
-        args::Command::Demo(a) => demo::run(a).await,
+        args::Command::Demo(a) => match a.demo {
+            Some(args::DemoCommand::Gateway) => demo_gateway::run(a).await,
+            None => demo::run(a).await,
+        },
         args::Command::Serve(a) => serve::run(a).await,
         args::Command::Mcp(a) => mcp::run(a).await,
     }
