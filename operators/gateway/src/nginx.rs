@@ -260,18 +260,25 @@ impl Nginx {
         let deadline = Instant::now() + RELOAD_TIMEOUT;
         loop {
             // nginx keeps the old workers accepting for 100 ms after starting the new ones
-            // (ngx_master_process_cycle): the generation is live once the new workers answer
-            // and every old worker has stopped accepting ("is shutting down") or exited.
-            if self.serving().await.as_deref() == Some(r.hash.as_str()) {
-                // The new workers are up: retire the old ones now rather than after the
-                // master's 100 ms pause. SIGQUIT is the master's own graceful shutdown signal:
-                // they close their listening sockets and finish what they are serving.
-                for pid in old_workers.iter().filter(|pid| accepting(**pid)) {
-                    let _ = signal(*pid, libc::SIGQUIT);
+            // (ngx_master_process_cycle), and they win most accepts meanwhile. Once the master
+            // has forked new workers it has loaded the configuration: retire the old workers
+            // at once with SIGQUIT, the master's own graceful-shutdown signal (they close their
+            // listening sockets and finish what they serve). Connections arriving meanwhile
+            // wait in the shared socket's backlog for the new workers: none is refused.
+            if let Some(master) = self.master_pid() {
+                let forked = children(master)
+                    .into_iter()
+                    .any(|pid| !old_workers.contains(&pid) && accepting(pid));
+                if forked {
+                    for pid in old_workers.iter().filter(|pid| accepting(**pid)) {
+                        let _ = signal(*pid, libc::SIGQUIT);
+                    }
                 }
-                if old_workers.iter().all(|pid| !accepting(*pid)) {
-                    break;
-                }
+            }
+            if old_workers.iter().all(|pid| !accepting(*pid))
+                && self.serving().await.as_deref() == Some(r.hash.as_str())
+            {
+                break;
             }
             if Instant::now() > deadline {
                 let detail = self

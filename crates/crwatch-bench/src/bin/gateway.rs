@@ -50,6 +50,9 @@ The gateway operator's benchmark: GatewayRoute change to first request served (t
 crwatch-apiserver and the operator, under a steady load), and nginx's reload cost with N routes.
 
   --changes N          route changes timed per run, alternating create / backend switch (default 100)
+  --spacing S          quiet (default: each change once nginx took the previous reload fully) or
+                       back-to-back (each change as soon as the previous is Programmed; nginx
+                       then paces reloads by its 100 ms post-reload pause)
   --rate R             steady load on a stable route during the changes, requests/s (default 200)
   --routes L           route counts for the reload cost (default 10,100,1000)
   --loaded-routes L    routes already live through the API server during the change runs,
@@ -76,6 +79,10 @@ struct Options {
     repeats: usize,
     json: Option<PathBuf>,
     nginx: PathBuf,
+    /// Wait before each change until nginx's master has reaped the previous reload's old
+    /// workers: nginx pauses 100 ms after every reload before it takes the next one, so
+    /// back-to-back changes measure that pause, spaced ones the operator.
+    quiet: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -87,6 +94,7 @@ fn parse_args() -> Result<Options> {
         repeats: 5,
         json: None,
         nginx: PathBuf::new(),
+        quiet: true,
     };
     let mut nginx = None;
     let mut args = std::env::args().skip(1);
@@ -108,6 +116,13 @@ fn parse_args() -> Result<Options> {
             "--repeats" => o.repeats = number(&value)?,
             "--json" => o.json = Some(PathBuf::from(value)),
             "--nginx" => nginx = Some(PathBuf::from(value)),
+            "--spacing" => {
+                o.quiet = match value.as_str() {
+                    "quiet" => true,
+                    "back-to-back" => false,
+                    other => bail!("--spacing {other:?}: quiet or back-to-back"),
+                }
+            }
             _ => bail!("unknown option {flag}\n\n{USAGE}"),
         }
     }
@@ -254,6 +269,25 @@ fn nginx_memory(nginx: &Nginx) -> Result<Mem> {
 
 /// Wait until the old workers of earlier reloads have exited (their memory would be counted
 /// otherwise); gives up quietly after a while, the figure then includes them.
+/// Wait until every child of the master is a live worker (no old worker draining or waiting
+/// to be reaped): nginx takes a reload at once only then.
+async fn quiet(nginx: &Nginx) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let Some(master) = nginx.master_pid() else { return };
+        let busy = children(master).into_iter().any(|pid| {
+            !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let t = String::from_utf8_lossy(&c);
+                t.starts_with("nginx: worker process") && !t.contains("shutting down")
+            })
+        });
+        if !busy {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn settle(nginx: &Nginx) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
@@ -534,6 +568,9 @@ async fn change_run(opts: &Options, loaded: usize) -> Result<ChangeRun> {
     let mut changes = Vec::with_capacity(opts.changes);
     let mut shift_to_b = false;
     for i in 0..opts.changes {
+        if opts.quiet {
+            quiet(&op.nginx.0).await;
+        }
         let (kind, name, host, expect, t0, written) = if i % 2 == 0 {
             let name = format!("new-{i:05}");
             let host = format!("new-{i}.bench");
@@ -800,8 +837,14 @@ fn print_and_json(opts: &Options, m: &Machine, runs: &[ChangeRun], reloads: &[Re
         }
     );
     println!(
-        "## Change to first request served ({} changes, alternating create and backend switch; {} req/s on a stable route throughout)\n",
-        opts.changes, opts.rate
+        "## Change to first request served ({} changes, {}, alternating create and backend switch; {} req/s on a stable route throughout)\n",
+        opts.changes,
+        if opts.quiet {
+            "each once nginx is quiet"
+        } else {
+            "back to back"
+        },
+        opts.rate
     );
     println!(
         "crwatch-apiserver and the operator in one process, a real nginx (1 worker), polled every {} ms on new connections. \
@@ -929,7 +972,7 @@ fn print_and_json(opts: &Options, m: &Machine, runs: &[ChangeRun], reloads: &[Re
     );
     json!({
         "machine": {"cores": m.cores, "cpu": m.cpu, "kernel": m.kernel, "nginx": m.nginx},
-        "options": {"changes": opts.changes, "rate": opts.rate, "routes": opts.routes, "loaded_routes": opts.loaded,
+        "options": {"spacing": if opts.quiet { "quiet" } else { "back-to-back" }, "changes": opts.changes, "rate": opts.rate, "routes": opts.routes, "loaded_routes": opts.loaded,
                     "repeats": opts.repeats, "poll_ms": ms(POLL)},
         "change_to_first_request": runs_json,
         "reload_cost": reload_json,
