@@ -303,19 +303,19 @@ trait DatabaseServer: Send + Sync {
     fn database_exists<'a>(&'a self, name: &'a str) -> BoxFuture<'a, anyhow::Result<bool>>;
 }
 
-/// Narration on stderr, dimmed on a terminal.
-struct Narrator {
+/// Narration on stderr, dimmed on a terminal (both demos narrate with it).
+pub(crate) struct Narrator {
     dim: bool,
 }
 
 impl Narrator {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Narrator {
             dim: colour_for(std::io::stderr().is_terminal()),
         }
     }
 
-    fn line(&self, text: &str) {
+    pub(crate) fn line(&self, text: &str) {
         if self.dim {
             eprintln!("{}{text}{}", ansi::DIM, ansi::RESET);
         } else {
@@ -323,7 +323,7 @@ impl Narrator {
         }
     }
 
-    fn step(&self, text: &str) {
+    pub(crate) fn step(&self, text: &str) {
         self.line(&format!("→ {text}"));
     }
 }

@@ -39,7 +39,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 #[cfg(feature = "demo-gateway")]
 mod live {
     use std::collections::BTreeMap;
-    use std::io::IsTerminal;
     use std::net::SocketAddr;
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
@@ -59,7 +58,7 @@ mod live {
     use tokio_util::sync::CancellationToken;
 
     use crate::args::{GetArgs, Output};
-    use crate::get::{self, ChangeKind, Embed, WatchReport, ansi, colour_for};
+    use crate::get::{self, ChangeKind, Embed, WatchReport};
 
     /// The namespace the routes live in.
     const NAMESPACE: &str = "demo";
@@ -80,30 +79,7 @@ mod live {
     /// a multiple of every split's round-robin cycle).
     const WINDOW_MIN: u64 = 100;
 
-    /// Narration on stderr, dimmed on a terminal (as `crwatch demo` narrates).
-    struct Narrator {
-        dim: bool,
-    }
-
-    impl Narrator {
-        fn new() -> Self {
-            Narrator {
-                dim: colour_for(std::io::stderr().is_terminal()),
-            }
-        }
-
-        fn line(&self, text: &str) {
-            if self.dim {
-                eprintln!("{}{text}{}", ansi::DIM, ansi::RESET);
-            } else {
-                eprintln!("{text}");
-            }
-        }
-
-        fn step(&self, text: &str) {
-            self.line(&format!("→ {text}"));
-        }
-    }
+    use crate::demo::Narrator;
 
     /// nginx, killed (its whole process group) if the demo ends without stopping it: it runs in
     /// its own process group so that it outlives the operator, and must not outlive the demo.
