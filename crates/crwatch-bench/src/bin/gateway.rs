@@ -735,6 +735,9 @@ async fn reload_run(opts: &Options, n: usize, a: &Backend, b: &Backend) -> Resul
         // One change step by step, as Engine::sync() does it.
         let i = (2 * rep) % n;
         let expect = flip(i)?;
+        if opts.quiet {
+            quiet(&nginx).await;
+        }
         let t0 = Instant::now();
         let p = plan(&snapshot());
         let rendered = render(&p, &settings);
@@ -785,6 +788,9 @@ async fn reload_run(opts: &Options, n: usize, a: &Backend, b: &Backend) -> Resul
         // Another one through the engine, whole.
         let j = (2 * rep + 1) % n;
         let expect = flip(j)?;
+        if opts.quiet {
+            quiet(&nginx).await;
+        }
         engine.touch();
         let out = engine.sync().await;
         ensure!(
