@@ -431,7 +431,7 @@ async fn a_killed_master_alone_is_replaced_and_its_orphaned_workers_retired() {
             // /proc/<pid>/stat: pid (comm) state ppid pgrp ...
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
             let pgrp: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()?;
-            (pgrp == master).then(|| stat)
+            (pgrp == master).then_some(stat)
         })
         .collect();
     assert!(!orphans.is_empty(), "the workers outlive their master");
