@@ -364,6 +364,26 @@ where
         *write(&self.inner.transform) = transform;
     }
 
+    /// Keep only the projected fields in the cache (see [`crate::projection`]); every
+    /// handler of this informer sees projected objects. Set it before the informer starts.
+    ///
+    /// ```
+    /// use crwatch::informer::InformerFactory;
+    /// use crwatch::projection::Projection;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// # async fn f(client: kube::Client) {
+    /// let factory = InformerFactory::new(client);
+    /// let configs = factory.all::<ConfigMap>();
+    /// configs.set_projection(Projection::fields(["data.mode"]).unwrap());
+    /// # }
+    /// ```
+    pub fn set_projection(&self, projection: crate::projection::Projection)
+    where
+        K: serde::de::DeserializeOwned,
+    {
+        self.set_transform(Some(projection.transform::<K>()));
+    }
+
     /// Diff lists by these keys (e.g. `ListKeys::from_crd(&crd, "v1")`, so a CRD's
     /// `x-kubernetes-list-map-keys` name list items in diffs); the built-in merge keys otherwise.
     pub fn set_list_keys(&self, keys: crate::diff::ListKeys) {

@@ -16,6 +16,7 @@ pub mod json;
 pub mod leader;
 pub mod manager;
 pub mod metrics;
+pub mod projection;
 pub mod queue;
 pub mod retry;
 pub mod source;

@@ -183,7 +183,7 @@ impl<K> Indexers<K> {
     }
 
     /// The values of every index for `obj`, aligned with `self.fns`.
-    pub(crate) fn compute(&self, obj: &K) -> IndexValues {
+    pub(crate) fn compute(&self, obj: &K) -> Computed {
         self.fns.iter().map(|f| normalize(f(obj))).collect()
     }
 }
@@ -195,15 +195,27 @@ pub(crate) fn normalize(mut values: Vec<String>) -> Vec<String> {
     values
 }
 
-/// Per index (aligned with [`Indexers::fns`]), the values one object is filed under.
-pub(crate) type IndexValues = Vec<Vec<String>>;
+/// An object's key, shared by the object map and every index set it is filed in (one
+/// allocation per object instead of one per index value).
+pub(crate) type SharedKey = Arc<ObjectKey>;
+
+/// An index value, interned: every object filed under `default` or `app=web` points at the
+/// same string, which is also the index map's key.
+pub(crate) type Interned = Arc<str>;
+
+/// Per index (aligned with [`Indexers::fns`]), the values one object is filed under, as the
+/// index functions return them (normalized).
+pub(crate) type Computed = Vec<Vec<String>>;
+
+/// Per index, the interned values one object is filed under (what the store keeps).
+pub(crate) type IndexValues = Vec<Box<[Interned]>>;
 
 /// Per index, value → keys of the objects filed under it. Keys are kept sorted so lookups
 /// return objects in the same deterministic order as `Store::list`. Empty sets are removed so
 /// `index_values` lists only values that find something.
 #[derive(Default)]
 pub(crate) struct Indices {
-    maps: Vec<HashMap<String, BTreeSet<ObjectKey>>>,
+    maps: Vec<HashMap<Interned, BTreeSet<SharedKey>>>,
 }
 
 impl Indices {
@@ -213,7 +225,7 @@ impl Indices {
         }
     }
 
-    pub(crate) fn get(&self, pos: usize, value: &str) -> Option<&BTreeSet<ObjectKey>> {
+    pub(crate) fn get(&self, pos: usize, value: &str) -> Option<&BTreeSet<SharedKey>> {
         self.maps.get(pos)?.get(value)
     }
 
@@ -221,25 +233,35 @@ impl Indices {
         let mut v: Vec<String> = self
             .maps
             .get(pos)
-            .map(|m| m.keys().cloned().collect())
+            .map(|m| m.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default();
         v.sort_unstable();
         v
     }
 
-    /// Files `key` under the values of one index.
-    pub(crate) fn add(&mut self, pos: usize, key: &ObjectKey, values: &[String]) {
+    /// Files `key` under the values of one index; returns them interned.
+    pub(crate) fn add(&mut self, pos: usize, key: &SharedKey, values: &[String]) -> Box<[Interned]> {
         if self.maps.len() <= pos {
             self.maps.resize_with(pos + 1, HashMap::new);
         }
         let map = &mut self.maps[pos];
-        for v in values {
-            map.entry(v.clone()).or_default().insert(key.clone());
-        }
+        values
+            .iter()
+            .map(|v| {
+                let interned = match map.get_key_value(v.as_str()) {
+                    Some((k, _)) => Arc::clone(k),
+                    None => Interned::from(v.as_str()),
+                };
+                map.entry(Arc::clone(&interned))
+                    .or_default()
+                    .insert(Arc::clone(key));
+                interned
+            })
+            .collect()
     }
 
     /// Unfiles `key` from the values of one index.
-    pub(crate) fn remove(&mut self, pos: usize, key: &ObjectKey, values: &[String]) {
+    pub(crate) fn remove(&mut self, pos: usize, key: &ObjectKey, values: &[Interned]) {
         let Some(map) = self.maps.get_mut(pos) else { return };
         for v in values {
             if let Some(keys) = map.get_mut(v) {
@@ -251,18 +273,29 @@ impl Indices {
         }
     }
 
-    /// Moves `key` from its old values to its new ones, touching only indexes that differ.
-    pub(crate) fn update(&mut self, key: &ObjectKey, old: Option<&IndexValues>, new: &IndexValues) {
-        for (pos, new_vals) in new.iter().enumerate() {
-            let old_vals = old.and_then(|o| o.get(pos));
-            if old_vals == Some(new_vals) {
-                continue;
-            }
-            if let Some(old_vals) = old_vals {
-                self.remove(pos, key, old_vals);
-            }
-            self.add(pos, key, new_vals);
-        }
+    /// Moves `key` from its old values to its new ones, touching only indexes that differ;
+    /// returns the new values interned.
+    pub(crate) fn update(
+        &mut self,
+        key: &SharedKey,
+        old: Option<&IndexValues>,
+        new: &Computed,
+    ) -> IndexValues {
+        new.iter()
+            .enumerate()
+            .map(|(pos, new_vals)| {
+                let old_vals = old.and_then(|o| o.get(pos));
+                if let Some(old_vals) = old_vals {
+                    if old_vals.len() == new_vals.len()
+                        && old_vals.iter().zip(new_vals).all(|(a, b)| **a == **b)
+                    {
+                        return old_vals.clone();
+                    }
+                    self.remove(pos, key, old_vals);
+                }
+                self.add(pos, key, new_vals)
+            })
+            .collect()
     }
 
     /// Drops every entry of index `pos` (before it is rebuilt for a replaced indexer).

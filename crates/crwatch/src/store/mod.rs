@@ -39,7 +39,7 @@ pub use index::{
 };
 pub use lister::{Lister, SelectorError, parse_selector};
 
-use index::{IndexValues, Indexers, Indices};
+use index::{IndexValues, Indexers, Indices, SharedKey};
 
 /// client-go's `MetaNamespaceKey`: `ns/name`, or `name` for cluster-scoped objects.
 ///
@@ -215,7 +215,7 @@ struct Entry<K> {
 /// ignored safely.
 struct State<K> {
     indexers: Arc<Indexers<K>>,
-    objects: BTreeMap<ObjectKey, Entry<K>>,
+    objects: BTreeMap<SharedKey, Entry<K>>,
     indices: Indices,
 }
 
@@ -352,7 +352,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
                 let objs: Vec<(ObjectKey, Arc<K>)> = st
                     .objects
                     .iter()
-                    .map(|(k, e)| (k.clone(), Arc::clone(&e.obj)))
+                    .map(|(k, e)| ((**k).clone(), Arc::clone(&e.obj)))
                     .collect();
                 (Arc::clone(&st.indexers), objs)
             };
@@ -369,7 +369,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
             let values: Vec<Vec<String>> = st
                 .objects
                 .iter()
-                .map(|(key, e)| match precomputed.remove(key) {
+                .map(|(key, e)| match precomputed.remove(&**key) {
                     Some((obj, vals)) if Arc::ptr_eq(&obj, &e.obj) => vals,
                     _ => index::normalize(f(&e.obj)),
                 })
@@ -382,7 +382,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
             } = &mut *st;
             indices.clear(pos);
             for ((key, e), vals) in objects.iter_mut().zip(values) {
-                indices.add(pos, key, &vals);
+                let vals = indices.add(pos, key, &vals);
                 match e.values.get_mut(pos) {
                     Some(slot) => *slot = vals,
                     None => e.values.push(vals),
@@ -419,8 +419,11 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
             st.indexers.compute(&obj)
         };
         let State { objects, indices, .. } = &mut *st;
-        let old = objects.get(&key).map(|e| &e.values);
-        indices.update(&key, old, &values);
+        let (key, old) = match objects.get_key_value(&key) {
+            Some((k, e)) => (Arc::clone(k), Some(&e.values)),
+            None => (Arc::new(key), None),
+        };
+        let values = indices.update(&key, old, &values);
         objects.insert(key, Entry { obj, values }).map(|e| e.obj)
     }
 
@@ -477,24 +480,20 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         let (new_list, old_objects) = loop {
             // Build the new content entirely outside the lock, then swap it in.
             let indexers = Arc::clone(&self.read().indexers);
-            let mut objects = BTreeMap::new();
+            let mut computed = BTreeMap::new();
             for (key, obj) in &objs {
-                let values = indexers.compute(obj);
-                objects.insert(
-                    key.clone(),
-                    Entry {
-                        obj: Arc::clone(obj),
-                        values,
-                    },
-                );
+                computed.insert(key.clone(), (Arc::clone(obj), indexers.compute(obj)));
             }
             let mut indices = Indices::with_len(indexers.fns.len());
-            for (key, e) in &objects {
-                indices.update(key, None, &e.values);
+            let mut objects: BTreeMap<SharedKey, Entry<K>> = BTreeMap::new();
+            for (key, (obj, values)) in computed {
+                let key = Arc::new(key);
+                let values = indices.update(&key, None, &values);
+                objects.insert(key, Entry { obj, values });
             }
             let new_list: Vec<(ObjectKey, Arc<K>)> = objects
                 .iter()
-                .map(|(k, e)| (k.clone(), Arc::clone(&e.obj)))
+                .map(|(k, e)| ((**k).clone(), Arc::clone(&e.obj)))
                 .collect();
             let mut st = self.write();
             if !Arc::ptr_eq(&st.indexers, &indexers) {
@@ -507,10 +506,10 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         let mut out = Replaced::default();
         let mut old_iter = old_objects.into_iter().peekable();
         for (key, new) in new_list {
-            while let Some((_, e)) = old_iter.next_if(|(k, _)| *k < key) {
+            while let Some((_, e)) = old_iter.next_if(|(k, _)| **k < key) {
                 out.deleted.push(e.obj);
             }
-            match old_iter.next_if(|(k, _)| *k == key) {
+            match old_iter.next_if(|(k, _)| **k == key) {
                 Some((_, e)) if !same_object(&*e.obj, &*new) => {
                     // Deleted and created again under the same name while nobody looked.
                     out.deleted.push(e.obj);
