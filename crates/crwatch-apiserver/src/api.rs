@@ -283,8 +283,17 @@ impl Api {
         Ok((labels, fields))
     }
 
-    /// LIST a collection with selectors, paging and resourceVersion semantics.
+    /// LIST a collection with selectors, paging and resourceVersion semantics, as one value
+    /// (the whole body built at once; [`Api::list_page`] writes it a chunk at a time).
     pub async fn list(&self, ctx: &Ctx) -> ApiResult<Value> {
+        Ok(self.list_page(ctx).await?.into_value())
+    }
+
+    /// LIST a collection with selectors, paging and resourceVersion semantics: the page's
+    /// objects (the stored versions, shared) and the list's metadata, to be written with
+    /// [`ListPage::chunks`]. A page costs what it holds: it starts at its continue key and
+    /// reads no further than one match past its limit (see [`Store::list_page`]).
+    pub async fn list_page(&self, ctx: &Ctx) -> ApiResult<ListPage> {
         let (labels, fields) = self.selectors(ctx)?;
         let gr = gr_of(&ctx.def);
         let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
@@ -295,38 +304,22 @@ impl Api {
         let limit = usize::try_from(ctx.params.int64("limit")?.unwrap_or(0).max(0)).unwrap_or(usize::MAX);
         let cont = ctx.params.get("continue").unwrap_or_default();
         validate_list_options(rv, rv_match, cont)?;
-        let (objects, snapshot_rev, start_after) = if !cont.is_empty() {
+        // Where to read (None: the newest revision), and the key to start after.
+        let (at, start_after) = if !cont.is_empty() {
             if !rv.is_empty() && rv != "0" {
                 return Err(ApiError::bad_request(
                     "specifying resource version is not allowed when using continue",
                 ));
             }
             let (rev, start) = decode_continue(cont)?;
-            match rev {
-                // A token from a 410: continue at the newest state (an inconsistent list).
-                None => {
-                    let (objs, rev) = self.store.list(&gr, ns);
-                    (objs, rev, Some(start))
-                }
-                Some(rev) => match self.store.list_at(&gr, ns, rev) {
-                    Ok(objs) => (objs, rev, Some(start)),
-                    Err(_) => {
-                        let mut e = ApiError::gone(CONTINUE_EXPIRED);
-                        e.continue_token = Some(encode_continue_latest(&start));
-                        return Err(e);
-                    }
-                },
-            }
+            // A token from a 410 (`rev` None) continues at the newest state (an inconsistent list).
+            (rev, Some(start))
         } else if rv_match == "Exact" {
             let want: u64 = rv
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
             self.wait_for_revision(want).await?;
-            let objs = self
-                .store
-                .list_at(&gr, ns, want)
-                .map_err(|_| ApiError::gone("The resourceVersion for the provided list is too old."))?;
-            (objs, want, None)
+            (Some(want), None)
         } else {
             if !rv.is_empty() && rv != "0" {
                 let want: u64 = rv
@@ -334,47 +327,48 @@ impl Api {
                     .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
                 self.wait_for_revision(want).await?;
             }
-            let (objs, rev) = self.store.list(&gr, ns);
-            (objs, rev, None)
+            (None, None)
         };
-        let mut items = vec![];
-        let mut next = None;
-        let mut remaining = 0usize;
-        for o in objects.iter() {
-            if let Some(start) = &start_after {
-                let key = format!("{}/{}", meta_str(o, "namespace"), meta_str(o, "name"));
-                if key.as_str() <= start.as_str() {
-                    continue;
-                }
-            }
-            if !labels.matches_object(o) || !fields.matches(o) {
-                continue;
-            }
-            if limit > 0 && items.len() == limit {
-                remaining += 1;
-                continue;
-            }
-            items.push(Self::present(&ctx.def, o));
-            if limit > 0 && items.len() == limit {
-                next = Some(format!("{}/{}", meta_str(o, "namespace"), meta_str(o, "name")));
-            }
-        }
-        let mut list_meta = json!({"resourceVersion": snapshot_rev.to_string()});
-        if remaining > 0
-            && let Some(start) = next
-        {
-            list_meta["continue"] = json!(encode_continue(snapshot_rev, &start));
+        let after = start_after.as_deref().map(continue_key);
+        let unfiltered = labels.is_empty() && fields.is_empty();
+        let query = crate::store::PageQuery {
+            ns,
+            at,
+            after: after.as_ref(),
+            limit,
             // Only an unfiltered list knows how many are left (as etcd counts keys).
-            if labels.is_empty() && fields.is_empty() {
+            count_remaining: unfiltered,
+        };
+        let page = match self.store.list_page(&gr, &query, &mut |o| {
+            labels.matches_object(o) && fields.matches(o)
+        }) {
+            Ok(page) => page,
+            Err(_) if !cont.is_empty() => {
+                let mut e = ApiError::gone(CONTINUE_EXPIRED);
+                e.continue_token = start_after.as_deref().map(encode_continue_latest);
+                return Err(e);
+            }
+            Err(_) => {
+                return Err(ApiError::gone(
+                    "The resourceVersion for the provided list is too old.",
+                ));
+            }
+        };
+        let mut list_meta = json!({"resourceVersion": page.rev.to_string()});
+        if page.more
+            && let Some(last) = page.items.last()
+        {
+            let start = format!("{}/{}", meta_str(last, "namespace"), meta_str(last, "name"));
+            list_meta["continue"] = json!(encode_continue(page.rev, &start));
+            if let Some(remaining) = page.remaining.filter(|_| unfiltered) {
                 list_meta["remainingItemCount"] = json!(remaining);
             }
         }
-        Ok(json!({
-            "kind": format!("{}List", ctx.def.kind),
-            "apiVersion": ctx.def.api_version(),
-            "metadata": list_meta,
-            "items": items,
-        }))
+        Ok(ListPage {
+            def: ctx.def.clone(),
+            metadata: list_meta,
+            items: page.items,
+        })
     }
 
     /// Wait (up to 3 s, as the real server does) until the store reaches `rev`.
@@ -2117,6 +2111,157 @@ fn decode_continue(token: &str) -> ApiResult<(Option<u64>, String)> {
         .ok_or_else(bad)?
         .to_string();
     Ok((rev, start))
+}
+
+/// The store key a continue token's `start` ("namespace/name", "/name" when cluster-scoped)
+/// names. Namespaces hold no `/`, so the first one splits it; a start without one (no token
+/// of this server's) starts after the whole namespace-less prefix, as comparing the strings
+/// did.
+fn continue_key(start: &str) -> crate::store::ObjKey {
+    match start.split_once('/') {
+        Some((ns, name)) => (ns.to_string(), name.to_string()),
+        None => (start.to_string(), String::new()),
+    }
+}
+
+/// One page of a LIST ([`Api::list_page`]): the list's metadata and the stored objects, each
+/// presented at the request's version only as it is written.
+#[derive(Debug)]
+pub struct ListPage {
+    def: Arc<ResourceDef>,
+    /// The list's `metadata` (`resourceVersion`, and `continue` and `remainingItemCount` when
+    /// more follow).
+    pub metadata: Value,
+    /// The stored objects of the page, in key order.
+    pub items: Vec<Arc<Value>>,
+}
+
+/// What a list's items are written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListShape {
+    /// The objects: a `<Kind>List`.
+    Objects,
+    /// Their metadata only: a `PartialObjectMetadataList`.
+    Metadata,
+}
+
+/// How many bytes of a list are written before they are handed on: the most a list's writer
+/// holds besides the objects themselves.
+pub const LIST_CHUNK_BYTES: usize = 64 * 1024;
+
+impl ListPage {
+    /// The whole list as one value (what [`ListPage::chunks`] writes for
+    /// [`ListShape::Objects`]).
+    pub fn into_value(self) -> Value {
+        let items: Vec<Value> = self.items.iter().map(|o| Api::present(&self.def, o)).collect();
+        json!({
+            "kind": format!("{}List", self.def.kind),
+            "apiVersion": self.def.api_version(),
+            "metadata": self.metadata,
+            "items": items,
+        })
+    }
+
+    /// The list as compact JSON, the same bytes as serializing the whole value, in chunks of
+    /// about `chunk` bytes (at least one item each) written only as they are asked for: the
+    /// memory a list takes does not grow with its size, and each object is let go once
+    /// written.
+    ///
+    /// ```
+    /// # use crwatch_apiserver::api::{ListPage, ListShape};
+    /// # fn demo(page: ListPage) {
+    /// let body: Vec<u8> = page.chunks(ListShape::Objects, 64 * 1024).flatten().collect();
+    /// # }
+    /// ```
+    pub fn chunks(self, shape: ListShape, chunk: usize) -> ListChunks {
+        let (kind, api_version) = match shape {
+            ListShape::Objects => (format!("{}List", self.def.kind), self.def.api_version()),
+            ListShape::Metadata => (
+                "PartialObjectMetadataList".to_string(),
+                "meta.k8s.io/v1".to_string(),
+            ),
+        };
+        // The envelope as the whole value serializes it (insertion order, compact).
+        let mut head = Vec::with_capacity(128);
+        head.extend_from_slice(b"{\"kind\":");
+        push_json(&mut head, &Value::String(kind));
+        head.extend_from_slice(b",\"apiVersion\":");
+        push_json(&mut head, &Value::String(api_version));
+        head.extend_from_slice(b",\"metadata\":");
+        push_json(&mut head, &self.metadata);
+        head.extend_from_slice(b",\"items\":[");
+        ListChunks {
+            api_version: self.def.api_version(),
+            def: self.def,
+            shape,
+            chunk: chunk.max(1),
+            head: Some(head),
+            items: self.items.into_iter(),
+            first: true,
+            done: false,
+        }
+    }
+}
+
+/// Serialize `v` compactly onto `out`.
+fn push_json(out: &mut Vec<u8>, v: &Value) {
+    // Writing a Value into a Vec cannot fail (its map keys are strings).
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// A list written a chunk at a time ([`ListPage::chunks`]).
+pub struct ListChunks {
+    def: Arc<ResourceDef>,
+    api_version: String,
+    shape: ListShape,
+    chunk: usize,
+    head: Option<Vec<u8>>,
+    items: std::vec::IntoIter<Arc<Value>>,
+    first: bool,
+    done: bool,
+}
+
+impl ListChunks {
+    /// Write one item as the whole list's value would hold it.
+    fn push_item(&self, out: &mut Vec<u8>, o: &Value) {
+        let as_stored = !crate::convert::converts(&self.def)
+            && o.get("apiVersion").and_then(Value::as_str) == Some(self.api_version.as_str())
+            && o.get("kind").and_then(Value::as_str) == Some(self.def.kind.as_str());
+        match self.shape {
+            // Presenting such an object changes nothing: write it without copying it.
+            ListShape::Objects if as_stored => push_json(out, o),
+            ListShape::Objects => push_json(out, &Api::present(&self.def, o)),
+            ListShape::Metadata if as_stored => push_json(out, &crate::table::partial_metadata(o)),
+            ListShape::Metadata => {
+                push_json(out, &crate::table::partial_metadata(&Api::present(&self.def, o)))
+            }
+        }
+    }
+}
+
+impl Iterator for ListChunks {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if self.done {
+            return None;
+        }
+        let mut out = self.head.take().unwrap_or_default();
+        out.reserve(self.chunk.min(LIST_CHUNK_BYTES * 4));
+        while out.len() < self.chunk {
+            let Some(o) = self.items.next() else {
+                out.extend_from_slice(b"]}");
+                self.done = true;
+                break;
+            };
+            if !self.first {
+                out.push(b',');
+            }
+            self.first = false;
+            self.push_item(&mut out, &o);
+        }
+        Some(out)
+    }
 }
 
 /// `core.MaxSecretSize`: the most data a ConfigMap or Secret may hold.

@@ -565,11 +565,29 @@ async fn resource_request(
         }
         "list" => {
             let stale = state.api.faults.stale_list(&ctx);
-            Out {
-                code: 200,
-                body: state.api.list(stale.as_ref().unwrap_or(&ctx)).await?,
-                warnings: vec![],
-            }
+            let page = state.api.list_page(stale.as_ref().unwrap_or(&ctx)).await?;
+            let shape = match view {
+                View::Json => crate::api::ListShape::Objects,
+                View::Metadata => crate::api::ListShape::Metadata,
+                // A Table's rows are built from every item at once (crate::table).
+                View::Table => {
+                    return table_or_json(
+                        state,
+                        &def,
+                        &ctx,
+                        verb,
+                        view,
+                        Out {
+                            code: 200,
+                            body: page.into_value(),
+                            warnings: vec![],
+                        },
+                    )
+                    .await;
+                }
+            };
+            state.api.store.sync_all().await.map_err(ApiError::internal)?;
+            return Ok(list_response(page, shape));
         }
         "create" => state.api.create(&ctx, body).await?,
         "update" => state.api.update(&ctx, body).await?,
@@ -578,6 +596,43 @@ async fn resource_request(
         "deletecollection" => state.api.delete_collection(&ctx, body).await?,
         _ => return Err(ApiError::method_not_allowed()),
     };
+    table_or_json(state, &def, &ctx, verb, view, out).await
+}
+
+/// A list's JSON response, written a chunk ([`crate::api::LIST_CHUNK_BYTES`]) at a time as the
+/// connection takes it, so a large list never sits whole in memory; one that fits in a chunk
+/// is sent at once, with its length, as before.
+fn list_response(page: crate::api::ListPage, shape: crate::api::ListShape) -> Response {
+    let mut chunks = page.chunks(shape, crate::api::LIST_CHUNK_BYTES);
+    let first = chunks.next().unwrap_or_default();
+    let body = match chunks.next() {
+        None => Body::from(first),
+        Some(second) => {
+            let rest = futures::stream::iter(
+                [first, second]
+                    .into_iter()
+                    .chain(chunks)
+                    .map(|c| Ok::<Bytes, Infallible>(Bytes::from(c))),
+            );
+            Body::from_stream(rest)
+        }
+    };
+    let mut resp = Response::new(body);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The response of a verb's outcome: as a Table or metadata when asked for and it is an
+/// object or a list, else as it is.
+async fn table_or_json(
+    state: &Arc<AppState>,
+    def: &ResourceDef,
+    ctx: &Ctx,
+    verb: &str,
+    view: View,
+    out: Out,
+) -> ApiResult<Response> {
     // Nothing a response shows or acknowledges may be lost in a crash: wait until every change
     // up to the newest revision is on disk (at once without a state file; writes in flight
     // together share one fsync).

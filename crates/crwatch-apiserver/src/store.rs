@@ -1,9 +1,16 @@
 //! The object store: every object by resource and key, one increasing revision across all of
 //! them (as etcd gives), a bounded history of changes per resource for watches and consistent
 //! paging (sized like the real server's watch cache, see [`ResourceHistory`]), and the fan-out
-//! of new changes to watchers.
+//! of new changes to watchers, and lists a page at a time from any kept revision.
+//!
+//! A page of a list costs what the page holds, not what the resource holds: it starts at its
+//! continue key in the ordered map, reads an older revision through an overlay of the changes
+//! made since (history, not a copy of the resource), stops after one more match than it
+//! returns, and counts what is left from the count the previous page left behind.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -94,6 +101,11 @@ struct Inner {
     /// With a state file: committed changes waiting to be on disk before watchers see them.
     pending: VecDeque<Arc<Event>>,
     objects: BTreeMap<GroupResource, BTreeMap<ObjKey, Arc<Value>>>,
+    /// How many objects each namespace of each resource holds, so a page of a namespaced list
+    /// knows the total without counting (kept with `objects` by `put` and `take`).
+    ns_counts: HashMap<GroupResource, HashMap<String, usize>>,
+    /// What the pages handed out recently left to list, so the next page need not count.
+    cursors: Cursors,
     uids: HashMap<String, (GroupResource, ObjKey)>,
     /// Each resource's own history, as the real server keeps one watch cache per resource (so
     /// a busy resource does not push out the history of a quiet one).
@@ -132,6 +144,8 @@ pub struct Store {
     /// History's byte limit over all resources (see [`HistoryBytes`]).
     window_bytes: usize,
     buffer: usize,
+    /// Map entries every list page has looked at, ever (see [`Store::list_visits`]).
+    visits: AtomicU64,
 }
 
 /// The object's resourceVersion as a number (0 when missing or not a number).
@@ -179,6 +193,7 @@ impl Store {
             window: (upper.min(LOWER_BOUND_CAPACITY), upper),
             window_bytes: DEFAULT_HISTORY_BYTES,
             buffer,
+            visits: AtomicU64::new(0),
         }
     }
 
@@ -353,9 +368,119 @@ impl Store {
         ns: Option<&str>,
         rev: u64,
     ) -> Result<Vec<Arc<Value>>, Compacted> {
-        let inner = self.lock();
+        let query = PageQuery {
+            ns,
+            at: Some(rev),
+            ..PageQuery::default()
+        };
+        Ok(self.list_page(gr, &query, &mut |_| true)?.items)
+    }
+
+    /// One page of a list: up to `query.limit` objects that `keep` accepts, in key order,
+    /// after `query.after`, as they were at `query.at` (the newest revision when `None`).
+    ///
+    /// It visits the entries from the start key on, and no further than one match past the
+    /// page (to know whether more follow), plus the changes history holds after an older
+    /// revision; `keep` runs under the store's lock. A revision older than history is
+    /// [`Compacted`].
+    ///
+    /// ```
+    /// # use crwatch_apiserver::registry::GroupResource;
+    /// # use crwatch_apiserver::store::{PageQuery, Store};
+    /// let store = Store::new(100, 100);
+    /// let gr = GroupResource { group: "".into(), resource: "configmaps".into() };
+    /// for name in ["a", "b", "c"] {
+    ///     let cm = serde_json::json!({"metadata": {"namespace": "ns", "name": name}});
+    ///     store.create(&gr, cm).unwrap();
+    /// }
+    /// let first = store
+    ///     .list_page(&gr, &PageQuery { limit: 2, count_remaining: true, ..Default::default() }, &mut |_| true)
+    ///     .unwrap();
+    /// assert_eq!((first.items.len(), first.more, first.remaining), (2, true, Some(1)));
+    /// let after = first.last_key().unwrap();
+    /// let query = PageQuery { at: Some(first.rev), after: Some(&after), limit: 2, ..Default::default() };
+    /// let second = store.list_page(&gr, &query, &mut |_| true).unwrap();
+    /// assert_eq!((second.items.len(), second.more), (1, false));
+    /// ```
+    pub fn list_page(
+        &self,
+        gr: &GroupResource,
+        query: &PageQuery<'_>,
+        keep: &mut dyn FnMut(&Value) -> bool,
+    ) -> Result<Page, Compacted> {
+        let mut inner = self.lock();
+        let newest = inner.rev;
+        let rev = query.at.unwrap_or(newest);
+        let overlay = Self::overlay(&inner, gr, query.ns, rev)?;
+        let mut visited = 0usize;
+        let mut items = vec![];
+        let mut more = false;
+        {
+            let entries = Self::entries_at(&inner, gr, query.ns, query.after, &overlay, &mut visited);
+            for (_, v) in entries {
+                if !keep(v) {
+                    continue;
+                }
+                if query.limit > 0 && items.len() == query.limit {
+                    more = true;
+                    break;
+                }
+                items.push(v.clone());
+            }
+        }
+        let mut remaining = None;
+        if more && query.count_remaining {
+            let cursor = |after: Option<&ObjKey>| Cursor {
+                gr: gr.clone(),
+                ns: query.ns.map(str::to_string),
+                rev,
+                after: after.cloned(),
+            };
+            // A future revision (a made-up token) is no fixed state: nothing about it is kept.
+            let cacheable = rev <= newest;
+            let before = match inner.cursors.get(&cursor(query.after)).filter(|_| cacheable) {
+                Some(n) => n,
+                None => match query.after {
+                    None => Self::total_at(&inner, gr, query.ns, &overlay),
+                    // A token this server did not just hand out (or one it forgot): count.
+                    Some(_) => {
+                        Self::entries_at(&inner, gr, query.ns, query.after, &overlay, &mut visited).count()
+                    }
+                },
+            };
+            let left = before.saturating_sub(items.len());
+            if cacheable && let Some(last) = items.last() {
+                inner.cursors.put(cursor(Some(&key_of(last))), left);
+            }
+            remaining = Some(left);
+        }
+        self.visits.fetch_add(visited as u64, Ordering::Relaxed);
+        Ok(Page {
+            items,
+            rev,
+            more,
+            remaining,
+            visited,
+        })
+    }
+
+    /// Map entries list pages have looked at since the start (objects and changes from
+    /// history), so tests can check that a page costs what it holds.
+    pub fn list_visits(&self) -> u64 {
+        self.visits.load(Ordering::Relaxed)
+    }
+
+    /// What differs at `rev` from the newest state, for the keys that changed since: the
+    /// object they had then, or `None` when they did not exist. Empty at the newest revision.
+    fn overlay(
+        inner: &Inner,
+        gr: &GroupResource,
+        ns: Option<&str>,
+        rev: u64,
+    ) -> Result<BTreeMap<ObjKey, Option<Arc<Value>>>, Compacted> {
+        let mut overlay = BTreeMap::new();
         if rev >= inner.rev {
-            return Ok(Self::collect(&inner.objects, gr, ns));
+            return Ok(overlay);
         }
         let history = match inner.histories.get(gr) {
             Some(h) => h.since(rev)?,
@@ -366,26 +491,88 @@ impl Store {
                 });
             }
             // Nothing of this resource changed since then.
-            None => return Ok(Self::collect(&inner.objects, gr, ns)),
+            None => return Ok(overlay),
         };
-        let mut state: BTreeMap<ObjKey, Arc<Value>> = inner.objects.get(gr).cloned().unwrap_or_default();
+        // Newest first, so the oldest change after `rev` has the last word: its previous
+        // state (or absence, for a create) is the state at `rev`.
         for ev in history.rev() {
+            if ns.is_some_and(|ns| {
+                ev.object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    != ns
+            }) {
+                continue;
+            }
             let key = key_of(&ev.object);
             match (&ev.kind, &ev.prev) {
                 (EventType::Added, _) => {
-                    state.remove(&key);
+                    overlay.insert(key, None);
                 }
                 (_, Some(prev)) => {
-                    state.insert(key, prev.clone());
+                    overlay.insert(key, Some(prev.clone()));
                 }
                 (_, None) => {}
             }
         }
-        Ok(state
+        Ok(overlay)
+    }
+
+    /// The objects in scope at the revision `overlay` describes, in key order, after `after`;
+    /// every map entry looked at counts in `visited`.
+    fn entries_at<'a>(
+        inner: &'a Inner,
+        gr: &GroupResource,
+        ns: Option<&'a str>,
+        after: Option<&ObjKey>,
+        overlay: &'a BTreeMap<ObjKey, Option<Arc<Value>>>,
+        visited: &'a mut usize,
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
+        let lower = start_bound(ns, after);
+        let in_scope = move |k: &&ObjKey| ns.is_none_or(|ns| k.0 == ns);
+        let current = inner
+            .objects
+            .get(gr)
             .into_iter()
-            .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
-            .map(|(_, v)| v)
-            .collect())
+            .flat_map(move |m| m.range((lower.clone(), Bound::Unbounded)))
+            .take_while(move |(k, _)| in_scope(k));
+        let lower = start_bound(ns, after);
+        let changed = overlay
+            .range((lower, Bound::Unbounded))
+            .take_while(move |(k, _)| in_scope(k));
+        Merge {
+            current: current.peekable(),
+            changed: changed.peekable(),
+            visited,
+        }
+    }
+
+    /// How many objects are in scope at the revision `overlay` describes.
+    fn total_at(
+        inner: &Inner,
+        gr: &GroupResource,
+        ns: Option<&str>,
+        overlay: &BTreeMap<ObjKey, Option<Arc<Value>>>,
+    ) -> usize {
+        let now = match ns {
+            None => inner.objects.get(gr).map_or(0, BTreeMap::len),
+            Some(ns) => inner
+                .ns_counts
+                .get(gr)
+                .and_then(|c| c.get(ns))
+                .copied()
+                .unwrap_or(0),
+        };
+        let current = inner.objects.get(gr);
+        overlay.iter().fold(now, |n, (k, then)| {
+            let exists_now = current.is_some_and(|m| m.contains_key(k));
+            match (exists_now, then.is_some()) {
+                (true, false) => n.saturating_sub(1),
+                (false, true) => n + 1,
+                _ => n,
+            }
+        })
     }
 
     fn commit(
@@ -547,11 +734,7 @@ impl Store {
         if let Some(uid) = uid_of(&obj) {
             inner.uids.insert(uid, (gr.clone(), key.clone()));
         }
-        inner
-            .objects
-            .entry(gr.clone())
-            .or_default()
-            .insert(key, obj.clone());
+        inner.put(gr, key, obj.clone());
         self.commit(&mut inner, gr, EventType::Added, obj.clone(), None);
         Ok(obj)
     }
@@ -587,11 +770,7 @@ impl Store {
         let prev = Self::expect(&inner, gr, &key, expected)?;
         Self::stamp(&mut inner, &mut obj);
         let obj = Arc::new(obj);
-        inner
-            .objects
-            .entry(gr.clone())
-            .or_default()
-            .insert(key, obj.clone());
+        inner.put(gr, key, obj.clone());
         self.commit(&mut inner, gr, EventType::Modified, obj.clone(), Some(prev));
         Ok(obj)
     }
@@ -607,9 +786,7 @@ impl Store {
         let mut inner = self.lock();
         let key = key_of(&last);
         let prev = Self::expect(&inner, gr, &key, expected)?;
-        if let Some(m) = inner.objects.get_mut(gr) {
-            m.remove(&key);
-        }
+        inner.take(gr, &key);
         if let Some(uid) = uid_of(&prev) {
             inner.uids.remove(&uid);
         }
@@ -667,7 +844,7 @@ impl Store {
             if let Some(uid) = uid_of(&obj) {
                 inner.uids.insert(uid, (gr.clone(), key.clone()));
             }
-            inner.objects.entry(gr).or_default().insert(key, Arc::new(obj));
+            inner.put(&gr, key, Arc::new(obj));
         }
         // Nothing from before the start can be watched: every history starts here.
         let rev = inner.rev;
@@ -678,6 +855,178 @@ impl Store {
         inner.floor = rev;
         inner.published = rev;
         self.durable.send_modify(|d| d.rev = d.rev.max(rev));
+    }
+}
+
+/// What a page of a list asks for ([`Store::list_page`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageQuery<'a> {
+    /// One namespace, or all.
+    pub ns: Option<&'a str>,
+    /// The revision to read at; `None`: the newest.
+    pub at: Option<u64>,
+    /// Start after this key (a continue token's last key).
+    pub after: Option<&'a ObjKey>,
+    /// At most this many objects; 0: no limit.
+    pub limit: usize,
+    /// Count the objects after the page when more follow (meaningful for unfiltered lists:
+    /// what is counted is every object in scope, whatever the filter).
+    pub count_remaining: bool,
+}
+
+/// One page of a list.
+#[derive(Debug)]
+pub struct Page {
+    /// The objects, in key order (the stored versions; nothing is copied).
+    pub items: Vec<Arc<Value>>,
+    /// The revision the page shows.
+    pub rev: u64,
+    /// More accepted objects follow the page (the last item's key continues it).
+    pub more: bool,
+    /// How many objects in scope follow the page, when asked for and `more`.
+    pub remaining: Option<usize>,
+    /// Map entries the page looked at (objects, and changes from history).
+    pub visited: usize,
+}
+
+impl Page {
+    /// The key of the page's last object: where the next page starts after.
+    pub fn last_key(&self) -> Option<ObjKey> {
+        self.items.last().map(|o| key_of(o))
+    }
+}
+
+/// The key range of a page: after `after`, within `ns`.
+fn start_bound(ns: Option<&str>, after: Option<&ObjKey>) -> Bound<ObjKey> {
+    let first_of_ns = ns.map(|ns| (ns.to_string(), String::new()));
+    match (after, first_of_ns) {
+        (Some(k), Some(first)) if *k < first => Bound::Included(first),
+        (Some(k), _) => Bound::Excluded(k.clone()),
+        (None, Some(first)) => Bound::Included(first),
+        (None, None) => Bound::Unbounded,
+    }
+}
+
+/// The newest objects merged with an overlay of their state at an older revision: where a key
+/// is in both, the overlay's state wins (`None`: the key did not exist then).
+struct Merge<'a, C, O>
+where
+    C: Iterator<Item = (&'a ObjKey, &'a Arc<Value>)>,
+    O: Iterator<Item = (&'a ObjKey, &'a Option<Arc<Value>>)>,
+{
+    current: std::iter::Peekable<C>,
+    changed: std::iter::Peekable<O>,
+    visited: &'a mut usize,
+}
+
+impl<'a, C, O> Iterator for Merge<'a, C, O>
+where
+    C: Iterator<Item = (&'a ObjKey, &'a Arc<Value>)>,
+    O: Iterator<Item = (&'a ObjKey, &'a Option<Arc<Value>>)>,
+{
+    type Item = (&'a ObjKey, &'a Arc<Value>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let take_changed = match (self.current.peek(), self.changed.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((c, _)), Some((o, _))) => {
+                    if c == o {
+                        // The same key: its state then replaces its state now.
+                        self.current.next();
+                        *self.visited += 1;
+                        true
+                    } else {
+                        o < c
+                    }
+                }
+            };
+            *self.visited += 1;
+            if take_changed {
+                match self.changed.next() {
+                    Some((k, Some(v))) => return Some((k, v)),
+                    // Absent at that revision.
+                    Some((_, None)) => continue,
+                    None => return None,
+                }
+            }
+            return self.current.next();
+        }
+    }
+}
+
+/// How many of a page's remaining objects are left after each continue key handed out
+/// recently: `(resource, namespace, revision, key)` to a count. The state at a kept revision
+/// never changes, so an entry stays true until it is pushed out (oldest first, at
+/// [`CURSORS`] entries); a key not here is counted again.
+#[derive(Default)]
+struct Cursors {
+    counts: HashMap<Cursor, usize>,
+    order: VecDeque<Cursor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Cursor {
+    gr: GroupResource,
+    ns: Option<String>,
+    rev: u64,
+    after: Option<ObjKey>,
+}
+
+/// How many continue keys' counts are kept: one per paged list in progress is enough, so a
+/// thousand lists paging at once each find theirs.
+const CURSORS: usize = 1024;
+
+impl Cursors {
+    fn get(&self, c: &Cursor) -> Option<usize> {
+        self.counts.get(c).copied()
+    }
+
+    fn put(&mut self, c: Cursor, left: usize) {
+        if self.counts.insert(c.clone(), left).is_none() {
+            self.order.push_back(c);
+        }
+        while self.order.len() > CURSORS {
+            if let Some(old) = self.order.pop_front() {
+                self.counts.remove(&old);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Store `obj` at `key`, counting it in its namespace when the key is new.
+    fn put(&mut self, gr: &GroupResource, key: ObjKey, obj: Arc<Value>) {
+        let ns = key.0.clone();
+        if self
+            .objects
+            .entry(gr.clone())
+            .or_default()
+            .insert(key, obj)
+            .is_none()
+        {
+            *self
+                .ns_counts
+                .entry(gr.clone())
+                .or_default()
+                .entry(ns)
+                .or_default() += 1;
+        }
+    }
+
+    /// Remove the object at `key`, uncounting it.
+    fn take(&mut self, gr: &GroupResource, key: &ObjKey) {
+        if self.objects.get_mut(gr).and_then(|m| m.remove(key)).is_some()
+            && let Some(counts) = self.ns_counts.get_mut(gr)
+            && let Some(n) = counts.get_mut(&key.0)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&key.0);
+            }
+        }
     }
 }
 
@@ -1139,5 +1488,283 @@ mod tests {
         s.compact();
         assert!(s.history_and_subscribe(newest - 1).is_err());
         assert!(s.history_and_subscribe(newest).is_ok());
+    }
+
+    fn cm_in(ns: &str, name: &str, v: &str, sel: bool) -> Value {
+        json!({"metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
+            "labels": {"sel": if sel { "yes" } else { "no" }}}, "data": {"v": v}})
+    }
+
+    /// Every page of a list, following continue keys: the objects' (namespace, name, data),
+    /// each page's remaining count, and each page's visits.
+    fn all_pages(
+        s: &Store,
+        ns: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&Value) -> bool,
+        at: Option<u64>,
+    ) -> (Vec<(String, String, String)>, Vec<Option<usize>>, Vec<usize>, u64) {
+        let mut out = vec![];
+        let mut remaining = vec![];
+        let mut visits = vec![];
+        let mut after: Option<ObjKey> = None;
+        let mut at = at;
+        loop {
+            let q = PageQuery {
+                ns,
+                at,
+                after: after.as_ref(),
+                limit,
+                count_remaining: true,
+            };
+            let page = s.list_page(&gr(), &q, &mut |o| keep(o)).unwrap();
+            assert!(limit == 0 || page.items.len() <= limit);
+            at = Some(page.rev);
+            for o in &page.items {
+                let (n, name) = key_of(o);
+                out.push((n, name, o["data"]["v"].as_str().unwrap_or_default().to_string()));
+            }
+            remaining.push(page.remaining);
+            visits.push(page.visited);
+            if !page.more {
+                assert_eq!(page.remaining, None);
+                return (out, remaining, visits, page.rev);
+            }
+            assert!(!page.items.is_empty(), "more follow a page with items");
+            after = page.last_key();
+        }
+    }
+
+    fn model(s: &Store, ns: Option<&str>, keep: &dyn Fn(&Value) -> bool) -> Vec<(String, String, String)> {
+        let (objs, _) = s.list(&gr(), ns);
+        objs.iter()
+            .filter(|o| keep(o))
+            .map(|o| {
+                let (n, name) = key_of(o);
+                (n, name, o["data"]["v"].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_at_every_limit_match_the_whole_list_and_count_what_is_left() {
+        let s = Store::new(10_000, 100);
+        // "a" and "a-b": tuple order puts all of "a" first, string order would not.
+        for ns in ["a", "a-b", "b"] {
+            for i in 0..30 {
+                s.create(&gr(), cm_in(ns, &format!("o{i:03}"), "1", i % 10 == 0))
+                    .unwrap();
+            }
+        }
+        let all = |_: &Value| true;
+        let selected = |o: &Value| o["metadata"]["labels"]["sel"] == "yes";
+        for ns in [None, Some("a"), Some("a-b"), Some("zz")] {
+            let want = model(&s, ns, &all);
+            let want_sel = model(&s, ns, &selected);
+            for limit in [0, 1, 2, 3, 7, 10, 30, 89, 90, 91, 500] {
+                let (got, remaining, _, _) = all_pages(&s, ns, limit, &all, None);
+                assert_eq!(got, want, "{ns:?} limit {limit}");
+                // Unfiltered: each page's count is exactly what the later pages hold.
+                let mut left = want.len();
+                for r in remaining.iter().take(remaining.len() - 1) {
+                    left -= limit.min(left);
+                    assert_eq!(*r, Some(left), "{ns:?} limit {limit}");
+                }
+                let (got, _, _, _) = all_pages(&s, ns, limit, &selected, None);
+                assert_eq!(got, want_sel, "{ns:?} limit {limit} selected");
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_visits_what_it_holds_not_the_resource() {
+        let s = Store::new(100, 100);
+        for i in 0..5000 {
+            s.create(&gr(), cm_in("ns", &format!("o{i:05}"), "1", i % 1000 == 999))
+                .unwrap();
+        }
+        let before = s.list_visits();
+        let (got, _, visits, _) = all_pages(&s, None, 100, &|_| true, None);
+        assert_eq!(got.len(), 5000);
+        assert_eq!(visits.len(), 50);
+        // One past the page to know more follow; the count comes from the previous page.
+        assert!(visits.iter().all(|v| *v <= 101), "{visits:?}");
+        assert_eq!(s.list_visits() - before, visits.iter().sum::<usize>() as u64);
+        // Writes after the snapshot: a page at it visits the changes too, not the resource.
+        let (_, _, _, rev) = all_pages(&s, None, 100, &|_| true, Some(s.revision()));
+        for i in 0..50 {
+            let key = ("ns".to_string(), format!("o{:05}", i * 100));
+            let cur = s.get(&gr(), &key).unwrap();
+            s.update(&gr(), cm_in("ns", &key.1, "2", false), rv_of(&cur))
+                .unwrap();
+        }
+        let (got, _, visits, _) = all_pages(&s, None, 100, &|_| true, Some(rev));
+        assert!(got.iter().all(|(_, _, v)| v == "1"), "the snapshot's state");
+        assert!(visits.iter().all(|v| *v <= 101 + 50 + 2), "{visits:?}");
+        // A selector that skips most objects scans on, but never from the start.
+        let selected = |o: &Value| o["metadata"]["labels"]["sel"] == "yes";
+        let (got, _, visits, _) = all_pages(&s, None, 2, &selected, None);
+        assert_eq!(got.len(), 5);
+        // Matches are 1000 apart: a page of two looks from its start to the match after its
+        // second (3000 entries), and the next page starts after its second, not at the start.
+        assert_eq!(visits, [3000, 3000, 1000]);
+    }
+
+    #[test]
+    fn older_revisions_page_through_history_and_latest_pages_see_changes() {
+        let s = Store::new(10_000, 100);
+        for i in 0..20 {
+            s.create(&gr(), cm_in("ns", &format!("o{i:02}"), "old", false))
+                .unwrap();
+        }
+        let snapshot = s.revision();
+        let want = model(&s, None, &|_| true);
+        let first = s
+            .list_page(
+                &gr(),
+                &PageQuery {
+                    limit: 5,
+                    count_remaining: true,
+                    ..Default::default()
+                },
+                &mut |_| true,
+            )
+            .unwrap();
+        assert_eq!((first.rev, first.remaining), (snapshot, Some(15)));
+        // Changes between pages: an update, a delete, a create inside and after the range.
+        let k = |n: &str| ("ns".to_string(), n.to_string());
+        let o07 = s.get(&gr(), &k("o07")).unwrap();
+        s.update(&gr(), cm_in("ns", "o07", "new", false), rv_of(&o07))
+            .unwrap();
+        let o09 = s.get(&gr(), &k("o09")).unwrap();
+        s.delete(&gr(), (*o09).clone(), rv_of(&o09)).unwrap();
+        s.create(&gr(), cm_in("ns", "o04a", "new", false)).unwrap();
+        s.create(&gr(), cm_in("ns", "o99", "new", false)).unwrap();
+        // At the snapshot: exactly its state, counted exactly (a cursor handed out, and one not).
+        let after = first.last_key().unwrap();
+        let q = PageQuery {
+            at: Some(snapshot),
+            after: Some(&after),
+            limit: 5,
+            count_remaining: true,
+            ..Default::default()
+        };
+        let second = s.list_page(&gr(), &q, &mut |_| true).unwrap();
+        assert_eq!(second.remaining, Some(10));
+        let (rest, _, _, _) = all_pages(&s, None, 5, &|_| true, Some(snapshot));
+        assert_eq!(rest, want);
+        let after = second.last_key().unwrap();
+        s.lock().cursors = Cursors::default();
+        let q = PageQuery {
+            after: Some(&after),
+            ..q
+        };
+        assert_eq!(
+            s.list_page(&gr(), &q, &mut |_| true).unwrap().remaining,
+            Some(5),
+            "counted again"
+        );
+        // At the newest state (a token after a 410): the changes show.
+        let q = PageQuery {
+            at: None,
+            after: Some(&("ns".to_string(), "o04".to_string())),
+            limit: 0,
+            count_remaining: true,
+            ..Default::default()
+        };
+        let latest = s.list_page(&gr(), &q, &mut |_| true).unwrap();
+        let names: Vec<String> = latest.items.iter().map(|o| key_of(o).1).collect();
+        assert_eq!(names[..5], ["o04a", "o05", "o06", "o07", "o08"]);
+        assert!(names.contains(&"o99".to_string()) && !names.contains(&"o09".to_string()));
+        // Compacted: 410 for the snapshot, and list_at agrees with the pages.
+        assert_eq!(s.list_at(&gr(), None, snapshot).unwrap().len(), 20);
+        s.compact();
+        assert!(
+            s.list_page(
+                &gr(),
+                &PageQuery {
+                    at: Some(snapshot),
+                    ..Default::default()
+                },
+                &mut |_| true
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn random_changes_between_pages_keep_each_snapshot_exact() {
+        // A deterministic sequence (an LCG), so a failure replays.
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let s = Store::new(100_000, 100);
+        let nss = ["a", "a-b", "b"];
+        for round in 0..40 {
+            for _ in 0..10 {
+                let ns = nss[next(3) as usize];
+                let name = format!("o{}", next(40));
+                let key = (ns.to_string(), name.clone());
+                match s.get(&gr(), &key) {
+                    None => {
+                        s.create(&gr(), cm_in(ns, &name, &round.to_string(), next(2) == 0))
+                            .unwrap();
+                    }
+                    Some(cur) if next(3) == 0 => {
+                        s.delete(&gr(), (*cur).clone(), rv_of(&cur)).unwrap();
+                    }
+                    Some(cur) => {
+                        s.update(
+                            &gr(),
+                            cm_in(ns, &name, &round.to_string(), next(2) == 0),
+                            rv_of(&cur),
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+            let ns = [None, Some("a"), Some("a-b")][next(3) as usize];
+            let selected = |o: &Value| o["metadata"]["labels"]["sel"] == "yes";
+            let filtered = next(2) == 0;
+            let keep: &dyn Fn(&Value) -> bool = if filtered { &selected } else { &|_| true };
+            let want = model(&s, ns, keep);
+            let snapshot = s.revision();
+            // Page through with writes between pages: the result is the snapshot's.
+            let limit = 1 + next(7) as usize;
+            let mut got = vec![];
+            let mut after: Option<ObjKey> = None;
+            loop {
+                let q = PageQuery {
+                    ns,
+                    at: Some(snapshot),
+                    after: after.as_ref(),
+                    limit,
+                    count_remaining: !filtered,
+                };
+                let page = s.list_page(&gr(), &q, &mut |o| keep(o)).unwrap();
+                if !filtered && let Some(r) = page.remaining {
+                    assert_eq!(r, want.len() - got.len() - page.items.len(), "round {round}");
+                }
+                got.extend(page.items.iter().map(|o| {
+                    let (n, name) = key_of(o);
+                    (n, name, o["data"]["v"].as_str().unwrap_or_default().to_string())
+                }));
+                if !page.more {
+                    break;
+                }
+                after = page.last_key();
+                let name = format!("o{}", next(40));
+                let key = ("a".to_string(), name.clone());
+                match s.get(&gr(), &key) {
+                    None => drop(s.create(&gr(), cm_in("a", &name, "between", true)).unwrap()),
+                    Some(cur) => s.delete(&gr(), (*cur).clone(), rv_of(&cur)).map(drop).unwrap(),
+                }
+            }
+            assert_eq!(got, want, "round {round}, {ns:?}, limit {limit}");
+        }
     }
 }
