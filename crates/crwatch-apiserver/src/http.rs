@@ -668,7 +668,7 @@ async fn table_or_json(
         } else {
             json!({"resourceVersion": out.body["metadata"]["resourceVersion"]})
         };
-        let mut t = crate::table::to_table(&def, &refs, meta, true);
+        let mut t = crate::table::to_table(def, &refs, meta, true);
         if full && let Some(rows) = t["rows"].as_array_mut() {
             for (row, item) in rows.iter_mut().zip(items.iter()) {
                 row["object"] = item.clone();

@@ -1495,6 +1495,9 @@ mod tests {
             "labels": {"sel": if sel { "yes" } else { "no" }}}, "data": {"v": v}})
     }
 
+    /// What [`all_pages`] saw: objects, remaining counts, visits, and the snapshot revision.
+    type Pages = (Vec<(String, String, String)>, Vec<Option<usize>>, Vec<usize>, u64);
+
     /// Every page of a list, following continue keys: the objects' (namespace, name, data),
     /// each page's remaining count, and each page's visits.
     fn all_pages(
@@ -1503,7 +1506,7 @@ mod tests {
         limit: usize,
         keep: &dyn Fn(&Value) -> bool,
         at: Option<u64>,
-    ) -> (Vec<(String, String, String)>, Vec<Option<usize>>, Vec<usize>, u64) {
+    ) -> Pages {
         let mut out = vec![];
         let mut remaining = vec![];
         let mut visits = vec![];
