@@ -1,8 +1,10 @@
-//! A counting global allocator: the system allocator plus the bytes currently allocated and
-//! the peak since the last reset, so the benchmark can attribute heap to each cache.
+//! What the process holds: a counting global allocator (the bytes currently allocated and
+//! the peak since the last reset, so the benchmark can attribute heap to each cache), a wait
+//! until that figure stops moving, and the resident set size to check it against.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
@@ -73,4 +75,73 @@ pub fn peak() -> usize {
 /// Start a new peak measurement from the current figure.
 pub fn reset_peak() {
     PEAK.store(current(), Ordering::Relaxed);
+}
+
+/// How often [`settle`] samples the counter.
+const SETTLE_POLL: Duration = Duration::from_millis(25);
+/// Consecutive quiet samples [`settle`] wants (250 ms without movement).
+const SETTLE_QUIET: usize = 10;
+/// The longest [`settle`] waits; a process that never goes quiet is reported, not waited on.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// What [`settle`] found.
+pub struct Settled {
+    /// Bytes allocated once the counter stopped moving.
+    pub bytes: usize,
+    /// How long it took to stop moving.
+    pub waited: Duration,
+    /// False if it still moved when [`SETTLE_LIMIT`] passed.
+    pub quiet: bool,
+}
+
+/// Waits until the heap counter is stable and returns it.
+///
+/// Dropping a cache frees its objects in tasks that run after the drop (informer tasks end
+/// when they see the cancellation, connections close later), and a 50,000-object cache takes
+/// far longer than a fixed pause to free; reading too early attributes the rest to the
+/// baseline. Stable means: `SETTLE_QUIET` samples in a row within max(256 KiB, 0.2 %) of each
+/// other.
+pub async fn settle() -> Settled {
+    let started = Instant::now();
+    let mut last = current();
+    let mut quiet = 0;
+    while quiet < SETTLE_QUIET {
+        if started.elapsed() > SETTLE_LIMIT {
+            return Settled {
+                bytes: current(),
+                waited: started.elapsed(),
+                quiet: false,
+            };
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+        let now = current();
+        let tolerance = (last / 500).max(256 * 1024);
+        if now.abs_diff(last) <= tolerance {
+            quiet += 1;
+        } else {
+            quiet = 0;
+            last = now;
+        }
+    }
+    Settled {
+        bytes: current(),
+        waited: started.elapsed(),
+        quiet: true,
+    }
+}
+
+/// The resident set size (`VmRSS` of /proc/self/status) in bytes; 0 where there is none.
+pub fn rss() -> usize {
+    status_kib("VmRSS:") * 1024
+}
+
+fn status_kib(field: &str) -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -1,67 +1,124 @@
 //! `crwatch-bench`: crwatch against its peer kube-runtime, side by side in one run, on an
-//! in-process API server: initial sync time and cache heap, watch-event throughput, and
-//! reconcile throughput; prints a table of medians and ratios (lower is better).
+//! in-process API server: initial sync time and cache heap at several sizes, the heap peak of
+//! a relist after 410, watch-event throughput, reconcile throughput, event-to-reconcile
+//! latency and workqueue throughput; prints a table of medians and ratios and optionally
+//! writes every sample as JSON.
 
 mod alloc;
+mod cache;
+mod latency;
+mod queue;
+mod report;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use crwatch::controller::{Action, Builder, Request};
-use crwatch::informer::{Informer, InformerFactory};
-use crwatch::source::kube::KubeSource;
-use crwatch::store::ObjectKey;
-use crwatch_apiserver::{Config, TestServer};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Resource;
-use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, controller, watcher};
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use serde_json::json;
+
+use cache::{Bench, Peer};
+use report::{Row, mib};
 
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
 
-/// How long any single wait may take before the run is declared broken.
-const WAIT_LIMIT: Duration = Duration::from_secs(120);
-/// How often caches and counters are polled (the same for both peers).
-const POLL: Duration = Duration::from_millis(1);
-/// Time given to tasks and connections to wind down before heap is read.
-const SETTLE: Duration = Duration::from_millis(300);
-/// Bytes of data per ConfigMap, in `DATA_KEYS` values.
-const DATA_KEYS: usize = 4;
-const VALUE_BYTES: usize = 768;
+const USAGE: &str = "usage: crwatch-bench [options]
 
-const USAGE: &str = "usage: crwatch-bench [--objects N] [--updates M] [--repeats R] [--concurrency C]
+Measures crwatch against kube-runtime on an in-process API server, alternating which peer
+goes first per round, and prints the median of R repeats. Build with --release.
 
-Measures crwatch against kube-runtime on an in-process API server, alternating the two in
-one process, and prints the median of R repeats. Build with --release.
+  --objects N[,N..]      cache sizes for sync, heap and relist rows (default 10000;
+                         the issue's sizes are 10000,100000), ~3 KiB ConfigMaps
+  --updates M            updates applied for the throughput run (default 5000)
+  --repeats R            rounds (default 3)
+  --concurrency C[,C..]  reconcile workers for the reconcile rows (default 1,8)
+  --rates R[,R..]        changes/s for the latency rows (default 100,1000,5000)
+  --latency-seconds S    seconds of writes per rate (default 2)
+  --latency-objects N    objects the latency writes cycle through (default 1000)
+  --queue-items N        items per workqueue run (default 1000000 on one thread,
+                         a fifth of it for the multi-producer runs)
+  --consumers C[,C..]    consumer threads of the multi-producer runs (default 1,2,4,8)
+  --only S[,S..]         sections to run: sync, relist, throughput, reconcile, latency,
+                         queue (default all)
+  --json FILE            write every row (samples, medians, ratios) and the machine";
 
-  --objects N      ConfigMaps in the cache (default 5000, ~3 KiB of data each)
-  --updates M      updates applied for the throughput run (default 5000)
-  --repeats R      rounds; the order of the peers alternates (default 3)
-  --concurrency C  reconcile workers of both controllers (default 8)";
+const SECTIONS: [&str; 6] = ["sync", "relist", "throughput", "reconcile", "latency", "queue"];
 
 struct Options {
-    objects: usize,
+    objects: Vec<usize>,
     updates: usize,
     repeats: usize,
-    concurrency: usize,
+    concurrency: Vec<usize>,
+    rates: Vec<usize>,
+    latency_seconds: usize,
+    latency_objects: usize,
+    queue_items: usize,
+    consumers: Vec<usize>,
+    only: Vec<String>,
+    json: Option<PathBuf>,
+}
+
+impl Options {
+    fn runs(&self, section: &str) -> bool {
+        self.only.iter().any(|s| s == section)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "objects": self.objects,
+            "updates": self.updates,
+            "repeats": self.repeats,
+            "concurrency": self.concurrency,
+            "rates": self.rates,
+            "latency_seconds": self.latency_seconds,
+            "latency_objects": self.latency_objects,
+            "queue_items": self.queue_items,
+            "consumers": self.consumers,
+            "only": self.only,
+        })
+    }
+}
+
+/// A number in `range`, for option `name`.
+fn number(name: &str, value: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize> {
+    let n: usize = value
+        .trim()
+        .replace('_', "")
+        .parse()
+        .with_context(|| format!("{name} {value:?}: not a number"))?;
+    ensure!(
+        range.contains(&n),
+        "{name} {n}: must be between {} and {}",
+        range.start(),
+        range.end()
+    );
+    Ok(n)
+}
+
+/// A comma-separated list of 1 to 16 numbers in `range`.
+fn numbers(name: &str, value: &str, range: std::ops::RangeInclusive<usize>) -> Result<Vec<usize>> {
+    let list = value
+        .split(',')
+        .map(|v| number(name, v, range.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(list.len() <= 16, "{name}: at most 16 values");
+    Ok(list)
 }
 
 fn parse_args() -> Result<Options> {
     let mut o = Options {
-        objects: 5000,
+        objects: vec![10_000],
         updates: 5000,
         repeats: 3,
-        concurrency: 8,
+        concurrency: vec![1, 8],
+        rates: vec![100, 1000, 5000],
+        latency_seconds: 2,
+        latency_objects: 1000,
+        queue_items: 1_000_000,
+        consumers: vec![1, 2, 4, 8],
+        only: SECTIONS.iter().map(|s| s.to_string()).collect(),
+        json: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -79,530 +136,370 @@ fn parse_args() -> Result<Options> {
                 .next()
                 .ok_or_else(|| anyhow!("{name} needs a value\n\n{USAGE}"))?,
         };
-        let n: usize = value
-            .parse()
-            .with_context(|| format!("{name} {value:?}: not a number"))?;
+        let v = value.as_str();
         match name.as_str() {
-            "--objects" => o.objects = n,
-            "--updates" => o.updates = n,
-            "--repeats" => o.repeats = n,
-            "--concurrency" => o.concurrency = n,
+            "--objects" => o.objects = numbers(&name, v, 1..=1_000_000)?,
+            "--updates" => o.updates = number(&name, v, 1..=10_000_000)?,
+            "--repeats" => o.repeats = number(&name, v, 1..=100)?,
+            // kube-runtime takes its concurrency as a u16.
+            "--concurrency" => o.concurrency = numbers(&name, v, 1..=1024)?,
+            "--rates" => o.rates = numbers(&name, v, 1..=100_000)?,
+            "--latency-seconds" => o.latency_seconds = number(&name, v, 1..=600)?,
+            "--latency-objects" => o.latency_objects = number(&name, v, 1..=1_000_000)?,
+            "--queue-items" => o.queue_items = number(&name, v, 1000..=100_000_000)?,
+            "--consumers" => o.consumers = numbers(&name, v, 1..=64)?,
+            "--only" => {
+                let only: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+                for s in &only {
+                    ensure!(
+                        SECTIONS.contains(&s.as_str()),
+                        "--only {s:?}: one of {}",
+                        SECTIONS.join(", ")
+                    );
+                }
+                o.only = only;
+            }
+            "--json" => o.json = Some(PathBuf::from(v)),
             _ => bail!("unknown option {name}\n\n{USAGE}"),
         }
     }
+    // Rates times seconds is the number of writes kept in memory: bound it.
+    let most = o.rates.iter().max().copied().unwrap_or(0);
     ensure!(
-        o.objects > 0 && o.repeats > 0 && o.concurrency > 0,
-        "N, R and C must be positive"
-    );
-    ensure!(
-        o.concurrency <= usize::from(u16::MAX),
-        "--concurrency is at most {}",
-        u16::MAX
+        most.saturating_mul(o.latency_seconds) <= 10_000_000,
+        "--rates × --latency-seconds is at most 10,000,000 writes"
     );
     Ok(o)
-}
-
-/// The two peers, plus kube-runtime with managedFields stripped for a like-for-like heap
-/// figure (crwatch drops them by default).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Peer {
-    Crwatch,
-    Kube,
-    KubeStripped,
-}
-
-impl Peer {
-    fn name(self) -> &'static str {
-        match self {
-            Peer::Crwatch => "crwatch",
-            Peer::Kube => "kube-runtime",
-            Peer::KubeStripped => "kube-runtime (managedFields dropped)",
-        }
-    }
-}
-
-/// The server, the namespace under test, and the resourceVersion every object should end at.
-struct Bench {
-    server: TestServer,
-    namespace: String,
-    expected: HashMap<String, String>,
-    last: Option<(String, String)>,
-    revision: usize,
-}
-
-fn payload(i: usize, k: usize) -> String {
-    // A cheap deterministic generator: distinct, incompressible-looking text per object.
-    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64 + 1);
-    let mut s = String::with_capacity(VALUE_BYTES);
-    while s.len() < VALUE_BYTES {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.push_str(&format!("{x:016x}"));
-    }
-    s.truncate(VALUE_BYTES);
-    s
-}
-
-fn name_of(i: usize) -> String {
-    format!("cm-{i:06}")
-}
-
-impl Bench {
-    async fn new(objects: usize) -> Result<Self> {
-        let server = TestServer::with_config(Config {
-            history_window: 200_000,
-            watch_buffer: 200_000,
-            ..Default::default()
-        })
-        .await?;
-        let namespace = "bench".to_string();
-        server
-            .server()
-            .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
-            .await?;
-        let mut bench = Bench {
-            server,
-            namespace,
-            expected: HashMap::new(),
-            last: None,
-            revision: 0,
-        };
-        for i in 0..objects {
-            bench.write(i).await?;
-        }
-        Ok(bench)
-    }
-
-    fn object(&self, i: usize) -> Value {
-        let mut data = serde_json::Map::new();
-        data.insert("revision".into(), self.revision.to_string().into());
-        for k in 0..DATA_KEYS {
-            data.insert(format!("value-{k}"), payload(i, k).into());
-        }
-        json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name_of(i),
-                "namespace": self.namespace,
-                "labels": {"app": "crwatch-bench", "shard": (i % 16).to_string()},
-            },
-            "data": data,
-        })
-    }
-
-    /// Create or change object `i` (every write carries a new `revision`, so each one is a
-    /// real change with a new resourceVersion).
-    async fn write(&mut self, i: usize) -> Result<()> {
-        self.revision += 1;
-        let out = self.server.server().apply(self.object(i)).await?;
-        let rv = out
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("the server returned an object without a resourceVersion"))?
-            .to_string();
-        let name = name_of(i);
-        self.expected.insert(name.clone(), rv.clone());
-        self.last = Some((name, rv));
-        Ok(())
-    }
-
-    fn client(&self) -> kube::Client {
-        self.server.client()
-    }
-
-    fn api(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.client(), &self.namespace)
-    }
-
-    /// Every cached object is at the version the server last returned for it.
-    fn check(&self, cached: impl IntoIterator<Item = Arc<ConfigMap>>) -> Result<()> {
-        let mut seen = 0;
-        for cm in cached {
-            let meta = cm.meta();
-            let name = meta.name.as_deref().unwrap_or_default();
-            let want = self.expected.get(name).map(String::as_str);
-            ensure!(
-                meta.resource_version.as_deref() == want,
-                "{name}: cache has {:?}, server wrote {want:?}",
-                meta.resource_version
-            );
-            seen += 1;
-        }
-        ensure!(
-            seen == self.expected.len(),
-            "cache holds {seen} of {}",
-            self.expected.len()
-        );
-        Ok(())
-    }
-}
-
-/// A running cache of one peer over the bench namespace.
-enum Cache {
-    Crwatch {
-        _factory: InformerFactory,
-        informer: Informer<ConfigMap>,
-    },
-    Kube {
-        reader: reflector::Store<ConfigMap>,
-        task: tokio::task::JoinHandle<()>,
-    },
-}
-
-impl Cache {
-    /// Start the cache and return once it holds every object.
-    async fn sync(bench: &Bench, peer: Peer) -> Result<Cache> {
-        let want = bench.expected.len();
-        let cache = match peer {
-            Peer::Crwatch => {
-                let factory = InformerFactory::new(bench.client());
-                let informer = factory.informer(KubeSource::<ConfigMap>::namespaced(
-                    bench.client(),
-                    &bench.namespace,
-                ));
-                factory.start();
-                informer.wait_synced(WAIT_LIMIT).await?;
-                ensure!(
-                    informer.store().len() == want,
-                    "crwatch synced {} of {want}",
-                    informer.store().len()
-                );
-                Cache::Crwatch {
-                    _factory: factory,
-                    informer,
-                }
-            }
-            Peer::Kube | Peer::KubeStripped => {
-                let (reader, writer) = reflector::store::<ConfigMap>();
-                let events = watcher(bench.api(), watcher::Config::default()).default_backoff();
-                let task = if peer == Peer::KubeStripped {
-                    let events = events.modify(|cm| cm.metadata.managed_fields = None);
-                    tokio::spawn(reflector::reflector(writer, events).for_each(|_| async {}))
-                } else {
-                    tokio::spawn(reflector::reflector(writer, events).for_each(|_| async {}))
-                };
-                tokio::time::timeout(WAIT_LIMIT, reader.wait_until_ready())
-                    .await
-                    .context("kube-runtime did not sync")??;
-                ensure!(
-                    reader.len() == want,
-                    "kube-runtime synced {} of {want}",
-                    reader.len()
-                );
-                Cache::Kube { reader, task }
-            }
-        };
-        Ok(cache)
-    }
-
-    fn version_of(&self, namespace: &str, name: &str) -> Option<String> {
-        match self {
-            Cache::Crwatch { informer, .. } => informer
-                .store()
-                .get(&ObjectKey::new(Some(namespace), name))
-                .and_then(|o| o.metadata.resource_version.clone()),
-            Cache::Kube { reader, .. } => reader
-                .get(&ObjectRef::new(name).within(namespace))
-                .and_then(|o| o.metadata.resource_version.clone()),
-        }
-    }
-
-    fn objects(&self) -> Vec<Arc<ConfigMap>> {
-        match self {
-            Cache::Crwatch { informer, .. } => informer.store().list(),
-            Cache::Kube { reader, .. } => reader.state(),
-        }
-    }
-
-    fn stop(self) {
-        match self {
-            // Dropping the factory cancels its informers.
-            Cache::Crwatch { .. } => {}
-            Cache::Kube { task, .. } => task.abort(),
-        }
-    }
-}
-
-async fn poll_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while !done() {
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
-    Ok(())
-}
-
-struct SyncSample {
-    time: Duration,
-    heap: usize,
-    peak: usize,
-}
-
-/// Initial sync time and the heap the synced cache holds.
-async fn measure_sync(bench: &Bench, peer: Peer) -> Result<SyncSample> {
-    tokio::time::sleep(SETTLE).await;
-    let before = alloc::current();
-    alloc::reset_peak();
-    let started = Instant::now();
-    let cache = Cache::sync(bench, peer).await?;
-    let time = started.elapsed();
-    let peak = alloc::peak().saturating_sub(before);
-    tokio::time::sleep(SETTLE).await;
-    let synced = alloc::current();
-    bench.check(cache.objects())?;
-    cache.stop();
-    tokio::time::sleep(SETTLE).await;
-    let after = alloc::current();
-    // Before-to-after is what the server kept (caches, connections); synced-to-after is what
-    // dropping the cache gave back, i.e. the cache itself.
-    eprintln!(
-        "  {:<38} sync {:>7.3} s  heap {:>6.1} MiB (baseline drift {:+.1} MiB)  peak {:>6.1} MiB",
-        peer.name(),
-        time.as_secs_f64(),
-        mib(synced.saturating_sub(after)),
-        (after as f64 - before as f64) / (1024.0 * 1024.0),
-        mib(peak),
-    );
-    Ok(SyncSample {
-        time,
-        heap: synced.saturating_sub(after),
-        peak,
-    })
-}
-
-struct ThroughputSample {
-    total: Duration,
-    lag: Duration,
-}
-
-/// Apply `updates` changes through the server's Rust API and wait until the cache has the
-/// last one (one watch delivers in order, so it then has all of them; checked afterwards).
-async fn measure_throughput(bench: &mut Bench, peer: Peer, updates: usize) -> Result<ThroughputSample> {
-    let cache = Cache::sync(bench, peer).await?;
-    let objects = bench.expected.len();
-    let started = Instant::now();
-    for j in 0..updates {
-        bench.write(j % objects).await?;
-    }
-    let written = Instant::now();
-    let (name, rv) = bench.last.clone().ok_or_else(|| anyhow!("nothing was written"))?;
-    let ns = bench.namespace.clone();
-    poll_until("the last update", || {
-        cache.version_of(&ns, &name).as_deref() == Some(rv.as_str())
-    })
-    .await?;
-    let total = started.elapsed();
-    let lag = written.elapsed();
-    bench.check(cache.objects())?;
-    cache.stop();
-    eprintln!(
-        "  {:<38} {updates} updates seen in {:>7.3} s (last write to cache {:>6.1} ms)",
-        peer.name(),
-        total.as_secs_f64(),
-        lag.as_secs_f64() * 1000.0
-    );
-    Ok(ThroughputSample { total, lag })
-}
-
-/// Time from a controller's start until every object was reconciled once (no-op reconcile).
-async fn measure_reconcile(bench: &Bench, peer: Peer, concurrency: usize) -> Result<Duration> {
-    let want = bench.expected.len();
-    let count = Arc::new(AtomicUsize::new(0));
-    let cancel = CancellationToken::new();
-    let started = Instant::now();
-    let task = match peer {
-        Peer::Crwatch => {
-            let factory = InformerFactory::new(bench.client());
-            let informer = factory.informer(KubeSource::<ConfigMap>::namespaced(
-                bench.client(),
-                &bench.namespace,
-            ));
-            let controller = Builder::new("crwatch-bench", informer)
-                .concurrency(concurrency)
-                .build(
-                    |_req: Request<ConfigMap>, count: Arc<AtomicUsize>| async move {
-                        count.fetch_add(1, Ordering::Relaxed);
-                        Ok(Action::done())
-                    },
-                    count.clone(),
-                );
-            factory.start();
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                controller.run(cancel).await;
-                drop(factory);
-            })
-        }
-        Peer::Kube | Peer::KubeStripped => {
-            let config = controller::Config::default().concurrency(u16::try_from(concurrency)?);
-            let stream = controller::Controller::new(bench.api(), watcher::Config::default())
-                .with_config(config)
-                .run(
-                    |_obj: Arc<ConfigMap>, count: Arc<AtomicUsize>| async move {
-                        count.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, Infallible>(controller::Action::await_change())
-                    },
-                    |_obj, _err: &Infallible, _ctx| controller::Action::await_change(),
-                    count.clone(),
-                );
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = stream.for_each(|_| async {}) => {}
-                    _ = cancel.cancelled() => {}
-                }
-            })
-        }
-    };
-    poll_until("every reconcile", || count.load(Ordering::Relaxed) >= want).await?;
-    let time = started.elapsed();
-    cancel.cancel();
-    task.await?;
-    let extra = count.load(Ordering::Relaxed) - want;
-    eprintln!(
-        "  {:<38} {want} reconciles in {:>7.3} s{}",
-        peer.name(),
-        time.as_secs_f64(),
-        if extra > 0 {
-            format!(" ({extra} extra)")
-        } else {
-            String::new()
-        }
-    );
-    Ok(time)
-}
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    match xs.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => xs[n / 2],
-        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
-}
-
-/// One row of the table: medians of both peers, a unit, and how to print them.
-struct Row {
-    label: String,
-    crwatch: Vec<f64>,
-    kube: Vec<f64>,
-    unit: &'static str,
-}
-
-impl Row {
-    fn new(label: String, unit: &'static str) -> Self {
-        Row {
-            label,
-            crwatch: vec![],
-            kube: vec![],
-            unit,
-        }
-    }
-}
-
-fn print_table(rows: &[Row], opts: &Options) {
-    println!();
-    println!(
-        "crwatch vs kube-runtime: {} objects, {} updates, median of {} repeats; lower is better",
-        opts.objects, opts.updates, opts.repeats
-    );
-    println!();
-    println!(
-        "{:<46} {:>12} {:>14}   ratio (crwatch / kube-runtime)",
-        "benchmark", "crwatch", "kube-runtime"
-    );
-    for row in rows {
-        let (c, k) = (median(row.crwatch.clone()), median(row.kube.clone()));
-        let fmt = |v: f64| match row.unit {
-            "s" => format!("{v:.2} s"),
-            "ms" => format!("{v:.1} ms"),
-            unit => format!("{v:.1} {unit}"),
-        };
-        println!("{:<46} {:>12} {:>14}   {:.2}", row.label, fmt(c), fmt(k), c / k);
-    }
 }
 
 async fn labelled<T>(what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
     f.await.with_context(|| what.to_string())
 }
 
-async fn run(opts: Options) -> Result<()> {
-    let n = opts.objects;
-    let mut sync = Row::new(format!("initial sync, {n} objects"), "s");
-    let mut heap = Row::new("cache heap after sync".into(), "MiB");
-    let mut heap_stripped = Row::new("cache heap, both without managedFields".into(), "MiB");
-    let mut peak = Row::new("heap peak during sync (incl. server)".into(), "MiB");
-    let mut throughput = Row::new(format!("{} updates applied and seen", opts.updates), "s");
-    let mut lag = Row::new("  of which: last write to cache".into(), "ms");
-    let mut reconcile = Row::new(
-        format!("start to {n} reconciles, concurrency {}", opts.concurrency),
-        "s",
-    );
-    let run_started = Instant::now();
-    for round in 0..opts.repeats {
-        eprintln!("round {} of {}: seeding {n} ConfigMaps", round + 1, opts.repeats);
-        let mut bench = Bench::new(n).await?;
-        // Alternate who goes first, so warm-up and server growth do not favour one peer.
-        let order = if round % 2 == 0 {
-            [Peer::Crwatch, Peer::Kube]
-        } else {
-            [Peer::Kube, Peer::Crwatch]
-        };
-        for peer in order {
-            let s = labelled("initial sync", measure_sync(&bench, peer)).await?;
-            if peer == Peer::Crwatch {
-                sync.crwatch.push(s.time.as_secs_f64());
-                heap.crwatch.push(mib(s.heap));
-                heap_stripped.crwatch.push(mib(s.heap));
-                peak.crwatch.push(mib(s.peak));
-            } else {
-                sync.kube.push(s.time.as_secs_f64());
-                heap.kube.push(mib(s.heap));
-                peak.kube.push(mib(s.peak));
-            }
+/// The rows of one object count.
+struct SizeRows {
+    sync: Row,
+    sync_stripped: Row,
+    sync_full: Row,
+    heap: Row,
+    heap_stripped: Row,
+    heap_full: Row,
+    peak: Row,
+    rss: Row,
+    counted_vs_rss: Row,
+    relist_steady: Row,
+    relist_peak: Row,
+    relist_ratio: Row,
+    relist_time: Row,
+}
+
+impl SizeRows {
+    fn new(n: usize) -> Self {
+        SizeRows {
+            sync: Row::new(format!("initial sync, {n} objects"), "s").at(n),
+            sync_stripped: Row::new("initial sync, both without managedFields", "s").at(n),
+            sync_full: Row::new("initial sync, both with managedFields", "s").at(n),
+            heap: Row::new("cache heap after sync", "MiB").at(n),
+            heap_stripped: Row::new("cache heap, both without managedFields", "MiB").at(n),
+            heap_full: Row::new("cache heap, both with managedFields", "MiB").at(n),
+            peak: Row::new("heap peak during sync (incl. server)", "MiB").at(n),
+            rss: Row::new("process RSS, cache synced (incl. server)", "MiB").at(n),
+            counted_vs_rss: Row::new("  check: counted heap / RSS, cache synced", "×").at(n),
+            relist_steady: Row::new("relist: steady cache heap", "MiB").at(n),
+            relist_peak: Row::new("relist peak: heap during relist after 410", "MiB").at(n),
+            relist_ratio: Row::new("relist peak / steady state", "×").at(n),
+            relist_time: Row::new("relist after 410: time to the new state", "s").at(n),
         }
-        let s = labelled("initial sync", measure_sync(&bench, Peer::KubeStripped)).await?;
-        heap_stripped.kube.push(mib(s.heap));
-        for peer in order {
-            let t = labelled("throughput", measure_throughput(&mut bench, peer, opts.updates)).await?;
-            let secs = t.total.as_secs_f64();
-            let lag_ms = t.lag.as_secs_f64() * 1000.0;
-            match peer {
-                Peer::Crwatch => {
-                    throughput.crwatch.push(secs);
-                    lag.crwatch.push(lag_ms);
-                }
-                _ => {
-                    throughput.kube.push(secs);
-                    lag.kube.push(lag_ms);
-                }
-            }
-        }
-        for peer in order {
-            let t = labelled("reconcile", measure_reconcile(&bench, peer, opts.concurrency)).await?;
-            match peer {
-                Peer::Crwatch => reconcile.crwatch.push(t.as_secs_f64()),
-                _ => reconcile.kube.push(t.as_secs_f64()),
-            }
-        }
-        bench.server.shutdown().await?;
     }
-    print_table(
-        &[sync, heap, heap_stripped, peak, throughput, lag, reconcile],
-        &opts,
+
+    fn into_rows(self, opts: &Options) -> Vec<Row> {
+        let mut rows = vec![];
+        if opts.runs("sync") {
+            rows.extend([
+                self.sync,
+                self.sync_stripped,
+                self.sync_full,
+                self.heap,
+                self.heap_stripped,
+                self.heap_full,
+                self.peak,
+                self.rss,
+                self.counted_vs_rss,
+            ]);
+        }
+        if opts.runs("relist") {
+            rows.extend([
+                self.relist_steady,
+                self.relist_peak,
+                self.relist_ratio,
+                self.relist_time,
+            ]);
+        }
+        rows
+    }
+}
+
+/// Alternate who goes first, so warm-up and server growth do not favour one peer.
+fn order<T: Copy>(round: usize, crwatch: T, kube: T) -> [T; 2] {
+    if round % 2 == 0 {
+        [crwatch, kube]
+    } else {
+        [kube, crwatch]
+    }
+}
+
+async fn sizes_round(bench: &mut Bench, rows: &mut SizeRows, opts: &Options, round: usize) -> Result<()> {
+    if opts.runs("sync") {
+        // Out of the box (crwatch drops managedFields, kube-runtime keeps them), then
+        // like-for-like without and with them.
+        for pair in [
+            (Peer::Crwatch, Peer::Kube),
+            (Peer::Crwatch, Peer::KubeStripped),
+            (Peer::CrwatchFull, Peer::Kube),
+        ] {
+            let (c, k) = pair;
+            for peer in order(round, c, k) {
+                let s = labelled("initial sync", cache::measure_sync(bench, peer)).await?;
+                let (secs, heap) = (s.time.as_secs_f64(), mib(s.heap));
+                let (row_sync, row_heap) = match pair {
+                    (Peer::Crwatch, Peer::Kube) => (&mut rows.sync, &mut rows.heap),
+                    (Peer::Crwatch, _) => (&mut rows.sync_stripped, &mut rows.heap_stripped),
+                    _ => (&mut rows.sync_full, &mut rows.heap_full),
+                };
+                if peer.is_crwatch() {
+                    row_sync.crwatch.push(secs);
+                    row_heap.crwatch.push(heap);
+                } else {
+                    row_sync.push_kube(secs);
+                    row_heap.push_kube(heap);
+                }
+                if pair == (Peer::Crwatch, Peer::Kube) {
+                    let ratio = s.counted as f64 / s.rss.max(1) as f64;
+                    if peer.is_crwatch() {
+                        rows.peak.crwatch.push(mib(s.peak));
+                        rows.rss.crwatch.push(mib(s.rss));
+                        rows.counted_vs_rss.crwatch.push(ratio);
+                    } else {
+                        rows.peak.push_kube(mib(s.peak));
+                        rows.rss.push_kube(mib(s.rss));
+                        rows.counted_vs_rss.push_kube(ratio);
+                    }
+                }
+            }
+        }
+    }
+    if opts.runs("relist") {
+        for peer in order(round, Peer::Crwatch, Peer::KubeStripped) {
+            let s = labelled("relist", cache::measure_relist(bench, peer)).await?;
+            let ratio = s.peak as f64 / s.steady.max(1) as f64;
+            if peer.is_crwatch() {
+                rows.relist_steady.crwatch.push(mib(s.steady));
+                rows.relist_peak.crwatch.push(mib(s.peak));
+                rows.relist_ratio.crwatch.push(ratio);
+                rows.relist_time.crwatch.push(s.time.as_secs_f64());
+            } else {
+                rows.relist_steady.push_kube(mib(s.steady));
+                rows.relist_peak.push_kube(mib(s.peak));
+                rows.relist_ratio.push_kube(ratio);
+                rows.relist_time.push_kube(s.time.as_secs_f64());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(opts: Options) -> Result<()> {
+    let run_started = Instant::now();
+    let first = opts.objects[0];
+    let mut sizes: Vec<SizeRows> = opts.objects.iter().map(|&n| SizeRows::new(n)).collect();
+    let mut throughput = Row::new(format!("{} updates applied and seen", opts.updates), "s").at(first);
+    let mut lag = Row::new("  of which: last write to cache", "ms").at(first);
+    let mut reconcile: Vec<(usize, Row, Row)> = opts
+        .concurrency
+        .iter()
+        .map(|&c| {
+            (
+                c,
+                Row::new(format!("start to {first} reconciles, concurrency {c}"), "s").at(first),
+                Row::new(format!("reconciles/s, {c} workers"), "/s")
+                    .at(first)
+                    .higher(),
+            )
+        })
+        .collect();
+    let mut latency: Vec<(usize, [Row; 3])> = opts
+        .rates
+        .iter()
+        .map(|&r| {
+            let row = |what: &str| Row::new(format!("event-to-reconcile {what}, {r} changes/s"), "ms");
+            (r, [row("p50"), row("p99"), row("max")])
+        })
+        .collect();
+    let mut achieved: Vec<Row> = opts
+        .rates
+        .iter()
+        .map(|&r| Row::new(format!("  writes achieved at {r} changes/s"), "/s").higher())
+        .collect();
+    const NO_QUEUE: &str = "kube-runtime has no standalone work queue";
+    let mut queue_single = Row::new("workqueue add+get+done, one thread", "M/s")
+        .higher()
+        .crwatch_only(NO_QUEUE);
+    let mut queue_multi: Vec<(usize, Row)> = opts
+        .consumers
+        .iter()
+        .map(|&c| {
+            (
+                c,
+                Row::new(
+                    format!("workqueue, {} producers, {c} consumers", queue::PRODUCERS),
+                    "M/s",
+                )
+                .higher()
+                .crwatch_only(NO_QUEUE),
+            )
+        })
+        .collect();
+    // A worker per consumer row is the highest concurrency asked for.
+    let workers = opts.concurrency.iter().max().copied().unwrap_or(8);
+
+    for round in 0..opts.repeats {
+        eprintln!("round {} of {}", round + 1, opts.repeats);
+        for (k, &n) in opts.objects.iter().enumerate() {
+            let wants_size = opts.runs("sync") || opts.runs("relist");
+            let wants_first = k == 0 && (opts.runs("throughput") || opts.runs("reconcile"));
+            if !wants_size && !wants_first {
+                continue;
+            }
+            eprintln!(" seeding {n} ConfigMaps");
+            let mut bench = Bench::new(n).await?;
+            if k == 0 && opts.runs("reconcile") {
+                for (c, time_row, rate_row) in &mut reconcile {
+                    for peer in order(round, Peer::Crwatch, Peer::Kube) {
+                        let t = labelled("reconcile", cache::measure_reconcile(&bench, peer, *c)).await?;
+                        let rate = n as f64 / t.as_secs_f64();
+                        if peer.is_crwatch() {
+                            time_row.crwatch.push(t.as_secs_f64());
+                            rate_row.crwatch.push(rate);
+                        } else {
+                            time_row.push_kube(t.as_secs_f64());
+                            rate_row.push_kube(rate);
+                        }
+                    }
+                }
+            }
+            if k == 0 && opts.runs("throughput") {
+                for peer in order(round, Peer::Crwatch, Peer::Kube) {
+                    let t = labelled(
+                        "throughput",
+                        cache::measure_throughput(&mut bench, peer, opts.updates),
+                    )
+                    .await?;
+                    let (secs, lag_ms) = (t.total.as_secs_f64(), t.lag.as_secs_f64() * 1000.0);
+                    if peer.is_crwatch() {
+                        throughput.crwatch.push(secs);
+                        lag.crwatch.push(lag_ms);
+                    } else {
+                        throughput.push_kube(secs);
+                        lag.push_kube(lag_ms);
+                    }
+                }
+            }
+            if wants_size {
+                sizes_round(&mut bench, &mut sizes[k], &opts, round).await?;
+            }
+            bench.server.shutdown().await?;
+        }
+        if opts.runs("latency") {
+            eprintln!(" latency: seeding {} ConfigMaps", opts.latency_objects);
+            let mut bench = Bench::new(opts.latency_objects).await?;
+            for ((rate, rows), achieved) in latency.iter_mut().zip(&mut achieved) {
+                for peer in order(round, Peer::Crwatch, Peer::Kube) {
+                    let s = labelled(
+                        "latency",
+                        latency::measure(&mut bench, peer, *rate, opts.latency_seconds, workers),
+                    )
+                    .await?;
+                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+                    let values = [ms(s.p50), ms(s.p99), ms(s.max)];
+                    for (row, v) in rows.iter_mut().zip(values) {
+                        if peer.is_crwatch() {
+                            row.crwatch.push(v);
+                        } else {
+                            row.push_kube(v);
+                        }
+                    }
+                    if peer.is_crwatch() {
+                        achieved.crwatch.push(s.achieved);
+                    } else {
+                        achieved.push_kube(s.achieved);
+                    }
+                }
+            }
+            bench.server.shutdown().await?;
+        }
+        if opts.runs("queue") {
+            // Blocking threads, off the runtime's workers.
+            let items = opts.queue_items;
+            let single = tokio::task::spawn_blocking(move || queue::single_thread(items)).await??;
+            eprintln!("  workqueue one thread: {:.2} M items/s", single / 1e6);
+            queue_single.crwatch.push(single / 1e6);
+            for (c, row) in &mut queue_multi {
+                let consumers = *c;
+                let items = (opts.queue_items / 5).max(1000);
+                let rate =
+                    tokio::task::spawn_blocking(move || queue::multi_producer(items, consumers)).await??;
+                eprintln!(
+                    "  workqueue {} producers, {consumers} consumers: {:.2} M items/s",
+                    queue::PRODUCERS,
+                    rate / 1e6
+                );
+                row.crwatch.push(rate / 1e6);
+            }
+        }
+    }
+
+    let mut rows: Vec<Row> = vec![];
+    for size in sizes {
+        rows.extend(size.into_rows(&opts));
+    }
+    if opts.runs("throughput") {
+        rows.extend([throughput, lag]);
+    }
+    if opts.runs("reconcile") {
+        for (_, t, r) in reconcile {
+            rows.extend([t, r]);
+        }
+    }
+    if opts.runs("latency") {
+        for ((_, three), achieved) in latency.into_iter().zip(achieved) {
+            rows.extend(three);
+            rows.push(achieved);
+        }
+    }
+    if opts.runs("queue") {
+        rows.push(queue_single);
+        rows.extend(queue_multi.into_iter().map(|(_, r)| r));
+    }
+    let machine = report::machine();
+    let title = format!(
+        "crwatch vs kube-runtime: objects {:?}, {} updates, median of {} rounds; lower is better unless marked ↑",
+        opts.objects, opts.updates, opts.repeats
     );
+    print!("{}", report::table(&rows, &title));
     println!();
     println!(
-        "(whole run {:.0} s on {} cores; heap = bytes requested from the allocator)",
+        "(whole run {:.0} s on {}; heap = bytes requested from the allocator, read once the counter is stable)",
         run_started.elapsed().as_secs_f64(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        report::machine_line(&machine),
     );
+    println!(
+        "(event-to-reconcile: from just before the write call to the start of the reconcile that saw it; {} objects, {} s per rate, {workers} workers)",
+        opts.latency_objects, opts.latency_seconds
+    );
+    if let Some(path) = &opts.json {
+        report::write_json(path, &rows, opts.to_json(), machine)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 
