@@ -241,7 +241,7 @@ impl SizeRows {
 
 /// Alternate who goes first, so warm-up and server growth do not favour one peer.
 fn order<T: Copy>(round: usize, crwatch: T, kube: T) -> [T; 2] {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [crwatch, kube]
     } else {
         [kube, crwatch]

@@ -130,14 +130,18 @@ struct Shared<T> {
 }
 
 struct State<T> {
-    /// Items ready to be handed out, in order. Every item here is also in `dirty` and none is in
-    /// `processing`, so no item appears twice.
+    /// Items ready to be handed out, in order. Every item here is dirty and not being
+    /// processed (see `entries`), so no item appears twice.
     queue: VecDeque<T>,
-    /// Items that need processing: the queued ones plus the ones re-added while being
-    /// processed. The value is when the item was added, for the queue duration metric.
-    dirty: HashMap<T, Instant>,
-    /// Items handed out and not yet done, with the time they were handed out.
-    processing: HashMap<T, Instant>,
+    /// Every item that is dirty (needs processing: the queued ones plus the ones re-added
+    /// while being processed) or being processed, once. One map instead of one per state so
+    /// an item costs one key clone on its way through add, get and done, not two (for
+    /// `ObjectKey` a clone is two string allocations), and one hash lookup per step.
+    entries: HashMap<T, Entry>,
+    /// Entries with `added` set.
+    dirty: usize,
+    /// Entries with `started` set.
+    processing: usize,
     /// Items scheduled by `add_after`, with their deadline and a sequence number that keeps
     /// equal deadlines apart (and in FIFO order) in `deadlines`.
     waiting: HashMap<T, (Instant, u64)>,
@@ -147,6 +151,15 @@ struct State<T> {
     /// Set by `shut_down_with_drain`: keep handing out what was queued before the shutdown.
     drain: bool,
     timer_running: bool,
+}
+
+/// Where an item is; an entry with neither is removed.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Dirty: when it was added, for the queue duration metric.
+    added: Option<Instant>,
+    /// Being processed: when it was handed out.
+    started: Option<Instant>,
 }
 
 impl<T> Shared<T> {
@@ -275,8 +288,9 @@ where
             series,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                dirty: HashMap::new(),
-                processing: HashMap::new(),
+                entries: HashMap::new(),
+                dirty: 0,
+                processing: 0,
                 waiting: HashMap::new(),
                 deadlines: BTreeMap::new(),
                 next_seq: 0,
@@ -520,7 +534,7 @@ where
                     self.shared.start_processing(&mut state, &item);
                     return Some(item);
                 }
-                if state.shutting_down && state.dirty.is_empty() {
+                if state.shutting_down && state.dirty == 0 {
                     return None;
                 }
                 // `add_after` outside a runtime could not start the timer; we are in one now.
@@ -552,17 +566,26 @@ where
     /// ```
     pub fn done(&self, item: &T) {
         let shared = &self.shared;
-        let mut state = shared.lock();
-        let Some(started) = state.processing.remove(item) else {
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        let Some(entry) = state.entries.get_mut(item) else {
             return;
         };
-        shrink_map(&mut state.processing);
+        let Some(started) = entry.started.take() else {
+            return;
+        };
+        let again = entry.added.is_some();
+        state.processing -= 1;
+        if !again {
+            state.entries.remove(item);
+            shrink_map(&mut state.entries);
+        }
         if let Some(series) = &shared.series {
             series
                 .work_duration
                 .observe(Instant::now().saturating_duration_since(started).as_secs_f64());
         }
-        if state.dirty.contains_key(item) {
+        if again {
             state.queue.push_back(item.clone());
             shared.item_ready.notify_one();
         }
@@ -622,7 +645,13 @@ where
         state.shutting_down = true;
         state.drain = false;
         state.queue = VecDeque::new();
-        state.dirty = HashMap::new();
+        // Nothing is dirty any more; items being processed stay until their `done`.
+        state.entries.retain(|_, e| {
+            e.added = None;
+            e.started.is_some()
+        });
+        state.dirty = 0;
+        shrink_map(&mut state.entries);
         shared.clear_waiting(&mut state);
         if let Some(series) = &shared.series {
             series.depth.set(0);
@@ -684,7 +713,7 @@ where
             notified.as_mut().enable();
             {
                 let state = shared.lock();
-                if state.processing.is_empty() && (!state.drain || state.dirty.is_empty()) {
+                if state.processing == 0 && (!state.drain || state.dirty == 0) {
                     return;
                 }
             }
@@ -713,13 +742,10 @@ where
         let state = self.shared.lock();
         InternalSizes {
             queued: state.queue.len(),
-            dirty: state.dirty.len(),
-            processing: state.processing.len(),
+            dirty: state.dirty,
+            processing: state.processing,
             waiting: state.waiting.len().max(state.deadlines.len()),
-            capacity: state.queue.capacity()
-                + state.dirty.capacity()
-                + state.processing.capacity()
-                + state.waiting.capacity(),
+            capacity: state.queue.capacity() + state.entries.capacity() + state.waiting.capacity(),
         }
     }
 
@@ -750,16 +776,30 @@ where
 {
     /// Adds `item` unless it is already pending; the caller checked for shutdown.
     fn add_locked(&self, state: &mut State<T>, item: T, now: Instant) {
-        if state.dirty.contains_key(&item) {
-            return;
-        }
-        state.dirty.insert(item.clone(), now);
+        let processing = match state.entries.get_mut(&item) {
+            Some(entry) if entry.added.is_some() => return,
+            // Being processed: `done` queues it.
+            Some(entry) => {
+                entry.added = Some(now);
+                true
+            }
+            None => {
+                state.entries.insert(
+                    item.clone(),
+                    Entry {
+                        added: Some(now),
+                        started: None,
+                    },
+                );
+                false
+            }
+        };
+        state.dirty += 1;
         if let Some(series) = &self.series {
             series.adds.inc();
-            series.depth.set(gauge_value(state.dirty.len()));
+            series.depth.set(gauge_value(state.dirty));
         }
-        if state.processing.contains_key(&item) {
-            // `done` queues it.
+        if processing {
             return;
         }
         state.queue.push_back(item);
@@ -769,19 +809,36 @@ where
     /// Moves a just popped item from pending to processing.
     fn start_processing(&self, state: &mut State<T>, item: &T) {
         let now = Instant::now();
-        let added = state.dirty.remove(item);
-        shrink_map(&mut state.dirty);
+        // A queued item always has an entry; insert one anyway rather than lose track (and
+        // look it up first: `entry()` would clone the key on every get).
+        if !state.entries.contains_key(item) {
+            let blank = Entry {
+                added: None,
+                started: None,
+            };
+            state.entries.insert(item.clone(), blank);
+        }
+        let Some(entry) = state.entries.get_mut(item) else {
+            return;
+        };
+        let added = entry.added.take();
+        let was_processing = entry.started.replace(now).is_some();
+        if added.is_some() {
+            state.dirty -= 1;
+        }
+        if !was_processing {
+            state.processing += 1;
+        }
         shrink_deque(&mut state.queue);
-        state.processing.insert(item.clone(), now);
         if let Some(series) = &self.series {
-            series.depth.set(gauge_value(state.dirty.len()));
+            series.depth.set(gauge_value(state.dirty));
             if let Some(added) = added {
                 series
                     .queue_duration
                     .observe(now.saturating_duration_since(added).as_secs_f64());
             }
         }
-        if state.shutting_down && state.dirty.is_empty() {
+        if state.shutting_down && state.dirty == 0 {
             // That was the last item of a drain: the other workers can stop waiting.
             self.item_ready.notify_waiters();
         }
@@ -867,8 +924,9 @@ where
 
     fn in_progress_seconds(&self, now: Instant) -> (f64, f64) {
         let state = self.lock();
-        state.processing.values().fold((0.0, 0.0), |(sum, max), started| {
-            let secs = now.saturating_duration_since(*started).as_secs_f64();
+        let started = state.entries.values().filter_map(|e| e.started);
+        started.fold((0.0, 0.0), |(sum, max), started| {
+            let secs = now.saturating_duration_since(started).as_secs_f64();
             (sum + secs, f64::max(max, secs))
         })
     }
@@ -880,7 +938,7 @@ impl<T> fmt::Debug for WorkQueue<T> {
         f.debug_struct("WorkQueue")
             .field("name", &self.shared.labels.name)
             .field("queued", &state.queue.len())
-            .field("processing", &state.processing.len())
+            .field("processing", &state.processing)
             .field("waiting", &state.waiting.len())
             .field("shutting_down", &state.shutting_down)
             .finish()
