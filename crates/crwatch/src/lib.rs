@@ -27,3 +27,10 @@ pub mod testing;
 pub mod tls;
 #[cfg(feature = "xds")]
 pub mod xds;
+
+/// What crwatch's exported macros refer to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use schemars;
+    pub use serde_json;
+}

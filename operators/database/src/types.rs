@@ -10,7 +10,6 @@
 //! constants, where a CRD wants a plain `enum` (as `crwatch::conditions` does for the same
 //! reason).
 
-use std::borrow::Cow;
 use std::fmt;
 
 use crwatch::conditions::{Condition, conditions_schema};
@@ -176,31 +175,7 @@ fn server_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// Implements `JsonSchema` for a unit-variant enum as a plain string `enum`.
-macro_rules! string_enum_schema {
-    ($ty:ident, $description:literal, [$($variant:literal),+ $(,)?] $(, default = $default:literal)?) => {
-        impl JsonSchema for $ty {
-            fn schema_name() -> Cow<'static, str> {
-                stringify!($ty).into()
-            }
-
-            fn inline_schema() -> bool {
-                true
-            }
-
-            fn json_schema(_: &mut SchemaGenerator) -> Schema {
-                #[allow(unused_mut)]
-                let mut schema = json_schema!({
-                    "description": $description,
-                    "type": "string",
-                    "enum": [$($variant),+],
-                });
-                $(schema.insert("default".into(), $default.into());)?
-                schema
-            }
-        }
-    };
-}
+use crwatch::string_enum_schema;
 
 /// The database engine. `MySQL` databases are served by MariaDB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

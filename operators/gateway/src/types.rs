@@ -13,11 +13,9 @@
 //! Enums implement `JsonSchema` by hand: a CRD wants a plain string `enum`, where derived,
 //! documented variants become a `oneOf` of constants.
 
-use std::borrow::Cow;
-
 use crwatch::conditions::{Condition, conditions_schema};
 use kube::CustomResource;
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The API group of the gateway resources.
@@ -42,31 +40,7 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// The most retry attempts.
 pub const MAX_RETRIES: u32 = 10;
 
-/// Implements `JsonSchema` for a unit-variant enum as a plain string `enum`.
-macro_rules! string_enum_schema {
-    ($ty:ident, $description:literal, [$($variant:literal),+ $(,)?] $(, default = $default:literal)?) => {
-        impl JsonSchema for $ty {
-            fn schema_name() -> Cow<'static, str> {
-                stringify!($ty).into()
-            }
-
-            fn inline_schema() -> bool {
-                true
-            }
-
-            fn json_schema(_: &mut SchemaGenerator) -> Schema {
-                #[allow(unused_mut)]
-                let mut schema = json_schema!({
-                    "description": $description,
-                    "type": "string",
-                    "enum": [$($variant),+],
-                });
-                $(schema.insert("default".into(), $default.into());)?
-                schema
-            }
-        }
-    };
-}
+use crwatch::string_enum_schema;
 
 /// A route: requests for a host and path go to weighted backends.
 ///
