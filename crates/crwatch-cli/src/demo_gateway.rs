@@ -545,8 +545,7 @@ mod live {
         say: &Narrator,
     ) -> anyhow::Result<Ending> {
         // The generated file's chunks after its header comment, one CRD each.
-        for doc in gateway_operator::crd::crd_yaml().split("\n---\n").skip(1) {
-            let crd: Value = serde_saphyr::from_str(doc).context("parsing the gateway CRDs")?;
+        for crd in gateway_operator::crd::crds() {
             server.apply(crd).await.context("installing the gateway CRDs")?;
         }
         let client = client_for(server).await?;

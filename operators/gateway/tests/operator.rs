@@ -3,6 +3,10 @@
 //! through EndpointSlices, 100 route changes under steady load with no failed request, and an
 //! AI gateway's status with integration reachability.
 
+mod common;
+
+use common::{free_port, route};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,16 +18,8 @@ use gateway_operator::run::RunOptions;
 use gateway_operator::types::{AIGateway, GatewayRoute};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Gateway {
     server: TestServer,
@@ -43,8 +39,7 @@ impl Drop for Gateway {
 
 async fn gateway(ns: &str) -> Gateway {
     let server = TestServer::start().await.expect("API server starts");
-    for doc in gateway_operator::crd::crd_yaml().split("\n---\n").skip(1) {
-        let crd: Value = serde_saphyr::from_str(doc).unwrap();
+    for crd in gateway_operator::crd::crds() {
         server.server().apply(crd).await.expect("CRD");
     }
     let client = server.client();
@@ -89,14 +84,6 @@ async fn gateway(ns: &str) -> Gateway {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     g
-}
-
-fn route(name: &str, spec: Value) -> GatewayRoute {
-    serde_json::from_value(json!({
-        "apiVersion": "gateway.crwatch.io/v1alpha1", "kind": "GatewayRoute",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap()
 }
 
 /// Wait until the route's condition `type_` has `status` for its current generation.

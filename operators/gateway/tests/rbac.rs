@@ -6,6 +6,10 @@
 //! verb is back. The Deployment's two containers, run with the arguments of
 //! deploy/gateway/deployment.yaml, agree on nginx's settings and work together.
 
+mod common;
+
+use common::{free_port, route, wait_for};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,10 +38,6 @@ fn deploy(file: &str) -> PathBuf {
         .join(file)
 }
 
-fn free_port() -> u16 {
-    crwatch_testsupport::free_port().expect("a free port")
-}
-
 /// The documents of a manifest (comment-only chunks skipped).
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("the manifest");
@@ -51,8 +51,7 @@ fn documents(path: &Path) -> Vec<Value> {
 /// namespaces and deploy/gateway/rbac.yaml applied.
 async fn cluster() -> TestServer {
     let server = TestServer::start().await.expect("API server starts");
-    for doc in gateway_operator::crd::crd_yaml().split("\n---\n").skip(1) {
-        let crd: Value = serde_saphyr::from_str(doc).expect("CRD parses");
+    for crd in gateway_operator::crd::crds() {
         server.server().apply(crd).await.expect("CRD");
     }
     server
@@ -212,20 +211,6 @@ impl Gateway {
     }
 }
 
-async fn wait_until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Whether a condition `type_` is `status` for the object's current generation.
 fn has_condition(obj: &Value, type_: &str, status: &str) -> bool {
     let generation = obj.pointer("/metadata/generation");
@@ -256,14 +241,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn route(name: &str, spec: Value) -> GatewayRoute {
-    serde_json::from_value(json!({
-        "apiVersion": "gateway.crwatch.io/v1alpha1", "kind": "GatewayRoute",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .expect("a GatewayRoute")
 }
 
 /// The ClusterRole's rules in deploy/gateway/rbac.yaml as (group, resource, verb).
@@ -408,7 +385,7 @@ async fn the_operator_works_with_exactly_the_rbac_in_deploy() {
 
     // Its Events are recorded (events.k8s.io).
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "team");
-    wait_until(
+    wait_for(
         "an Event from the operator",
         Duration::from_secs(30),
         async || {
@@ -516,7 +493,7 @@ async fn without_one_verb_the_operator_fails_clearly_backs_off_and_recovers() {
     let denied = format!(
         "User \\\"system:serviceaccount:{NS}:{SA}\\\" cannot patch resource \\\"gatewayroutes/status\\\" in API group \\\"gateway.crwatch.io\\\" in the namespace \\\"team\\\""
     );
-    wait_until(
+    wait_for(
         "the log to name the missing permission",
         Duration::from_secs(60),
         async || gw.op.log().contains(&denied).then_some(()),
@@ -532,7 +509,7 @@ async fn without_one_verb_the_operator_fails_clearly_backs_off_and_recovers() {
         "a status was written without the permission"
     );
     // It keeps running and retries with backoff, not in a storm.
-    let before = wait_until("the operator's metrics", Duration::from_secs(30), async || {
+    let before = wait_for("the operator's metrics", Duration::from_secs(30), async || {
         gw.reconciles().await
     })
     .await;
@@ -687,7 +664,7 @@ async fn the_deployments_two_containers_agree_and_work_together() {
     let _guard = NginxGuard(Nginx::new(binary, settings, Mode::External).expect("the prefix"));
     let nginx = Process::spawn(&args(nginx_c), prefix.path().join("nginx.log"), true);
     let addr = SocketAddr::from(([127, 0, 0, 1], http_port));
-    wait_until(
+    wait_for(
         "the nginx container to listen",
         Duration::from_secs(30),
         async || tokio::net::TcpStream::connect(addr).await.ok(),
@@ -696,7 +673,7 @@ async fn the_deployments_two_containers_agree_and_work_together() {
     let mut op_args = args(op_c);
     op_args.push(format!("--kubeconfig={}", sa_kubeconfig(&server).display()));
     let op = Process::spawn(&op_args, prefix.path().join("operator.log"), false);
-    wait_until("the operator's /readyz", Duration::from_secs(60), async || {
+    wait_for("the operator's /readyz", Duration::from_secs(60), async || {
         let r = reqwest::get(format!("http://{probe_addr}/readyz")).await.ok()?;
         r.status().is_success().then_some(())
     })

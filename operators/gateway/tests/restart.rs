@@ -4,6 +4,10 @@
 //! waits; the restarted operator adopts the same master and applies it, and a restart with
 //! nothing changed reloads nothing. A killed nginx is started again by the running operator.
 
+mod common;
+
+use common::{free_port, route, wait_for};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -17,13 +21,9 @@ use gateway_operator::render::Settings;
 use gateway_operator::types::GatewayRoute;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-operator");
-
-fn free_port() -> u16 {
-    crwatch_testsupport::free_port().expect("a free port")
-}
 
 /// An API server, the CRDs, the namespace, a prefix and ports for nginx; nginx (which outlives
 /// every operator process) is killed when this is dropped, even when the test fails.
@@ -53,8 +53,7 @@ struct Operator {
 impl Site {
     async fn new(ns: &str) -> Site {
         let server = TestServer::start().await.expect("API server starts");
-        for doc in gateway_operator::crd::crd_yaml().split("\n---\n").skip(1) {
-            let crd: Value = serde_saphyr::from_str(doc).expect("CRD parses");
+        for crd in gateway_operator::crd::crds() {
             server.server().apply(crd).await.expect("CRD");
         }
         server
@@ -169,20 +168,6 @@ impl Operator {
     }
 }
 
-async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Wait until the route's condition `type_` has `status` for its current generation.
 async fn wait_condition(api: &Api<GatewayRoute>, name: &str, type_: &str, status: &str, op: &Operator) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -204,14 +189,6 @@ async fn wait_condition(api: &Api<GatewayRoute>, name: &str, type_: &str, status
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn route(name: &str, spec: Value) -> GatewayRoute {
-    serde_json::from_value(json!({
-        "apiVersion": "gateway.crwatch.io/v1alpha1", "kind": "GatewayRoute",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .expect("a GatewayRoute")
 }
 
 async fn backend_of(addr: SocketAddr) -> Option<String> {

@@ -424,8 +424,7 @@ struct Operator {
 impl Operator {
     async fn start(nginx_binary: &Path) -> Result<Operator> {
         let server = TestServer::start().await.context("starting crwatch-apiserver")?;
-        for doc in gateway_operator::crd::crd_yaml().split("\n---\n").skip(1) {
-            let crd: Value = serde_saphyr::from_str(doc).context("parsing a CRD")?;
+        for crd in gateway_operator::crd::crds() {
             server.server().apply(crd).await.context("applying a CRD")?;
         }
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(server.client());
