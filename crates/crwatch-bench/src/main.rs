@@ -9,6 +9,7 @@ mod cache;
 mod latency;
 mod queue;
 mod report;
+mod server;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -40,10 +41,19 @@ goes first per round, and prints the median of R repeats. Build with --release.
                          a fifth of it for the multi-producer runs)
   --consumers C[,C..]    consumer threads of the multi-producer runs (default 1,2,4,8)
   --only S[,S..]         sections to run: sync, relist, throughput, reconcile, latency,
-                         queue (default all)
+                         queue, server (crwatch-apiserver writes/s and watch fan-out to 1, 10,
+                         100 watchers) (default all)
   --json FILE            write every row (samples, medians, ratios) and the machine";
 
-const SECTIONS: [&str; 6] = ["sync", "relist", "throughput", "reconcile", "latency", "queue"];
+const SECTIONS: [&str; 7] = [
+    "sync",
+    "relist",
+    "throughput",
+    "reconcile",
+    "latency",
+    "queue",
+    "server",
+];
 
 struct Options {
     objects: Vec<usize>,
@@ -458,6 +468,38 @@ async fn run(opts: Options) -> Result<()> {
         }
     }
 
+    let mut server_rows = vec![];
+    if opts.runs("server") {
+        const WHY: &str = "the API server under test; no peer";
+        let mut writes = Row::new("crwatch-apiserver writes/s, ConfigMaps of 3 KiB", "/s")
+            .higher()
+            .crwatch_only(WHY);
+        let mut fanouts: Vec<(usize, Row)> = [1, 10, 100]
+            .into_iter()
+            .map(|w| {
+                (
+                    w,
+                    Row::new(format!("watch events/s delivered to {w} watchers"), "/s")
+                        .higher()
+                        .crwatch_only(WHY),
+                )
+            })
+            .collect();
+        for round in 0..opts.repeats {
+            eprintln!("server round {} of {}", round + 1, opts.repeats);
+            let rate = labelled("apiserver writes", server::writes_per_sec(opts.updates.max(100))).await?;
+            eprintln!("  writes: {rate:.0}/s");
+            writes.crwatch.push(rate);
+            for (w, row) in &mut fanouts {
+                let events = (opts.updates / 5).clamp(100, 2000);
+                let rate = labelled("watch fan-out", server::fanout(*w, events)).await?;
+                eprintln!("  fan-out to {w}: {rate:.0} events/s");
+                row.crwatch.push(rate);
+            }
+        }
+        server_rows.push(writes);
+        server_rows.extend(fanouts.into_iter().map(|(_, r)| r));
+    }
     let mut rows: Vec<Row> = vec![];
     for size in sizes {
         rows.extend(size.into_rows(&opts));
@@ -476,6 +518,7 @@ async fn run(opts: Options) -> Result<()> {
             rows.push(achieved);
         }
     }
+    rows.extend(server_rows);
     if opts.runs("queue") {
         rows.push(queue_single);
         rows.extend(queue_multi.into_iter().map(|(_, r)| r));
