@@ -489,6 +489,44 @@ pub fn summary(conditions: &[Condition], type_: &str) -> String {
     }
 }
 
+/// Implements `schemars::JsonSchema` for a unit-variant enum as a plain string `enum`, which is
+/// what a CRD's structural schema wants (derived, documented variants become a `oneOf` of
+/// constants, which the API server refuses in a structural schema).
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// enum Engine { PostgreSQL, MySQL }
+/// crwatch::string_enum_schema!(Engine, "Database engine.", ["PostgreSQL", "MySQL"], default = "PostgreSQL");
+///
+/// let schema = schemars::schema_for!(Engine);
+/// assert_eq!(schema.get("enum"), Some(&serde_json::json!(["PostgreSQL", "MySQL"])));
+/// assert_eq!(schema.get("default"), Some(&serde_json::json!("PostgreSQL")));
+/// ```
+#[macro_export]
+macro_rules! string_enum_schema {
+    ($ty:ident, $description:literal, [$($variant:literal),+ $(,)?] $(, default = $default:literal)?) => {
+        impl $crate::__private::schemars::JsonSchema for $ty {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                ::std::stringify!($ty).into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut $crate::__private::schemars::SchemaGenerator) -> $crate::__private::schemars::Schema {
+                #[allow(unused_mut)]
+                let mut map = $crate::__private::serde_json::Map::new();
+                map.insert("description".into(), $description.into());
+                map.insert("type".into(), "string".into());
+                map.insert("enum".into(), $crate::__private::serde_json::json!([$($variant),+]));
+                $(map.insert("default".into(), $default.into());)?
+                $crate::__private::schemars::Schema::from(map)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,42 +793,4 @@ mod tests {
             assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422), "{err:?}");
         }
     }
-}
-
-/// Implements `schemars::JsonSchema` for a unit-variant enum as a plain string `enum`, which is
-/// what a CRD's structural schema wants (derived, documented variants become a `oneOf` of
-/// constants, which the API server refuses in a structural schema).
-///
-/// ```
-/// #[derive(serde::Serialize, serde::Deserialize)]
-/// enum Engine { PostgreSQL, MySQL }
-/// crwatch::string_enum_schema!(Engine, "Database engine.", ["PostgreSQL", "MySQL"], default = "PostgreSQL");
-///
-/// let schema = schemars::schema_for!(Engine);
-/// assert_eq!(schema.get("enum"), Some(&serde_json::json!(["PostgreSQL", "MySQL"])));
-/// assert_eq!(schema.get("default"), Some(&serde_json::json!("PostgreSQL")));
-/// ```
-#[macro_export]
-macro_rules! string_enum_schema {
-    ($ty:ident, $description:literal, [$($variant:literal),+ $(,)?] $(, default = $default:literal)?) => {
-        impl $crate::__private::schemars::JsonSchema for $ty {
-            fn schema_name() -> ::std::borrow::Cow<'static, str> {
-                ::std::stringify!($ty).into()
-            }
-
-            fn inline_schema() -> bool {
-                true
-            }
-
-            fn json_schema(_: &mut $crate::__private::schemars::SchemaGenerator) -> $crate::__private::schemars::Schema {
-                #[allow(unused_mut)]
-                let mut map = $crate::__private::serde_json::Map::new();
-                map.insert("description".into(), $description.into());
-                map.insert("type".into(), "string".into());
-                map.insert("enum".into(), $crate::__private::serde_json::json!([$($variant),+]));
-                $(map.insert("default".into(), $default.into());)?
-                $crate::__private::schemars::Schema::from(map)
-            }
-        }
-    };
 }
