@@ -486,34 +486,27 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), NginxError> {
 }
 
 /// The child processes of `pid` (nginx's workers).
-fn children(pid: i32) -> Vec<i32> {
+pub fn children(pid: i32) -> Vec<i32> {
     let direct = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
     if let Ok(text) = direct {
         return text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
     }
     // Without CONFIG_PROC_CHILDREN: scan every process's parent.
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|st| {
-                    st.rsplit_once(')')
-                        .map(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string))
-                })
-                .flatten()
-                .and_then(|pp| pp.parse::<i32>().ok())
-                == Some(pid)
-        })
-        .collect()
+    processes_where(STAT_PPID, pid)
 }
 
 /// The processes in process group `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    processes_where(STAT_PGRP, pgid)
+}
+
+/// Fields of /proc/<pid>/stat after `pid (comm)`: state, ppid, pgrp, ...
+const STAT_PPID: usize = 1;
+const STAT_PGRP: usize = 2;
+
+/// The processes whose /proc/<pid>/stat field `field` (counted after the command name, which
+/// may hold spaces and parentheses) is `value`.
+fn processes_where(field: usize, value: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };
@@ -521,21 +514,24 @@ fn group_members(pgid: i32) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|p| {
-            // /proc/<pid>/stat: pid (comm) state ppid pgrp ...; comm may hold spaces.
             std::fs::read_to_string(format!("/proc/{p}/stat"))
                 .ok()
                 .and_then(|st| {
-                    st.rsplit_once(')')
-                        .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok())
+                    st.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(field)?
+                        .parse::<i32>()
+                        .ok()
                 })
-                == Some(pgid)
+                == Some(value)
         })
         .collect()
 }
 
 /// Whether worker `pid` still accepts connections: it runs and has not retitled itself
 /// "worker process is shutting down" (which nginx does as it closes its listening sockets).
-fn accepting(pid: i32) -> bool {
+pub fn accepting(pid: i32) -> bool {
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(cmd) => {
             let text = String::from_utf8_lossy(&cmd);

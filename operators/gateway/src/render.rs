@@ -226,15 +226,11 @@ impl W {
     }
 }
 
-fn unit_prefix(u: &Unit) -> String {
-    u.id.clone()
-}
-
 /// The http-level part of a route: header flag maps and its upstream.
 fn route_http(u: &Unit, body: &RouteBody) -> String {
     let mut s = String::new();
-    let id = unit_prefix(u);
-    header_flags(&mut s, &id, &u.headers);
+    let id = &u.id;
+    header_flags(&mut s, id, &u.headers);
     if !body.servers.is_empty() {
         let _ = writeln!(s, "upstream crw_u_{id} {{");
         for (addr, weight) in &body.servers {
@@ -289,7 +285,7 @@ const DEFAULT_READ_MS: u64 = 60_000;
 
 /// The named location of a route.
 fn route_location(u: &Unit, body: &RouteBody) -> String {
-    let id = unit_prefix(u);
+    let id = &u.id;
     let mut s = String::new();
     let _ = writeln!(s, "location @crw_{id} {{");
     let overridden: BTreeSet<String> = body
@@ -398,7 +394,7 @@ fn ai_limit_key(id: &str, body: &AiBody, key: RateLimitKey) -> String {
 
 /// The http-level part of an AI gateway.
 fn ai_http(u: &Unit, body: &AiBody) -> String {
-    let id = unit_prefix(u);
+    let id = &u.id;
     let mut s = String::new();
     for (i, m) in body.integrations.iter().enumerate() {
         let _ = writeln!(
@@ -530,12 +526,12 @@ fn ai_http(u: &Unit, body: &AiBody) -> String {
         }
     }
     for l in &body.limits {
-        let key = ai_limit_key(&id, body, l.key);
+        let key = ai_limit_key(id, body, l.key);
         let unit = if l.per_minute { "r/m" } else { "r/s" };
         let _ = writeln!(
             s,
             "limit_req_zone {key} zone={}:1m rate={}{unit};",
-            limit_zone(&id, l, &key),
+            limit_zone(id, l, &key),
             l.rate
         );
     }
@@ -564,17 +560,17 @@ fn ai_checks(s: &mut String, id: &str, body: &AiBody) {
 
 /// The named location of an AI gateway.
 fn ai_location(u: &Unit, body: &AiBody) -> String {
-    let id = unit_prefix(u);
+    let id = &u.id;
     let mut s = String::new();
     let _ = writeln!(s, "location @crw_{id} {{");
     s.push_str("    default_type application/json;\n");
-    ai_checks(&mut s, &id, body);
+    ai_checks(&mut s, id, body);
     for l in &body.limits {
-        let key = ai_limit_key(&id, body, l.key);
+        let key = ai_limit_key(id, body, l.key);
         let _ = writeln!(
             s,
             "    limit_req zone={} burst={} nodelay;",
-            limit_zone(&id, l, &key),
+            limit_zone(id, l, &key),
             l.burst
         );
     }
@@ -615,7 +611,7 @@ fn ai_location(u: &Unit, body: &AiBody) -> String {
 
 /// The prompt template locations of an AI gateway in one server.
 fn ai_templates(u: &Unit, body: &AiBody, taken_exact: &BTreeSet<String>) -> String {
-    let id = unit_prefix(u);
+    let id = &u.id;
     let prefix = match &u.path {
         PathKey::Prefix(p) if p == "/" => String::new(),
         PathKey::Prefix(p) => p.clone(),
@@ -629,7 +625,7 @@ fn ai_templates(u: &Unit, body: &AiBody, taken_exact: &BTreeSet<String>) -> Stri
         }
         let _ = writeln!(s, "location = {} {{", quote(&path));
         s.push_str("    default_type application/json;\n");
-        ai_checks(&mut s, &id, body);
+        ai_checks(&mut s, id, body);
         let _ = writeln!(
             s,
             "    alias {};",
@@ -681,13 +677,12 @@ fn server_units<'a>(units: &'a [Unit], host: Option<&str>) -> Vec<&'a Unit> {
     }
 }
 
-fn dispatch(w: &mut W, members: &[&Unit], dispatch_maps: &mut BTreeMap<String, String>) -> String {
+fn dispatch(members: &[&Unit], dispatch_maps: &mut BTreeMap<String, String>) -> String {
     if let [only] = members
         && only.headers.is_empty()
     {
         return format!("error_page 418 = @crw_{}; return 418;", only.id);
     }
-    let _ = w;
     // Most specific first (more header conditions), then oldest; a member without headers
     // (at most one survives conflict resolution) is the default.
     let mut ordered: Vec<&&Unit> = members.iter().filter(|u| !u.headers.is_empty()).collect();
@@ -750,7 +745,7 @@ fn server_body(
     let mut has_root = false;
     for path in order {
         let members = &groups[path];
-        let d = dispatch(&mut w, members, dispatch_maps);
+        let d = dispatch(members, dispatch_maps);
         let owner = members
             .iter()
             .min_by(|a, b| a.created.cmp(&b.created).then(a.key.cmp(&b.key)))

@@ -401,16 +401,7 @@ async fn a_killed_master_alone_is_replaced_and_its_orphaned_workers_retired() {
     // SAFETY: kill(2) with a pid read from nginx's own pid file and checked to be its master.
     assert_eq!(unsafe { libc::kill(master, libc::SIGKILL) }, 0);
     // Its workers, orphaned (they share its process group).
-    let orphans: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            // /proc/<pid>/stat: pid (comm) state ppid pgrp ...
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let pgrp: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()?;
-            (pgrp == master).then_some(stat)
-        })
-        .collect();
+    let orphans = gateway_operator::nginx::group_members(master);
     assert!(!orphans.is_empty(), "the workers outlive their master");
     let replaced = wait_for("a new master serving", Duration::from_secs(20), async || {
         let pid = site.nginx.master_pid().filter(|p| *p != master)?;
@@ -438,10 +429,7 @@ async fn a_killed_master_alone_is_replaced_and_its_orphaned_workers_retired() {
         async || {
             orphans
                 .iter()
-                .all(|s| {
-                    let pid = s.split_whitespace().next().unwrap_or("0");
-                    !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                })
+                .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
                 .then_some(())
         },
     )

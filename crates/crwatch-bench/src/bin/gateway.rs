@@ -32,7 +32,7 @@ use futures::{StreamExt, TryStreamExt};
 use gateway_operator::backend::Backend;
 use gateway_operator::engine::Engine;
 use gateway_operator::loadgen::{LoadConfig, LoadGen, LoadStats, first_success_after};
-use gateway_operator::nginx::{Mode, Nginx};
+use gateway_operator::nginx::{Mode, Nginx, accepting, children};
 use gateway_operator::plan::{Snapshot, plan};
 use gateway_operator::render::{Settings, render};
 use gateway_operator::run::RunOptions;
@@ -247,12 +247,6 @@ fn proc_field(path: &str, name: &str) -> u64 {
         .unwrap_or_default()
 }
 
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .map(|t| t.split_whitespace().filter_map(|p| p.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 fn nginx_memory(nginx: &Nginx) -> Result<Mem> {
     let master = nginx.master_pid().ok_or_else(|| anyhow!("no nginx master"))?;
     let mut mem = Mem {
@@ -267,27 +261,21 @@ fn nginx_memory(nginx: &Nginx) -> Result<Mem> {
     Ok(mem)
 }
 
-/// Wait until the old workers of earlier reloads have exited (their memory would be counted
-/// otherwise); gives up quietly after a while, the figure then includes them.
 /// Wait until every child of the master is a live worker (no old worker draining or waiting
 /// to be reaped): nginx takes a reload at once only then.
 async fn quiet(nginx: &Nginx) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let Some(master) = nginx.master_pid() else { return };
-        let busy = children(master).into_iter().any(|pid| {
-            !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let t = String::from_utf8_lossy(&c);
-                t.starts_with("nginx: worker process") && !t.contains("shutting down")
-            })
-        });
-        if !busy {
+        if children(master).into_iter().all(accepting) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
+/// Wait until the old workers of earlier reloads have exited (their memory would be counted
+/// otherwise); gives up quietly after a while, the figure then includes them.
 async fn settle(nginx: &Nginx) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
