@@ -384,6 +384,28 @@ where
         self.set_transform(Some(projection.transform::<K>()));
     }
 
+    /// Keep cold objects compressed in the cache (feature `compact`; see
+    /// [`Store::compact_cold`]): about half the memory for large objects, at the cost of a
+    /// decode when a cold object is read. Handlers still get the objects as delivered.
+    ///
+    /// ```
+    /// use crwatch::informer::InformerFactory;
+    /// use crwatch::store::Compaction;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// # async fn f(client: kube::Client) -> Result<(), crwatch::store::CompactionError> {
+    /// let factory = InformerFactory::new(client);
+    /// factory.all::<ConfigMap>().compact_cold(Compaction::new().hot(512)?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "compact")]
+    pub fn compact_cold(&self, settings: crate::store::Compaction)
+    where
+        K: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.inner.store.compact_cold(settings);
+    }
+
     /// Diff lists by these keys (e.g. `ListKeys::from_crd(&crd, "v1")`, so a CRD's
     /// `x-kubernetes-list-map-keys` name list items in diffs); the built-in merge keys otherwise.
     pub fn set_list_keys(&self, keys: crate::diff::ListKeys) {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use kube::Resource;
 use kube::core::{Expression, Selector, SelectorExt};
 
+use super::compact::Slot;
 use super::{ObjectKey, Store};
 
 /// A read-only view of a [`Store`]: what reconcilers and handlers get, so they cannot
@@ -115,12 +116,13 @@ impl<K: Resource + Clone + Send + Sync + 'static> Lister<K> {
             namespace: Some(ns.to_owned()),
             name: String::new(),
         };
-        let st = self.store.read();
-        st.objects
-            .range(start..)
-            .take_while(|(k, _)| k.namespace.as_deref() == Some(ns))
-            .map(|(_, e)| Arc::clone(&e.obj))
-            .collect()
+        self.store.collect(|st| {
+            st.objects
+                .range(start..)
+                .take_while(|(k, _)| k.namespace.as_deref() == Some(ns))
+                .map(|(_, e)| e.obj.clone())
+                .collect()
+        })
     }
 
     /// Objects whose labels match a selector in kubectl's `-l` syntax: `a=b`, `a==b`, `a!=b`,
@@ -184,12 +186,19 @@ impl<K: Resource + Clone + Send + Sync + 'static> Lister<K> {
     /// assert!(store.lister().list_matching(&sel).is_empty());
     /// ```
     pub fn list_matching(&self, selector: &Selector) -> Vec<Arc<K>> {
-        let st = self.store.read();
-        st.objects
-            .values()
-            .filter(|e| selector.matches(labels_of(&*e.obj)))
-            .map(|e| Arc::clone(&e.obj))
-            .collect()
+        let mut objs = self.store.collect(|st| {
+            st.objects
+                .values()
+                .filter(|e| match &e.obj {
+                    Slot::Hot(o) => selector.matches(labels_of(&**o)),
+                    // Matched once decoded, below.
+                    Slot::Cold(_) => true,
+                })
+                .map(|e| e.obj.clone())
+                .collect()
+        });
+        objs.retain(|o| selector.matches(labels_of(&**o)));
+        objs
     }
 
     /// Objects filed under `value` in index `index` (see [`Store::by_index`]).

@@ -21,10 +21,11 @@
 //! # Ok::<(), crwatch::store::InvalidKey>(())
 //! ```
 
+mod compact;
 mod index;
 mod lister;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -34,11 +35,15 @@ use kube::Resource;
 
 pub mod snapshot;
 
+pub use compact::CompactionStats;
+#[cfg(feature = "compact")]
+pub use compact::{Compaction, CompactionError};
 pub use index::{
     IndexFn, LABEL_INDEX, NAMESPACE_INDEX, OWNER_INDEX, index_controller_owner, index_labels, index_namespace,
 };
 pub use lister::{Lister, SelectorError, parse_selector};
 
+use compact::{Codec, Slot};
 use index::{IndexValues, Indexers, Indices, SharedKey};
 
 /// client-go's `MetaNamespaceKey`: `ns/name`, or `name` for cluster-scoped objects.
@@ -202,9 +207,10 @@ pub struct SyncTimeout {
     pub timeout: Duration,
 }
 
-/// One cached object and the index values it is filed under.
+/// One cached object (itself, or compressed when cold) and the index values it is filed
+/// under.
 struct Entry<K> {
-    obj: Arc<K>,
+    obj: Slot<K>,
     values: IndexValues,
 }
 
@@ -217,6 +223,12 @@ struct State<K> {
     indexers: Arc<Indexers<K>>,
     objects: BTreeMap<SharedKey, Entry<K>>,
     indices: Indices,
+    /// Compressed storage of cold objects, once enabled ([`Store::compact_cold`]).
+    codec: Option<Arc<Codec<K>>>,
+    /// With a codec: the objects written most recently, oldest first, as (key, address of the
+    /// `Arc` written). An item whose entry has since been rewritten or deleted is stale and
+    /// skipped. At most `codec.hot + 1` items.
+    hot: VecDeque<(SharedKey, usize)>,
 }
 
 struct Shared<K> {
@@ -282,20 +294,52 @@ impl<K> Store<K> {
 /// Same resourceVersion on both sides. A missing version proves nothing, so it counts as
 /// changed: sources without versions (files) then see every relisted object as updated
 /// unless they synthesize one, e.g. from a content hash.
-fn same_version<K: Resource>(a: &K, b: &K) -> bool {
-    match (&a.meta().resource_version, &b.meta().resource_version) {
+fn same_version_str(a: Option<&str>, b: Option<&str>) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if a == b)
+}
+
+/// [`same_object`] on uids.
+fn same_uid(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
         (Some(a), Some(b)) => a == b,
-        _ => false,
+        _ => true,
     }
 }
 
 /// Whether two states under one key are the same object: a different uid means it was
 /// deleted and created again (unknown uids count as the same object).
 pub fn same_object<K: Resource>(a: &K, b: &K) -> bool {
-    match (&a.meta().uid, &b.meta().uid) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
+    same_uid(a.meta().uid.as_deref(), b.meta().uid.as_deref())
+}
+
+/// Whether two slots hold the very same stored state (the same `Arc`).
+fn same_slot<K>(a: &Slot<K>, b: &Slot<K>) -> bool {
+    match (a, b) {
+        (Slot::Hot(a), Slot::Hot(b)) => Arc::ptr_eq(a, b),
+        (Slot::Cold(a), Slot::Cold(b)) => a.ptr_eq(b),
+        _ => false,
     }
+}
+
+/// Hot objects past the hot set's limit, oldest first, to be compressed: pops `hot` down to
+/// `limit` and keeps the items still current (the entry holds the `Arc` that was written).
+fn take_cold<K>(
+    objects: &BTreeMap<SharedKey, Entry<K>>,
+    hot: &mut VecDeque<(SharedKey, usize)>,
+    limit: usize,
+) -> Vec<(SharedKey, Arc<K>)> {
+    let mut out = Vec::new();
+    while hot.len() > limit {
+        let Some((key, addr)) = hot.pop_front() else { break };
+        if let Some(Entry {
+            obj: Slot::Hot(o), ..
+        }) = objects.get(&key)
+            && Arc::as_ptr(o) as usize == addr
+        {
+            out.push((key, Arc::clone(o)));
+        }
+    }
+    out
 }
 
 impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
@@ -318,6 +362,8 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
                     indexers: Arc::new(indexers),
                     objects: BTreeMap::new(),
                     indices,
+                    codec: None,
+                    hot: VecDeque::new(),
                 }),
                 synced: tokio::sync::watch::Sender::new(false),
             }),
@@ -347,18 +393,23 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         loop {
             // Compute outside the lock from a snapshot; objects that change meanwhile are
             // recomputed under the lock.
-            let (indexers, snapshot) = {
+            let (indexers, codec, snapshot) = {
                 let st = self.read();
-                let objs: Vec<(ObjectKey, Arc<K>)> = st
+                let objs: Vec<(ObjectKey, Slot<K>)> = st
                     .objects
                     .iter()
-                    .map(|(k, e)| ((**k).clone(), Arc::clone(&e.obj)))
+                    .map(|(k, e)| ((**k).clone(), e.obj.clone()))
                     .collect();
-                (Arc::clone(&st.indexers), objs)
+                (Arc::clone(&st.indexers), st.codec.clone(), objs)
             };
-            let mut precomputed: HashMap<ObjectKey, (Arc<K>, Vec<String>)> = snapshot
+            let mut precomputed: HashMap<ObjectKey, (Slot<K>, Vec<String>)> = snapshot
                 .into_iter()
-                .map(|(k, o)| (k, (Arc::clone(&o), index::normalize(f(&o)))))
+                .map(|(k, slot)| {
+                    let vals = compact::resolve(codec.as_deref(), slot.clone())
+                        .map(|o| index::normalize(f(&o)))
+                        .unwrap_or_default();
+                    (k, (slot, vals))
+                })
                 .collect();
             let (new_indexers, pos) = indexers.with(name, Arc::clone(&f));
 
@@ -366,12 +417,16 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
             if !Arc::ptr_eq(&st.indexers, &indexers) {
                 continue; // another indexer was registered meanwhile: start over on top of it
             }
+            let codec = st.codec.clone();
             let values: Vec<Vec<String>> = st
                 .objects
                 .iter()
                 .map(|(key, e)| match precomputed.remove(&**key) {
-                    Some((obj, vals)) if Arc::ptr_eq(&obj, &e.obj) => vals,
-                    _ => index::normalize(f(&e.obj)),
+                    Some((slot, vals)) if same_slot(&slot, &e.obj) => vals,
+                    // Changed meanwhile (rare): computed here, under the lock.
+                    _ => compact::resolve(codec.as_deref(), e.obj.clone())
+                        .map(|o| index::normalize(f(&o)))
+                        .unwrap_or_default(),
                 })
                 .collect();
             // All user code has run; only now mutate (see the invariant on `State`).
@@ -379,6 +434,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
                 indexers: st_indexers,
                 objects,
                 indices,
+                ..
             } = &mut *st;
             indices.clear(pos);
             for ((key, e), vals) in objects.iter_mut().zip(values) {
@@ -418,13 +474,72 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         } else {
             st.indexers.compute(&obj)
         };
-        let State { objects, indices, .. } = &mut *st;
+        let State {
+            objects,
+            indices,
+            codec,
+            hot,
+            ..
+        } = &mut *st;
         let (key, old) = match objects.get_key_value(&key) {
             Some((k, e)) => (Arc::clone(k), Some(&e.values)),
             None => (Arc::new(key), None),
         };
         let values = indices.update(&key, old, &values);
-        objects.insert(key, Entry { obj, values }).map(|e| e.obj)
+        let Some(codec) = codec.clone() else {
+            return match objects
+                .insert(
+                    key,
+                    Entry {
+                        obj: Slot::Hot(obj),
+                        values,
+                    },
+                )?
+                .obj
+            {
+                Slot::Hot(old) => Some(old),
+                // Without a codec nothing is ever compressed.
+                Slot::Cold(_) => None,
+            };
+        };
+        hot.push_back((Arc::clone(&key), Arc::as_ptr(&obj) as usize));
+        let old = objects.insert(
+            key,
+            Entry {
+                obj: Slot::Hot(obj),
+                values,
+            },
+        );
+        let evicted = take_cold(objects, hot, codec.hot);
+        drop(st);
+        self.compress(&codec, evicted);
+        old.and_then(|e| compact::resolve(Some(&codec), e.obj))
+    }
+
+    /// Compresses objects that left the hot set, outside the lock, then swaps each in if the
+    /// entry still holds the state that was compressed (a newer write stays hot). Objects
+    /// that do not pack (small, or incompressible) stay as they are.
+    fn compress(&self, codec: &Codec<K>, evicted: Vec<(SharedKey, Arc<K>)>) {
+        let packed: Vec<_> = evicted
+            .into_iter()
+            .filter_map(|(key, obj)| codec.pack(&obj).map(|p| (key, obj, p)))
+            .collect();
+        if packed.is_empty() {
+            return;
+        }
+        let mut replaced = Vec::with_capacity(packed.len());
+        {
+            let mut st = self.write();
+            for (key, obj, p) in &packed {
+                if let Some(e) = st.objects.get_mut(key)
+                    && matches!(&e.obj, Slot::Hot(cur) if Arc::ptr_eq(cur, obj))
+                {
+                    replaced.push(std::mem::replace(&mut e.obj, Slot::Cold(p.clone())));
+                }
+            }
+        }
+        // The decoded objects are freed here, after the lock.
+        drop((replaced, packed));
     }
 
     /// Removes an object; returns its last known state.
@@ -447,7 +562,9 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         for (pos, vals) in e.values.iter().enumerate() {
             indices.remove(pos, key, vals);
         }
-        Some(e.obj)
+        let codec = st.codec.clone();
+        drop(st);
+        compact::resolve(codec.as_deref(), e.obj)
     }
 
     /// Replaces the whole content after a (re)list and reports only real changes: objects
@@ -477,50 +594,80 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
             .into_iter()
             .map(|o| (ObjectKey::of(&o), Arc::new(o)))
             .collect();
-        let (new_list, old_objects) = loop {
-            // Build the new content entirely outside the lock, then swap it in.
-            let indexers = Arc::clone(&self.read().indexers);
+        let (new_list, old_objects, codec) = loop {
+            // Build the new content entirely outside the lock (compressing included), then
+            // swap it in.
+            let (indexers, codec) = {
+                let st = self.read();
+                (Arc::clone(&st.indexers), st.codec.clone())
+            };
             let mut computed = BTreeMap::new();
             for (key, obj) in &objs {
                 computed.insert(key.clone(), (Arc::clone(obj), indexers.compute(obj)));
             }
             let mut indices = Indices::with_len(indexers.fns.len());
             let mut objects: BTreeMap<SharedKey, Entry<K>> = BTreeMap::new();
-            for (key, (obj, values)) in computed {
+            let mut new_list: Vec<(ObjectKey, Arc<K>)> = Vec::with_capacity(computed.len());
+            let mut hot = VecDeque::new();
+            // With a codec, the last `hot` objects (in key order: a list says nothing about
+            // which are in use) stay decoded and the rest are compressed.
+            let compress_below = codec.as_ref().map_or(0, |c| computed.len().saturating_sub(c.hot));
+            for (i, (key, (obj, values))) in computed.into_iter().enumerate() {
                 let key = Arc::new(key);
                 let values = indices.update(&key, None, &values);
-                objects.insert(key, Entry { obj, values });
+                let slot = match &codec {
+                    Some(c) if i < compress_below => c
+                        .pack(&obj)
+                        .map_or_else(|| Slot::Hot(Arc::clone(&obj)), Slot::Cold),
+                    Some(_) => {
+                        hot.push_back((Arc::clone(&key), Arc::as_ptr(&obj) as usize));
+                        Slot::Hot(Arc::clone(&obj))
+                    }
+                    None => Slot::Hot(Arc::clone(&obj)),
+                };
+                new_list.push(((*key).clone(), obj));
+                objects.insert(key, Entry { obj: slot, values });
             }
-            let new_list: Vec<(ObjectKey, Arc<K>)> = objects
-                .iter()
-                .map(|(k, e)| ((**k).clone(), Arc::clone(&e.obj)))
-                .collect();
             let mut st = self.write();
-            if !Arc::ptr_eq(&st.indexers, &indexers) {
-                continue; // an indexer was added meanwhile: rebuild with it
+            let same_codec = match (&st.codec, &codec) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !Arc::ptr_eq(&st.indexers, &indexers) || !same_codec {
+                continue; // an indexer or compaction was set meanwhile: rebuild with it
             }
             st.indices = indices;
-            break (new_list, std::mem::replace(&mut st.objects, objects));
+            st.hot = hot;
+            break (new_list, std::mem::replace(&mut st.objects, objects), codec);
         };
-        // Diff and drop the old content after the lock is released: both are O(n).
+        // Diff and drop the old content after the lock is released: both are O(n). Old
+        // objects are decoded only when reported (changed or deleted).
+        let old = |slot| compact::resolve(codec.as_deref(), slot);
         let mut out = Replaced::default();
         let mut old_iter = old_objects.into_iter().peekable();
         for (key, new) in new_list {
             while let Some((_, e)) = old_iter.next_if(|(k, _)| **k < key) {
-                out.deleted.push(e.obj);
+                out.deleted.extend(old(e.obj));
             }
-            match old_iter.next_if(|(k, _)| **k == key) {
-                Some((_, e)) if !same_object(&*e.obj, &*new) => {
-                    // Deleted and created again under the same name while nobody looked.
-                    out.deleted.push(e.obj);
-                    out.added.push(new);
+            let Some((_, e)) = old_iter.next_if(|(k, _)| **k == key) else {
+                out.added.push(new);
+                continue;
+            };
+            let (rv, uid) = e.obj.version();
+            let meta = new.meta();
+            if !same_uid(uid, meta.uid.as_deref()) {
+                // Deleted and created again under the same name while nobody looked.
+                out.deleted.extend(old(e.obj));
+                out.added.push(new);
+            } else if !same_version_str(rv, meta.resource_version.as_deref()) {
+                match old(e.obj) {
+                    Some(o) => out.updated.push((o, new)),
+                    None => out.added.push(new),
                 }
-                Some((_, e)) if same_version(&*e.obj, &*new) => {}
-                Some((_, e)) => out.updated.push((e.obj, new)),
-                None => out.added.push(new),
             }
         }
-        out.deleted.extend(old_iter.map(|(_, e)| e.obj));
+        out.deleted.extend(old_iter.filter_map(|(_, e)| old(e.obj)));
         out
     }
 
@@ -534,7 +681,27 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
     /// assert!(store.get(&ObjectKey::new(Some("ns"), "missing")).is_none());
     /// ```
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<K>> {
-        self.read().objects.get(key).map(|e| Arc::clone(&e.obj))
+        let st = self.read();
+        let slot = match &st.objects.get(key)?.obj {
+            Slot::Hot(o) => return Some(Arc::clone(o)),
+            cold => cold.clone(),
+        };
+        let codec = st.codec.clone();
+        drop(st);
+        compact::resolve(codec.as_deref(), slot)
+    }
+
+    /// The objects of the entries `pick` selects under the read lock; cold ones are decoded
+    /// after the lock is released.
+    fn collect(&self, pick: impl FnOnce(&State<K>) -> Vec<Slot<K>>) -> Vec<Arc<K>> {
+        let (slots, codec) = {
+            let st = self.read();
+            (pick(&st), st.codec.clone())
+        };
+        slots
+            .into_iter()
+            .filter_map(|s| compact::resolve(codec.as_deref(), s))
+            .collect()
     }
 
     /// A snapshot of all objects, sorted by key.
@@ -553,7 +720,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
     /// assert_eq!(names, ["a", "b"]);
     /// ```
     pub fn list(&self) -> Vec<Arc<K>> {
-        self.read().objects.values().map(|e| Arc::clone(&e.obj)).collect()
+        self.collect(|st| st.objects.values().map(|e| e.obj.clone()).collect())
     }
 
     /// Number of objects.
@@ -592,20 +759,21 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
     /// assert!(store.by_index("no-such-index", "x").is_empty());
     /// ```
     pub fn by_index(&self, index: &str, value: &str) -> Vec<Arc<K>> {
-        let st = self.read();
-        let Some(keys) = st
-            .indexers
-            .position(index)
-            .and_then(|pos| st.indices.get(pos, value))
-        else {
-            return Vec::new();
-        };
-        // Every indexed key is in `objects` (invariant on `State`); filter_map keeps this
-        // total anyway.
-        keys.iter()
-            .filter_map(|k| st.objects.get(k))
-            .map(|e| Arc::clone(&e.obj))
-            .collect()
+        self.collect(|st| {
+            let Some(keys) = st
+                .indexers
+                .position(index)
+                .and_then(|pos| st.indices.get(pos, value))
+            else {
+                return Vec::new();
+            };
+            // Every indexed key is in `objects` (invariant on `State`); filter_map keeps this
+            // total anyway.
+            keys.iter()
+                .filter_map(|k| st.objects.get(k))
+                .map(|e| e.obj.clone())
+                .collect()
+        })
     }
 
     /// The values of index `index` that currently find at least one object, sorted.
@@ -708,6 +876,86 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
     /// ```
     pub fn lister(&self) -> Lister<K> {
         Lister::new(self.clone())
+    }
+
+    /// Keeps objects compressed once they are cold (feature `compact`): the
+    /// [`Compaction::hot`] most recently written objects stay decoded; the others are held as
+    /// zstd-compressed JSON, about half the memory for typical Kubernetes objects (their
+    /// resourceVersion and uid stay readable, so a relist decodes only what changed). Reads of
+    /// a hot object return the cached `Arc` itself; reads of a cold one ([`Store::get`],
+    /// [`Store::list`], listers, indexes) decode a fresh copy, so listing everything costs a
+    /// decode per object. `K` must round-trip through JSON without loss (fields marked
+    /// `#[serde(skip)]` would be dropped); an object whose JSON does not decode back stays
+    /// uncompressed. Can be called at any time; objects already stored are compressed
+    /// now. Event handlers are unaffected: they get the objects as delivered.
+    ///
+    /// ```
+    /// use crwatch::store::{Compaction, ObjectKey, Store};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    ///
+    /// let store = Store::<ConfigMap>::new();
+    /// store.compact_cold(Compaction::new().hot(1)?.min_bytes(100)?);
+    /// for name in ["a", "b"] {
+    ///     let mut cm = ConfigMap::default();
+    ///     cm.metadata.name = Some(name.into());
+    ///     cm.data = Some([("config".to_string(), "key = value\n".repeat(100))].into());
+    ///     store.apply(cm);
+    /// }
+    /// let stats = store.compaction_stats();
+    /// assert_eq!((stats.hot, stats.cold), (1, 1));
+    /// assert!(stats.cold_bytes * 10 < stats.cold_json_bytes);
+    /// let a = store.get(&ObjectKey::new(None, "a")).expect("decoded");
+    /// assert_eq!(a.data.as_ref().map(|d| d["config"].len()), Some(1200));
+    /// # Ok::<(), crwatch::store::CompactionError>(())
+    /// ```
+    #[cfg(feature = "compact")]
+    pub fn compact_cold(&self, settings: Compaction)
+    where
+        K: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let codec = Arc::new(Codec::new(&settings));
+        let evicted = {
+            let mut st = self.write();
+            let State {
+                objects,
+                codec: slot,
+                hot,
+                ..
+            } = &mut *st;
+            *slot = Some(Arc::clone(&codec));
+            hot.clear();
+            hot.extend(objects.iter().filter_map(|(k, e)| match &e.obj {
+                Slot::Hot(o) => Some((Arc::clone(k), Arc::as_ptr(o) as usize)),
+                Slot::Cold(_) => None,
+            }));
+            take_cold(objects, hot, codec.hot)
+        };
+        self.compress(&codec, evicted);
+    }
+
+    /// How many objects are held decoded and compressed, and the compressed bytes (all hot
+    /// without [`Store::compact_cold`]). Walks the store under the read lock.
+    ///
+    /// ```
+    /// use crwatch::store::Store;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    ///
+    /// assert_eq!(Store::<ConfigMap>::new().compaction_stats().cold, 0);
+    /// ```
+    pub fn compaction_stats(&self) -> CompactionStats {
+        let st = self.read();
+        let mut out = CompactionStats::default();
+        for e in st.objects.values() {
+            match &e.obj {
+                Slot::Hot(_) => out.hot += 1,
+                Slot::Cold(p) => {
+                    out.cold += 1;
+                    out.cold_bytes += p.len();
+                    out.cold_json_bytes += p.raw_len();
+                }
+            }
+        }
+        out
     }
 }
 
