@@ -6,12 +6,9 @@
 
 mod alloc;
 mod cache;
-mod forward;
-mod get;
 mod latency;
 mod queue;
 mod report;
-mod sample;
 mod server;
 
 use std::future::Future;
@@ -34,8 +31,7 @@ goes first per round, and prints the median of R repeats. Build with --release.
 
   --objects N[,N..]      cache sizes for sync, heap and relist rows (default 10000;
                          the issue's sizes are 10000,100000), ~3 KiB ConfigMaps
-  --updates M            updates applied for the throughput run, changes forwarded by the
-                         forward section (default 5000)
+  --updates M            updates applied for the throughput run (default 5000)
   --repeats R            rounds (default 3)
   --concurrency C[,C..]  reconcile workers for the reconcile rows (default 1,8)
   --rates R[,R..]        changes/s for the latency rows (default 100,1000,5000)
@@ -46,17 +42,10 @@ goes first per round, and prints the median of R repeats. Build with --release.
   --consumers C[,C..]    consumer threads of the multi-producer runs (default 1,2,4,8)
   --only S[,S..]         sections to run: sync, relist, throughput, reconcile, latency,
                          queue, server (crwatch-apiserver writes/s, watch fan-out to 1, 10,
-                         100 watchers, heap per stored object), get (`crwatch get`
-                         against kubectl: wall time, peak RSS; needs target/release/crwatch
-                         and kubectl), forward (forwarder deliveries/s to a file and a
-                         webhook, --updates changes), sample (the sample controller
-                         against a separate crwatch-apiserver process; needs the release
-                         binaries it names) (default all)
-  --get-objects N        ConfigMaps listed by the get section (default 10000)
-  --sample-objects N     Foos of the sample section (default 2000)
+                         100 watchers, heap per stored object) (default all)
   --json FILE            write every row (samples, medians, ratios) and the machine";
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 7] = [
     "sync",
     "relist",
     "throughput",
@@ -64,9 +53,6 @@ const SECTIONS: [&str; 10] = [
     "latency",
     "queue",
     "server",
-    "get",
-    "forward",
-    "sample",
 ];
 
 struct Options {
@@ -78,11 +64,9 @@ struct Options {
     latency_seconds: usize,
     latency_objects: usize,
     queue_items: usize,
-    get_objects: usize,
     consumers: Vec<usize>,
     only: Vec<String>,
     json: Option<PathBuf>,
-    sample_objects: usize,
 }
 
 impl Options {
@@ -102,8 +86,6 @@ impl Options {
             "queue_items": self.queue_items,
             "consumers": self.consumers,
             "only": self.only,
-            "sample_objects": self.sample_objects,
-            "get_objects": self.get_objects,
         })
     }
 }
@@ -146,9 +128,7 @@ fn parse_args() -> Result<Options> {
         queue_items: 1_000_000,
         consumers: vec![1, 2, 4, 8],
         only: SECTIONS.iter().map(|s| s.to_string()).collect(),
-        get_objects: 10_000,
         json: None,
-        sample_objects: 2000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -189,9 +169,7 @@ fn parse_args() -> Result<Options> {
                 }
                 o.only = only;
             }
-            "--get-objects" => o.get_objects = number(&name, v, 1..=1_000_000)?,
             "--json" => o.json = Some(PathBuf::from(v)),
-            "--sample-objects" => o.sample_objects = number(&name, v, 1..=100_000)?,
             _ => bail!("unknown option {name}\n\n{USAGE}"),
         }
     }
@@ -216,8 +194,6 @@ struct SizeRows {
     heap: Row,
     heap_stripped: Row,
     heap_full: Row,
-    sync_compact: Row,
-    heap_compact: Row,
     peak: Row,
     rss: Row,
     counted_vs_rss: Row,
@@ -236,16 +212,6 @@ impl SizeRows {
             heap: Row::new("cache heap after sync", "MiB").at(n),
             heap_stripped: Row::new("cache heap, both without managedFields", "MiB").at(n),
             heap_full: Row::new("cache heap, both with managedFields", "MiB").at(n),
-            sync_compact: Row::new(
-                "initial sync, compressed, both without managedFields",
-                "s",
-            )
-            .at(n),
-            heap_compact: Row::new(
-                "cache heap, compressed, both without managedFields",
-                "MiB",
-            )
-            .at(n),
             peak: Row::new("heap peak during sync (incl. server)", "MiB").at(n),
             rss: Row::new("process RSS, cache synced (incl. server)", "MiB").at(n),
             counted_vs_rss: Row::new("  check: counted heap / RSS, cache synced", "×").at(n),
@@ -266,8 +232,6 @@ impl SizeRows {
                 self.heap,
                 self.heap_stripped,
                 self.heap_full,
-                self.sync_compact,
-                self.heap_compact,
                 self.peak,
                 self.rss,
                 self.counted_vs_rss,
@@ -302,7 +266,6 @@ async fn sizes_round(bench: &mut Bench, rows: &mut SizeRows, opts: &Options, rou
             (Peer::Crwatch, Peer::Kube),
             (Peer::Crwatch, Peer::KubeStripped),
             (Peer::CrwatchFull, Peer::Kube),
-            (Peer::CrwatchCompact, Peer::KubeStripped),
         ] {
             let (c, k) = pair;
             for peer in order(round, c, k) {
@@ -311,7 +274,6 @@ async fn sizes_round(bench: &mut Bench, rows: &mut SizeRows, opts: &Options, rou
                 let (row_sync, row_heap) = match pair {
                     (Peer::Crwatch, Peer::Kube) => (&mut rows.sync, &mut rows.heap),
                     (Peer::Crwatch, _) => (&mut rows.sync_stripped, &mut rows.heap_stripped),
-                    (Peer::CrwatchCompact, _) => (&mut rows.sync_compact, &mut rows.heap_compact),
                     _ => (&mut rows.sync_full, &mut rows.heap_full),
                 };
                 if peer.is_crwatch() {
@@ -358,12 +320,6 @@ async fn sizes_round(bench: &mut Bench, rows: &mut SizeRows, opts: &Options, rou
 
 async fn run(opts: Options) -> Result<()> {
     let run_started = Instant::now();
-    // Checked first, so a missing binary does not fail the run at its end.
-    let get_binaries = if opts.runs("get") {
-        Some(get::Binaries::find()?)
-    } else {
-        None
-    };
     let first = opts.objects[0];
     let mut sizes: Vec<SizeRows> = opts.objects.iter().map(|&n| SizeRows::new(n)).collect();
     let mut throughput = Row::new(format!("{} updates applied and seen", opts.updates), "s").at(first);
@@ -602,21 +558,6 @@ async fn run(opts: Options) -> Result<()> {
         }
     }
     rows.extend(server_rows);
-    if opts.runs("sample") {
-        rows.extend(
-            labelled(
-                "the sample section",
-                sample::run(opts.repeats, opts.sample_objects),
-            )
-            .await?,
-        );
-    }
-    if let Some(bins) = &get_binaries {
-        rows.extend(labelled("get", get::rows(bins, opts.get_objects, opts.repeats)).await?);
-    }
-    if opts.runs("forward") {
-        rows.extend(labelled("forward", forward::rows(opts.updates, opts.repeats)).await?);
-    }
     if opts.runs("queue") {
         rows.push(queue_single);
         rows.extend(queue_multi.into_iter().map(|(_, r)| r));
@@ -646,10 +587,6 @@ async fn run(opts: Options) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    // The get section's runner: this executable measuring one child (see get.rs).
-    if get::run_child_if_asked()? {
-        return Ok(());
-    }
     let opts = parse_args()?;
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run `cargo run --release -p crwatch-bench` for real figures");
