@@ -48,6 +48,11 @@ pub trait Handler<K>: Send + Sync + 'static {
     fn on_undecodable(&self, object: &Undecodable) {
         let _ = object;
     }
+    /// Whether [`Handler::on_update`] reads its `diff`. Computing a diff costs a walk of both
+    /// objects, so when no handler of an informer wants one, it passes an empty diff instead.
+    fn wants_diff(&self) -> bool {
+        true
+    }
 }
 
 type AddFn<K> = Box<dyn Fn(&Arc<K>) + Send + Sync>;
@@ -68,6 +73,7 @@ pub struct HandlerFns<K> {
     update: Option<UpdateFn<K>>,
     delete: Option<AddFn<K>>,
     undecodable: Option<UndecodableFn>,
+    diff: bool,
 }
 
 impl<K> Default for HandlerFns<K> {
@@ -77,6 +83,7 @@ impl<K> Default for HandlerFns<K> {
             update: None,
             delete: None,
             undecodable: None,
+            diff: true,
         }
     }
 }
@@ -94,6 +101,19 @@ impl<K> HandlerFns<K> {
     /// React to updates.
     pub fn on_update(mut self, f: impl Fn(&Arc<K>, &Arc<K>, &Diff) + Send + Sync + 'static) -> Self {
         self.update = Some(Box::new(f));
+        self
+    }
+    /// The update reaction ignores its `diff` (see [`Handler::wants_diff`]): it gets an empty
+    /// one, and the informer skips computing it when no other handler wants it.
+    ///
+    /// ```
+    /// use crwatch::informer::{Handler, HandlerFns};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// let h = HandlerFns::<ConfigMap>::new().on_update(|_, new, _| println!("{:?}", new.metadata.name)).without_diff();
+    /// assert!(!h.wants_diff());
+    /// ```
+    pub fn without_diff(mut self) -> Self {
+        self.diff = false;
         self
     }
     /// React to deletes.
@@ -128,6 +148,9 @@ impl<K: Send + Sync + 'static> Handler<K> for HandlerFns<K> {
         if let Some(f) = &self.undecodable {
             f(object)
         }
+    }
+    fn wants_diff(&self) -> bool {
+        self.diff && self.update.is_some()
     }
 }
 
@@ -817,7 +840,7 @@ where
                 }
             }
             for (old, new) in &replaced.updated {
-                let diff = if handlers.is_empty() && !want_changes {
+                let diff = if !want_changes && !handlers.iter().any(|h| h.wants_diff()) {
                     Diff::default()
                 } else {
                     diff_of(old, new)
@@ -866,7 +889,7 @@ where
                     added(&mut changes);
                 }
                 Some(old) => {
-                    let diff = if handlers.is_empty() && !want_changes {
+                    let diff = if !want_changes && !handlers.iter().any(|h| h.wants_diff()) {
                         Diff::default()
                     } else {
                         diff_of(&old, &new)

@@ -252,3 +252,58 @@ async fn dynamic_informers_by_gvk_and_metadata_only_informers() {
     assert_eq!(server.faults().count("watch", "configmaps"), 1);
     factory.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diffs_are_computed_only_when_a_handler_reads_them() {
+    use crwatch::informer::HandlerFns;
+    use std::sync::{Arc, Mutex};
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("x", "1")).await.unwrap();
+    let factory = InformerFactory::new(client.clone());
+    let informer = factory.all::<ConfigMap>();
+    // Whether each update arrived with a diff.
+    let diffs: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let d = diffs.clone();
+    informer.add_handler(
+        HandlerFns::new()
+            .on_update(move |_: &Arc<ConfigMap>, _: &Arc<ConfigMap>, diff| {
+                d.lock().unwrap().push(!diff.is_empty())
+            })
+            .without_diff(),
+    );
+    factory.start();
+    factory
+        .wait_for_cache_sync(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let patch = |v: &str| Patch::Merge(serde_json::json!({"data": {"v": v}}));
+    cms.patch("x", &PatchParams::default(), &patch("2"))
+        .await
+        .unwrap();
+    wait_for(20, "the first update", || {
+        (diffs.lock().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        *diffs.lock().unwrap(),
+        [false],
+        "no handler reads diffs: none computed"
+    );
+    let (_seen, wants) = recorder();
+    informer.add_handler(wants);
+    cms.patch("x", &PatchParams::default(), &patch("3"))
+        .await
+        .unwrap();
+    wait_for(20, "the second update", || {
+        (diffs.lock().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        *diffs.lock().unwrap(),
+        [false, true],
+        "another handler reads them: computed once, passed to all"
+    );
+    factory.shutdown();
+}

@@ -249,6 +249,7 @@ pub async fn run(
             crwatch::informer::HandlerFns::new()
                 .on_add(move |_: &Arc<K>| a.engine.touch())
                 .on_update(move |_: &Arc<K>, _: &Arc<K>, _| u.engine.touch())
+                .without_diff()
                 .on_delete(move |_: &Arc<K>| d.engine.touch()),
         );
     }

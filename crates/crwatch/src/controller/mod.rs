@@ -320,6 +320,7 @@ where
                         e2(o);
                         e2(n);
                     })
+                    .without_diff()
                     .on_delete(move |o: &Arc<O>| e3(o)),
             );
         }));
@@ -389,7 +390,8 @@ where
                             let key = ObjectKey::of(&**o);
                             lock(&ts_del).insert(key.clone(), o.clone());
                             q3.add(key);
-                        }),
+                        })
+                        .without_diff(),
                 );
             }));
         }

@@ -112,6 +112,31 @@ struct RawListMeta {
     continue_: String,
 }
 
+/// A watch event with its object left as raw JSON (the typed fast path).
+#[derive(serde::Deserialize)]
+struct RawEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    object: &'a serde_json::value::RawValue,
+}
+
+/// What the fast path reads of an object besides decoding it (other fields are skipped).
+#[derive(serde::Deserialize, Default)]
+struct RawObjectHead {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: RawObjectMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawObjectMeta {
+    #[serde(default)]
+    resource_version: String,
+}
+
 /// The column definitions of the last Table the server sent (shared with whoever prints rows).
 pub type Columns = Arc<Mutex<Option<Vec<Value>>>>;
 
@@ -692,6 +717,31 @@ impl<K: Send + 'static> Engine<K> {
             if buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            if let Some((deleted, rv, obj)) = self.raw_event(&buf) {
+                progressed = true;
+                self.backoff = ReconnectBackoff::new(self.spec.backoff.0, self.spec.backoff.1);
+                if let Some(rv) = &rv
+                    && !self.advance(rv)
+                {
+                    self.error(
+                        format!("resourceVersion went backwards ({rv} after {at}): the server's history restarted; relisting"),
+                        true,
+                    )
+                    .await?;
+                    return Ok(End::Relist);
+                }
+                self.send(Ok(if deleted {
+                    Event::Delete(obj)
+                } else {
+                    Event::Apply(obj)
+                }))
+                .await?;
+                if let Some(rv) = rv {
+                    *at = rv;
+                    self.send(Ok(Event::Progress(Some(self.checkpoint(at))))).await?;
+                }
+                continue;
+            }
             let event: Value = match crate::json::from_slice(&buf) {
                 Ok(v) => v,
                 Err(e) => {
@@ -790,6 +840,29 @@ impl<K: Send + 'static> Engine<K> {
                 Ok(None)
             }
         }
+    }
+
+    /// The typed fast path of a watch line: an ADDED, MODIFIED or DELETED event decoded
+    /// straight from its text into `K` (one pass, as kube-runtime decodes), instead of into a
+    /// `Value` first: (deleted, resourceVersion, object). `None` sends the line down the
+    /// general path: other event types, Tables, sources without a raw decoder, objects nested
+    /// deeper than serde_json's default limit (the general path decodes at any depth), and
+    /// objects that do not decode (the general path reports those by name).
+    fn raw_event(&self, buf: &[u8]) -> Option<(bool, Option<String>, K)> {
+        let decode = self.decode_raw.as_ref()?;
+        let event: RawEvent<'_> = serde_json::from_slice(buf).ok()?;
+        let deleted = match &*event.kind {
+            "ADDED" | "MODIFIED" => false,
+            "DELETED" => true,
+            _ => return None,
+        };
+        let head: RawObjectHead = serde_json::from_str(event.object.get()).ok()?;
+        if head.kind == "Table" {
+            return None;
+        }
+        let obj = decode(event.object.get()).ok()?;
+        let rv = Some(head.metadata.resource_version).filter(|rv| !rv.is_empty());
+        Some((deleted, rv, obj))
     }
 
     /// The resourceVersion of a watch event's object (a Table's first row's object).
