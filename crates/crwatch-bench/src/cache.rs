@@ -42,6 +42,8 @@ const VALUE_BYTES: usize = 768;
 pub enum Peer {
     Crwatch,
     CrwatchFull,
+    /// crwatch with cold objects compressed (`Informer::compact_cold`, default settings).
+    CrwatchCompact,
     Kube,
     KubeStripped,
 }
@@ -51,13 +53,14 @@ impl Peer {
         match self {
             Peer::Crwatch => "crwatch",
             Peer::CrwatchFull => "crwatch (managedFields kept)",
+            Peer::CrwatchCompact => "crwatch (cold objects compressed)",
             Peer::Kube => "kube-runtime",
             Peer::KubeStripped => "kube-runtime (managedFields dropped)",
         }
     }
 
     pub fn is_crwatch(self) -> bool {
-        matches!(self, Peer::Crwatch | Peer::CrwatchFull)
+        matches!(self, Peer::Crwatch | Peer::CrwatchFull | Peer::CrwatchCompact)
     }
 }
 
@@ -223,7 +226,7 @@ impl Cache {
     async fn sync(bench: &Bench, peer: Peer) -> Result<Cache> {
         let want = bench.len();
         let cache = match peer {
-            Peer::Crwatch | Peer::CrwatchFull => {
+            Peer::Crwatch | Peer::CrwatchFull | Peer::CrwatchCompact => {
                 let factory = InformerFactory::new(bench.client());
                 let informer = factory.informer(KubeSource::<ConfigMap>::namespaced(
                     bench.client(),
@@ -231,6 +234,9 @@ impl Cache {
                 ));
                 if peer == Peer::CrwatchFull {
                     informer.set_transform(None);
+                }
+                if peer == Peer::CrwatchCompact {
+                    informer.compact_cold(crwatch::store::Compaction::new());
                 }
                 factory.start();
                 informer.wait_synced(WAIT_LIMIT).await?;

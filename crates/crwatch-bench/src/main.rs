@@ -194,6 +194,8 @@ struct SizeRows {
     heap: Row,
     heap_stripped: Row,
     heap_full: Row,
+    sync_compact: Row,
+    heap_compact: Row,
     peak: Row,
     rss: Row,
     counted_vs_rss: Row,
@@ -212,6 +214,8 @@ impl SizeRows {
             heap: Row::new("cache heap after sync", "MiB").at(n),
             heap_stripped: Row::new("cache heap, both without managedFields", "MiB").at(n),
             heap_full: Row::new("cache heap, both with managedFields", "MiB").at(n),
+            sync_compact: Row::new("initial sync, compressed, both without managedFields", "s").at(n),
+            heap_compact: Row::new("cache heap, compressed, both without managedFields", "MiB").at(n),
             peak: Row::new("heap peak during sync (incl. server)", "MiB").at(n),
             rss: Row::new("process RSS, cache synced (incl. server)", "MiB").at(n),
             counted_vs_rss: Row::new("  check: counted heap / RSS, cache synced", "×").at(n),
@@ -232,6 +236,8 @@ impl SizeRows {
                 self.heap,
                 self.heap_stripped,
                 self.heap_full,
+                self.sync_compact,
+                self.heap_compact,
                 self.peak,
                 self.rss,
                 self.counted_vs_rss,
@@ -266,6 +272,7 @@ async fn sizes_round(bench: &mut Bench, rows: &mut SizeRows, opts: &Options, rou
             (Peer::Crwatch, Peer::Kube),
             (Peer::Crwatch, Peer::KubeStripped),
             (Peer::CrwatchFull, Peer::Kube),
+            (Peer::CrwatchCompact, Peer::KubeStripped),
         ] {
             let (c, k) = pair;
             for peer in order(round, c, k) {
@@ -274,6 +281,7 @@ async fn sizes_round(bench: &mut Bench, rows: &mut SizeRows, opts: &Options, rou
                 let (row_sync, row_heap) = match pair {
                     (Peer::Crwatch, Peer::Kube) => (&mut rows.sync, &mut rows.heap),
                     (Peer::Crwatch, _) => (&mut rows.sync_stripped, &mut rows.heap_stripped),
+                    (Peer::CrwatchCompact, _) => (&mut rows.sync_compact, &mut rows.heap_compact),
                     _ => (&mut rows.sync_full, &mut rows.heap_full),
                 };
                 if peer.is_crwatch() {
