@@ -6,6 +6,8 @@
 
 mod alloc;
 mod cache;
+mod forward;
+mod get;
 mod latency;
 mod queue;
 mod report;
@@ -31,7 +33,8 @@ goes first per round, and prints the median of R repeats. Build with --release.
 
   --objects N[,N..]      cache sizes for sync, heap and relist rows (default 10000;
                          the issue's sizes are 10000,100000), ~3 KiB ConfigMaps
-  --updates M            updates applied for the throughput run (default 5000)
+  --updates M            updates applied for the throughput run, changes forwarded by the
+                         forward section (default 5000)
   --repeats R            rounds (default 3)
   --concurrency C[,C..]  reconcile workers for the reconcile rows (default 1,8)
   --rates R[,R..]        changes/s for the latency rows (default 100,1000,5000)
@@ -42,10 +45,14 @@ goes first per round, and prints the median of R repeats. Build with --release.
   --consumers C[,C..]    consumer threads of the multi-producer runs (default 1,2,4,8)
   --only S[,S..]         sections to run: sync, relist, throughput, reconcile, latency,
                          queue, server (crwatch-apiserver writes/s, watch fan-out to 1, 10,
-                         100 watchers, heap per stored object) (default all)
+                         100 watchers, heap per stored object), get (`crwatch get`
+                         against kubectl: wall time, peak RSS; needs target/release/crwatch
+                         and kubectl), forward (forwarder deliveries/s to a file and a
+                         webhook, --updates changes) (default all)
+  --get-objects N        ConfigMaps listed by the get section (default 10000)
   --json FILE            write every row (samples, medians, ratios) and the machine";
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 9] = [
     "sync",
     "relist",
     "throughput",
@@ -53,6 +60,8 @@ const SECTIONS: [&str; 7] = [
     "latency",
     "queue",
     "server",
+    "get",
+    "forward",
 ];
 
 struct Options {
@@ -64,6 +73,7 @@ struct Options {
     latency_seconds: usize,
     latency_objects: usize,
     queue_items: usize,
+    get_objects: usize,
     consumers: Vec<usize>,
     only: Vec<String>,
     json: Option<PathBuf>,
@@ -86,6 +96,7 @@ impl Options {
             "queue_items": self.queue_items,
             "consumers": self.consumers,
             "only": self.only,
+            "get_objects": self.get_objects,
         })
     }
 }
@@ -128,6 +139,7 @@ fn parse_args() -> Result<Options> {
         queue_items: 1_000_000,
         consumers: vec![1, 2, 4, 8],
         only: SECTIONS.iter().map(|s| s.to_string()).collect(),
+        get_objects: 10_000,
         json: None,
     };
     let mut args = std::env::args().skip(1);
@@ -169,6 +181,7 @@ fn parse_args() -> Result<Options> {
                 }
                 o.only = only;
             }
+            "--get-objects" => o.get_objects = number(&name, v, 1..=1_000_000)?,
             "--json" => o.json = Some(PathBuf::from(v)),
             _ => bail!("unknown option {name}\n\n{USAGE}"),
         }
@@ -328,6 +341,12 @@ async fn sizes_round(bench: &mut Bench, rows: &mut SizeRows, opts: &Options, rou
 
 async fn run(opts: Options) -> Result<()> {
     let run_started = Instant::now();
+    // Checked first, so a missing binary does not fail the run at its end.
+    let get_binaries = if opts.runs("get") {
+        Some(get::Binaries::find()?)
+    } else {
+        None
+    };
     let first = opts.objects[0];
     let mut sizes: Vec<SizeRows> = opts.objects.iter().map(|&n| SizeRows::new(n)).collect();
     let mut throughput = Row::new(format!("{} updates applied and seen", opts.updates), "s").at(first);
@@ -566,6 +585,12 @@ async fn run(opts: Options) -> Result<()> {
         }
     }
     rows.extend(server_rows);
+    if let Some(bins) = &get_binaries {
+        rows.extend(labelled("get", get::rows(bins, opts.get_objects, opts.repeats)).await?);
+    }
+    if opts.runs("forward") {
+        rows.extend(labelled("forward", forward::rows(opts.updates, opts.repeats)).await?);
+    }
     if opts.runs("queue") {
         rows.push(queue_single);
         rows.extend(queue_multi.into_iter().map(|(_, r)| r));
@@ -595,6 +620,10 @@ async fn run(opts: Options) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The get section's runner: this executable measuring one child (see get.rs).
+    if get::run_child_if_asked()? {
+        return Ok(());
+    }
     let opts = parse_args()?;
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run `cargo run --release -p crwatch-bench` for real figures");
