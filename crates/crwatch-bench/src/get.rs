@@ -58,6 +58,16 @@ impl Binaries {
             .ok_or_else(|| {
                 anyhow!("the get section compares against kubectl, which is not on PATH (or leave get out of --only)")
             })?;
+        // A stale release build is easy to forget: say how old the one measured is.
+        let age = std::fs::metadata(&crwatch)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or_else(
+                || "of unknown age".to_string(),
+                |d| format!("built {} min ago", d.as_secs() / 60),
+            );
+        eprintln!("get: {} ({age}) against {}", crwatch.display(), kubectl.display());
         Ok(Binaries { crwatch, kubectl })
     }
 }
