@@ -612,6 +612,11 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
             // With a codec, the last `hot` objects (in key order: a list says nothing about
             // which are in use) stay decoded and the rest are compressed.
             let compress_below = codec.as_ref().map_or(0, |c| computed.len().saturating_sub(c.hot));
+            if let Some(c) = &codec
+                && compress_below > 0
+            {
+                c.prepare(objs.iter().map(|(_, o)| o));
+            }
             for (i, (key, (obj, values))) in computed.into_iter().enumerate() {
                 let key = Arc::new(key);
                 let values = indices.update(&key, None, &values);
@@ -880,7 +885,9 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
 
     /// Keeps objects compressed once they are cold (feature `compact`): the
     /// [`Compaction::hot`] most recently written objects stay decoded; the others are held as
-    /// zstd-compressed JSON, about half the memory for typical Kubernetes objects (their
+    /// zstd-compressed JSON against a dictionary trained on the first objects (what objects of
+    /// a kind share, from field names to labels and owner references, is stored once): a
+    /// tenth to a half of the memory, depending on how much objects share (their
     /// resourceVersion and uid stay readable, so a relist decodes only what changed). Reads of
     /// a hot object return the cached `Arc` itself; reads of a cold one ([`Store::get`],
     /// [`Store::list`], listers, indexes) decode a fresh copy, so listing everything costs a
@@ -913,8 +920,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
     where
         K: serde::Serialize + serde::de::DeserializeOwned,
     {
-        let codec = Arc::new(Codec::new(&settings));
-        let evicted = {
+        let (codec, evicted) = {
             let mut st = self.write();
             let State {
                 objects,
@@ -922,13 +928,20 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
                 hot,
                 ..
             } = &mut *st;
+            // A new codec keeps the dictionary: objects packed with it must stay readable.
+            let dictionary = slot.as_ref().map_or_else(
+                || Arc::new(compact::Dictionary::new()),
+                |c| Arc::clone(&c.dictionary),
+            );
+            let codec = Arc::new(Codec::new(&settings, dictionary));
             *slot = Some(Arc::clone(&codec));
             hot.clear();
             hot.extend(objects.iter().filter_map(|(k, e)| match &e.obj {
                 Slot::Hot(o) => Some((Arc::clone(k), Arc::as_ptr(o) as usize)),
                 Slot::Cold(_) => None,
             }));
-            take_cold(objects, hot, codec.hot)
+            let evicted = take_cold(objects, hot, codec.hot);
+            (codec, evicted)
         };
         self.compress(&codec, evicted);
     }
