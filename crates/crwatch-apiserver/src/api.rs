@@ -17,7 +17,7 @@ use crate::registry::{self, GroupResource, Registry, ResourceDef};
 use crate::schema;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult, Cause};
-use crate::store::{Store, WriteError};
+use crate::store::{Store, Stored, WriteError};
 
 /// Query parameters of a request.
 #[derive(Debug, Clone, Default)]
@@ -339,8 +339,12 @@ impl Api {
             // Only an unfiltered list knows how many are left (as etcd counts keys).
             count_remaining: unfiltered,
         };
-        let page = match self.store.list_page(&gr, &query, &mut |o| {
-            labels.matches_object(o) && fields.matches(o)
+        // Objects are parsed only for selectors: an unfiltered list writes the stored text.
+        let page = match self.store.list_page_stored(&gr, &query, &mut |o| {
+            unfiltered || {
+                let o = o.value();
+                labels.matches_object(&o) && fields.matches(&o)
+            }
         }) {
             Ok(page) => page,
             Err(_) if !cont.is_empty() => {
@@ -356,9 +360,9 @@ impl Api {
         };
         let mut list_meta = json!({"resourceVersion": page.rev.to_string()});
         if page.more
-            && let Some(last) = page.items.last()
+            && let Some((ns, name)) = page.last_key()
         {
-            let start = format!("{}/{}", meta_str(last, "namespace"), meta_str(last, "name"));
+            let start = format!("{ns}/{name}");
             list_meta["continue"] = json!(encode_continue(page.rev, &start));
             if let Some(remaining) = page.remaining.filter(|_| unfiltered) {
                 list_meta["remainingItemCount"] = json!(remaining);
@@ -2133,7 +2137,23 @@ pub struct ListPage {
     /// more follow).
     pub metadata: Value,
     /// The stored objects of the page, in key order.
-    pub items: Vec<Arc<Value>>,
+    pub items: Vec<Arc<Stored>>,
+}
+
+/// The stored text of `obj` when presenting it at `def`'s version changes nothing (as
+/// [`Api::present`] would): `def` converts nothing, and the text starts with exactly its
+/// apiVersion and kind. `None` means: present the parsed value.
+pub(crate) fn as_presented<'a>(def: &ResourceDef, obj: &'a Stored) -> Option<&'a str> {
+    if crate::convert::converts(def) {
+        return None;
+    }
+    let mut prefix = Vec::with_capacity(64);
+    prefix.extend_from_slice(b"{\"apiVersion\":");
+    push_json(&mut prefix, &Value::String(def.api_version()));
+    prefix.extend_from_slice(b",\"kind\":");
+    push_json(&mut prefix, &Value::String(def.kind.clone()));
+    prefix.push(b',');
+    obj.text().as_bytes().starts_with(&prefix).then(|| obj.text())
 }
 
 /// What a list's items are written as.
@@ -2153,7 +2173,11 @@ impl ListPage {
     /// The whole list as one value (what [`ListPage::chunks`] writes for
     /// [`ListShape::Objects`]).
     pub fn into_value(self) -> Value {
-        let items: Vec<Value> = self.items.iter().map(|o| Api::present(&self.def, o)).collect();
+        let items: Vec<Value> = self
+            .items
+            .iter()
+            .map(|o| Api::present(&self.def, &o.value()))
+            .collect();
         json!({
             "kind": format!("{}List", self.def.kind),
             "apiVersion": self.def.api_version(),
@@ -2216,14 +2240,25 @@ pub struct ListChunks {
     shape: ListShape,
     chunk: usize,
     head: Option<Vec<u8>>,
-    items: std::vec::IntoIter<Arc<Value>>,
+    items: std::vec::IntoIter<Arc<Stored>>,
     first: bool,
     done: bool,
 }
 
 impl ListChunks {
-    /// Write one item as the whole list's value would hold it.
-    fn push_item(&self, out: &mut Vec<u8>, o: &Value) {
+    /// Write one item as the whole list's value would hold it: its stored text when that is
+    /// what presenting it gives, else from its parsed value.
+    fn push_item(&self, out: &mut Vec<u8>, o: &Stored) {
+        if self.shape == ListShape::Objects
+            && let Some(text) = as_presented(&self.def, o)
+        {
+            out.extend_from_slice(text.as_bytes());
+            return;
+        }
+        self.push_value(out, &o.value());
+    }
+
+    fn push_value(&self, out: &mut Vec<u8>, o: &Value) {
         let as_stored = !crate::convert::converts(&self.def)
             && o.get("apiVersion").and_then(Value::as_str) == Some(self.api_version.as_str())
             && o.get("kind").and_then(Value::as_str) == Some(self.def.kind.as_str());

@@ -103,18 +103,23 @@ impl Gc {
     }
 
     fn handle(&mut self, ev: &Event) {
-        if let Some(prev) = &ev.prev {
-            self.unindex(&ev.gr, prev);
+        // Only a previous version with owners was indexed (text without the key has none), so
+        // most updates need not parse the version they replace.
+        if let Some(prev) = &ev.prev
+            && prev.text().contains("\"ownerReferences\"")
+        {
+            self.unindex(&ev.gr, &prev.value());
         }
+        let object = ev.object.value();
         if ev.kind != EventType::Deleted {
-            self.index(&ev.gr, &ev.object);
+            self.index(&ev.gr, &object);
         }
-        self.react(&ev.gr, &ev.object, ev.kind);
+        self.react(&ev.gr, &object, ev.kind);
         if ev.kind == EventType::Deleted {
-            let uid = meta_str(&ev.object, "uid").to_string();
+            let uid = meta_str(&object, "uid").to_string();
             self.owner_gone(&uid);
             // A dependent that went may unblock an owner deleting in the foreground.
-            for owner in meta::owner_uids(&ev.object) {
+            for owner in meta::owner_uids(&object) {
                 if let Some((gr, o)) = self.api.store.by_uid(&owner) {
                     self.react(&gr, &o, EventType::Modified);
                 }

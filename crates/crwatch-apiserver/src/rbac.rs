@@ -790,7 +790,7 @@ impl Authorizer {
                 let deleted = ev.kind == crate::store::EventType::Deleted;
                 match ev.gr.resource.as_str() {
                     "clusterroles" => cluster_roles = true,
-                    resource => index.apply(resource, &ev.object, deleted),
+                    resource => index.apply(resource, &ev.object.value(), deleted),
                 }
             }
             if cluster_roles {

@@ -79,7 +79,7 @@ pub(crate) enum Record {
         rev: u64,
         gr: GroupResource,
         key: ObjKey,
-        object: Arc<Value>,
+        object: Arc<crate::store::Stored>,
     },
     /// Remove an object at this revision.
     Delete {
@@ -462,8 +462,8 @@ impl Prepared {
                 rev,
                 gr,
                 key,
-                // A serde_json::Value always serializes; an empty value would be skipped on load.
-                bytes: serde_json::to_vec(&*object).unwrap_or_default(),
+                // The stored text: the bytes serializing the object's value gives.
+                bytes: object.text().as_bytes().to_vec(),
             },
             Record::Delete { rev, gr, key } => Prepared::Delete { rev, gr, key },
             Record::Meta { key, value } => Prepared::Meta { key, value },

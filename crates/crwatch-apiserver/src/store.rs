@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -44,6 +44,86 @@ impl EventType {
     }
 }
 
+/// An object as the store keeps it: its compact JSON text and its resourceVersion, parsed
+/// again when read.
+///
+/// A parsed `serde_json::Value` costs 2.5 to 8 times its JSON (every map entry is about 112
+/// bytes plus its key's allocation, and managedFields are a tree of tiny maps), so holding
+/// the text keeps a stored object within about twice its JSON. The text is also what the
+/// state file and lists write. While anyone holds the parsed value, readers share it (a
+/// change fanned out to many watchers and handlers is parsed once, not once each).
+pub struct Stored {
+    text: Box<str>,
+    rv: u64,
+    parsed: Mutex<Weak<Value>>,
+}
+
+impl Stored {
+    /// The stored form of `obj`, sharing `obj` with readers while its writer holds it.
+    fn new(obj: &Arc<Value>) -> Arc<Stored> {
+        Arc::new(Stored {
+            text: to_text(obj),
+            rv: rv_of(obj),
+            parsed: Mutex::new(Arc::downgrade(obj)),
+        })
+    }
+
+    /// The stored form of `obj`, parsed again on first read.
+    fn from_value(obj: &Value) -> Arc<Stored> {
+        Arc::new(Stored {
+            text: to_text(obj),
+            rv: rv_of(obj),
+            parsed: Mutex::new(Weak::new()),
+        })
+    }
+
+    /// The object as compact JSON (the bytes serializing its value gives).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Its encoded JSON length.
+    pub fn size(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Its resourceVersion as a number (0 when missing or not a number).
+    pub fn rv(&self) -> u64 {
+        self.rv
+    }
+
+    /// The object, parsed (or shared with whoever still holds it parsed).
+    pub fn value(&self) -> Arc<Value> {
+        // Parsing under the lock: readers of the same object at once share one parse.
+        let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = parsed.upgrade() {
+            return v;
+        }
+        // The text is serde_json's own output for a `Value`, so it parses back (at any depth:
+        // no recursion limit); a failure would be a serde_json bug, reported, not a panic.
+        let v = Arc::new(
+            crate::decode::from_slice_deep::<Value>(self.text.as_bytes()).unwrap_or_else(|e| {
+                tracing::error!("a stored object does not parse again: {e}");
+                Value::Null
+            }),
+        );
+        *parsed = Arc::downgrade(&v);
+        v
+    }
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// `obj` as compact JSON.
+fn to_text(obj: &Value) -> Box<str> {
+    // Writing a Value into a String cannot fail (its map keys are strings).
+    serde_json::to_string(obj).unwrap_or_default().into_boxed_str()
+}
+
 /// One change, as kept in history and sent to watchers.
 #[derive(Debug)]
 pub struct Event {
@@ -53,12 +133,13 @@ pub struct Event {
     pub gr: GroupResource,
     /// What happened.
     pub kind: EventType,
+    /// The changed object's key.
+    pub key: ObjKey,
     /// The object after the change (for a delete: the last state, with the delete's revision).
-    pub object: Arc<Value>,
+    pub object: Arc<Stored>,
     /// The object before the change, for updates and deletes.
-    pub prev: Option<Arc<Value>>,
-    /// The object's encoded JSON length, computed once at commit: what history's byte limit
-    /// counts.
+    pub prev: Option<Arc<Stored>>,
+    /// The object's encoded JSON length: what history's byte limit counts.
     pub size: usize,
     /// The encoded watch lines of this change, shared by every watcher that renders it the
     /// same way while any of them still holds one (so it is encoded once, not per watcher).
@@ -100,7 +181,7 @@ struct Inner {
     published: u64,
     /// With a state file: committed changes waiting to be on disk before watchers see them.
     pending: VecDeque<Arc<Event>>,
-    objects: BTreeMap<GroupResource, BTreeMap<ObjKey, Arc<Value>>>,
+    objects: BTreeMap<GroupResource, BTreeMap<ObjKey, Arc<Stored>>>,
     /// How many objects each namespace of each resource holds, so a page of a namespaced list
     /// knows the total without counting (kept with `objects` by `put` and `take`).
     ns_counts: HashMap<GroupResource, HashMap<String, usize>>,
@@ -327,29 +408,45 @@ impl Store {
 
     /// One object.
     pub fn get(&self, gr: &GroupResource, key: &ObjKey) -> Option<Arc<Value>> {
+        Some(self.get_stored(gr, key)?.value())
+    }
+
+    /// One object as stored (parsed only when read).
+    pub fn get_stored(&self, gr: &GroupResource, key: &ObjKey) -> Option<Arc<Stored>> {
         self.lock().objects.get(gr).and_then(|m| m.get(key)).cloned()
     }
 
     /// The resource and key of the object with this uid.
     pub fn by_uid(&self, uid: &str) -> Option<(GroupResource, Arc<Value>)> {
-        let inner = self.lock();
-        let (gr, key) = inner.uids.get(uid)?;
-        let obj = inner.objects.get(gr)?.get(key)?.clone();
-        Some((gr.clone(), obj))
+        let (gr, obj) = {
+            let inner = self.lock();
+            let (gr, key) = inner.uids.get(uid)?;
+            (gr.clone(), inner.objects.get(gr)?.get(key)?.clone())
+        };
+        Some((gr, obj.value()))
     }
 
     /// Every object of a resource (in one namespace, or all), sorted by key, and the revision
     /// of that snapshot.
     pub fn list(&self, gr: &GroupResource, ns: Option<&str>) -> (Vec<Arc<Value>>, u64) {
+        let (stored, rev) = {
+            let inner = self.lock();
+            (Self::collect(&inner.objects, gr, ns), inner.rev)
+        };
+        (stored.iter().map(|s| s.value()).collect(), rev)
+    }
+
+    /// [`Store::list`] as stored (nothing parsed).
+    pub fn list_stored(&self, gr: &GroupResource, ns: Option<&str>) -> (Vec<Arc<Stored>>, u64) {
         let inner = self.lock();
         (Self::collect(&inner.objects, gr, ns), inner.rev)
     }
 
     fn collect(
-        objects: &BTreeMap<GroupResource, BTreeMap<ObjKey, Arc<Value>>>,
+        objects: &BTreeMap<GroupResource, BTreeMap<ObjKey, Arc<Stored>>>,
         gr: &GroupResource,
         ns: Option<&str>,
-    ) -> Vec<Arc<Value>> {
+    ) -> Vec<Arc<Stored>> {
         let Some(m) = objects.get(gr) else { return vec![] };
         match ns {
             Some(ns) => m
@@ -374,6 +471,21 @@ impl Store {
             ..PageQuery::default()
         };
         Ok(self.list_page(gr, &query, &mut |_| true)?.items)
+    }
+
+    /// [`Store::list_at`] as stored (nothing parsed).
+    pub fn list_at_stored(
+        &self,
+        gr: &GroupResource,
+        ns: Option<&str>,
+        rev: u64,
+    ) -> Result<Vec<Arc<Stored>>, Compacted> {
+        let query = PageQuery {
+            ns,
+            at: Some(rev),
+            ..PageQuery::default()
+        };
+        Ok(self.list_page_stored(gr, &query, &mut |_| true)?.items)
     }
 
     /// One page of a list: up to `query.limit` objects that `keep` accepts, in key order,
@@ -408,6 +520,35 @@ impl Store {
         query: &PageQuery<'_>,
         keep: &mut dyn FnMut(&Value) -> bool,
     ) -> Result<Page, Compacted> {
+        let mut parsed = vec![];
+        let page = self.list_page_stored(gr, query, &mut |s| {
+            let v = s.value();
+            let kept = keep(&v);
+            if kept {
+                parsed.push(v);
+            }
+            kept
+        })?;
+        // `keep` also saw the match after a full page.
+        parsed.truncate(page.items.len());
+        Ok(Page {
+            items: parsed,
+            rev: page.rev,
+            more: page.more,
+            remaining: page.remaining,
+            visited: page.visited,
+            last: page.last,
+        })
+    }
+
+    /// [`Store::list_page`] on the stored objects: nothing is parsed unless `keep` does, and
+    /// the page holds the objects as stored.
+    pub fn list_page_stored(
+        &self,
+        gr: &GroupResource,
+        query: &PageQuery<'_>,
+        keep: &mut dyn FnMut(&Stored) -> bool,
+    ) -> Result<Page<Arc<Stored>>, Compacted> {
         let mut inner = self.lock();
         let newest = inner.rev;
         let rev = query.at.unwrap_or(newest);
@@ -415,9 +556,10 @@ impl Store {
         let mut visited = 0usize;
         let mut items = vec![];
         let mut more = false;
-        {
+        let last = {
             let entries = Self::entries_at(&inner, gr, query.ns, query.after, &overlay, &mut visited);
-            for (_, v) in entries {
+            let mut last_key = None;
+            for (k, v) in entries {
                 if !keep(v) {
                     continue;
                 }
@@ -426,8 +568,10 @@ impl Store {
                     break;
                 }
                 items.push(v.clone());
+                last_key = Some(k);
             }
-        }
+            last_key.cloned()
+        };
         let mut remaining = None;
         if more && query.count_remaining {
             let cursor = |after: Option<&ObjKey>| Cursor {
@@ -449,8 +593,8 @@ impl Store {
                 },
             };
             let left = before.saturating_sub(items.len());
-            if cacheable && let Some(last) = items.last() {
-                inner.cursors.put(cursor(Some(&key_of(last))), left);
+            if cacheable && let Some(last) = &last {
+                inner.cursors.put(cursor(Some(last)), left);
             }
             remaining = Some(left);
         }
@@ -461,6 +605,7 @@ impl Store {
             more,
             remaining,
             visited,
+            last,
         })
     }
 
@@ -477,7 +622,7 @@ impl Store {
         gr: &GroupResource,
         ns: Option<&str>,
         rev: u64,
-    ) -> Result<BTreeMap<ObjKey, Option<Arc<Value>>>, Compacted> {
+    ) -> Result<BTreeMap<ObjKey, Option<Arc<Stored>>>, Compacted> {
         let mut overlay = BTreeMap::new();
         if rev >= inner.rev {
             return Ok(overlay);
@@ -496,16 +641,10 @@ impl Store {
         // Newest first, so the oldest change after `rev` has the last word: its previous
         // state (or absence, for a create) is the state at `rev`.
         for ev in history.rev() {
-            if ns.is_some_and(|ns| {
-                ev.object
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    != ns
-            }) {
+            if ns.is_some_and(|ns| ev.key.0 != ns) {
                 continue;
             }
-            let key = key_of(&ev.object);
+            let key = ev.key.clone();
             match (&ev.kind, &ev.prev) {
                 (EventType::Added, _) => {
                     overlay.insert(key, None);
@@ -526,9 +665,9 @@ impl Store {
         gr: &GroupResource,
         ns: Option<&'a str>,
         after: Option<&ObjKey>,
-        overlay: &'a BTreeMap<ObjKey, Option<Arc<Value>>>,
+        overlay: &'a BTreeMap<ObjKey, Option<Arc<Stored>>>,
         visited: &'a mut usize,
-    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Stored>)> + 'a {
         let lower = start_bound(ns, after);
         let in_scope = move |k: &&ObjKey| ns.is_none_or(|ns| k.0 == ns);
         let current = inner
@@ -553,7 +692,7 @@ impl Store {
         inner: &Inner,
         gr: &GroupResource,
         ns: Option<&str>,
-        overlay: &BTreeMap<ObjKey, Option<Arc<Value>>>,
+        overlay: &BTreeMap<ObjKey, Option<Arc<Stored>>>,
     ) -> usize {
         let now = match ns {
             None => inner.objects.get(gr).map_or(0, BTreeMap::len),
@@ -580,14 +719,16 @@ impl Store {
         inner: &mut Inner,
         gr: &GroupResource,
         kind: EventType,
-        object: Arc<Value>,
-        prev: Option<Arc<Value>>,
+        key: ObjKey,
+        object: Arc<Stored>,
+        prev: Option<Arc<Stored>>,
     ) {
         let ev = Arc::new(Event {
             rev: inner.rev,
             gr: gr.clone(),
             kind,
-            size: encoded_len(&object),
+            key,
+            size: object.size(),
             object,
             prev,
             lines: Default::default(),
@@ -621,7 +762,7 @@ impl Store {
             // Watchers see the change once it is on disk (`publish`), so no client ever sees a
             // change, or a revision, that a crash could take back.
             Some(journal) => {
-                let key = key_of(&ev.object);
+                let key = ev.key.clone();
                 journal.send(match kind {
                     EventType::Deleted => crate::state::Record::Delete {
                         rev: ev.rev,
@@ -734,8 +875,9 @@ impl Store {
         if let Some(uid) = uid_of(&obj) {
             inner.uids.insert(uid, (gr.clone(), key.clone()));
         }
-        inner.put(gr, key, obj.clone());
-        self.commit(&mut inner, gr, EventType::Added, obj.clone(), None);
+        let stored = Stored::new(&obj);
+        inner.put(gr, key.clone(), stored.clone());
+        self.commit(&mut inner, gr, EventType::Added, key, stored, None);
         Ok(obj)
     }
 
@@ -745,14 +887,14 @@ impl Store {
         gr: &GroupResource,
         key: &ObjKey,
         expected: u64,
-    ) -> Result<Arc<Value>, WriteError> {
+    ) -> Result<Arc<Stored>, WriteError> {
         let prev = inner
             .objects
             .get(gr)
             .and_then(|m| m.get(key))
             .cloned()
             .ok_or(WriteError::Missing)?;
-        if rv_of(&prev) != expected {
+        if prev.rv() != expected {
             return Err(WriteError::Stale);
         }
         Ok(prev)
@@ -770,8 +912,9 @@ impl Store {
         let prev = Self::expect(&inner, gr, &key, expected)?;
         Self::stamp(&mut inner, &mut obj);
         let obj = Arc::new(obj);
-        inner.put(gr, key, obj.clone());
-        self.commit(&mut inner, gr, EventType::Modified, obj.clone(), Some(prev));
+        let stored = Stored::new(&obj);
+        inner.put(gr, key.clone(), stored.clone());
+        self.commit(&mut inner, gr, EventType::Modified, key, stored, Some(prev));
         Ok(obj)
     }
 
@@ -787,12 +930,18 @@ impl Store {
         let key = key_of(&last);
         let prev = Self::expect(&inner, gr, &key, expected)?;
         inner.take(gr, &key);
-        if let Some(uid) = uid_of(&prev) {
+        // The stored object's uid: normally the final state's, which needs no parse.
+        let entry = (gr.clone(), key.clone());
+        let uid = uid_of(&last)
+            .filter(|u| inner.uids.get(u) == Some(&entry))
+            .or_else(|| uid_of(&prev.value()));
+        if let Some(uid) = uid {
             inner.uids.remove(&uid);
         }
         Self::stamp(&mut inner, &mut last);
         let last = Arc::new(last);
-        self.commit(&mut inner, gr, EventType::Deleted, last.clone(), Some(prev));
+        let stored = Stored::new(&last);
+        self.commit(&mut inner, gr, EventType::Deleted, key, stored, Some(prev));
         Ok(last)
     }
 
@@ -824,12 +973,15 @@ impl Store {
 
     /// Every stored object, by resource (for saving state).
     pub fn dump(&self) -> Vec<(GroupResource, Arc<Value>)> {
-        let inner = self.lock();
-        inner
-            .objects
-            .iter()
-            .flat_map(|(gr, m)| m.values().map(move |o| (gr.clone(), o.clone())))
-            .collect()
+        let stored: Vec<(GroupResource, Arc<Stored>)> = {
+            let inner = self.lock();
+            inner
+                .objects
+                .iter()
+                .flat_map(|(gr, m)| m.values().map(move |o| (gr.clone(), o.clone())))
+                .collect()
+        };
+        stored.into_iter().map(|(gr, o)| (gr, o.value())).collect()
     }
 
     /// Load saved objects as they are (keeping their resourceVersions), and continue from
@@ -844,7 +996,7 @@ impl Store {
             if let Some(uid) = uid_of(&obj) {
                 inner.uids.insert(uid, (gr.clone(), key.clone()));
             }
-            inner.put(&gr, key, Arc::new(obj));
+            inner.put(&gr, key, Stored::from_value(&obj));
         }
         // Nothing from before the start can be watched: every history starts here.
         let rev = inner.rev;
@@ -874,11 +1026,12 @@ pub struct PageQuery<'a> {
     pub count_remaining: bool,
 }
 
-/// One page of a list.
+/// One page of a list: parsed objects ([`Store::list_page`]) or as stored
+/// ([`Store::list_page_stored`]).
 #[derive(Debug)]
-pub struct Page {
-    /// The objects, in key order (the stored versions; nothing is copied).
-    pub items: Vec<Arc<Value>>,
+pub struct Page<T = Arc<Value>> {
+    /// The objects, in key order.
+    pub items: Vec<T>,
     /// The revision the page shows.
     pub rev: u64,
     /// More accepted objects follow the page (the last item's key continues it).
@@ -887,12 +1040,14 @@ pub struct Page {
     pub remaining: Option<usize>,
     /// Map entries the page looked at (objects, and changes from history).
     pub visited: usize,
+    /// The key of the last object.
+    last: Option<ObjKey>,
 }
 
-impl Page {
+impl<T> Page<T> {
     /// The key of the page's last object: where the next page starts after.
     pub fn last_key(&self) -> Option<ObjKey> {
-        self.items.last().map(|o| key_of(o))
+        self.last.clone()
     }
 }
 
@@ -911,8 +1066,8 @@ fn start_bound(ns: Option<&str>, after: Option<&ObjKey>) -> Bound<ObjKey> {
 /// is in both, the overlay's state wins (`None`: the key did not exist then).
 struct Merge<'a, C, O>
 where
-    C: Iterator<Item = (&'a ObjKey, &'a Arc<Value>)>,
-    O: Iterator<Item = (&'a ObjKey, &'a Option<Arc<Value>>)>,
+    C: Iterator<Item = (&'a ObjKey, &'a Arc<Stored>)>,
+    O: Iterator<Item = (&'a ObjKey, &'a Option<Arc<Stored>>)>,
 {
     current: std::iter::Peekable<C>,
     changed: std::iter::Peekable<O>,
@@ -921,10 +1076,10 @@ where
 
 impl<'a, C, O> Iterator for Merge<'a, C, O>
 where
-    C: Iterator<Item = (&'a ObjKey, &'a Arc<Value>)>,
-    O: Iterator<Item = (&'a ObjKey, &'a Option<Arc<Value>>)>,
+    C: Iterator<Item = (&'a ObjKey, &'a Arc<Stored>)>,
+    O: Iterator<Item = (&'a ObjKey, &'a Option<Arc<Stored>>)>,
 {
-    type Item = (&'a ObjKey, &'a Arc<Value>);
+    type Item = (&'a ObjKey, &'a Arc<Stored>);
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -998,7 +1153,7 @@ impl Cursors {
 
 impl Inner {
     /// Store `obj` at `key`, counting it in its namespace when the key is new.
-    fn put(&mut self, gr: &GroupResource, key: ObjKey, obj: Arc<Value>) {
+    fn put(&mut self, gr: &GroupResource, key: ObjKey, obj: Arc<Stored>) {
         let ns = key.0.clone();
         if self
             .objects
@@ -1183,7 +1338,7 @@ struct HeldPrev {
     counted: bool,
 }
 
-fn addr(v: &Arc<Value>) -> usize {
+fn addr(v: &Arc<Stored>) -> usize {
     Arc::as_ptr(v) as usize
 }
 
@@ -1195,7 +1350,7 @@ impl HistoryBytes {
             let kept = self.objects.get(&addr(prev)).copied();
             let total = &mut self.total;
             let held = self.prevs.entry(addr(prev)).or_insert_with(|| HeldPrev {
-                size: kept.unwrap_or_else(|| encoded_len(prev)),
+                size: kept.unwrap_or_else(|| prev.size()),
                 holders: 0,
                 counted: false,
             });
@@ -1278,9 +1433,9 @@ mod tests {
             .values()
             .flat_map(|h| h.events.iter().map(|e| &e.event))
         {
-            seen.insert(addr(&ev.object), encoded_len(&ev.object));
+            seen.insert(addr(&ev.object), ev.object.size());
             if let Some(p) = &ev.prev {
-                seen.insert(addr(p), encoded_len(p));
+                seen.insert(addr(p), p.size());
             }
         }
         seen.values().sum()
@@ -1333,7 +1488,8 @@ mod tests {
             rev,
             gr: gr(),
             kind: EventType::Added,
-            object: Arc::new(cm(&rev.to_string(), "1")),
+            key: ("ns".into(), rev.to_string()),
+            object: Stored::from_value(&cm(&rev.to_string(), "1")),
             prev: None,
             size: 1,
             lines: Default::default(),

@@ -33,7 +33,7 @@ use crate::meta::meta_str;
 use crate::registry::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
-use crate::store::{Event, EventType, Store, Subscription, key_of};
+use crate::store::{Event, EventType, Store, Stored, Subscription};
 
 /// How a watch renders objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,27 +82,35 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, o: &Value) -> bool {
-        (self.namespace.is_empty() || meta_str(o, "namespace") == self.namespace)
-            && self.labels.matches_object(o)
-            && self.fields.matches(o)
+    /// Whether a stored object in namespace `ns` matches.
+    fn matches(&self, ns: &str, o: &Stored) -> bool {
+        (self.namespace.is_empty() || ns == self.namespace) && self.selects(o)
+    }
+
+    /// Whether the selectors accept a stored object (parsed only when there are any).
+    fn selects(&self, o: &Stored) -> bool {
+        self.labels.is_empty() && self.fields.is_empty() || {
+            let o = o.value();
+            self.labels.matches_object(&o) && self.fields.matches(&o)
+        }
     }
 
     /// What a watcher with these selectors sees of an event, as the real server decides it:
     /// an object that stops matching is DELETED, one that starts matching is ADDED.
-    fn translate<'a>(&self, ev: &'a Event) -> Option<(&'static str, &'a Value)> {
+    fn translate<'a>(&self, ev: &'a Event) -> Option<(&'static str, &'a Stored)> {
         if ev.gr != self.def.key() {
             return None;
         }
-        let now = self.matches(&ev.object);
+        let ns = ev.key.0.as_str();
+        let now = self.matches(ns, &ev.object);
         match ev.kind {
             EventType::Added => now.then_some(("ADDED", &*ev.object)),
             EventType::Deleted => {
-                let before = ev.prev.as_ref().map(|p| self.matches(p)).unwrap_or(now);
+                let before = ev.prev.as_ref().map(|p| self.matches(ns, p)).unwrap_or(now);
                 before.then_some(("DELETED", &*ev.object))
             }
             EventType::Modified => {
-                let before = ev.prev.as_ref().map(|p| self.matches(p)).unwrap_or(false);
+                let before = ev.prev.as_ref().map(|p| self.matches(ns, p)).unwrap_or(false);
                 match (before, now) {
                     (true, true) => Some(("MODIFIED", &*ev.object)),
                     (false, true) => Some(("ADDED", &*ev.object)),
@@ -145,15 +153,32 @@ impl Encoder {
     /// The line for a stored change: plain objects and metadata are encoded once per change
     /// and rendering and shared with every other watcher (Tables carry per-watch state, the
     /// column definitions sent once, so they are encoded per watch).
-    fn change(&mut self, ev: &Event, kind: &'static str, obj: &Value) -> Bytes {
+    fn change(&mut self, ev: &Event, kind: &'static str, obj: &Stored) -> Bytes {
         let metadata = match self.format {
             Format::Object => false,
             Format::Metadata => true,
-            Format::Table { .. } => return self.event(kind, obj),
+            Format::Table { .. } => return self.stored(kind, obj),
         };
         let def = self.def.clone();
         ev.lines
-            .get_or_encode(kind, metadata, &def, || self.event(kind, obj).to_vec())
+            .get_or_encode(kind, metadata, &def, || self.stored(kind, obj).to_vec())
+    }
+
+    /// The line for a stored object: its stored text as it is when presenting the object
+    /// changes nothing (the bytes encoding its value gives), else encoded from its value.
+    fn stored(&mut self, kind: &'static str, obj: &Stored) -> Bytes {
+        if matches!(self.format, Format::Object)
+            && let Some(text) = crate::api::as_presented(&self.def, obj)
+        {
+            // A kind is an ASCII word: quoting it needs no escapes.
+            let head = format!("{{\"type\":\"{kind}\",\"object\":");
+            let mut out = Vec::with_capacity(head.len() + text.len() + 2);
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(b"}\n");
+            return Bytes::from(out);
+        }
+        self.event(kind, &obj.value())
     }
 
     fn bookmark(&self, rev: u64, initial_end: bool) -> Bytes {
@@ -623,13 +648,13 @@ impl Watcher {
     /// Merge a change into the batch: the object's last state replaces an earlier one of the
     /// same object (same uid), and one added and deleted within the window disappears.
     fn merge(&mut self, kind: &'static str, ev: Arc<Event>) {
-        let key = key_of(&ev.object);
-        let uid = meta_str(&ev.object, "uid");
+        let object = ev.object.value();
+        let uid = meta_str(&object, "uid");
         let batch = &mut self.faults.batch;
         let same = batch
             .iter()
-            .rposition(|(_, p)| key_of(&p.object) == key)
-            .filter(|i| meta_str(&batch[*i].1.object, "uid") == uid);
+            .rposition(|(_, p)| p.key == ev.key)
+            .filter(|i| meta_str(&batch[*i].1.object.value(), "uid") == uid);
         if let Some(i) = same {
             match (batch[i].0, kind) {
                 // Still new to the client: one ADDED of the last state.
@@ -794,11 +819,11 @@ pub fn start(
         .faults
         .stale_revision("watch", &ctx.def.plural, &ctx.user_agent, false);
     let now = |api: &Api| match stale {
-        Some(view) => match api.store.list_at(&ctx.def.key(), ns.as_deref(), view) {
+        Some(view) => match api.store.list_at_stored(&ctx.def.key(), ns.as_deref(), view) {
             Ok(objs) => (objs, view),
-            Err(_) => api.store.list(&ctx.def.key(), ns.as_deref()),
+            Err(_) => api.store.list_stored(&ctx.def.key(), ns.as_deref()),
         },
-        None => api.store.list(&ctx.def.key(), ns.as_deref()),
+        None => api.store.list_stored(&ctx.def.key(), ns.as_deref()),
     };
     // Initial state (synthetic ADDED events) when starting "now", or history replay.
     let (initial, last_rev, first, initial_end) =
@@ -860,7 +885,7 @@ pub fn start(
 impl Watcher {
     async fn run(
         &mut self,
-        initial: Vec<Arc<Value>>,
+        initial: Vec<Arc<Stored>>,
         first: Option<CatchUp>,
         initial_end: bool,
         bookmarks: bool,
@@ -876,9 +901,10 @@ impl Watcher {
             }
         }
         // Each initial object is let go once sent, so a slow client pins only what is left.
+        // Listed in the watch's namespace: only the selectors are left to check.
         for o in initial {
-            if self.filter.matches(&o) {
-                let line = self.enc.event("ADDED", &o);
+            if self.filter.selects(&o) {
+                let line = self.enc.stored("ADDED", &o);
                 self.emit(line, Mode::Replay).await?;
             }
         }

@@ -1,8 +1,9 @@
 //! What a stored object costs in heap bytes against its JSON size (issue 14, item 5), counted
 //! by a counting allocator (this test binary's own, so nothing else runs while it counts):
-//! the parsed object alone, and the store's whole cost per object (its map keys, the uid
-//! index, the history entry of its creation). Prints the figures; asserts only that counting
-//! works, since the ratio is what the issue tracks, not a fixed limit here.
+//! the parsed object alone, and the store's whole cost per object (the object as it keeps it,
+//! its map keys, the uid index, the history entry of its creation). Prints the figures and
+//! holds the store to the issue's target: at most twice the JSON. (The server's figure, with
+//! everything else it keeps per object, is the benchmark suite's `server` section.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -92,23 +93,26 @@ fn heap_per_stored_object_against_its_json_size() {
             .map(|t| serde_json::from_slice(t).expect("parse"))
             .collect();
         let values = LIVE.load(Ordering::Relaxed) - before - (N * size_of::<Value>()) as isize;
-        // The store's own cost besides the objects (moved in, not copied), history on as served.
+        // What the store holds per object, everything included (the object as it keeps it,
+        // map keys, the uid index, history as served): the parsed values go in and are let go.
         let store = Store::new(100 * 1024, 100);
-        let before = LIVE.load(Ordering::Relaxed);
         for o in parsed {
-            store.create(&gr, o).expect("create");
+            drop(store.create(&gr, o).expect("create"));
         }
         let stored = LIVE.load(Ordering::Relaxed) - before;
         let (per_json, per_value, per_stored) = (json / N, values as usize / N, stored as usize / N);
-        let total = per_value + per_stored;
         println!(
             "~{size} B of data: JSON {per_json} B/object; parsed Value {per_value} B ({:.2}x); \
-             the store's own bookkeeping (keys, uid index, history) {per_stored} B; \
-             together {total} B ({:.2}x)",
+             stored, keys, uid index and history included {per_stored} B ({:.2}x)",
             per_value as f64 / per_json as f64,
-            total as f64 / per_json as f64,
+            per_stored as f64 / per_json as f64,
         );
-        assert!(per_value > 0 && per_stored > 0, "the allocator counts");
+        assert!(per_value > 0 && stored > 0, "the allocator counts");
+        // Issue 14's target: at most twice the object's JSON.
+        assert!(
+            per_stored <= 2 * per_json,
+            "{per_stored} B per object of {per_json} B JSON"
+        );
         drop(store);
     }
 }

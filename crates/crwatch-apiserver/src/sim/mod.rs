@@ -496,22 +496,26 @@ impl Sim {
 
     /// Which objects a change concerns.
     fn route(&mut self, ev: &Event) {
-        let obj = &ev.object;
-        let ns = meta_str(obj, "namespace").to_string();
-        let name = meta_str(obj, "name").to_string();
+        let object = ev.object.value();
+        let obj = &*object;
+        let (ns, name) = ev.key.clone();
+        let g = &ev.gr;
+        // The version before matters only to the kinds simulated and to Pods.
+        let prev = (Kind::from_gr(g).is_some() || (g.group.is_empty() && g.resource == "pods"))
+            .then(|| ev.prev.as_ref().map(|p| p.value()))
+            .flatten();
         if let Some(kind) = Kind::from_gr(&ev.gr) {
             self.enqueue((kind, ns.clone(), name.clone()));
             // The controllers of the object, before and after (an adoption or release moves it).
-            for o in std::iter::once(&**obj).chain(ev.prev.as_deref()) {
+            for o in std::iter::once(obj).chain(prev.as_deref()) {
                 if let Some((k, owner)) = controller_of(o) {
                     self.enqueue((k, ns.clone(), owner));
                 }
             }
         }
-        let g = &ev.gr;
         match (g.group.as_str(), g.resource.as_str()) {
             ("", "pods") => {
-                for svc in self.services_selecting(&ns, obj, ev.prev.as_deref()) {
+                for svc in self.services_selecting(&ns, obj, prev.as_deref()) {
                     self.enqueue((Kind::Service, ns.clone(), svc));
                 }
                 if ev.kind == EventType::Deleted {
