@@ -11,6 +11,7 @@ mod get;
 mod latency;
 mod queue;
 mod report;
+mod sample;
 mod server;
 
 use std::future::Future;
@@ -48,11 +49,14 @@ goes first per round, and prints the median of R repeats. Build with --release.
                          100 watchers, heap per stored object), get (`crwatch get`
                          against kubectl: wall time, peak RSS; needs target/release/crwatch
                          and kubectl), forward (forwarder deliveries/s to a file and a
-                         webhook, --updates changes) (default all)
+                         webhook, --updates changes), sample (the sample controller
+                         against a separate crwatch-apiserver process; needs the release
+                         binaries it names) (default all)
   --get-objects N        ConfigMaps listed by the get section (default 10000)
+  --sample-objects N     Foos of the sample section (default 2000, at most 5000)
   --json FILE            write every row (samples, medians, ratios) and the machine";
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "sync",
     "relist",
     "throughput",
@@ -62,6 +66,7 @@ const SECTIONS: [&str; 9] = [
     "server",
     "get",
     "forward",
+    "sample",
 ];
 
 struct Options {
@@ -77,6 +82,7 @@ struct Options {
     consumers: Vec<usize>,
     only: Vec<String>,
     json: Option<PathBuf>,
+    sample_objects: usize,
 }
 
 impl Options {
@@ -96,6 +102,7 @@ impl Options {
             "queue_items": self.queue_items,
             "consumers": self.consumers,
             "only": self.only,
+            "sample_objects": self.sample_objects,
             "get_objects": self.get_objects,
         })
     }
@@ -141,6 +148,7 @@ fn parse_args() -> Result<Options> {
         only: SECTIONS.iter().map(|s| s.to_string()).collect(),
         get_objects: 10_000,
         json: None,
+        sample_objects: 2000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -183,6 +191,7 @@ fn parse_args() -> Result<Options> {
             }
             "--get-objects" => o.get_objects = number(&name, v, 1..=1_000_000)?,
             "--json" => o.json = Some(PathBuf::from(v)),
+            "--sample-objects" => o.sample_objects = number(&name, v, 1..=5000)?,
             _ => bail!("unknown option {name}\n\n{USAGE}"),
         }
     }
@@ -227,8 +236,16 @@ impl SizeRows {
             heap: Row::new("cache heap after sync", "MiB").at(n),
             heap_stripped: Row::new("cache heap, both without managedFields", "MiB").at(n),
             heap_full: Row::new("cache heap, both with managedFields", "MiB").at(n),
-            sync_compact: Row::new("initial sync, compressed, both without managedFields", "s").at(n),
-            heap_compact: Row::new("cache heap, compressed, both without managedFields", "MiB").at(n),
+            sync_compact: Row::new(
+                "initial sync, compressed, both without managedFields",
+                "s",
+            )
+            .at(n),
+            heap_compact: Row::new(
+                "cache heap, compressed, both without managedFields",
+                "MiB",
+            )
+            .at(n),
             peak: Row::new("heap peak during sync (incl. server)", "MiB").at(n),
             rss: Row::new("process RSS, cache synced (incl. server)", "MiB").at(n),
             counted_vs_rss: Row::new("  check: counted heap / RSS, cache synced", "×").at(n),
@@ -585,6 +602,15 @@ async fn run(opts: Options) -> Result<()> {
         }
     }
     rows.extend(server_rows);
+    if opts.runs("sample") {
+        rows.extend(
+            labelled(
+                "the sample section",
+                sample::run(opts.repeats, opts.sample_objects),
+            )
+            .await?,
+        );
+    }
     if let Some(bins) = &get_binaries {
         rows.extend(labelled("get", get::rows(bins, opts.get_objects, opts.repeats)).await?);
     }

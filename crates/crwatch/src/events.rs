@@ -92,10 +92,17 @@ struct Key {
     action: String,
 }
 
-/// The Event as last written for a key.
+/// What the recorder remembers of the Event it wrote for a key: enough to bump its series,
+/// or to write it again when the server has expired it (the rest comes from the key and the
+/// publish call). Not the Event as the server returned it: with its managedFields that is
+/// several KiB, kept for up to [`CACHE_SIZE`] keys.
 #[derive(Debug)]
 struct Recorded {
-    event: Event,
+    /// The Event's name and namespace.
+    name: String,
+    namespace: String,
+    /// Its `eventTime`: when the first occurrence happened.
+    first: MicroTime,
     count: i32,
     last_seen: Instant,
 }
@@ -221,12 +228,15 @@ impl Recorder {
             .take()
             .filter(|r| now.duration_since(r.last_seen) < SERIES_WINDOW);
         let Some(mut recorded) = repeat else {
-            let event = self.new_event(object_ref, type_, reason, message, action, wall);
+            let event = self.new_event(object_ref, type_, reason, message, action, wall.clone());
+            let namespace = event.metadata.namespace.clone().unwrap_or_default();
             let created =
-                crate::api::create(&self.events_api(&event), &PostParams::default(), &event).await?;
+                crate::api::create(&self.events_api(&namespace), &PostParams::default(), &event).await?;
             tracing::debug!(event = created.metadata.name, reason, "event created");
             *slot = Some(Recorded {
-                event: created,
+                name: created.metadata.name.or(event.metadata.name).unwrap_or_default(),
+                namespace,
+                first: wall,
                 count: 1,
                 last_seen: now,
             });
@@ -239,29 +249,31 @@ impl Recorder {
             count: recorded.count,
             last_observed_time: wall,
         };
-        let name = recorded.event.metadata.name.clone().unwrap_or_default();
-        let api = self.events_api(&recorded.event);
+        let api = self.events_api(&recorded.namespace);
         let patch = serde_json::json!({ "series": &series });
-        let outcome =
-            match crate::api::patch(&api, &name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                // The server expires Events (an hour by default): bring this one back, series
-                // and all, as client-go does.
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    let mut again = recorded.event.clone();
-                    again.metadata.resource_version = None;
-                    again.metadata.uid = None;
-                    again.metadata.creation_timestamp = None;
-                    again.metadata.managed_fields = None;
-                    again.series = Some(series);
-                    crate::api::create(&api, &PostParams::default(), &again).await
-                }
-                other => other,
-            };
+        let outcome = match crate::api::patch(
+            &api,
+            &recorded.name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        {
+            // The server expires Events (an hour by default): bring this one back, series
+            // and all, as client-go does.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                let mut again =
+                    self.new_event(object_ref, type_, reason, message, action, recorded.first.clone());
+                again.metadata.name = Some(recorded.name.clone());
+                again.series = Some(series);
+                crate::api::create(&api, &PostParams::default(), &again).await
+            }
+            other => other,
+        };
         // Remember the repeat even when the write failed, so that the next success carries
         // the right count.
         match outcome {
-            Ok(written) => {
-                recorded.event = written;
+            Ok(_) => {
                 *slot = Some(recorded);
                 Ok(())
             }
@@ -299,11 +311,8 @@ impl Recorder {
         slot
     }
 
-    fn events_api(&self, event: &Event) -> Api<Event> {
-        Api::namespaced(
-            self.client.clone(),
-            event.metadata.namespace.as_deref().unwrap_or("default"),
-        )
+    fn events_api(&self, namespace: &str) -> Api<Event> {
+        Api::namespaced(self.client.clone(), namespace)
     }
 
     fn new_event(
