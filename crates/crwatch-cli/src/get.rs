@@ -435,7 +435,9 @@ async fn list(client: &Client, target: &Target, args: &GetArgs) -> anyhow::Resul
             (columns, seen_in(got, &target.rt))
         }
         None => {
-            let (informer, columns) = informer_for(client, target, &Selectors::of(args, false), table);
+            // Printing once needs each row's metadata only, not its object (kubectl asks the
+            // same); a watch keeps whole objects for its diffs.
+            let (informer, columns) = informer_for(client, target, &Selectors::of(args, false), table, false);
             let cancel = CancellationToken::new();
             let _stop = cancel.clone().drop_guard();
             let errors = Arc::new(FirstError::default());
@@ -844,6 +846,7 @@ fn informer_for(
     target: &Target,
     sel: &Selectors,
     table: bool,
+    objects: bool,
 ) -> (Informer<TableRow>, Columns) {
     let ar = target.rt.api_resource();
     let mut source = KubeSource::<DynamicObject>::dynamic(client.clone(), &ar, target.namespace.as_deref());
@@ -853,7 +856,11 @@ fn informer_for(
     if let Some(f) = &sel.fields {
         source = source.fields(f);
     }
-    let source = if table { source.tables() } else { source.rows() };
+    let source = match (table, objects) {
+        (true, true) => source.tables(),
+        (true, false) => source.tables_metadata(),
+        (false, _) => source.rows(),
+    };
     let columns = source.columns();
     (Informer::new(source), columns)
 }
@@ -1038,7 +1045,7 @@ const PRINT_QUEUE: usize = 1024;
 
 async fn follow(client: &Client, target: &Target, args: &GetArgs, embed: &Embed) -> anyhow::Result<()> {
     let table = matches!(args.output, Output::Table | Output::Wide);
-    let (informer, columns) = informer_for(client, target, &Selectors::of(args, true), table);
+    let (informer, columns) = informer_for(client, target, &Selectors::of(args, true), table, true);
     if args.diff
         && let Some(crd) = crd_of(client, target).await
     {

@@ -35,6 +35,10 @@ pub enum Representation {
     Metadata,
     /// Server-side Tables (the rows `kubectl get` prints), each row with its object embedded.
     Table,
+    /// Server-side Tables whose rows embed only the object's metadata
+    /// (`includeObject=Metadata`, as `kubectl get` asks): what printing rows needs, without
+    /// holding every object's spec and data.
+    TableMetadata,
 }
 
 const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
@@ -387,16 +391,19 @@ impl<K: Send + 'static> Engine<K> {
             (Representation::Object, _) => return,
             (Representation::Metadata, true) => METADATA_LIST_ACCEPT,
             (Representation::Metadata, false) => METADATA_ACCEPT,
-            (Representation::Table, _) => TABLE_ACCEPT,
+            (Representation::Table | Representation::TableMetadata, _) => TABLE_ACCEPT,
         };
         req.headers_mut()
             .insert(http::header::ACCEPT, http::HeaderValue::from_static(accept));
-        if self.spec.representation == Representation::Table {
-            let uri = req.uri().to_string();
-            let sep = if uri.contains('?') { '&' } else { '?' };
-            if let Ok(u) = format!("{uri}{sep}includeObject=Object").parse() {
-                *req.uri_mut() = u;
-            }
+        let include = match self.spec.representation {
+            Representation::Table => "Object",
+            Representation::TableMetadata => "Metadata",
+            Representation::Object | Representation::Metadata => return,
+        };
+        let uri = req.uri().to_string();
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        if let Ok(u) = format!("{uri}{sep}includeObject={include}").parse() {
+            *req.uri_mut() = u;
         }
     }
 
@@ -539,7 +546,10 @@ impl<K: Send + 'static> Engine<K> {
                 .collect();
         }
         let wrap = |o: Value| {
-            if self.spec.representation == Representation::Table {
+            if matches!(
+                self.spec.representation,
+                Representation::Table | Representation::TableMetadata
+            ) {
                 // A server that ignores the Table request: rows without cells.
                 serde_json::json!({"object": o, "cells": null})
             } else {

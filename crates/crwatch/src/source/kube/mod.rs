@@ -202,10 +202,22 @@ impl KubeSource<DynamicObject> {
     /// Server-side Tables instead of objects: each [`TableRow`] has the cells `kubectl get`
     /// prints and the object itself; [`KubeSource::columns`] has the column definitions.
     pub fn tables(self) -> KubeSource<TableRow> {
+        self.tables_as(Representation::Table)
+    }
+
+    /// Server-side Tables whose rows carry only each object's metadata
+    /// (`PartialObjectMetadata`, as `kubectl get` asks for): enough to print and name rows, a
+    /// fraction of the memory and bytes of [`KubeSource::tables`] for objects with big specs
+    /// or data.
+    pub fn tables_metadata(self) -> KubeSource<TableRow> {
+        self.tables_as(Representation::TableMetadata)
+    }
+
+    fn tables_as(self, representation: Representation) -> KubeSource<TableRow> {
         KubeSource {
             client: self.client,
             spec: Spec {
-                representation: Representation::Table,
+                representation,
                 ..self.spec
             },
             scope: self.scope,
@@ -371,6 +383,7 @@ impl<K: Send + 'static> Source<K> for KubeSource<K> {
             Representation::Object => "",
             Representation::Metadata => " (metadata)",
             Representation::Table => " (table)",
+            Representation::TableMetadata => " (table, metadata)",
         };
         format!("{} {}{what}", self.spec.url, self.scope)
     }
