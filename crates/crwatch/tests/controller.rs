@@ -411,3 +411,50 @@ async fn a_deletion_retried_after_an_error_still_carries_the_last_known_object()
     cancel.cancel();
     run.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_projection_shapes_what_the_reconciler_and_the_cache_hold() {
+    use crwatch::projection::Projection;
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut obj = cm("big", "1");
+    obj.data = Some(
+        [
+            ("keep".to_string(), "k".to_string()),
+            ("drop".to_string(), "x".repeat(4096)),
+        ]
+        .into(),
+    );
+    cms.create(&PostParams::default(), &obj).await.unwrap();
+    let factory = InformerFactory::new(client.clone());
+    let informer = factory.all::<ConfigMap>();
+    let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let controller = Builder::new("projected", informer.clone())
+        .projection(Projection::fields(["data.keep"]).unwrap())
+        .build(
+            |req: Request<ConfigMap>, seen: Arc<Mutex<Vec<Vec<String>>>>| async move {
+                if let Request::Apply(c) = &req {
+                    let keys = c.data.iter().flatten().map(|(k, _)| k.clone()).collect();
+                    seen.lock().unwrap().push(keys);
+                }
+                Ok(Action::done())
+            },
+            seen.clone(),
+        );
+    factory.start();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(controller.run(cancel.clone()));
+    wait_for(20, "the reconcile", || {
+        (!seen.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(seen.lock().unwrap()[0], ["keep"]);
+    let cached = informer
+        .store()
+        .get(&ObjectKey::new(Some("default"), "big"))
+        .unwrap();
+    assert_eq!(cached.data.as_ref().map(|d| d.len()), Some(1));
+    cancel.cancel();
+    run.await.unwrap();
+}

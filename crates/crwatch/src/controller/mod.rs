@@ -283,6 +283,44 @@ where
         self
     }
 
+    /// Keep only the projected fields of the primary objects in the cache (see
+    /// [`crate::projection`]): the reconciler then sees projected objects. Call before the
+    /// informer starts, so the first list is projected too.
+    ///
+    /// ```
+    /// use crwatch::controller::Builder;
+    /// use crwatch::informer::InformerFactory;
+    /// use crwatch::projection::Projection;
+    /// use k8s_openapi::api::apps::v1::Deployment;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// # fn f(client: kube::Client) -> Result<(), crwatch::projection::ProjectionError> {
+    /// let factory = InformerFactory::new(client);
+    /// let builder = Builder::new("example", factory.all::<ConfigMap>())
+    ///     .projection(Projection::fields(["data.mode"])?)
+    ///     // Owned Deployments: the controller reads their status, nothing of the spec.
+    ///     .owns_projected(factory.all::<Deployment>(), Projection::fields(["status"])?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn projection(self, projection: crate::projection::Projection) -> Self
+    where
+        K: serde::de::DeserializeOwned,
+    {
+        self.primary.set_projection(projection);
+        self
+    }
+
+    /// [`Builder::owns`] with the owned objects projected (see [`Builder::projection`]):
+    /// owned objects are often many and big, and a controller usually reads only their status
+    /// and owner references (identity metadata always stays).
+    pub fn owns_projected<O>(self, informer: Informer<O>, projection: crate::projection::Projection) -> Self
+    where
+        O: Resource + Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        informer.set_projection(projection);
+        self.owns(informer)
+    }
+
     /// Reconcile the controlling owner (an ownerReference with `controller: true` to a `K`)
     /// whenever an object of `informer` changes.
     pub fn owns<O>(self, informer: Informer<O>) -> Self
