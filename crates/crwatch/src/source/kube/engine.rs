@@ -730,15 +730,8 @@ impl<K: Send + 'static> Engine<K> {
             if let Some((deleted, rv, obj)) = self.raw_event(&buf) {
                 progressed = true;
                 self.backoff = ReconnectBackoff::new(self.spec.backoff.0, self.spec.backoff.1);
-                if let Some(rv) = &rv
-                    && !self.advance(rv)
-                {
-                    self.error(
-                        format!("resourceVersion went backwards ({rv} after {at}): the server's history restarted; relisting"),
-                        true,
-                    )
-                    .await?;
-                    return Ok(End::Relist);
+                if let Some(end) = self.check_rv(rv.as_deref(), at).await? {
+                    return Ok(end);
                 }
                 self.send(Ok(if deleted {
                     Event::Delete(obj)
@@ -746,10 +739,7 @@ impl<K: Send + 'static> Engine<K> {
                     Event::Apply(obj)
                 }))
                 .await?;
-                if let Some(rv) = rv {
-                    *at = rv;
-                    self.send(Ok(Event::Progress(Some(self.checkpoint(at))))).await?;
-                }
+                self.changed(rv, at).await?;
                 continue;
             }
             let event: Value = match crate::json::from_slice(&buf) {
@@ -769,6 +759,31 @@ impl<K: Send + 'static> Engine<K> {
         }
     }
 
+    /// Before a change's objects are sent: `Some(End::Relist)` when its resourceVersion went
+    /// backwards (the server's history restarted).
+    async fn check_rv(&mut self, rv: Option<&str>, at: &str) -> Result<Option<End>, Gone> {
+        match rv {
+            Some(rv) if !self.advance(rv) => {
+                self.error(
+                    format!("resourceVersion went backwards ({rv} after {at}): the server's history restarted; relisting"),
+                    true,
+                )
+                .await?;
+                Ok(Some(End::Relist))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// After a change's objects were sent: the watch is at its resourceVersion (checkpointed).
+    async fn changed(&mut self, rv: Option<String>, at: &mut String) -> Result<(), Gone> {
+        if let Some(rv) = rv {
+            *at = rv;
+            self.send(Ok(Event::Progress(Some(self.checkpoint(at))))).await?;
+        }
+        Ok(())
+    }
+
     /// Apply one watch event; `Some` ends the watch.
     async fn watch_event(&mut self, mut event: Value, at: &mut String) -> Result<Option<End>, Gone> {
         let kind = str_at(&event, "/type").to_string();
@@ -776,15 +791,8 @@ impl<K: Send + 'static> Engine<K> {
         match kind.as_str() {
             "ADDED" | "MODIFIED" | "DELETED" => {
                 let rv = self.event_rv(&object);
-                if let Some(rv) = &rv
-                    && !self.advance(rv)
-                {
-                    self.error(
-                        format!("resourceVersion went backwards ({rv} after {at}): the server's history restarted; relisting"),
-                        true,
-                    )
-                    .await?;
-                    return Ok(Some(End::Relist));
+                if let Some(end) = self.check_rv(rv.as_deref(), at).await? {
+                    return Ok(Some(end));
                 }
                 for item in self.items(object) {
                     let Some(obj) = self.decode(item, kind == "DELETED").await? else {
@@ -797,10 +805,7 @@ impl<K: Send + 'static> Engine<K> {
                     };
                     self.send(Ok(e)).await?;
                 }
-                if let Some(rv) = rv {
-                    *at = rv;
-                    self.send(Ok(Event::Progress(Some(self.checkpoint(at))))).await?;
-                }
+                self.changed(rv, at).await?;
                 Ok(None)
             }
             "BOOKMARK" => {
