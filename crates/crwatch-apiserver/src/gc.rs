@@ -67,12 +67,19 @@ impl Gc {
     /// Rebuild all state from the store (at start, and when events were missed).
     fn resync(&mut self) {
         self.dependents.clear();
-        let all = self.api.store.dump();
+        // One object parsed at a time, and only those indexing or reacting looks at (with
+        // owners, or being deleted: text without the key has neither), so a resync never
+        // holds every object parsed.
+        let all = self.api.store.dump_stored();
         for (gr, obj) in &all {
-            self.index(gr, obj);
+            if obj.text().contains("\"ownerReferences\"") {
+                self.index(gr, &obj.value());
+            }
         }
         for (gr, obj) in &all {
-            self.react(gr, obj, EventType::Modified);
+            if obj.text().contains("\"deletionTimestamp\"") {
+                self.react(gr, &obj.value(), EventType::Modified);
+            }
         }
         let owners: Vec<String> = self.dependents.keys().cloned().collect();
         for uid in owners {

@@ -390,7 +390,7 @@ impl ApiServer {
                 if kept.is_none() {
                     kept = loaded.identity.as_ref().and_then(Identity::from_json);
                 }
-                store.load(loaded.objects, loaded.revision);
+                store.load_stored(loaded.objects, loaded.revision);
                 store.set_journal(opened).map_err(|e| ServerError::State {
                     path: path.clone(),
                     message: e.message,

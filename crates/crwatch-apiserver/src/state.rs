@@ -62,8 +62,8 @@ fn err(path: &Path, what: impl std::fmt::Display) -> StateError {
 /// What a state file held at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Every object, by resource.
-    pub objects: Vec<(GroupResource, Value)>,
+    /// Every object, by resource, in its stored form (each parsed only while it is read).
+    pub objects: Vec<crate::store::LoadedObject>,
     /// The newest revision ever handed out (0 for a new file).
     pub revision: u64,
     /// The server identity kept from the last run, as JSON.
@@ -174,8 +174,8 @@ fn read_legacy(path: &Path, bytes: Vec<u8>) -> Result<Loaded, StateError> {
         .iter()
         .filter_map(|o| {
             let s = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-            let obj = o.get("object").filter(|v| v.is_object())?.clone();
-            Some((
+            let obj = o.get("object").filter(|v| v.is_object())?;
+            Some(crate::store::LoadedObject::new(
                 GroupResource {
                     group: s("group"),
                     resource: s("resource"),
@@ -191,8 +191,8 @@ fn read_legacy(path: &Path, bytes: Vec<u8>) -> Result<Loaded, StateError> {
         ..Loaded::default()
     };
     // The JSON document lost the objects' revisions only if it was edited; keep the larger.
-    for (_, o) in &loaded.objects {
-        loaded.revision = loaded.revision.max(crate::store::rv_of(o));
+    for o in &loaded.objects {
+        loaded.revision = loaded.revision.max(o.stored.rv());
     }
     Ok(loaded)
 }
@@ -246,12 +246,12 @@ fn read_all(path: &Path, db: &Database) -> Result<Loaded, StateError> {
                 match parse_deep(v.value()) {
                     Ok(obj) if obj.is_object() => {
                         loaded.revision = loaded.revision.max(crate::store::rv_of(&obj));
-                        loaded.objects.push((
+                        loaded.objects.push(crate::store::LoadedObject::new(
                             GroupResource {
                                 group: group.to_string(),
                                 resource: resource.to_string(),
                             },
-                            obj,
+                            &obj,
                         ));
                     }
                     Ok(_) | Err(_) => {
@@ -281,9 +281,8 @@ fn write_import(path: &Path, db: &Database, old: &Loaded) -> Result<(), StateErr
         .map_err(|e| err(path, e))?;
     {
         let mut t = txn.open_table(OBJECTS).map_err(|e| err(path, e))?;
-        for (gr, o) in &old.objects {
-            let (ns, name) = crate::store::key_of(o);
-            let bytes = serde_json::to_vec(o).map_err(|e| err(path, e))?;
+        for o in &old.objects {
+            let (gr, (ns, name)) = (&o.gr, &o.key);
             t.insert(
                 (
                     gr.group.as_str(),
@@ -291,7 +290,7 @@ fn write_import(path: &Path, db: &Database, old: &Loaded) -> Result<(), StateErr
                     ns.as_str(),
                     name.as_str(),
                 ),
-                bytes.as_slice(),
+                o.stored.text().as_bytes(),
             )
             .map_err(|e| err(path, e))?;
         }

@@ -118,6 +118,32 @@ impl std::fmt::Debug for Stored {
     }
 }
 
+/// An object read back (from a state file) in its stored form, with what the store indexes it
+/// by, ready for [`Store::load_stored`].
+#[derive(Debug)]
+pub struct LoadedObject {
+    /// Its resource.
+    pub gr: GroupResource,
+    /// Its key.
+    pub key: ObjKey,
+    /// Its uid, if it has one.
+    pub uid: Option<String>,
+    /// The object.
+    pub stored: Arc<Stored>,
+}
+
+impl LoadedObject {
+    /// `obj` of resource `gr`, stored (`obj` itself can go right after).
+    pub fn new(gr: GroupResource, obj: &Value) -> Self {
+        LoadedObject {
+            gr,
+            key: key_of(obj),
+            uid: uid_of(obj),
+            stored: Stored::from_value(obj),
+        }
+    }
+}
+
 /// `obj` as compact JSON.
 fn to_text(obj: &Value) -> Box<str> {
     // Writing a Value into a String cannot fail (its map keys are strings).
@@ -971,6 +997,16 @@ impl Store {
         inner.floor = rev;
     }
 
+    /// Every object as stored, by resource (nothing parsed).
+    pub fn dump_stored(&self) -> Vec<(GroupResource, Arc<Stored>)> {
+        let inner = self.lock();
+        inner
+            .objects
+            .iter()
+            .flat_map(|(gr, m)| m.values().map(move |o| (gr.clone(), o.clone())))
+            .collect()
+    }
+
     /// Every stored object, by resource (for saving state).
     pub fn dump(&self) -> Vec<(GroupResource, Arc<Value>)> {
         let stored: Vec<(GroupResource, Arc<Stored>)> = {
@@ -988,15 +1024,24 @@ impl Store {
     /// `revision` (the newest one ever handed out) or the largest resourceVersion, whichever is
     /// larger, so revisions never repeat after deletes; history starts empty.
     pub fn load(&self, objects: Vec<(GroupResource, Value)>, revision: u64) {
+        let objects = objects
+            .into_iter()
+            .map(|(gr, obj)| LoadedObject::new(gr, &obj))
+            .collect();
+        self.load_stored(objects, revision);
+    }
+
+    /// [`Store::load`] of objects already in their stored form (as a state file is read: one
+    /// object parsed at a time, never all at once).
+    pub fn load_stored(&self, objects: Vec<LoadedObject>, revision: u64) {
         let mut inner = self.lock();
         inner.rev = inner.rev.max(revision);
-        for (gr, obj) in objects {
-            inner.rev = inner.rev.max(rv_of(&obj));
-            let key = key_of(&obj);
-            if let Some(uid) = uid_of(&obj) {
-                inner.uids.insert(uid, (gr.clone(), key.clone()));
+        for o in objects {
+            inner.rev = inner.rev.max(o.stored.rv());
+            if let Some(uid) = o.uid {
+                inner.uids.insert(uid, (o.gr.clone(), o.key.clone()));
             }
-            inner.put(&gr, key, Stored::from_value(&obj));
+            inner.put(&o.gr, o.key, o.stored);
         }
         // Nothing from before the start can be watched: every history starts here.
         let rev = inner.rev;
