@@ -236,16 +236,8 @@ impl SizeRows {
             heap: Row::new("cache heap after sync", "MiB").at(n),
             heap_stripped: Row::new("cache heap, both without managedFields", "MiB").at(n),
             heap_full: Row::new("cache heap, both with managedFields", "MiB").at(n),
-            sync_compact: Row::new(
-                "initial sync, compressed, both without managedFields",
-                "s",
-            )
-            .at(n),
-            heap_compact: Row::new(
-                "cache heap, compressed, both without managedFields",
-                "MiB",
-            )
-            .at(n),
+            sync_compact: Row::new("initial sync, compressed, both without managedFields", "s").at(n),
+            heap_compact: Row::new("cache heap, compressed, both without managedFields", "MiB").at(n),
             peak: Row::new("heap peak during sync (incl. server)", "MiB").at(n),
             rss: Row::new("process RSS, cache synced (incl. server)", "MiB").at(n),
             counted_vs_rss: Row::new("  check: counted heap / RSS, cache synced", "×").at(n),
