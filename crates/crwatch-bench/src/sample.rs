@@ -12,6 +12,9 @@
 //! their Deployments (the writes the workload cannot do without), and the time until the
 //! simulator has made every Deployment available, so the wall time can be compared with what
 //! the server can do.
+//!
+//! `CRWATCH_BENCH_APISERVER=PATH` runs another `crwatch-apiserver` build than the release one
+//! beside the bench (to compare server versions, or to keep one fixed while it changes).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -115,9 +118,12 @@ impl Binaries {
             .and_then(Path::parent)
             .ok_or_else(|| anyhow!("{} has no target directory", exe.display()))?;
         let release = target.join("release");
+        let apiserver = std::env::var_os("CRWATCH_BENCH_APISERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| release.join("crwatch-apiserver"));
         let wanted = [
             (
-                release.join("crwatch-apiserver"),
+                apiserver,
                 "cargo build --release -p crwatch-apiserver --bin crwatch-apiserver",
             ),
             (
