@@ -117,6 +117,18 @@ impl Gc {
         {
             self.unindex(&ev.gr, &prev.value());
         }
+        // Without owners and not being deleted, a change that is no delete gives nothing to
+        // index or react to: not even parsed.
+        let text = ev.object.text();
+        if ev.kind != EventType::Deleted
+            && !text.contains("\"ownerReferences\"")
+            && !text.contains("\"deletionTimestamp\"")
+        {
+            if !self.terminating_namespaces.is_empty() || !self.deleting_crds.is_empty() {
+                self.check_cleanups();
+            }
+            return;
+        }
         let object = ev.object.value();
         if ev.kind != EventType::Deleted {
             self.index(&ev.gr, &object);

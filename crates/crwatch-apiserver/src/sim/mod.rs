@@ -496,10 +496,23 @@ impl Sim {
 
     /// Which objects a change concerns.
     fn route(&mut self, ev: &Event) {
+        let g = &ev.gr;
+        // Changes of other resources concern nothing simulated: not even parsed.
+        let concerned = Kind::from_gr(g).is_some()
+            || matches!(
+                (g.group.as_str(), g.resource.as_str()),
+                (
+                    "",
+                    "pods" | "nodes" | "endpoints" | "persistentvolumes" | "persistentvolumeclaims"
+                ) | ("discovery.k8s.io", "endpointslices")
+                    | ("storage.k8s.io", "storageclasses")
+            );
+        if !concerned {
+            return;
+        }
         let object = ev.object.value();
         let obj = &*object;
         let (ns, name) = ev.key.clone();
-        let g = &ev.gr;
         // The version before matters only to the kinds simulated and to Pods.
         let prev = (Kind::from_gr(g).is_some() || (g.group.is_empty() && g.resource == "pods"))
             .then(|| ev.prev.as_ref().map(|p| p.value()))
