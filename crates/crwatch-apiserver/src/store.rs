@@ -3,6 +3,10 @@
 //! paging (sized like the real server's watch cache, see [`ResourceHistory`]), and the fan-out
 //! of new changes to watchers, and lists a page at a time from any kept revision.
 //!
+//! Objects are kept as their compact JSON text ([`Stored`], about 1.2 to 1.7 times the JSON
+//! per object with everything the store keeps for it, where parsed `Value`s took 2.5 to 8.5
+//! times) and parsed when read; a parsed object is shared while anyone holds it.
+//!
 //! A page of a list costs what the page holds, not what the resource holds: it starts at its
 //! continue key in the ordered map, reads an older revision through an overlay of the changes
 //! made since (history, not a copy of the resource), stops after one more match than it
