@@ -59,7 +59,14 @@ impl EventType {
 pub struct Stored {
     text: Box<str>,
     rv: u64,
-    parsed: Mutex<Weak<Value>>,
+    parsed: Mutex<Parse>,
+}
+
+/// A stored object's parse: shared while a reader holds it, or kept for the object's life
+/// (see [`Stored::value_kept`]).
+enum Parse {
+    Shared(Weak<Value>),
+    Kept(Arc<Value>),
 }
 
 impl Stored {
@@ -68,7 +75,7 @@ impl Stored {
         Arc::new(Stored {
             text: to_text(obj),
             rv: rv_of(obj),
-            parsed: Mutex::new(Arc::downgrade(obj)),
+            parsed: Mutex::new(Parse::Shared(Arc::downgrade(obj))),
         })
     }
 
@@ -77,7 +84,7 @@ impl Stored {
         Arc::new(Stored {
             text: to_text(obj),
             rv: rv_of(obj),
-            parsed: Mutex::new(Weak::new()),
+            parsed: Mutex::new(Parse::Shared(Weak::new())),
         })
     }
 
@@ -98,9 +105,27 @@ impl Stored {
 
     /// The object, parsed (or shared with whoever still holds it parsed).
     pub fn value(&self) -> Arc<Value> {
+        self.parse(false)
+    }
+
+    /// The object, parsed, and kept parsed as long as this version is stored: for readers
+    /// that come back to the same objects again and again (the workload simulator lists all
+    /// Pods, Nodes and ReplicaSets on every step; parsing them each time made it quadratic).
+    pub fn value_kept(&self) -> Arc<Value> {
+        self.parse(true)
+    }
+
+    fn parse(&self, keep: bool) -> Arc<Value> {
         // Parsing under the lock: readers of the same object at once share one parse.
         let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = parsed.upgrade() {
+        let have = match &*parsed {
+            Parse::Kept(v) => return Arc::clone(v),
+            Parse::Shared(w) => w.upgrade(),
+        };
+        if let Some(v) = have {
+            if keep {
+                *parsed = Parse::Kept(Arc::clone(&v));
+            }
             return v;
         }
         // The text is serde_json's own output for a `Value`, so it parses back (at any depth:
@@ -111,7 +136,11 @@ impl Stored {
                 Value::Null
             }),
         );
-        *parsed = Arc::downgrade(&v);
+        *parsed = if keep {
+            Parse::Kept(Arc::clone(&v))
+        } else {
+            Parse::Shared(Arc::downgrade(&v))
+        };
         v
     }
 }
@@ -457,13 +486,16 @@ impl Store {
     }
 
     /// Every object of a resource (in one namespace, or all), sorted by key, and the revision
-    /// of that snapshot.
+    /// of that snapshot. The server's own components read through this (the workload
+    /// simulator, RBAC's index, namespace and CRD cleanup, Service IP allocation) and come back
+    /// to the same objects, so what it returns stays parsed while stored
+    /// ([`Stored::value_kept`]); clients' lists and watches use the text.
     pub fn list(&self, gr: &GroupResource, ns: Option<&str>) -> (Vec<Arc<Value>>, u64) {
         let (stored, rev) = {
             let inner = self.lock();
             (Self::collect(&inner.objects, gr, ns), inner.rev)
         };
-        (stored.iter().map(|s| s.value()).collect(), rev)
+        (stored.iter().map(|s| s.value_kept()).collect(), rev)
     }
 
     /// [`Store::list`] as stored (nothing parsed).
