@@ -73,7 +73,7 @@ pub struct Bench {
     revision: usize,
 }
 
-fn payload(i: usize, k: usize, bytes: usize) -> String {
+pub(crate) fn payload(i: usize, k: usize, bytes: usize) -> String {
     // A cheap deterministic generator: distinct, incompressible-looking text per object.
     let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64 + 1);
     let mut s = String::with_capacity(bytes + 16);

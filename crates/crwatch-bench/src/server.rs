@@ -114,7 +114,12 @@ impl Shape {
         match self {
             Shape::ConfigMap3K => {
                 let data: serde_json::Map<String, Value> = (0..4)
-                    .map(|k| (format!("value-{k}"), Value::from(noise(i, k, 768))))
+                    .map(|k| {
+                        (
+                            format!("value-{k}"),
+                            Value::from(crate::cache::payload(i, k, 768)),
+                        )
+                    })
                     .collect();
                 json!({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": name, "namespace": NAMESPACE,
@@ -131,7 +136,7 @@ impl Shape {
                         "shard": (i % 16).to_string()},
                     "annotations": {"crwatch.dev/owner": "team-a",
                         "crwatch.dev/revision": i.to_string()}},
-                "data": {"config.yaml": noise(i, 0, 160), "mode": "fast", "level": "3"}}),
+                "data": {"config.yaml": crate::cache::payload(i, 0, 160), "mode": "fast", "level": "3"}}),
             Shape::Pod => json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": NAMESPACE,
                     "labels": {"app": "crwatch-bench", "shard": (i % 16).to_string()}},
@@ -142,20 +147,6 @@ impl Shape {
 
 const NAMESPACE: &str = "bench";
 const TIERS: [&str; 3] = ["frontend", "backend", "cache"];
-
-/// Deterministic, distinct text per object (so nothing can share it).
-fn noise(i: usize, k: usize, bytes: usize) -> String {
-    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64 + 1);
-    let mut s = String::with_capacity(bytes + 16);
-    while s.len() < bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.push_str(&format!("{x:016x}"));
-    }
-    s.truncate(bytes);
-    s
-}
 
 /// What storing objects cost the server.
 pub struct HeapPerObject {
