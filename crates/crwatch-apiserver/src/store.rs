@@ -527,12 +527,11 @@ impl Store {
         ns: Option<&str>,
         rev: u64,
     ) -> Result<Vec<Arc<Value>>, Compacted> {
-        let query = PageQuery {
-            ns,
-            at: Some(rev),
-            ..PageQuery::default()
-        };
-        Ok(self.list_page(gr, &query, &mut |_| true)?.items)
+        Ok(self
+            .list_at_stored(gr, ns, rev)?
+            .iter()
+            .map(|s| s.value())
+            .collect())
     }
 
     /// [`Store::list_at`] as stored (nothing parsed).

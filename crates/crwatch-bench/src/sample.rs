@@ -427,29 +427,32 @@ fn deployment_for(owner: &Foo) -> Deployment {
     }
 }
 
-/// Wait until `n` Foos report their wanted replicas available (a watch, so the bench's
-/// polling adds no lists to the server's load).
-async fn all_available(
-    client: kube::Client,
+/// Wait until `n` objects of `api` pass `ready` (a watch, so the bench's polling adds no lists
+/// to the server's load); `started` fires once the watch has listed.
+async fn until_ready<K>(
+    api: Api<K>,
     n: usize,
     started: tokio::sync::oneshot::Sender<()>,
-) -> Result<()> {
-    let foos: Api<Foo> = Api::namespaced(client, NAMESPACE);
+    ready: impl Fn(&K) -> bool,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let what = K::plural(&()).to_string();
     let mut done: HashSet<String> = HashSet::with_capacity(n);
     let mut started = Some(started);
-    let mut events = std::pin::pin!(watcher(foos, watcher::Config::default()));
-    let available = |f: &Foo| f.status.as_ref().map(|s| s.available_replicas) == Some(f.spec.replicas);
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
     while let Some(event) = events.next().await {
-        match event.context("watching Foos")? {
-            watcher::Event::Apply(f) | watcher::Event::InitApply(f) => {
-                if available(&f) {
-                    done.insert(f.name_any());
+        match event.with_context(|| format!("watching {what}"))? {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                if ready(&o) {
+                    done.insert(o.name_any());
                 } else {
-                    done.remove(&f.name_any());
+                    done.remove(&o.name_any());
                 }
             }
-            watcher::Event::Delete(f) => {
-                done.remove(&f.name_any());
+            watcher::Event::Delete(o) => {
+                done.remove(&o.name_any());
             }
             watcher::Event::Init => done.clear(),
             watcher::Event::InitDone => {
@@ -462,7 +465,22 @@ async fn all_available(
             return Ok(());
         }
     }
-    bail!("the Foo watch ended")
+    bail!("the {what} watch ended")
+}
+
+/// Wait until `n` Foos report their wanted replicas available.
+async fn all_available(
+    client: kube::Client,
+    n: usize,
+    started: tokio::sync::oneshot::Sender<()>,
+) -> Result<()> {
+    until_ready(
+        Api::<Foo>::namespaced(client, NAMESPACE),
+        n,
+        started,
+        |f: &Foo| f.status.as_ref().map(|s| s.available_replicas) == Some(f.spec.replicas),
+    )
+    .await
 }
 
 /// Wait until `n` Deployments have their wanted replicas available.
@@ -471,38 +489,16 @@ async fn deployments_available(
     n: usize,
     started: tokio::sync::oneshot::Sender<()>,
 ) -> Result<()> {
-    let api: Api<Deployment> = Api::namespaced(client, NAMESPACE);
-    let mut done: HashSet<String> = HashSet::with_capacity(n);
-    let mut started = Some(started);
-    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-    let available = |d: &Deployment| {
-        let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        d.status.as_ref().and_then(|s| s.available_replicas) == Some(wanted)
-    };
-    while let Some(event) = events.next().await {
-        match event.context("watching Deployments")? {
-            watcher::Event::Apply(d) | watcher::Event::InitApply(d) => {
-                if available(&d) {
-                    done.insert(d.name_any());
-                } else {
-                    done.remove(&d.name_any());
-                }
-            }
-            watcher::Event::Delete(d) => {
-                done.remove(&d.name_any());
-            }
-            watcher::Event::Init => done.clear(),
-            watcher::Event::InitDone => {
-                if let Some(s) = started.take() {
-                    let _ = s.send(());
-                }
-            }
-        }
-        if done.len() >= n {
-            return Ok(());
-        }
-    }
-    bail!("the Deployment watch ended")
+    until_ready(
+        Api::<Deployment>::namespaced(client, NAMESPACE),
+        n,
+        started,
+        |d: &Deployment| {
+            let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            d.status.as_ref().and_then(|s| s.available_replicas) == Some(wanted)
+        },
+    )
+    .await
 }
 
 /// One controller on a fresh server: the wall time from the first Foo created until all `n`
