@@ -141,6 +141,8 @@ pub struct Api {
     pub(crate) store: Arc<Store>,
     pub(crate) admission: Admission,
     pub(crate) faults: Faults,
+    /// The feature gates in force (`Config::feature_gates`).
+    pub(crate) features: crate::features::FeatureGates,
 }
 
 /// Namespaces the NamespaceLifecycle admission plugin never lets anyone delete.
@@ -184,6 +186,7 @@ impl Api {
             store,
             admission: Admission::new(),
             faults,
+            features: crate::features::FeatureGates::default(),
         }
     }
 
@@ -295,6 +298,8 @@ impl Api {
     /// reads no further than one match past its limit (see [`Store::list_page`]).
     pub async fn list_page(&self, ctx: &Ctx) -> ApiResult<ListPage> {
         let (labels, fields) = self.selectors(ctx)?;
+        // KEP-5866's `shardSelector` (only behind its gate; ignored otherwise, as upstream).
+        let shard = crate::shard::from_params(self.features, &ctx.params)?;
         let gr = gr_of(&ctx.def);
         let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
         let rv = ctx.params.get("resourceVersion").unwrap_or_default();
@@ -330,7 +335,7 @@ impl Api {
             (None, None)
         };
         let after = start_after.as_deref().map(continue_key);
-        let unfiltered = labels.is_empty() && fields.is_empty();
+        let unfiltered = labels.is_empty() && fields.is_empty() && shard.is_none();
         let query = crate::store::PageQuery {
             ns,
             at,
@@ -343,7 +348,9 @@ impl Api {
         let page = match self.store.list_page_stored(&gr, &query, &mut |o| {
             unfiltered || {
                 let o = o.value();
-                labels.matches_object(&o) && fields.matches(&o)
+                labels.matches_object(&o)
+                    && fields.matches(&o)
+                    && shard.as_ref().is_none_or(|s| s.matches_object(&o))
             }
         }) {
             Ok(page) => page,
@@ -367,6 +374,10 @@ impl Api {
             if let Some(remaining) = page.remaining.filter(|_| unfiltered) {
                 list_meta["remainingItemCount"] = json!(remaining);
             }
+        }
+        // Tells the client the list is its shard (absent: the server did not filter).
+        if let Some(shard) = &shard {
+            list_meta["shardInfo"] = shard.shard_info();
         }
         Ok(ListPage {
             def: ctx.def.clone(),
@@ -1952,14 +1963,17 @@ impl Api {
             .unwrap_or("Background")
             .to_string();
         let (labels, fields) = self.selectors(ctx)?;
+        // DeleteCollection takes ListOptions: a shard selector narrows it too (behind the gate).
+        let shard = crate::shard::from_params(self.features, &ctx.params)?;
         let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
         let (objs, _) = self.store.list(&gr_of(&ctx.def), ns);
         let dry = ctx.params.dry_run()?;
         let mut items = vec![];
-        for o in objs
-            .iter()
-            .filter(|o| labels.matches_object(o) && fields.matches(o))
-        {
+        for o in objs.iter().filter(|o| {
+            labels.matches_object(o)
+                && fields.matches(o)
+                && shard.as_ref().is_none_or(|s| s.matches_object(o))
+        }) {
             let mut one = ctx.clone();
             one.name = meta_str(o, "name").to_string();
             one.namespace = meta_str(o, "namespace").to_string();

@@ -25,6 +25,7 @@ pub mod cel;
 pub mod convert;
 pub mod decode;
 pub mod faults;
+pub mod features;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gc;
@@ -40,6 +41,7 @@ pub mod registry;
 pub mod reviews;
 pub mod schema;
 pub mod selector;
+pub mod shard;
 mod sim;
 pub mod state;
 pub mod status;
@@ -63,6 +65,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::{Faults, Match, RequestRecord};
+pub use features::FeatureGates;
 pub use sim::SimConfig;
 #[cfg(feature = "test-server")]
 pub use testserver::TestServer;
@@ -122,6 +125,8 @@ pub struct Config {
     pub simulate_workloads: bool,
     /// How the workload simulator behaves (Nodes, delays).
     pub sim: SimConfig,
+    /// Alpha behaviours of later Kubernetes versions, off by default (`--feature-gates`).
+    pub feature_gates: FeatureGates,
 }
 
 impl Default for Config {
@@ -145,6 +150,7 @@ impl Default for Config {
             tls_handshake_timeout: Duration::from_secs(32),
             simulate_workloads: true,
             sim: SimConfig::default(),
+            feature_gates: FeatureGates::default(),
         }
     }
 }
@@ -376,7 +382,9 @@ impl ApiServer {
             Store::new(config.history_window, config.watch_buffer).with_history_bytes(config.history_bytes),
         );
         let faults = Faults::new(store.clone());
-        let api = Arc::new(Api::new(store.clone(), faults));
+        let mut api = Api::new(store.clone(), faults);
+        api.features = config.feature_gates;
+        let api = Arc::new(api);
         let stop = CancellationToken::new();
 
         let mut kept = config.identity.clone();

@@ -64,6 +64,11 @@ struct Args {
     /// Simulated Nodes created when the server starts with an empty store (0 to 100).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=100))]
     nodes: u64,
+    /// Alpha features of later Kubernetes versions, as kube-apiserver's flag takes them:
+    /// comma-separated `Name=true|false`. Known: ShardedListAndWatch (1.36, `shardSelector` on
+    /// list and watch). All off by default.
+    #[arg(long, value_name = "NAME=BOOL,...", value_parser = crwatch_apiserver::FeatureGates::parse)]
+    feature_gates: Option<crwatch_apiserver::FeatureGates>,
 }
 
 /// A delay like `200ms`, `2s` or `1m`, at most an hour.
@@ -167,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
             nodes: usize::try_from(args.nodes).context("--nodes")?,
             ..crwatch_apiserver::SimConfig::default()
         },
+        feature_gates: args.feature_gates.unwrap_or_default(),
         ..Config::default()
     })
     .await
@@ -197,6 +203,9 @@ async fn main() -> anyhow::Result<()> {
         println!("  serving {u} (plain HTTP, same token)");
     }
     println!("  kubeconfig: {}", kubeconfig.display());
+    if let Some(gates) = args.feature_gates.filter(|g| !g.to_string().is_empty()) {
+        println!("  feature gates: {gates}");
+    }
     println!();
     println!("Point kubectl at it:");
     println!("  export KUBECONFIG={}", kubeconfig.display());

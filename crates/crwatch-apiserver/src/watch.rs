@@ -79,6 +79,9 @@ struct Filter {
     namespace: String,
     labels: LabelSelector,
     fields: FieldSelector,
+    /// KEP-5866's `shardSelector`: an object's uid and namespace never change, so an object
+    /// never moves into or out of a watch's shard; it only narrows what the watch sees.
+    shard: Option<crate::shard::ShardSelector>,
 }
 
 impl Filter {
@@ -89,9 +92,11 @@ impl Filter {
 
     /// Whether the selectors accept a stored object (parsed only when there are any).
     fn selects(&self, o: &Stored) -> bool {
-        self.labels.is_empty() && self.fields.is_empty() || {
+        self.labels.is_empty() && self.fields.is_empty() && self.shard.is_none() || {
             let o = o.value();
-            self.labels.matches_object(&o) && self.fields.matches(&o)
+            self.labels.matches_object(&o)
+                && self.fields.matches(&o)
+                && self.shard.as_ref().is_none_or(|s| s.matches_object(&o))
         }
     }
 
@@ -751,11 +756,13 @@ pub fn start(
             .terms
             .push(("metadata.name".into(), ctx.name.clone(), true));
     }
+    let shard = crate::shard::from_params(api.features, &ctx.params)?;
     let filter = Filter {
         def: ctx.def.clone(),
         namespace: ctx.namespace.clone(),
         labels,
         fields,
+        shard,
     };
     let rv = ctx.params.get("resourceVersion").unwrap_or_default().to_string();
     let send_initial = flag(ctx, "sendInitialEvents");
