@@ -195,3 +195,47 @@ fn a_kubeconfig_into_a_missing_directory_is_an_error() {
     assert!(err.contains("does not exist (create it first)"), "{err}");
     assert!(!missing.exists(), "the directory was created");
 }
+
+#[test]
+fn feature_gates_turn_on_sharded_list_and_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), &["--feature-gates=ShardedListAndWatch=true"]);
+    assert!(
+        running.stdout.contains("feature gates: ShardedListAndWatch=true"),
+        "banner: {}",
+        running.stdout
+    );
+    // Every Namespace hashes the empty namespace, FNV-1a 64 "" = 0xcbf29ce484222325.
+    let sel = "shardRange(object.metadata.namespace, '0xcbf29ce484222325', '0xcbf29ce484222326')";
+    let path = format!(
+        "/api/v1/namespaces?shardSelector={}",
+        form_urlencoded::byte_serialize(sel.as_bytes()).collect::<String>()
+    );
+    let out = kubectl(dir.path(), &["get", "--raw", &path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["metadata"]["shardInfo"]["selector"], sel);
+    assert!(!list["items"].as_array().unwrap().is_empty());
+    drop(running);
+
+    // A value that is not a bool, or a gate it does not implement, is refused at start.
+    for (flag, want) in [
+        (
+            "--feature-gates=ShardedListAndWatch=yes",
+            "invalid value of ShardedListAndWatch=yes, err: strconv.ParseBool: parsing \"yes\": invalid syntax",
+        ),
+        (
+            "--feature-gates=NoSuchGate=true",
+            "unrecognized feature gate: NoSuchGate",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_crwatch-apiserver"))
+            .args(["--port", "0", flag, "--kubeconfig"])
+            .arg(dir.path().join("kc2"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{flag}: {err}");
+    }
+}
