@@ -407,6 +407,16 @@ where
         self.set_transform(Some(projection.transform::<K>()));
     }
 
+    /// List and watch only `ring`'s slots for this replica, where the source and its server
+    /// can (KEP-5866 `shardSelector`); call before the informer starts. Returns whether the
+    /// source will ask. A shared informer is sharded for all its users.
+    pub fn shard(&self, ring: &crate::shard::ShardRing) -> bool {
+        match lock(&self.inner.source).as_mut() {
+            Some(source) => source.shard(ring),
+            None => false,
+        }
+    }
+
     /// Keep cold objects compressed in the cache (feature `compact`; see
     /// [`Store::compact_cold`]): about half the memory for large objects, at the cost of a
     /// decode when a cold object is read. Handlers still get the objects as delivered.

@@ -94,6 +94,8 @@ pub struct Manager {
     metrics: Metrics,
     config: ManagerConfig,
     controllers: Vec<RunFn>,
+    /// Sharded controllers: they run on every replica, leader or not.
+    sharded: Vec<RunFn>,
     ready: Readiness,
     leader_state: tokio::sync::watch::Sender<Option<LeaderState>>,
     bound: tokio::sync::watch::Sender<(Option<SocketAddr>, Option<SocketAddr>)>,
@@ -122,6 +124,7 @@ impl Manager {
             metrics,
             config,
             controllers: vec![],
+            sharded: vec![],
             ready,
             leader_state: tokio::sync::watch::channel(None).0,
             bound: tokio::sync::watch::channel((None, None)).0,
@@ -171,13 +174,19 @@ impl Manager {
             .events(crate::events::Recorder::new(self.client.clone(), name))
     }
 
-    /// Add a controller.
+    /// Add a controller. A sharded one ([`Builder::shard`]) runs on every replica as soon as
+    /// the caches sync; the others only on the leader when leader election is configured.
     pub fn add<K, C>(&mut self, controller: Controller<K, C>)
     where
         K: kube::Resource + Clone + Send + Sync + 'static,
         C: Send + Sync + 'static,
     {
-        self.controllers.push(Box::new(move |cancel, abort| {
+        let list = if controller.shard_ring().is_some() {
+            &mut self.sharded
+        } else {
+            &mut self.controllers
+        };
+        list.push(Box::new(move |cancel, abort| {
             Box::pin(controller.run_until(cancel, abort))
         }));
     }
@@ -236,6 +245,12 @@ impl Manager {
 
         let controllers_cancel = CancellationToken::new();
         let controllers_abort = CancellationToken::new();
+        // Sharded controllers coordinate through their own ring, not the leader's lease.
+        let sharded_cancel = CancellationToken::new();
+        let mut sharded = tokio::task::JoinSet::new();
+        for c in self.sharded {
+            sharded.spawn(c(sharded_cancel.clone(), CancellationToken::new()));
+        }
         let elector_cancel = CancellationToken::new();
         let mut elector_task = None;
         if let Some(le) = self.config.leader_election.clone() {
@@ -260,6 +275,8 @@ impl Manager {
                 tokio::select! {
                     changed = state.changed() => if changed.is_err() { break },
                     _ = &mut shutdown => {
+                        sharded_cancel.cancel();
+                        while sharded.join_next().await.is_some() {}
                         elector_cancel.cancel();
                         if let Some(t) = elector_task { let _ = t.await; }
                         self.factory.shutdown();
@@ -301,7 +318,9 @@ impl Manager {
         };
         tracing::info!(lost_leadership, "stopping controllers");
         controllers_cancel.cancel();
+        sharded_cancel.cancel();
         while running.join_next().await.is_some() {}
+        while sharded.join_next().await.is_some() {}
         self.factory.shutdown();
         self.ready.set(false);
         elector_cancel.cancel();

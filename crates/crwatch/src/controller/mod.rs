@@ -22,6 +22,7 @@ use crate::events::{EventType, Recorder};
 use crate::informer::{HandlerFns, Informer};
 use crate::metrics::{ControllerLabel, ControllerMetrics, ResultLabels};
 use crate::queue::WorkQueue;
+use crate::shard::{ShardKey, ShardRing};
 use crate::source::Undecodable;
 use crate::store::{ObjectKey, Store};
 pub use predicate::Predicate;
@@ -227,6 +228,7 @@ pub struct Builder<K> {
     queue_metrics: Option<crate::queue::metrics::QueueMetrics>,
     watches: Vec<Wiring>,
     recorder: Option<Recorder>,
+    shard: Option<ShardRing>,
 }
 
 /// Connects an informer's handlers to the controller's queue; run when the controller starts,
@@ -262,7 +264,41 @@ where
             queue_metrics: None,
             watches: vec![],
             recorder: None,
+            shard: None,
         }
+    }
+
+    /// Share the primary objects with the other replicas in `ring` (see [`crate::shard`]):
+    /// this replica reconciles only the keys of the slots the ring gives it, never a key
+    /// another replica is reconciling, and takes keys over as replicas come and go. The
+    /// primary informer is asked to list and watch only those slots (KEP-5866); whether the
+    /// server does is [`ShardRing::mode`]. The controller runs the ring (its Lease) itself, and
+    /// a [`Manager`](crate::manager::Manager) runs sharded controllers on every replica, with or
+    /// without leader election (which then guards only the unsharded ones).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use crwatch::controller::{Action, Builder, Request};
+    /// use crwatch::informer::InformerFactory;
+    /// use crwatch::shard::{ShardConfig, ShardRing};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// # async fn f(client: kube::Client) -> Result<(), crwatch::shard::ShardError> {
+    /// let factory = InformerFactory::new(client.clone());
+    /// let ring = ShardRing::new(client, ShardConfig::new("operators", "config-watcher"))?;
+    /// let controller = Builder::new("config-watcher", factory.all::<ConfigMap>())
+    ///     .shard(ring.clone())
+    ///     .build(|req: Request<ConfigMap>, _: Arc<()>| async move { Ok(Action::done()) }, Arc::new(()));
+    /// factory.start();
+    /// controller.run(tokio_util::sync::CancellationToken::new()).await;
+    /// println!("filtering: {:?}", ring.mode());
+    /// # Ok(()) }
+    /// ```
+    pub fn shard(mut self, ring: ShardRing) -> Self {
+        if !self.primary.shard(&ring) {
+            ring.client_side_only();
+        }
+        self.shard = Some(ring);
+        self
     }
 
     /// Publish Events with `recorder`: a Warning `DecodeFailed` on every primary object that
@@ -405,6 +441,7 @@ where
             let ts_add = tombstones.clone();
             let ts_del = tombstones.clone();
             let publish = self.recorder.is_some();
+            let ring = self.shard.clone();
             wiring.push(Box::new(move |queue: WorkQueue<ObjectKey>| {
                 let (q1, q2, q3) = (queue.clone(), queue.clone(), queue);
                 primary.add_handler(
@@ -425,6 +462,13 @@ where
                             }
                         })
                         .on_delete(move |o: &Arc<K>| {
+                            // A sharded cache drops objects that moved to another replica's
+                            // slots: not a deletion, and not ours to handle.
+                            if let Some(ring) = &ring
+                                && shard_slot(ring, &**o).is_some_and(|s| !ring.interested(s))
+                            {
+                                return;
+                            }
                             let key = ObjectKey::of(&**o);
                             lock(&ts_del).insert(key.clone(), o.clone());
                             q3.add(key);
@@ -455,7 +499,16 @@ where
             concurrency: self.concurrency,
             shutdown_timeout: self.shutdown_timeout,
             metrics,
+            shard: self.shard,
         }
+    }
+}
+
+/// The slot of an object in `ring`: by the hash of its uid or namespace (`None`: no uid yet).
+fn shard_slot<K: Resource>(ring: &ShardRing, obj: &K) -> Option<u32> {
+    match ring.config().key {
+        ShardKey::Namespace => Some(ring.slot_of_value(obj.meta().namespace.as_deref().unwrap_or(""))),
+        ShardKey::Uid => obj.meta().uid.as_deref().map(|u| ring.slot_of_value(u)),
     }
 }
 
@@ -479,6 +532,7 @@ pub struct Controller<K, C> {
     concurrency: usize,
     shutdown_timeout: Duration,
     metrics: ControllerMetrics,
+    shard: Option<ShardRing>,
 }
 
 impl<K, C> Controller<K, C>
@@ -494,6 +548,43 @@ where
     /// The workqueue (to enqueue keys from outside, e.g. on external events).
     pub fn queue(&self) -> WorkQueue<ObjectKey> {
         self.queue.clone()
+    }
+
+    /// The shard ring this controller shares its keys in, if sharded.
+    pub fn shard_ring(&self) -> Option<&ShardRing> {
+        self.shard.as_ref()
+    }
+
+    /// The slot of `key` in `ring`, from the cached object or its tombstone.
+    fn key_slot(&self, ring: &ShardRing, key: &ObjectKey) -> Option<u32> {
+        if ring.config().key == ShardKey::Namespace {
+            return Some(ring.slot_of_value(key.namespace.as_deref().unwrap_or("")));
+        }
+        match self.store.get(key) {
+            Some(obj) => shard_slot(ring, &*obj),
+            None => lock(&self.tombstones)
+                .get(key)
+                .and_then(|o| shard_slot(ring, &**o)),
+        }
+    }
+
+    /// Enqueue every cached key (and pending deletion) in slots that became active here: their
+    /// events may have been skipped while another replica owned them.
+    fn enqueue_gained(&self, gained: &crate::shard::SlotSet, ring: &ShardRing) {
+        for obj in self.store.list() {
+            if shard_slot(ring, &*obj).is_some_and(|s| gained.contains(s)) {
+                self.queue.add(ObjectKey::of(&*obj));
+            }
+        }
+        let tombstones: Vec<(ObjectKey, Arc<K>)> = lock(&self.tombstones)
+            .iter()
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        for (key, obj) in tombstones {
+            if shard_slot(ring, &*obj).is_some_and(|s| gained.contains(s)) {
+                self.queue.add(key);
+            }
+        }
     }
 
     /// Run the workers until `cancel` fires; then stop taking work and let in-flight
@@ -529,13 +620,36 @@ where
             _ = cancel.cancelled() => return,
         }
         let this = Arc::new(self);
+        // The ring outlives the workers: on the way out it stops starting work, waits for what is
+        // in flight and only then gives its slots up.
+        let ring_cancel = CancellationToken::new();
+        let mut ring_task = None;
+        if let Some(ring) = this.shard.clone() {
+            let stop = ring_cancel.clone();
+            ring_task = Some(tokio::spawn(async move { ring.run(stop).await }));
+            let (that, stop) = (this.clone(), ring_cancel.clone());
+            tokio::spawn(async move { that.follow_ring(stop).await });
+        }
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..this.concurrency {
             let this = this.clone();
             workers.spawn(async move {
                 while let Some(key) = this.queue.get().await {
+                    // Sharded: only keys of slots active here, counted in flight for handovers.
+                    let guard = match &this.shard {
+                        Some(ring) => match this.key_slot(ring, &key).and_then(|s| ring.try_begin(s)) {
+                            Some(g) => Some(g),
+                            None => {
+                                this.queue.forget(&key);
+                                this.queue.done(&key);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     this.process(&key).await;
                     this.queue.done(&key);
+                    drop(guard);
                 }
             });
         }
@@ -554,6 +668,30 @@ where
             tracing::warn!(controller = %this.name, timeout = ?this.shutdown_timeout, aborted = abort.is_cancelled(), "abandoning reconciles still running");
             workers.abort_all();
             while workers.join_next().await.is_some() {}
+        }
+        // Nothing runs any more (aborted work dropped its guards): leave the ring.
+        ring_cancel.cancel();
+        if let Some(task) = ring_task {
+            let _ = task.await;
+        }
+    }
+
+    /// Enqueue the keys of slots as they become active here, until `stop`.
+    async fn follow_ring(&self, stop: CancellationToken) {
+        let Some(ring) = &self.shard else { return };
+        let mut status = ring.status();
+        let mut before = crate::shard::SlotSet::empty(ring.config().slots);
+        loop {
+            let active = status.borrow_and_update().active.clone();
+            let gained = active.minus(&before);
+            if !gained.is_empty() {
+                self.enqueue_gained(&gained, ring);
+            }
+            before = active;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = status.changed() => if changed.is_err() { return },
+            }
         }
     }
 

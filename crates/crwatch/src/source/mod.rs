@@ -311,6 +311,13 @@ pub trait Source<K>: Send + 'static {
         false
     }
 
+    /// List and watch only the slots of `ring` this replica is interested in, if the source
+    /// can ask its server to (KEP-5866); returns whether it will try. The default cannot.
+    fn shard(&mut self, ring: &crate::shard::ShardRing) -> bool {
+        let _ = ring;
+        false
+    }
+
     /// Start producing events. Called once per informer run.
     fn events(self: Box<Self>) -> EventStream<K>;
 }
@@ -323,6 +330,10 @@ impl<K: 'static> Source<K> for Box<dyn Source<K>> {
 
     fn resume(&mut self, checkpoint: &Checkpoint) -> bool {
         (**self).resume(checkpoint)
+    }
+
+    fn shard(&mut self, ring: &crate::shard::ShardRing) -> bool {
+        (**self).shard(ring)
     }
 
     fn events(self: Box<Self>) -> EventStream<K> {

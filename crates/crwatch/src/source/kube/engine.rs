@@ -89,6 +89,18 @@ pub(crate) struct Spec {
     pub max_event_bytes: usize,
     /// Whether to tie checkpoints to the `kube-system` namespace's uid.
     pub check_identity: bool,
+    /// A KEP-5866 `shardSelector` sent with every list and watch; a change relists.
+    pub shard: Option<ShardSpec>,
+}
+
+/// Server-side sharding of one list/watch (KEP-5866).
+#[derive(Debug, Clone)]
+pub(crate) struct ShardSpec {
+    /// The selector to send; when it changes the engine lists again under the new one.
+    pub selector: tokio::sync::watch::Receiver<String>,
+    /// Whether the server honoured it (`metadata.shardInfo` in list answers); `None` until a
+    /// list answered.
+    pub honoured: tokio::sync::watch::Sender<Option<bool>>,
 }
 
 /// Turns one item (an object, or `{"object":…, "cells":…}` for Tables) into the source's type.
@@ -114,6 +126,9 @@ struct RawListMeta {
     resource_version: String,
     #[serde(default, rename = "continue")]
     continue_: String,
+    /// KEP-5866: present when the server applied the list's `shardSelector`.
+    #[serde(default, rename = "shardInfo")]
+    shard_info: Option<serde::de::IgnoredAny>,
 }
 
 /// A watch event with its object left as raw JSON (the typed fast path).
@@ -167,6 +182,7 @@ pub(crate) fn start<K: Send + 'static>(
         identity: None,
         newest: None,
         verify: false,
+        listed_selector: None,
     };
     tokio::spawn(async move {
         let closed = engine.tx.clone();
@@ -220,6 +236,8 @@ struct Engine<K> {
     newest: Option<u64>,
     /// Whether the server's identity must be checked once the next watch connects.
     verify: bool,
+    /// The `shardSelector` the cache's objects were listed under.
+    listed_selector: Option<String>,
 }
 
 /// The consumer is gone; stop.
@@ -407,6 +425,45 @@ impl<K: Send + 'static> Engine<K> {
         }
     }
 
+    /// Add the current `shardSelector` to a list or watch request; returns the selector sent.
+    fn shard_param(req: &mut http::Request<Vec<u8>>, selector: Option<&str>) {
+        let Some(selector) = selector else { return };
+        let uri = req.uri().to_string();
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        let encoded: String = form_urlencoded::byte_serialize(selector.as_bytes()).collect();
+        if let Ok(u) = format!("{uri}{sep}shardSelector={encoded}").parse() {
+            *req.uri_mut() = u;
+        }
+    }
+
+    /// The `shardSelector` to send now, if sharded.
+    fn current_selector(&self) -> Option<String> {
+        self.spec.shard.as_ref().map(|s| s.selector.borrow().clone())
+    }
+
+    /// Whether the selector changed since the last list (the objects listed then are the
+    /// wrong set: list again).
+    fn shard_moved(&self) -> bool {
+        match &self.spec.shard {
+            Some(shard) => self.listed_selector.as_deref() != Some(shard.selector.borrow().as_str()),
+            None => false,
+        }
+    }
+
+    /// Record whether the server applied the selector of a list (KEP-5866's `shardInfo`).
+    fn shard_honoured(&self, honoured: bool) {
+        if let Some(shard) = &self.spec.shard {
+            let before = shard.honoured.send_replace(Some(honoured));
+            if before != Some(honoured) {
+                if honoured {
+                    tracing::info!(source = %self.name, "the server shards this list and watch (shardSelector)");
+                } else {
+                    tracing::info!(source = %self.name, "the server ignores shardSelector (no ShardedListAndWatch): receiving every object and filtering here");
+                }
+            }
+        }
+    }
+
     fn list_params(&self) -> ListParams {
         let mut lp = ListParams::default().limit(self.spec.page_size);
         if let Some(l) = &self.spec.labels {
@@ -438,6 +495,8 @@ impl<K: Send + 'static> Engine<K> {
         'again: loop {
             self.send(Ok(Event::Init)).await?;
             let mut cont: Option<String> = None;
+            // Every page of one list under one selector; a change meanwhile relists after it.
+            let selector = self.current_selector();
             loop {
                 let mut lp = self.list_params();
                 if let Some(c) = &cont {
@@ -452,6 +511,7 @@ impl<K: Send + 'static> Engine<K> {
                     }
                 };
                 self.accept(&mut req, true);
+                Self::shard_param(&mut req, selector.as_deref());
                 let page = match self.get_bytes(req).await {
                     Ok(p) => p,
                     // The continue token expired (compaction): the list starts over, as
@@ -470,6 +530,9 @@ impl<K: Send + 'static> Engine<K> {
                     .clone()
                     .and_then(|d| Some((d, crate::json::from_slice::<RawPage<'_>>(&page).ok()?)));
                 let page_rv = if let Some((decode, page)) = raw {
+                    if selector.is_some() {
+                        self.shard_honoured(page.metadata.shard_info.is_some());
+                    }
                     cont = Some(page.metadata.continue_).filter(|c| !c.is_empty());
                     for item in page.items {
                         match decode(item.get()) {
@@ -491,6 +554,9 @@ impl<K: Send + 'static> Engine<K> {
                             return Ok(None);
                         }
                     };
+                    if selector.is_some() {
+                        self.shard_honoured(page.pointer("/metadata/shardInfo").is_some());
+                    }
                     let page_rv = str_at(&page, "/metadata/resourceVersion").to_string();
                     cont = Some(str_at(&page, "/metadata/continue").to_string()).filter(|c| !c.is_empty());
                     for item in self.items(page) {
@@ -511,6 +577,7 @@ impl<K: Send + 'static> Engine<K> {
                         .await?;
                     }
                     self.newest = page_rv.parse().ok();
+                    self.listed_selector = selector;
                     self.send(Ok(Event::InitDone)).await?;
                     self.send(Ok(Event::Progress(Some(self.checkpoint(&page_rv)))))
                         .await?;
@@ -621,11 +688,13 @@ impl<K: Send + 'static> Engine<K> {
         &self,
         wp: &WatchParams,
         from: &str,
+        selector: Option<&str>,
     ) -> Result<Result<impl AsyncBufRead + Unpin + use<K>, kube::Error>, String> {
         let mut req = kube::core::Request::new(&self.spec.url)
             .watch(wp, from)
             .map_err(|e| format!("building the watch request: {e}"))?;
         self.accept(&mut req, false);
+        Self::shard_param(&mut req, selector);
         req.headers_mut().insert(
             http::header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
@@ -645,7 +714,13 @@ impl<K: Send + 'static> Engine<K> {
     /// Watch from `from`; `at` follows the stream's resourceVersion.
     async fn watch(&mut self, from: &str, at: &mut String) -> Result<End, Gone> {
         let wp = self.watch_params();
-        let stream = match self.open_watch(&wp, from).await {
+        // The shard moved since the list: what the cache holds is the wrong set.
+        let mut moved = self.spec.shard.as_ref().map(|s| s.selector.clone());
+        if self.shard_moved() {
+            return Ok(End::Relist);
+        }
+        let selector = self.listed_selector.clone();
+        let stream = match self.open_watch(&wp, from, selector.as_deref()).await {
             Err(m) => {
                 self.error(m, false).await?;
                 return Ok(End::Failed);
@@ -708,8 +783,20 @@ impl<K: Send + 'static> Engine<K> {
         let idle = Duration::from_secs(u64::from(self.spec.watch_timeout)) + IDLE_MARGIN;
         let mut progressed = false;
         loop {
-            let line =
-                tokio::time::timeout(idle, next_line(&mut lines, &mut buf, self.spec.max_event_bytes)).await;
+            let shard_moved = async {
+                match moved.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let line = tokio::select! {
+                line = tokio::time::timeout(idle, next_line(&mut lines, &mut buf, self.spec.max_event_bytes)) => line,
+                () = shard_moved => return Ok(End::Relist),
+            };
             match line {
                 Err(_) => {
                     self.error("the watch went silent; reconnecting".into(), false)
@@ -896,7 +983,8 @@ impl<K: Send + 'static> Engine<K> {
     /// then a bookmark marks their end; the same watch goes on with changes.
     async fn streaming_list(&mut self) -> Result<StreamEnd, Gone> {
         let wp = self.with_selectors(WatchParams::streaming_lists().timeout(self.spec.watch_timeout));
-        let stream = match self.open_watch(&wp, "").await {
+        let selector = self.current_selector();
+        let stream = match self.open_watch(&wp, "", selector.as_deref()).await {
             Err(m) => {
                 self.error(m, false).await?;
                 return Ok(StreamEnd::Failed);
@@ -951,6 +1039,7 @@ impl<K: Send + 'static> Engine<K> {
                     self.send(Ok(Event::Progress(Some(self.checkpoint(&rv))))).await?;
                     // The same stream goes on with changes; hand it to the ordinary watch loop
                     // by resuming from the bookmark (the server keeps that history).
+                    self.listed_selector = selector;
                     return Ok(StreamEnd::Listed(rv));
                 }
                 "BOOKMARK" => {}

@@ -271,6 +271,7 @@ impl<K: Resource + DeserializeOwned + Send + 'static> KubeSource<K> {
                 watch_timeout: WATCH_TIMEOUT_SECS,
                 max_event_bytes: MAX_EVENT_BYTES,
                 check_identity: true,
+                shard: None,
             },
             scope: describe_scope(namespace),
             decode: typed_decode(),
@@ -348,6 +349,17 @@ impl<K> KubeSource<K> {
         self
     }
 
+    /// Send `ring`'s `shardSelector` with every list and watch (KEP-5866), and list again
+    /// whenever it changes. A server without the `ShardedListAndWatch` feature ignores it and
+    /// sends everything; [`ShardRing::mode`](crate::shard::ShardRing::mode) tells which.
+    pub fn shard(mut self, ring: &crate::shard::ShardRing) -> Self {
+        self.spec.shard = Some(engine::ShardSpec {
+            selector: ring.selector(),
+            honoured: ring.server_side_sender(),
+        });
+        self
+    }
+
     /// Do not read the `kube-system` namespace to tell a restarted server from the one a
     /// checkpoint came from (for clients that may not read namespaces). Versions that go
     /// backwards and versions the server has not reached are still detected.
@@ -390,6 +402,14 @@ impl<K: Send + 'static> Source<K> for KubeSource<K> {
 
     fn resume(&mut self, checkpoint: &Checkpoint) -> bool {
         self.resume = Some(checkpoint.clone());
+        true
+    }
+
+    fn shard(&mut self, ring: &crate::shard::ShardRing) -> bool {
+        self.spec.shard = Some(engine::ShardSpec {
+            selector: ring.selector(),
+            honoured: ring.server_side_sender(),
+        });
         true
     }
 
