@@ -818,10 +818,11 @@ fn discovery(state: &AppState, method: &Method, segs: &[&str]) -> ApiResult<Valu
                 json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
             )
         }
-        ["openapi", "v2"] => Ok(crate::openapi::v2(registry.all())),
-        ["openapi", "v3"] => Ok(crate::openapi::v3_index(registry.all())),
+        ["openapi", "v2"] => Ok(crate::openapi::v2(registry.all(), state.api.features)),
+        ["openapi", "v3"] => Ok(crate::openapi::v3_index(registry.all(), state.api.features)),
         ["openapi", "v3", rest @ ..] => {
-            crate::openapi::v3_group_version(registry.all(), &rest.join("/")).ok_or_else(ApiError::no_route)
+            crate::openapi::v3_group_version(registry.all(), &rest.join("/"), state.api.features)
+                .ok_or_else(ApiError::no_route)
         }
         _ => Err(ApiError::no_route()),
     }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use crate::features::FeatureGates;
 use crate::registry::ResourceDef;
 
 /// Definition-name prefix of the shared meta/v1 types.
@@ -93,7 +94,10 @@ impl Flavor {
 /// (no `nullable`, `anyOf`/`oneOf`/`allOf`/`not`; subtrees that preserve unknown fields become
 /// untyped); built-in kinds get their published schemas. This is the JSON form; client-go asks for
 /// protobuf only, which [`v2_protobuf_minimal`] answers.
-pub fn v2(defs: &[Arc<ResourceDef>]) -> Value {
+///
+/// With the `ShardedListAndWatch` gate on, list, watch and deletecollection take `shardSelector`
+/// and `ListMeta` has `shardInfo`, as in Kubernetes 1.36's documents.
+pub fn v2(defs: &[Arc<ResourceDef>], gates: FeatureGates) -> Value {
     let flavor = Flavor::V2;
     let mut definitions = BTreeMap::new();
     let mut paths = BTreeMap::new();
@@ -101,6 +105,9 @@ pub fn v2(defs: &[Arc<ResourceDef>]) -> Value {
         add_resource(flavor, def, &mut definitions, &mut paths);
     }
     add_meta_definitions(flavor, defs.iter().map(|d| d.as_ref()), &mut definitions);
+    if gates.sharded_list_and_watch {
+        add_sharding(flavor, &mut paths, &mut definitions);
+    }
     json!({
         "swagger": "2.0",
         "info": { "title": "Kubernetes", "version": "unversioned" },
@@ -146,10 +153,10 @@ pub fn v2_protobuf_minimal() -> Vec<u8> {
 ///
 /// The hash is [`digest`] of exactly the document [`v3_group_version`] returns, so clients may cache
 /// `?hash=` URLs as immutable.
-pub fn v3_index(defs: &[Arc<ResourceDef>]) -> Value {
+pub fn v3_index(defs: &[Arc<ResourceDef>], gates: FeatureGates) -> Value {
     let mut paths = Map::new();
     for gv in group_version_paths(defs) {
-        if let Some(doc) = v3_group_version(defs, &gv) {
+        if let Some(doc) = v3_group_version(defs, &gv, gates) {
             let url = format!("/openapi/v3/{gv}?hash={}", digest(&doc));
             paths.insert(gv, json!({ "serverRelativeURL": url }));
         }
@@ -160,7 +167,7 @@ pub fn v3_index(defs: &[Arc<ResourceDef>]) -> Value {
 /// `/openapi/v3/apis/{group}/{version}` or `/openapi/v3/api/v1`: the OpenAPI 3.0 document of one
 /// group-version (`gv_path` is `apis/stable.example.com/v1` or `api/v1`, leading/trailing slashes
 /// ignored), with `paths` and `components.schemas`; `None` if nothing is served there.
-pub fn v3_group_version(defs: &[Arc<ResourceDef>], gv_path: &str) -> Option<Value> {
+pub fn v3_group_version(defs: &[Arc<ResourceDef>], gv_path: &str, gates: FeatureGates) -> Option<Value> {
     let gv_path = gv_path.trim_matches('/');
     let members: Vec<&ResourceDef> = defs
         .iter()
@@ -177,6 +184,9 @@ pub fn v3_group_version(defs: &[Arc<ResourceDef>], gv_path: &str) -> Option<Valu
         add_resource(flavor, def, &mut schemas, &mut paths);
     }
     add_meta_definitions(flavor, members.iter().copied(), &mut schemas);
+    if gates.sharded_list_and_watch {
+        add_sharding(flavor, &mut paths, &mut schemas);
+    }
     let info = if members.iter().all(|d| d.is_custom()) {
         json!({ "title": "Kubernetes CRD Swagger", "version": "v0.1.0" })
     } else {
@@ -910,8 +920,92 @@ fn query_param(flavor: Flavor, name: &str) -> Value {
     }
 }
 
+/// KEP-5866 in the documents (Kubernetes 1.36, `ShardedListAndWatch`): every operation taking
+/// `labelSelector` (list, watch, deletecollection: `ListOptions`) takes `shardSelector` after
+/// `sendInitialEvents`, and `ListMeta` gets `shardInfo`.
+fn add_sharding(flavor: Flavor, paths: &mut BTreeMap<String, Value>, schemas: &mut BTreeMap<String, Value>) {
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (key, op) in item.iter_mut() {
+            if key == "parameters" {
+                continue;
+            }
+            let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            let name = |p: &Value| p.get("name").and_then(Value::as_str).map(str::to_string);
+            if !params.iter().any(|p| name(p).as_deref() == Some("labelSelector")) {
+                continue;
+            }
+            // Query parameters are in name order: before the first one after it.
+            let at = params
+                .iter()
+                .position(|p| {
+                    p.get("in").and_then(Value::as_str) == Some("query")
+                        && name(p).is_some_and(|n| n.as_str() > "shardSelector")
+                })
+                .unwrap_or(params.len());
+            params.insert(at, query_param(flavor, "shardSelector"));
+        }
+    }
+    let info = format!("{META}.ShardInfo");
+    if let Some(props) = schemas
+        .get_mut(&format!("{META}.ListMeta"))
+        .and_then(|m| m.get_mut("properties"))
+        .and_then(Value::as_object_mut)
+    {
+        props.insert(
+            "shardInfo".into(),
+            flavor.ref_property(
+                &info,
+                "shardInfo is set when the list was filtered by a shard selector (shardSelector): it \
+echoes the selector the server applied. Its absence means the server did not filter.",
+            ),
+        );
+        schemas.insert(
+            info,
+            json!({
+                "description": "ShardInfo describes the shard selector that was applied to produce a list \
+            response. Its presence on a list response indicates the list is a filtered subset.",
+                "properties": {
+                    "selector": {
+                        "default": "",
+                        "description": "selector is the shard selector string from the request, echoed back \
+            so clients can verify which shard they received and merge responses from multiple shards.",
+                        "type": "string",
+                    },
+                },
+                "required": ["selector"],
+                "type": "object",
+            }),
+        );
+    }
+}
+
 fn query_param_doc(name: &str) -> (&'static str, &'static str) {
     match name {
+        "shardSelector" => (
+            "string",
+            "shardSelector restricts the list of returned objects using a CEL-based shard selector \
+expression. The format uses the shardRange() function combined with || (logical OR) to specify one or more \
+hash ranges:\n\n  shardRange(object.metadata.uid, '0x0', '0x8000000000000000')\n  \
+shardRange(object.metadata.uid, '0x0', '0x8000000000000000') || shardRange(object.metadata.uid, \
+'0x8000000000000000', '0x10000000000000000')\n\nField paths use CEL-style object-rooted syntax (e.g. \
+\"object.metadata.uid\"), NOT the fieldSelector format (\"metadata.uid\"). Currently supported paths:\n  - \
+object.metadata.uid\n  - object.metadata.namespace\n\nhexStart and hexEnd are single-quoted CEL string \
+literals with a '0x' prefix, defining the inclusive lower and exclusive upper bounds over the 64-bit FNV-1a \
+hash space. The full range is [0x0, 0x10000000000000000), where the exclusive upper bound equals \
+2^64.\n\nExamples:\n  2-shard split:\n    shard 0: shardRange(object.metadata.uid, '0x0000000000000000', \
+'0x8000000000000000')\n    shard 1: shardRange(object.metadata.uid, '0x8000000000000000', \
+'0x10000000000000000')\n  4-shard split:\n    shard 0: shardRange(object.metadata.uid, \
+'0x0000000000000000', '0x4000000000000000')\n    shard 1: shardRange(object.metadata.uid, \
+'0x4000000000000000', '0x8000000000000000')\n    shard 2: shardRange(object.metadata.uid, \
+'0x8000000000000000', '0xc000000000000000')\n    shard 3: shardRange(object.metadata.uid, \
+'0xc000000000000000', '0x10000000000000000')\n\nThis is an alpha field and requires enabling the \
+ShardedListAndWatch feature gate.",
+        ),
         "pretty" => ("string", "If 'true', then the output is pretty printed."),
         "dryRun" => (
             "string",
@@ -1592,7 +1686,7 @@ mod tests {
 
     #[test]
     fn v2_has_the_crd_definition_with_gvk_and_meta() {
-        let doc = v2(&all_defs());
+        let doc = v2(&all_defs(), FeatureGates::default());
         assert_eq!(doc["swagger"], "2.0");
         let db = &doc["definitions"]["com.example.stable.v1.Database"];
         assert_eq!(db["x-kubernetes-group-version-kind"], json!([DB_GVK()]));
@@ -1655,7 +1749,7 @@ mod tests {
 
     #[test]
     fn v2_patch_of_a_custom_resource_offers_field_validation() {
-        let doc = v2(&all_defs());
+        let doc = v2(&all_defs(), FeatureGates::default());
         let patch = &doc["paths"][ITEM]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"], DB_GVK());
         assert_eq!(patch["x-kubernetes-action"], "patch");
@@ -1691,7 +1785,7 @@ mod tests {
 
     #[test]
     fn v2_schema_drops_what_swagger_2_cannot_say() {
-        let doc = v2(&all_defs());
+        let doc = v2(&all_defs(), FeatureGates::default());
         let spec = &doc["definitions"]["com.example.stable.v1.Database"]["properties"]["spec"];
         assert_eq!(
             spec["required"],
@@ -1710,7 +1804,7 @@ mod tests {
     #[test]
     fn v3_index_lists_group_versions_and_their_documents_resolve() {
         let defs = all_defs();
-        let index = v3_index(&defs);
+        let index = v3_index(&defs, FeatureGates::default());
         let paths = index["paths"].as_object().unwrap();
         for gv in [
             "api/v1",
@@ -1721,14 +1815,19 @@ mod tests {
             let url = paths[gv]["serverRelativeURL"].as_str().unwrap();
             let (path, hash) = url.split_once("?hash=").unwrap();
             assert_eq!(path, format!("/openapi/v3/{gv}"));
-            let doc = v3_group_version(&defs, path.trim_start_matches("/openapi/v3/")).unwrap();
+            let doc = v3_group_version(
+                &defs,
+                path.trim_start_matches("/openapi/v3/"),
+                FeatureGates::default(),
+            )
+            .unwrap();
             assert_eq!(hash, digest(&doc));
             assert_eq!(hash.len(), 32);
             assert!(hash.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
             assert_eq!(doc["openapi"], "3.0.0");
         }
-        assert!(v3_group_version(&defs, "apis/nope.example.com/v1").is_none());
-        assert!(v3_group_version(&defs, "/apis/stable.example.com/v1/").is_some());
+        assert!(v3_group_version(&defs, "apis/nope.example.com/v1", FeatureGates::default()).is_none());
+        assert!(v3_group_version(&defs, "/apis/stable.example.com/v1/", FeatureGates::default()).is_some());
     }
 
     #[test]
@@ -1736,25 +1835,31 @@ mod tests {
         let defs = all_defs();
         let mut reversed = defs.clone();
         reversed.reverse();
-        assert_eq!(v3_index(&defs), v3_index(&reversed));
+        assert_eq!(
+            v3_index(&defs, FeatureGates::default()),
+            v3_index(&reversed, FeatureGates::default())
+        );
         let gv = "apis/stable.example.com/v1";
-        let before = digest(&v3_group_version(&defs, gv).unwrap());
+        let before = digest(&v3_group_version(&defs, gv, FeatureGates::default()).unwrap());
         let mut changed = database_crd();
         changed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["description"] =
             json!("Changed.");
         let mut defs2: Vec<Arc<ResourceDef>> = builtin_resources().into_iter().map(Arc::new).collect();
         defs2.extend(defs_from_crd(&changed).unwrap().into_iter().map(Arc::new));
-        assert_ne!(before, digest(&v3_group_version(&defs2, gv).unwrap()));
+        assert_ne!(
+            before,
+            digest(&v3_group_version(&defs2, gv, FeatureGates::default()).unwrap())
+        );
         assert_eq!(
-            digest(&v3_group_version(&defs, "apis/apps/v1").unwrap()),
-            digest(&v3_group_version(&defs2, "apis/apps/v1").unwrap())
+            digest(&v3_group_version(&defs, "apis/apps/v1", FeatureGates::default()).unwrap()),
+            digest(&v3_group_version(&defs2, "apis/apps/v1", FeatureGates::default()).unwrap())
         );
     }
 
     #[test]
     fn v3_document_supports_the_field_validation_check() {
         let defs = all_defs();
-        let doc = v3_group_version(&defs, "apis/stable.example.com/v1").unwrap();
+        let doc = v3_group_version(&defs, "apis/stable.example.com/v1", FeatureGates::default()).unwrap();
         assert!(verifier_accepts(&doc, &DB_GVK(), "fieldValidation"));
         let patch = &doc["paths"][ITEM]["patch"];
         let content = patch["requestBody"]["content"].as_object().unwrap();
@@ -1767,11 +1872,11 @@ mod tests {
             assert_eq!(op["x-kubernetes-group-version-kind"], DB_GVK());
             assert!(has_query_param(op, "fieldValidation"));
         }
-        let core = v3_group_version(&defs, "api/v1").unwrap();
+        let core = v3_group_version(&defs, "api/v1", FeatureGates::default()).unwrap();
         let ns = json!({"group": "", "kind": "Namespace", "version": "v1"});
         assert!(verifier_accepts(&core, &ns, "fieldValidation"));
         // built-in scale is autoscaling/v1 Scale
-        let apps = v3_group_version(&defs, "apis/apps/v1").unwrap();
+        let apps = v3_group_version(&defs, "apis/apps/v1", FeatureGates::default()).unwrap();
         let scale = &apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"]["patch"];
         assert_eq!(scale["x-kubernetes-group-version-kind"]["kind"], "Scale");
         assert!(apps["components"]["schemas"][SCALE].is_object());
@@ -1795,7 +1900,7 @@ mod tests {
     #[test]
     fn v3_document_supports_explain() {
         let defs = all_defs();
-        let doc = v3_group_version(&defs, "apis/stable.example.com/v1").unwrap();
+        let doc = v3_group_version(&defs, "apis/stable.example.com/v1", FeatureGates::default()).unwrap();
         // kubectl explain finds the GVK through the operations of the resource's paths ...
         let list = &doc["paths"]["/apis/stable.example.com/v1/namespaces/{namespace}/databases"]["get"];
         let gvk = &list["x-kubernetes-group-version-kind"];
@@ -1841,7 +1946,7 @@ mod tests {
     #[test]
     fn builtins_have_their_published_schemas() {
         let defs = all_defs();
-        let apps = v3_group_version(&defs, "apis/apps/v1").unwrap();
+        let apps = v3_group_version(&defs, "apis/apps/v1", FeatureGates::default()).unwrap();
         let schemas = &apps["components"]["schemas"];
         let d = &schemas["io.k8s.api.apps.v1.Deployment"];
         assert!(d.get("x-kubernetes-preserve-unknown-fields").is_none());
@@ -1858,7 +1963,7 @@ mod tests {
         let item = &apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"];
         assert_eq!(item["get"]["operationId"], "readAppsV1NamespacedDeployment");
         assert_eq!(item["delete"]["x-kubernetes-action"], "delete");
-        let core = v3_group_version(&defs, "api/v1").unwrap();
+        let core = v3_group_version(&defs, "api/v1", FeatureGates::default()).unwrap();
         let ns = &core["paths"]["/api/v1/namespaces"];
         assert_eq!(ns["get"]["operationId"], "listCoreV1Namespace");
         assert!(ns.get("delete").is_none(), "namespaces have no deletecollection");
@@ -1871,7 +1976,7 @@ mod tests {
         let mut crd = database_crd();
         crd["spec"]["scope"] = json!("Cluster");
         let defs: Vec<Arc<ResourceDef>> = defs_from_crd(&crd).unwrap().into_iter().map(Arc::new).collect();
-        let doc = v3_group_version(&defs, "apis/stable.example.com/v1").unwrap();
+        let doc = v3_group_version(&defs, "apis/stable.example.com/v1", FeatureGates::default()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
         assert!(paths.keys().all(|p| !p.contains("{namespace}")));
         let item = &paths["/apis/stable.example.com/v1/databases/{name}"];

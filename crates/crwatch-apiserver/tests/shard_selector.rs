@@ -762,3 +762,59 @@ async fn kubectl_get_raw_sends_it() {
     );
     s.shutdown().await.expect("shutdown");
 }
+
+/// The names of the query parameters of `GET path` (list and watch) in an OpenAPI document.
+fn list_params(doc: &Value, path: &str) -> Vec<String> {
+    doc["paths"][path]["get"]["parameters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no GET {path}"))
+        .iter()
+        .filter(|p| p["in"] == "query")
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_the_parameter_only_with_the_gate_on() {
+    for gate in [true, false] {
+        let s = server(gate).await;
+        let client = s.client();
+        let (_, index) = get(&client, "/openapi/v3").await;
+        let url = index["paths"]["api/v1"]["serverRelativeURL"]
+            .as_str()
+            .expect("api/v1 in the index")
+            .to_string();
+        let (code, v3) = get(&client, &url).await;
+        assert_eq!(code, 200);
+        let (code, v2) = get(&client, "/openapi/v2").await;
+        assert_eq!(code, 200);
+        let meta = "io.k8s.apimachinery.pkg.apis.meta.v1";
+        for (doc, schemas) in [(&v3, &v3["components"]["schemas"]), (&v2, &v2["definitions"])] {
+            let params = list_params(doc, "/api/v1/namespaces/{namespace}/configmaps");
+            assert_eq!(params.contains(&"shardSelector".to_string()), gate, "{params:?}");
+            let del = doc["paths"]["/api/v1/namespaces/{namespace}/configmaps"]["delete"]["parameters"]
+                .as_array()
+                .expect("deletecollection")
+                .iter()
+                .any(|p| p["name"] == "shardSelector");
+            assert_eq!(del, gate);
+            if gate {
+                // In name order, as the real documents list them.
+                let at = params.iter().position(|p| p == "shardSelector").expect("listed");
+                assert_eq!(params[at - 1], "sendInitialEvents");
+                assert_eq!(params[at + 1], "timeoutSeconds");
+                assert_eq!(
+                    schemas[format!("{meta}.ShardInfo")]["required"],
+                    json!(["selector"])
+                );
+            }
+            assert_eq!(
+                schemas[format!("{meta}.ListMeta")]["properties"]
+                    .get("shardInfo")
+                    .is_some(),
+                gate
+            );
+        }
+        s.shutdown().await.expect("shutdown");
+    }
+}
