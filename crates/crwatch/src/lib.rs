@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod projection;
 pub mod queue;
 pub mod retry;
+pub mod ryow;
 pub mod shard;
 pub mod source;
 pub mod store;

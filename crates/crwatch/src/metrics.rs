@@ -53,6 +53,78 @@ pub struct ControllerMetrics {
     pub max_concurrent: Family<ControllerLabel, Gauge>,
     /// `controller_runtime_active_workers{controller}`.
     pub active_workers: Family<ControllerLabel, Gauge>,
+    /// Read-your-own-writes waits (`crwatch_controller_cache_wait_*`).
+    pub cache_wait: CacheWaitMetrics,
+}
+
+fn cache_wait_buckets() -> impl Iterator<Item = f64> {
+    // From a millisecond (an informer a watch event behind) to the longest sensible timeout.
+    [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+    .into_iter()
+}
+
+/// How long reconciles waited for their controller's caches to see the previous reconcile's
+/// writes ([`crate::ryow`]).
+#[derive(Clone)]
+pub struct CacheWaitMetrics {
+    /// `crwatch_controller_cache_wait_seconds{controller}`: every wait that had writes to wait
+    /// for, caught up or timed out.
+    pub wait: Family<ControllerLabel, Histogram>,
+    /// `crwatch_controller_cache_wait_timeouts_total{controller}`: waits that gave up and
+    /// reconciled against a cache still behind.
+    pub timeouts: Family<ControllerLabel, Counter>,
+}
+
+impl CacheWaitMetrics {
+    /// Register the families in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = CacheWaitMetrics {
+            wait: Family::new_with_constructor(|| Histogram::new(cache_wait_buckets())),
+            timeouts: Family::default(),
+        };
+        registry.register(
+            "crwatch_controller_cache_wait_seconds",
+            "Time a reconcile waited for the informer caches to see the previous reconcile's writes",
+            m.wait.clone(),
+        );
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "crwatch_controller_cache_wait_timeouts",
+            "Reconciles that started before the caches saw the previous reconcile's writes (wait timed out)",
+            m.timeouts.clone(),
+        );
+        m
+    }
+
+    /// Record one wait's outcome for `controller` (nothing to wait for records nothing).
+    ///
+    /// ```
+    /// use crwatch::metrics::Metrics;
+    /// use crwatch::ryow::WaitOutcome;
+    /// use std::time::Duration;
+    ///
+    /// let m = Metrics::default();
+    /// m.controllers.cache_wait.observe("foo", &WaitOutcome::TimedOut(Duration::from_secs(5)));
+    /// let text = m.encode();
+    /// assert!(text.contains("crwatch_controller_cache_wait_timeouts_total{controller=\"foo\"} 1"));
+    /// assert!(text.contains("crwatch_controller_cache_wait_seconds_count{controller=\"foo\"} 1"));
+    /// ```
+    pub fn observe(&self, controller: &str, outcome: &crate::ryow::WaitOutcome) {
+        use crate::ryow::WaitOutcome;
+        let label = ControllerLabel {
+            controller: controller.to_owned(),
+        };
+        match outcome {
+            WaitOutcome::NothingToWait => {}
+            WaitOutcome::Fresh(d) => self.wait.get_or_create(&label).observe(d.as_secs_f64()),
+            WaitOutcome::TimedOut(d) => {
+                self.wait.get_or_create(&label).observe(d.as_secs_f64());
+                self.timeouts.get_or_create(&label).inc();
+            }
+        }
+    }
 }
 
 impl ControllerMetrics {
@@ -66,6 +138,7 @@ impl ControllerMetrics {
             reconcile_time: Family::new_with_constructor(|| Histogram::new(reconcile_buckets())),
             max_concurrent: Family::default(),
             active_workers: Family::default(),
+            cache_wait: CacheWaitMetrics::register(registry),
         };
         // prometheus-client appends `_total` to counters.
         registry.register(

@@ -234,6 +234,10 @@ struct State<K> {
 struct Shared<K> {
     state: RwLock<State<K>>,
     synced: tokio::sync::watch::Sender<bool>,
+    /// Woken after every content change (apply, delete, replace), for waiters such as
+    /// read-your-own-writes ([`Store::changed`]). `notify_waiters` with nobody waiting is one
+    /// uncontended mutex and one atomic add, so writers pay next to nothing for it.
+    changes: Arc<tokio::sync::Notify>,
 }
 
 /// The indexed cache. Cloning is cheap and clones share the content.
@@ -366,6 +370,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
                     hot: VecDeque::new(),
                 }),
                 synced: tokio::sync::watch::Sender::new(false),
+                changes: Arc::new(tokio::sync::Notify::new()),
             }),
         }
     }
@@ -487,16 +492,16 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         };
         let values = indices.update(&key, old, &values);
         let Some(codec) = codec.clone() else {
-            return match objects
-                .insert(
-                    key,
-                    Entry {
-                        obj: Slot::Hot(obj),
-                        values,
-                    },
-                )?
-                .obj
-            {
+            let old = objects.insert(
+                key,
+                Entry {
+                    obj: Slot::Hot(obj),
+                    values,
+                },
+            );
+            drop(st);
+            self.notify_changed();
+            return match old?.obj {
                 Slot::Hot(old) => Some(old),
                 // Without a codec nothing is ever compressed.
                 Slot::Cold(_) => None,
@@ -512,6 +517,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         );
         let evicted = take_cold(objects, hot, codec.hot);
         drop(st);
+        self.notify_changed();
         self.compress(&codec, evicted);
         old.and_then(|e| compact::resolve(Some(&codec), e.obj))
     }
@@ -564,6 +570,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         }
         let codec = st.codec.clone();
         drop(st);
+        self.notify_changed();
         compact::resolve(codec.as_deref(), e.obj)
     }
 
@@ -646,6 +653,7 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
             st.hot = hot;
             break (new_list, std::mem::replace(&mut st.objects, objects), codec);
         };
+        self.notify_changed();
         // Diff and drop the old content after the lock is released: both are O(n). Old
         // objects are decoded only when reported (changed or deleted).
         let old = |slot| compact::resolve(codec.as_deref(), slot);
@@ -674,6 +682,50 @@ impl<K: Resource + Clone + Send + Sync + 'static> Store<K> {
         }
         out.deleted.extend(old_iter.filter_map(|(_, e)| old(e.obj)));
         out
+    }
+
+    /// The resourceVersion and uid of the object under `key` (`None` when absent), read
+    /// without decoding a compressed object or cloning it.
+    ///
+    /// ```
+    /// use crwatch::store::{ObjectKey, Store};
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    ///
+    /// let store = Store::<ConfigMap>::new();
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// cm.metadata.resource_version = Some("7".into());
+    /// store.apply(cm);
+    /// let (rv, uid) = store.version_of(&ObjectKey::new(None, "a")).unwrap();
+    /// assert_eq!((rv.as_deref(), uid), (Some("7"), None));
+    /// ```
+    pub fn version_of(&self, key: &ObjectKey) -> Option<(Option<String>, Option<String>)> {
+        let st = self.read();
+        let (rv, uid) = st.objects.get(key)?.obj.version();
+        Some((rv.map(str::to_owned), uid.map(str::to_owned)))
+    }
+
+    /// Resolves after the next change to the content ([`Store::apply`], [`Store::delete`],
+    /// [`Store::replace`]) that happens after this call: the future is registered when it is
+    /// made, not when first polled, so "make it, check the store, await it" misses nothing.
+    ///
+    /// ```
+    /// use crwatch::store::Store;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = Store::<ConfigMap>::new();
+    /// let changed = store.changed();
+    /// store.apply(ConfigMap::default());
+    /// changed.await; // already woken by the apply
+    /// # });
+    /// ```
+    pub fn changed(&self) -> tokio::sync::futures::OwnedNotified {
+        Arc::clone(&self.shared.changes).notified_owned()
+    }
+
+    fn notify_changed(&self) {
+        self.shared.changes.notify_waiters();
     }
 
     /// The object under `key`.
