@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,8 @@ struct Seen {
     reconciles: Mutex<HashMap<String, usize>>,
     /// While set, reconciles take a while, so overlaps and handovers of running work show.
     slow: AtomicBool,
+    /// Reconciles of deleted objects (nothing here is ever deleted).
+    deletions: AtomicUsize,
 }
 
 /// Marks a key as running on a replica until dropped.
@@ -59,6 +61,8 @@ struct Replica {
     done: Option<tokio::task::JoinHandle<()>>,
     status: tokio::sync::watch::Receiver<ShardStatus>,
     ring: ShardRing,
+    /// Objects in the replica's cache.
+    cached: Arc<AtomicUsize>,
 }
 
 impl Replica {
@@ -73,6 +77,8 @@ impl Replica {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id_owned = id.to_string();
         let stop = cancel.clone();
+        let cached = Arc::new(AtomicUsize::new(0));
+        let count = cached.clone();
         let done = runtime.spawn(async move {
             let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
             let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -95,7 +101,16 @@ impl Replica {
                 .labels("app=web")
                 .backoff(Duration::from_millis(10), Duration::from_millis(200));
             let me = id_owned.clone();
-            let controller = Builder::new("sharded", factory.informer(source))
+            let informer = factory.informer(source);
+            let store = informer.store();
+            let stop_count = stop.clone();
+            tokio::spawn(async move {
+                while !stop_count.is_cancelled() {
+                    count.store(store.len(), Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            let controller = Builder::new("sharded", informer)
                 .shard(ring.clone())
                 .concurrency(4)
                 .build(
@@ -114,14 +129,19 @@ impl Replica {
                             let _running = Running(seen.clone(), key.clone());
                             let pause = if seen.slow.load(Ordering::SeqCst) { 20 } else { 1 };
                             tokio::time::sleep(Duration::from_millis(pause)).await;
-                            if let Request::Apply(c) = &req {
-                                let v = c
-                                    .data
-                                    .as_ref()
-                                    .and_then(|d| d.get("v"))
-                                    .cloned()
-                                    .unwrap_or_default();
-                                seen.last.lock().unwrap().insert(key.clone(), (v, me.clone()));
+                            match &req {
+                                Request::Apply(c) => {
+                                    let v = c
+                                        .data
+                                        .as_ref()
+                                        .and_then(|d| d.get("v"))
+                                        .cloned()
+                                        .unwrap_or_default();
+                                    seen.last.lock().unwrap().insert(key.clone(), (v, me.clone()));
+                                }
+                                Request::Deleted { .. } => {
+                                    seen.deletions.fetch_add(1, Ordering::SeqCst);
+                                }
                             }
                             *seen.reconciles.lock().unwrap().entry(me.clone()).or_default() += 1;
                             Ok(Action::done())
@@ -142,6 +162,7 @@ impl Replica {
             done: Some(done),
             status: ring.status(),
             ring,
+            cached,
         }
     }
 
@@ -410,6 +431,56 @@ async fn a_membership_storm_never_overlaps_and_loses_nothing() {
     all_reconciled(&seen, 40, "final", 30).await;
     assert_no_overlap(&seen);
     for r in replicas {
+        r.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sharded_list_and_watch_each_replica_caches_only_its_slots() {
+    let server = TestServer::with_config(crwatch_apiserver::Config {
+        bookmark_interval: Duration::from_secs(1),
+        feature_gates: crwatch_apiserver::FeatureGates {
+            sharded_list_and_watch: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let seen = Arc::new(Seen::default());
+    write_all(&cms, 90, "1").await;
+    let a = Replica::start(server.kubeconfig().to_path_buf(), "replica-a", seen.clone()).await;
+    let b = Replica::start(server.kubeconfig().to_path_buf(), "replica-b", seen.clone()).await;
+    converged(&[&a, &b], 30).await;
+    all_reconciled(&seen, 90, "1", 30).await;
+    assert_eq!(a.ring.mode(), ShardMode::ServerSide);
+    assert_eq!(b.ring.mode(), ShardMode::ServerSide);
+    // Each cache holds about half the objects, and together exactly all of them.
+    let cached = |r: &Replica| r.cached.load(Ordering::SeqCst);
+    common::wait_for(10, "caches to hold only their own slots", || {
+        (cached(&a) + cached(&b) == 90).then_some(())
+    })
+    .await;
+    assert!((20..=70).contains(&cached(&a)), "replica a caches {}", cached(&a));
+
+    // A third replica: slots move, caches follow (relists under the new selectors), and no
+    // object that merely moved to another replica is handled as deleted.
+    let c = Replica::start(server.kubeconfig().to_path_buf(), "replica-c", seen.clone()).await;
+    converged(&[&a, &b, &c], 30).await;
+    common::wait_for(10, "caches to follow the new slots", || {
+        (cached(&a) + cached(&b) + cached(&c) == 90).then_some(())
+    })
+    .await;
+    write_all(&cms, 90, "2").await;
+    all_reconciled(&seen, 90, "2", 30).await;
+    assert_eq!(
+        seen.deletions.load(Ordering::SeqCst),
+        0,
+        "moves are not deletions"
+    );
+    assert_no_overlap(&seen);
+    for r in [a, b, c] {
         r.stop().await;
     }
 }
