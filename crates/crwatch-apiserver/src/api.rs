@@ -345,13 +345,15 @@ impl Api {
             count_remaining: unfiltered,
         };
         // Objects are parsed only for selectors: an unfiltered list writes the stored text.
+        let selectors = !labels.is_empty() || !fields.is_empty();
         let page = match self.store.list_page_stored(&gr, &query, &mut |o| {
-            unfiltered || {
-                let o = o.value();
-                labels.matches_object(&o)
-                    && fields.matches(&o)
-                    && shard.as_ref().is_none_or(|s| s.matches_object(&o))
-            }
+            // The shard first: it reads only the uid or namespace, and drops most objects
+            // before the selectors parse them.
+            shard.as_ref().is_none_or(|s| s.matches_stored(o))
+                && (!selectors || {
+                    let o = o.value();
+                    labels.matches_object(&o) && fields.matches(&o)
+                })
         }) {
             Ok(page) => page,
             Err(_) if !cont.is_empty() => {

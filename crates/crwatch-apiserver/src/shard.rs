@@ -174,6 +174,32 @@ impl ShardSelector {
         self.matches_field(crate::meta::meta_str(obj, field))
     }
 
+    /// Whether a stored object, given as its JSON text, is selected: only its uid and namespace
+    /// are read (no tree is built, as lists of many objects would otherwise do for each). Falls
+    /// back to a full parse for text this shallow reader refuses (nesting past serde_json's
+    /// recursion limit).
+    pub fn matches_stored(&self, o: &crate::store::Stored) -> bool {
+        #[derive(serde::Deserialize, Default)]
+        struct Meta<'a> {
+            #[serde(borrow, default)]
+            uid: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            namespace: std::borrow::Cow<'a, str>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow, default)]
+            metadata: Meta<'a>,
+        }
+        match serde_json::from_str::<Head<'_>>(o.text()) {
+            Ok(h) => self.matches_field(match self.key {
+                ShardKey::Uid => &h.metadata.uid,
+                ShardKey::Namespace => &h.metadata.namespace,
+            }),
+            Err(_) => self.matches_object(&o.value()),
+        }
+    }
+
     /// `metadata.shardInfo` of a list that honoured this selector.
     pub fn shard_info(&self) -> Value {
         json!({"selector": self.to_string()})

@@ -92,12 +92,11 @@ impl Filter {
 
     /// Whether the selectors accept a stored object (parsed only when there are any).
     fn selects(&self, o: &Stored) -> bool {
-        self.labels.is_empty() && self.fields.is_empty() && self.shard.is_none() || {
-            let o = o.value();
-            self.labels.matches_object(&o)
-                && self.fields.matches(&o)
-                && self.shard.as_ref().is_none_or(|s| s.matches_object(&o))
-        }
+        self.shard.as_ref().is_none_or(|s| s.matches_stored(o))
+            && (self.labels.is_empty() && self.fields.is_empty() || {
+                let o = o.value();
+                self.labels.matches_object(&o) && self.fields.matches(&o)
+            })
     }
 
     /// What a watcher with these selectors sees of an event, as the real server decides it:
