@@ -4,7 +4,7 @@
 //!
 //! | metric | type | meaning |
 //! | --- | --- | --- |
-//! | `workqueue_depth` | gauge | items waiting to be processed (including items re-added while being processed) |
+//! | `workqueue_depth` | gauge | items waiting to be processed (including items re-added while being processed), per `priority` once the queue uses priorities |
 //! | `workqueue_adds_total` | counter | adds that were not already pending |
 //! | `workqueue_queue_duration_seconds` | histogram | time from add until a worker took the item |
 //! | `workqueue_work_duration_seconds` | histogram | time from a worker taking an item until `done` |
@@ -13,6 +13,17 @@
 //! | `workqueue_retries_total` | counter | rate-limited re-adds |
 //!
 //! Every series carries the labels `name` (the queue's name) and `controller`.
+//!
+//! `workqueue_depth` also has the label `priority`, as in controller-runtime: its priority queue
+//! reports one depth series per priority (`priority="0"`, `priority="-100"`, …) and its plain
+//! queue reports `priority=""`, which Prometheus stores as no label at all. A [`WorkQueue`]
+//! reports like the plain queue (the series without `priority`, unchanged from before
+//! priorities) until it is first given a priority other than the default; from then on like the
+//! priority queue: the series without `priority` is removed and the pending items are counted
+//! per priority, each series staying (at 0 when empty) for as long as the queue lives.
+//! `sum by (name) (workqueue_depth)` is the queue's depth either way.
+//!
+//! [`WorkQueue`]: super::WorkQueue
 //!
 //! The two "in progress" gauges are computed **when the registry is encoded** (on every
 //! scrape), from the live queues, rather than by a 500 ms ticker as in client-go: the values are
@@ -24,7 +35,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +50,45 @@ use tokio::time::Instant;
 pub(crate) struct QueueLabels {
     pub(crate) name: String,
     pub(crate) controller: String,
+}
+
+/// The label set of `workqueue_depth`: the queue's labels, and `priority` only for a queue that
+/// uses priorities (see the [module docs](self)).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct DepthLabels {
+    queue: QueueLabels,
+    priority: Option<i32>,
+}
+
+impl EncodeLabelSet for DepthLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        self.queue.encode(encoder)?;
+        match self.priority {
+            // Left out rather than `priority=""`: the same series to Prometheus, and the text
+            // stays what it was before priorities for queues that never use them.
+            None => Ok(()),
+            Some(priority) => [("priority", priority)].encode(encoder),
+        }
+    }
+}
+
+/// Per-priority series beyond this many are dropped when at 0, so a queue fed ever new
+/// priorities does not grow the registry without bound.
+const KEPT_PRIORITY_SERIES: usize = 16;
+
+/// The pending items of one priority and their `workqueue_depth` series.
+#[derive(Debug)]
+pub(crate) struct PriorityDepth {
+    priority: i32,
+    count: i64,
+    gauge: Gauge,
+}
+
+impl PriorityDepth {
+    pub(crate) fn set(&mut self, count: i64) {
+        self.count = count;
+        self.gauge.set(count);
+    }
 }
 
 /// What the scrape-time collector needs to know about one live queue.
@@ -78,7 +128,7 @@ pub struct QueueMetrics {
 }
 
 struct Families {
-    depth: Family<QueueLabels, Gauge>,
+    depth: Family<DepthLabels, Gauge>,
     adds: Family<QueueLabels, Counter>,
     queue_duration: Family<QueueLabels, Histogram, fn() -> Histogram>,
     work_duration: Family<QueueLabels, Histogram, fn() -> Histogram>,
@@ -115,7 +165,7 @@ impl QueueMetrics {
         // prometheus-client appends `_total` to counters itself.
         registry.register(
             "workqueue_depth",
-            "Current depth of workqueue",
+            "Current depth of workqueue by workqueue and priority",
             families.depth.clone(),
         );
         registry.register(
@@ -148,8 +198,14 @@ impl QueueMetrics {
 
     /// The metrics of one queue, resolved once so the hot path does not look labels up.
     pub(crate) fn for_queue(&self, labels: &QueueLabels) -> QueueSeries {
+        let depth_labels = DepthLabels {
+            queue: labels.clone(),
+            priority: None,
+        };
         QueueSeries {
-            depth: self.families.depth.get_or_create_owned(labels),
+            depth: self.families.depth.get_or_create_owned(&depth_labels),
+            depth_family: self.families.depth.clone(),
+            labels: labels.clone(),
             adds: self.families.adds.get_or_create_owned(labels),
             queue_duration: self.families.queue_duration.get_or_create_owned(labels),
             work_duration: self.families.work_duration.get_or_create_owned(labels),
@@ -176,11 +232,67 @@ impl fmt::Debug for QueueMetrics {
 /// The series of one queue. Cloned metric handles share their values with the family.
 #[derive(Clone, Debug)]
 pub(crate) struct QueueSeries {
+    /// The depth without a priority label, until the queue uses priorities.
     pub(crate) depth: Gauge,
+    /// For the per-priority depth series.
+    depth_family: Family<DepthLabels, Gauge>,
+    labels: QueueLabels,
     pub(crate) adds: Counter,
     pub(crate) queue_duration: Histogram,
     pub(crate) work_duration: Histogram,
     pub(crate) retries: Counter,
+}
+
+impl QueueSeries {
+    /// Replaces the depth series without priority by per-priority ones; `pending` items so far
+    /// all have the default priority.
+    pub(crate) fn split_depth_by_priority(&self, pending: i64) -> Vec<PriorityDepth> {
+        self.depth.set(0);
+        self.depth_family.remove(&self.depth_labels(None));
+        let mut default = self.priority_depth(0);
+        default.set(pending);
+        vec![default]
+    }
+
+    /// Changes the pending items of `priority` by `delta`.
+    pub(crate) fn add_depth(&self, by_priority: &mut Vec<PriorityDepth>, priority: i32, delta: i64) {
+        let at = match by_priority.iter().position(|d| d.priority == priority) {
+            Some(at) => at,
+            None => {
+                if by_priority.len() >= KEPT_PRIORITY_SERIES {
+                    by_priority.retain(|d| {
+                        let keep = d.count != 0 || d.priority == 0;
+                        if !keep {
+                            self.depth_family.remove(&self.depth_labels(Some(d.priority)));
+                        }
+                        keep
+                    });
+                }
+                by_priority.push(self.priority_depth(priority));
+                by_priority.len() - 1
+            }
+        };
+        if let Some(depth) = by_priority.get_mut(at) {
+            depth.set(depth.count + delta);
+        }
+    }
+
+    fn priority_depth(&self, priority: i32) -> PriorityDepth {
+        PriorityDepth {
+            priority,
+            count: 0,
+            gauge: self
+                .depth_family
+                .get_or_create_owned(&self.depth_labels(Some(priority))),
+        }
+    }
+
+    fn depth_labels(&self, priority: Option<i32>) -> DepthLabels {
+        DepthLabels {
+            queue: self.labels.clone(),
+            priority,
+        }
+    }
 }
 
 #[derive(Default)]

@@ -17,8 +17,28 @@
 //! * **Graceful shutdown.** [`shut_down`](WorkQueue::shut_down) stops handing out keys;
 //!   [`shut_down_with_drain`](WorkQueue::shut_down_with_drain) hands out what is queued and waits
 //!   until every worker called `done`.
+//! * **Priorities** (controller-runtime's priority queue): [`add_with_priority`] and
+//!   [`add_with_opts`] take an `i32`, [`Priority::DEFAULT`] (0) for plain adds,
+//!   [`Priority::LOW`] (-100) for objects from an informer's initial list. Higher priorities are
+//!   handed out first, FIFO within a priority (in the order the keys became ready). Re-adding a
+//!   queued key with a higher priority raises it (never lowers it), keeping its place in time; a
+//!   key re-added while it is processed comes back with the highest priority it was re-added
+//!   with; a delayed key enters at its priority when due.
+//! * **Aging, so nothing starves.** A ready key that has waited [`max_wait`] (default
+//!   [`DEFAULT_MAX_WAIT`], 60 s) is *aged*. While any aged key is queued, at least every other
+//!   [`get`](WorkQueue::get) hands out the oldest aged key, whatever its priority. Exactly: a key
+//!   that became ready at `t` is handed out by the first get after `t + max_wait`, or, if `k`
+//!   keys that became ready before it are still queued then, within the `2(k + 1)` gets after
+//!   `t + max_wait` — however much higher-priority work keeps arriving. Every other get keeps
+//!   going by priority, so a large aged backlog (an initial list bigger than the workers get
+//!   through in `max_wait`) does not turn the queue back into plain FIFO: new changes still
+//!   overtake it on half of the gets.
 //!
 //! Metrics with controller-runtime's names are optional, see [`QueueMetrics`].
+//!
+//! [`add_with_priority`]: WorkQueue::add_with_priority
+//! [`add_with_opts`]: WorkQueue::add_with_opts
+//! [`max_wait`]: WorkQueueBuilder::max_wait
 //!
 //! # Example: a worker loop
 //!
@@ -51,15 +71,39 @@
 //! assert_eq!(worker.await.unwrap(), ["default/my-app-db"]);
 //! # }
 //! ```
+//!
+//! # Example: priorities
+//!
+//! ```
+//! use crwatch::queue::{Priority, WorkQueue};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let queue: WorkQueue<&str> = WorkQueue::new("database");
+//! // The initial list: every object, nothing known to have changed.
+//! queue.add_with_priority("default/a", Priority::LOW);
+//! queue.add_with_priority("default/b", Priority::LOW);
+//! // A change that arrives meanwhile overtakes them.
+//! queue.add("default/c");
+//! // So does an object of the list that changes while still queued: raised, it keeps its
+//! // place in time among the default-priority keys (it became ready before "default/c").
+//! queue.add("default/b");
+//! assert_eq!(queue.get_with_priority().await, Some(("default/b", Priority::DEFAULT)));
+//! assert_eq!(queue.get().await, Some("default/c"));
+//! assert_eq!(queue.get_with_priority().await, Some(("default/a", Priority::LOW)));
+//! # }
+//! ```
 
+mod lanes;
 pub mod metrics;
 mod rate_limiter;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::Hash;
+use std::ops::RangeInclusive;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -67,8 +111,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use lanes::Lanes;
 pub use metrics::QueueMetrics;
-use metrics::{InProgress, QueueLabels, QueueSeries};
+use metrics::{InProgress, PriorityDepth, QueueLabels, QueueSeries};
 use rate_limiter::shrink_map;
 pub use rate_limiter::{
     Bucket, FastSlow, ItemExponential, MaxOf, RateLimiter, default_controller_rate_limiter,
@@ -114,10 +159,92 @@ impl<T> Clone for WorkQueue<T> {
     }
 }
 
+/// Named priorities for [`WorkQueue::add_with_priority`] and [`AddOpts::priority`], which take
+/// any `i32`: higher is handed out first. The values are controller-runtime's.
+///
+/// ```
+/// use crwatch::queue::{Priority, WorkQueue};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let queue = WorkQueue::new("q");
+/// queue.add_with_priority("resync", Priority::LOW);
+/// queue.add("changed"); // Priority::DEFAULT
+/// queue.add_with_priority("user-requested", Priority::HIGH);
+/// assert_eq!(queue.get().await, Some("user-requested"));
+/// assert_eq!(queue.get().await, Some("changed"));
+/// assert_eq!(queue.get().await, Some("resync"));
+/// # }
+/// ```
+#[derive(Debug)]
+pub enum Priority {}
+
+impl Priority {
+    /// Objects from an informer's initial list (and periodic resyncs): nothing is known to have
+    /// changed, so real changes go first. controller-runtime's `handler.LowPriority`.
+    pub const LOW: i32 = -100;
+    /// What [`WorkQueue::add`] and the other adds without a priority use.
+    pub const DEFAULT: i32 = 0;
+    /// Work that should overtake ordinary changes, e.g. a reconcile a user asked for or a
+    /// deletion holding up others.
+    pub const HIGH: i32 = 100;
+}
+
+/// How long a ready item may wait for higher-priority work before it is aged, unless
+/// [`WorkQueueBuilder::max_wait`] says otherwise: one minute.
+///
+/// Long enough that priorities do their job through ordinary bursts (an initial list of ten
+/// thousand objects at 200 reconciles/s is 50 s of work during which changes go first); short
+/// enough that deferred work is never "stuck" by any usual alerting threshold, where
+/// controller-runtime's priority queue, which has no aging, was seen to starve initial-list
+/// objects for more than 30 minutes.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The values [`WorkQueueBuilder::max_wait`] accepts: 10 s to 1 h. Below 10 s ordinary bursts
+/// would age before priorities could reorder them; above an hour the bound no longer prevents
+/// the starvation it is for.
+pub const MAX_WAIT_RANGE: RangeInclusive<Duration> = Duration::from_secs(10)..=Duration::from_secs(3600);
+
+/// A [`WorkQueueBuilder`] setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueConfigError {
+    /// [`WorkQueueBuilder::max_wait`] outside [`MAX_WAIT_RANGE`].
+    #[error("work queue {queue:?}: max_wait must be between 10s and 1h, not {max_wait:?}")]
+    MaxWaitOutOfRange {
+        /// The queue's name.
+        queue: String,
+        /// The rejected value.
+        max_wait: Duration,
+    },
+}
+
+/// Options of [`WorkQueue::add_with_opts`], as controller-runtime's `AddOpts`: a delay, the
+/// rate limiter's delay, a priority, in any combination. The default is a plain
+/// [`add`](WorkQueue::add).
+///
+/// ```
+/// use std::time::Duration;
+/// use crwatch::queue::{AddOpts, Priority};
+///
+/// let opts = AddOpts { after: Duration::from_secs(30), priority: Priority::LOW, ..AddOpts::default() };
+/// assert!(!opts.rate_limited);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddOpts {
+    /// Add the item once this has passed (zero: at once).
+    pub after: Duration,
+    /// Ask the rate limiter for a delay and count a retry; with a non-zero `after` too, the
+    /// shorter of the two delays wins (as in controller-runtime).
+    pub rate_limited: bool,
+    /// See [`Priority`].
+    pub priority: i32,
+}
+
 struct Shared<T> {
     labels: QueueLabels,
     limiter: Box<dyn RateLimiter<T>>,
     series: Option<QueueSeries>,
+    max_wait: Duration,
     state: Mutex<State<T>>,
     /// Wakes workers waiting in `get`: an item was queued, or the queue is shutting down.
     item_ready: Notify,
@@ -130,9 +257,12 @@ struct Shared<T> {
 }
 
 struct State<T> {
-    /// Items ready to be handed out, in order. Every item here is dirty and not being
-    /// processed (see `entries`), so no item appears twice.
-    queue: VecDeque<T>,
+    /// Items ready to be handed out, by priority. Every live slot there is an item that is
+    /// dirty and not being processed (see `entries`), once; the lanes may also hold stale
+    /// slots, which `Entry::queued` tells apart.
+    lanes: Lanes<T>,
+    /// Live slots in `lanes`.
+    ready: usize,
     /// Every item that is dirty (needs processing: the queued ones plus the ones re-added
     /// while being processed) or being processed, once. One map instead of one per state so
     /// an item costs one key clone on its way through add, get and done, not two (for
@@ -142,9 +272,13 @@ struct State<T> {
     dirty: usize,
     /// Entries with `started` set.
     processing: usize,
-    /// Items scheduled by `add_after`, with their deadline and a sequence number that keeps
-    /// equal deadlines apart (and in FIFO order) in `deadlines`.
-    waiting: HashMap<T, (Instant, u64)>,
+    /// Dirty items per priority for `workqueue_depth{priority}`, once the queue has seen a
+    /// priority other than the default and has metrics (until then the depth series has no
+    /// priority label, as client-go's plain queue).
+    depth_by_priority: Option<Vec<PriorityDepth>>,
+    /// Items scheduled by `add_after`, with their deadline, a sequence number that keeps
+    /// equal deadlines apart (and in FIFO order) in `deadlines`, and their priority.
+    waiting: HashMap<T, Waiting>,
     deadlines: BTreeMap<(Instant, u64), T>,
     next_seq: u64,
     shutting_down: bool,
@@ -153,13 +287,28 @@ struct State<T> {
     timer_running: bool,
 }
 
-/// Where an item is; an entry with neither is removed.
+/// Where an item is; an entry with neither `added` nor `started` is removed.
 #[derive(Clone, Copy)]
 struct Entry {
     /// Dirty: when it was added, for the queue duration metric.
     added: Option<Instant>,
     /// Being processed: when it was handed out.
     started: Option<Instant>,
+    /// While dirty: the highest priority it was added with since it was last handed out.
+    priority: i32,
+    /// The sequence number of its live slot in the lanes, `NOT_QUEUED` when it has none
+    /// (being processed). A slot whose number or lane priority differs is stale.
+    queued: u64,
+}
+
+const NOT_QUEUED: u64 = u64::MAX;
+
+/// A delayed add: deadline, its key in `deadlines`, and the priority to add with.
+#[derive(Clone, Copy)]
+struct Waiting {
+    deadline: Instant,
+    seq: u64,
+    priority: i32,
 }
 
 impl<T> Shared<T> {
@@ -212,6 +361,7 @@ pub struct WorkQueueBuilder<T> {
     name: String,
     limiter: Option<Box<dyn RateLimiter<T>>>,
     metrics: Option<(QueueMetrics, String)>,
+    max_wait: Duration,
 }
 
 impl<T> fmt::Debug for WorkQueueBuilder<T> {
@@ -220,6 +370,7 @@ impl<T> fmt::Debug for WorkQueueBuilder<T> {
             .field("name", &self.name)
             .field("custom_rate_limiter", &self.limiter.is_some())
             .field("controller", &self.metrics.as_ref().map(|(_, c)| c))
+            .field("max_wait", &self.max_wait)
             .finish()
     }
 }
@@ -263,6 +414,32 @@ where
         self
     }
 
+    /// Sets how long a ready item may wait for higher-priority work before it is aged and
+    /// handed out ahead of it on every other get (see the [module docs](crate::queue) for the exact
+    /// bound); [`DEFAULT_MAX_WAIT`] (60 s) unless set. Fails outside [`MAX_WAIT_RANGE`]
+    /// (10 s to 1 h).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use crwatch::queue::WorkQueue;
+    ///
+    /// let queue: WorkQueue<String> = WorkQueue::builder("q")
+    ///     .max_wait(Duration::from_secs(30))?
+    ///     .build();
+    /// assert!(WorkQueue::<String>::builder("q").max_wait(Duration::from_secs(1)).is_err());
+    /// # Ok::<(), crwatch::queue::QueueConfigError>(())
+    /// ```
+    pub fn max_wait(mut self, max_wait: Duration) -> Result<Self, QueueConfigError> {
+        if !MAX_WAIT_RANGE.contains(&max_wait) {
+            return Err(QueueConfigError::MaxWaitOutOfRange {
+                queue: self.name,
+                max_wait,
+            });
+        }
+        self.max_wait = max_wait;
+        Ok(self)
+    }
+
     /// Creates the queue. No task is started yet: the timer behind
     /// [`add_after`](WorkQueue::add_after) is spawned on the current Tokio runtime when first
     /// needed.
@@ -286,11 +463,14 @@ where
                 .limiter
                 .unwrap_or_else(|| Box::new(default_controller_rate_limiter())),
             series,
+            max_wait: self.max_wait,
             state: Mutex::new(State {
-                queue: VecDeque::new(),
+                lanes: Lanes::new(),
+                ready: 0,
                 entries: HashMap::new(),
                 dirty: 0,
                 processing: 0,
+                depth_by_priority: None,
                 waiting: HashMap::new(),
                 deadlines: BTreeMap::new(),
                 next_seq: 0,
@@ -339,6 +519,7 @@ where
             name: name.to_owned(),
             limiter: None,
             metrics: None,
+            max_wait: DEFAULT_MAX_WAIT,
         }
     }
 
@@ -353,7 +534,7 @@ where
         &self.shared.labels.name
     }
 
-    /// Queues `item` for processing.
+    /// Queues `item` for processing, with [`Priority::DEFAULT`].
     ///
     /// Does nothing if the item is already queued or the queue is shutting down. If the item is
     /// being processed, it is queued again once the worker calls [`done`](Self::done).
@@ -367,19 +548,51 @@ where
     /// assert_eq!(queue.len(), 1);
     /// ```
     pub fn add(&self, item: T) {
+        self.add_with_priority(item, Priority::DEFAULT);
+    }
+
+    /// Queues `item` for processing with `priority` (see [`Priority`]): higher priorities are
+    /// handed out first, FIFO within a priority, subject to aging (see the
+    /// [module docs](crate::queue)).
+    ///
+    /// An item already queued with a lower priority is raised to `priority`, keeping its place
+    /// in time (it goes before the items of its new priority that became ready after it); one
+    /// queued with a higher priority keeps it. An item being processed comes back after
+    /// [`done`](Self::done) with the highest priority it was re-added with meanwhile.
+    ///
+    /// ```
+    /// use crwatch::queue::{Priority, WorkQueue};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let queue = WorkQueue::new("q");
+    /// queue.add_with_priority("a", Priority::LOW);
+    /// queue.add_with_priority("b", Priority::LOW);
+    /// queue.add_with_priority("b", Priority::HIGH); // raised
+    /// queue.add_with_priority("b", Priority::LOW); // never lowered
+    /// assert_eq!(queue.len(), 2);
+    /// assert_eq!(queue.get_with_priority().await, Some(("b", Priority::HIGH)));
+    /// assert_eq!(queue.get_with_priority().await, Some(("a", Priority::LOW)));
+    /// # }
+    /// ```
+    pub fn add_with_priority(&self, item: T, priority: i32) {
         let mut state = self.shared.lock();
         if state.shutting_down {
             return;
         }
-        self.shared.add_locked(&mut state, item, Instant::now());
+        // Read under the lock, so that the order of becoming ready (the lanes' sequence
+        // numbers) and the ready times aging compares agree.
+        let now = Instant::now();
+        self.shared.add_locked(&mut state, item, priority, now);
     }
 
-    /// Queues `item` once `delay` has passed; a zero delay adds it at once.
+    /// Queues `item` once `delay` has passed; a zero delay adds it at once. The item enters with
+    /// [`Priority::DEFAULT`]; see [`add_with_opts`](Self::add_with_opts) for others.
     ///
-    /// A key already waiting keeps the earlier of its two deadlines. Waiting does not block
-    /// other adds: an [`add`](Self::add) in the meantime queues the key at once, and the delayed
-    /// add still happens at its deadline (as in client-go). Delayed items that are not due when
-    /// the queue shuts down are dropped.
+    /// A key already waiting keeps the earlier of its two deadlines (and the higher of its two
+    /// priorities). Waiting does not block other adds: an [`add`](Self::add) in the meantime
+    /// queues the key at once, and the delayed add still happens at its deadline (as in
+    /// client-go). Delayed items that are not due when the queue shuts down are dropped.
     ///
     /// The delays are served by a small task spawned on the current Tokio runtime on first use;
     /// it ends when the queue shuts down or is dropped. Called outside a runtime, the item waits
@@ -400,8 +613,27 @@ where
     /// # }
     /// ```
     pub fn add_after(&self, item: T, delay: Duration) {
+        self.add_after_with_priority(item, delay, Priority::DEFAULT);
+    }
+
+    /// [`add_after`](Self::add_after) with a priority: the item enters the queue at `priority`
+    /// when `delay` has passed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use crwatch::queue::{Priority, WorkQueue};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let queue = WorkQueue::new("q");
+    /// queue.add_after_with_priority("resync", Duration::from_secs(1), Priority::LOW);
+    /// assert!(queue.is_empty());
+    /// assert_eq!(queue.get_with_priority().await, Some(("resync", Priority::LOW)));
+    /// # }
+    /// ```
+    pub fn add_after_with_priority(&self, item: T, delay: Duration, priority: i32) {
         if delay.is_zero() {
-            return self.add(item);
+            return self.add_with_priority(item, priority);
         }
         let now = Instant::now();
         // A delay too large for an Instant means "practically never"; keep it finite so the
@@ -412,10 +644,16 @@ where
             if state.shutting_down {
                 return;
             }
-            match state.waiting.get(&item) {
-                Some(&(existing, _)) if existing <= deadline => return,
-                Some(&(existing, seq)) => {
-                    state.deadlines.remove(&(existing, seq));
+            let mut priority = priority;
+            match state.waiting.get_mut(&item) {
+                Some(waiting) if waiting.deadline <= deadline => {
+                    waiting.priority = waiting.priority.max(priority);
+                    return;
+                }
+                Some(waiting) => {
+                    priority = priority.max(waiting.priority);
+                    let key = (waiting.deadline, waiting.seq);
+                    state.deadlines.remove(&key);
                 }
                 None => {}
             }
@@ -426,7 +664,12 @@ where
                 .first_key_value()
                 .is_none_or(|(&first, _)| (deadline, seq) < first);
             state.deadlines.insert((deadline, seq), item.clone());
-            state.waiting.insert(item, (deadline, seq));
+            let waiting = Waiting {
+                deadline,
+                seq,
+                priority,
+            };
+            state.waiting.insert(item, waiting);
             if earliest {
                 self.shared.timer_wake.notify_one();
             }
@@ -437,7 +680,8 @@ where
         }
     }
 
-    /// Queues `item` after the delay the rate limiter gives it, and counts a retry.
+    /// Queues `item` after the delay the rate limiter gives it, and counts a retry. The item
+    /// enters with [`Priority::DEFAULT`].
     ///
     /// ```
     /// use std::time::Duration;
@@ -454,11 +698,64 @@ where
     /// # }
     /// ```
     pub fn add_rate_limited(&self, item: T) {
+        self.add_rate_limited_with_priority(item, Priority::DEFAULT);
+    }
+
+    /// [`add_rate_limited`](Self::add_rate_limited) with a priority, e.g. to keep the priority a
+    /// failed item was handed out with ([`get_with_priority`](Self::get_with_priority)).
+    ///
+    /// ```
+    /// use crwatch::queue::{Priority, WorkQueue};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let queue = WorkQueue::new("q");
+    /// queue.add_with_priority("a", Priority::LOW);
+    /// let (key, priority) = queue.get_with_priority().await.unwrap();
+    /// queue.add_rate_limited_with_priority(key, priority); // failed: retry, still low
+    /// queue.done(&key);
+    /// assert_eq!(queue.get_with_priority().await, Some(("a", Priority::LOW)));
+    /// # }
+    /// ```
+    pub fn add_rate_limited_with_priority(&self, item: T, priority: i32) {
         let delay = self.shared.limiter.when(&item);
         if let Some(series) = &self.shared.series {
             series.retries.inc();
         }
-        self.add_after(item, delay);
+        self.add_after_with_priority(item, delay, priority);
+    }
+
+    /// Adds `item` as controller-runtime's `AddWithOpts` does: after [`AddOpts::after`], or the
+    /// rate limiter's delay if [`AddOpts::rate_limited`] (the shorter one when both are set),
+    /// with [`AddOpts::priority`]. A rate-limited add counts a retry, as
+    /// [`add_rate_limited`](Self::add_rate_limited).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use crwatch::queue::{AddOpts, Priority, WorkQueue};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let queue = WorkQueue::new("q");
+    /// let start = tokio::time::Instant::now();
+    /// let opts = AddOpts { after: Duration::from_secs(60), rate_limited: true, priority: Priority::LOW };
+    /// queue.add_with_opts("a", opts);
+    /// assert_eq!(queue.get_with_priority().await, Some(("a", Priority::LOW)));
+    /// assert_eq!(start.elapsed(), Duration::from_millis(5)); // the limiter's 5 ms was shorter
+    /// # }
+    /// ```
+    pub fn add_with_opts(&self, item: T, opts: AddOpts) {
+        let mut delay = opts.after;
+        if opts.rate_limited {
+            let limited = self.shared.limiter.when(&item);
+            if let Some(series) = &self.shared.series {
+                series.retries.inc();
+            }
+            if delay.is_zero() || limited < delay {
+                delay = limited;
+            }
+        }
+        self.add_after_with_priority(item, delay, opts.priority);
     }
 
     /// Makes the rate limiter forget `item`, so its next failure starts from the shortest
@@ -520,6 +817,24 @@ where
     /// # }
     /// ```
     pub async fn get(&self) -> Option<T> {
+        self.get_with_priority().await.map(|(item, _)| item)
+    }
+
+    /// [`get`](Self::get), also returning the priority the item was queued with, e.g. to
+    /// requeue it with the same priority after a failure (as controller-runtime's controllers
+    /// do).
+    ///
+    /// ```
+    /// use crwatch::queue::{Priority, WorkQueue};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let queue = WorkQueue::new("q");
+    /// queue.add_with_priority("a", Priority::LOW);
+    /// assert_eq!(queue.get_with_priority().await, Some(("a", Priority::LOW)));
+    /// # }
+    /// ```
+    pub async fn get_with_priority(&self) -> Option<(T, i32)> {
         loop {
             let mut notified = pin!(self.shared.item_ready.notified());
             // Register as a waiter before looking at the state, so an add between the check
@@ -530,9 +845,8 @@ where
                 if state.shutting_down && !state.drain {
                     return None;
                 }
-                if let Some(item) = state.queue.pop_front() {
-                    self.shared.start_processing(&mut state, &item);
-                    return Some(item);
+                if let Some(taken) = self.shared.take_ready(&mut state) {
+                    return Some(taken);
                 }
                 if state.shutting_down && state.dirty == 0 {
                     return None;
@@ -574,19 +888,29 @@ where
         let Some(started) = entry.started.take() else {
             return;
         };
-        let again = entry.added.is_some();
         state.processing -= 1;
-        if !again {
+        let again = entry.added.is_some();
+        // The clock is read only when needed: this is the hot path.
+        let now = if again {
+            // Ready now, at the highest priority it was re-added with while processed.
+            let now = Instant::now();
+            let seq = state.lanes.take_seq();
+            entry.queued = seq;
+            let priority = entry.priority;
+            state.lanes.push(priority, item.clone(), seq, now);
+            state.ready += 1;
+            Some(now)
+        } else {
             state.entries.remove(item);
             shrink_map(&mut state.entries);
-        }
-        if let Some(series) = &shared.series {
+            shared.series.as_ref().map(|_| Instant::now())
+        };
+        if let (Some(series), Some(now)) = (&shared.series, now) {
             series
                 .work_duration
-                .observe(Instant::now().saturating_duration_since(started).as_secs_f64());
+                .observe(now.saturating_duration_since(started).as_secs_f64());
         }
         if again {
-            state.queue.push_back(item.clone());
             shared.item_ready.notify_one();
         }
         if state.shutting_down {
@@ -605,7 +929,7 @@ where
     /// assert_eq!(queue.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.shared.lock().queue.len()
+        self.shared.lock().ready
     }
 
     /// Whether no item is ready to be handed out.
@@ -644,10 +968,12 @@ where
         let mut state = shared.lock();
         state.shutting_down = true;
         state.drain = false;
-        state.queue = VecDeque::new();
+        state.lanes.clear();
+        state.ready = 0;
         // Nothing is dirty any more; items being processed stay until their `done`.
         state.entries.retain(|_, e| {
             e.added = None;
+            e.queued = NOT_QUEUED;
             e.started.is_some()
         });
         state.dirty = 0;
@@ -655,6 +981,9 @@ where
         shared.clear_waiting(&mut state);
         if let Some(series) = &shared.series {
             series.depth.set(0);
+        }
+        for depth in state.depth_by_priority.iter_mut().flatten() {
+            depth.set(0);
         }
         drop(state);
         tracing::debug!(queue = %shared.labels.name, "work queue shut down");
@@ -740,12 +1069,14 @@ where
     #[doc(hidden)]
     pub fn internal_sizes(&self) -> InternalSizes {
         let state = self.shared.lock();
+        let (slots, lanes_capacity) = state.lanes.sizes();
         InternalSizes {
-            queued: state.queue.len(),
+            // Stale slots count too: they must not pile up either.
+            queued: state.ready.max(slots),
             dirty: state.dirty,
             processing: state.processing,
             waiting: state.waiting.len().max(state.deadlines.len()),
-            capacity: state.queue.capacity() + state.entries.capacity() + state.waiting.capacity(),
+            capacity: lanes_capacity + state.entries.capacity() + state.waiting.capacity(),
         }
     }
 
@@ -774,73 +1105,144 @@ impl<T> Shared<T>
 where
     T: Clone + Eq + Hash,
 {
-    /// Adds `item` unless it is already pending; the caller checked for shutdown.
-    fn add_locked(&self, state: &mut State<T>, item: T, now: Instant) {
-        let processing = match state.entries.get_mut(&item) {
-            Some(entry) if entry.added.is_some() => return,
+    /// Adds `item` with `priority` unless it is already pending with that priority or a higher
+    /// one; the caller checked for shutdown and read `now` under the lock.
+    fn add_locked(&self, state: &mut State<T>, item: T, priority: i32, now: Instant) {
+        if priority != Priority::DEFAULT {
+            self.note_priority(state, priority);
+        }
+        let queued = match state.entries.get_mut(&item) {
+            Some(entry) if entry.added.is_some() => {
+                // Already pending: only a higher priority changes anything.
+                let old = entry.priority;
+                if priority <= old {
+                    return;
+                }
+                entry.priority = priority;
+                if entry.queued != NOT_QUEUED {
+                    let seq = entry.queued;
+                    state.lanes.raise(old, priority, item, seq);
+                }
+                self.depth_changed(state, old, -1);
+                self.depth_changed(state, priority, 1);
+                return;
+            }
             // Being processed: `done` queues it.
             Some(entry) => {
                 entry.added = Some(now);
-                true
+                entry.priority = priority;
+                None
             }
             None => {
-                state.entries.insert(
-                    item.clone(),
-                    Entry {
-                        added: Some(now),
-                        started: None,
-                    },
-                );
-                false
+                let seq = state.lanes.take_seq();
+                let entry = Entry {
+                    added: Some(now),
+                    started: None,
+                    priority,
+                    queued: seq,
+                };
+                state.entries.insert(item.clone(), entry);
+                Some(seq)
             }
         };
         state.dirty += 1;
         if let Some(series) = &self.series {
             series.adds.inc();
-            series.depth.set(gauge_value(state.dirty));
         }
-        if processing {
+        self.depth_changed(state, priority, 1);
+        let Some(seq) = queued else {
             return;
-        }
-        state.queue.push_back(item);
+        };
+        state.lanes.push(priority, item, seq, now);
+        state.ready += 1;
         self.item_ready.notify_one();
     }
 
-    /// Moves a just popped item from pending to processing.
-    fn start_processing(&self, state: &mut State<T>, item: &T) {
+    /// Hands out the next ready item (see `Lanes::choose`) and marks it as being processed.
+    fn take_ready(&self, state: &mut State<T>) -> Option<(T, i32)> {
+        if state.ready == 0 {
+            return None;
+        }
         let now = Instant::now();
-        // A queued item always has an entry; insert one anyway rather than lose track (and
-        // look it up first: `entry()` would clone the key on every get).
-        if !state.entries.contains_key(item) {
-            let blank = Entry {
-                added: None,
-                started: None,
+        loop {
+            if state.lanes.several() {
+                let entries = &state.entries;
+                state.lanes.purge_fronts(|slot, priority| {
+                    entries
+                        .get(&slot.item)
+                        .is_some_and(|e| e.queued == slot.seq && e.priority == priority)
+                });
+            }
+            let popped = state
+                .lanes
+                .choose(now, self.max_wait)
+                .and_then(|choice| Some((choice, state.lanes.pop(choice)?)));
+            let Some((choice, (slot, priority))) = popped else {
+                // `ready` counts live slots, so this cannot happen; resynchronise rather than
+                // spin.
+                state.ready = 0;
+                return None;
             };
-            state.entries.insert(item.clone(), blank);
-        }
-        let Some(entry) = state.entries.get_mut(item) else {
-            return;
-        };
-        let added = entry.added.take();
-        let was_processing = entry.started.replace(now).is_some();
-        if added.is_some() {
-            state.dirty -= 1;
-        }
-        if !was_processing {
-            state.processing += 1;
-        }
-        shrink_deque(&mut state.queue);
-        if let Some(series) = &self.series {
-            series.depth.set(gauge_value(state.dirty));
-            if let Some(added) = added {
+            let Some(entry) = state.entries.get_mut(&slot.item) else {
+                continue;
+            };
+            if entry.queued != slot.seq || entry.priority != priority {
+                // Left behind by a raise (fronts are purged above when there are several
+                // lanes; a lone lane may still hold some).
+                continue;
+            }
+            state.lanes.took(choice);
+            entry.queued = NOT_QUEUED;
+            let added = entry.added.take();
+            if entry.started.replace(now).is_none() {
+                state.processing += 1;
+            }
+            state.ready -= 1;
+            if state.ready == 0 {
+                // Whatever is left in the lanes is stale.
+                state.lanes.clear();
+            }
+            if added.is_some() {
+                state.dirty -= 1;
+                self.depth_changed(state, priority, -1);
+            }
+            if let (Some(series), Some(added)) = (&self.series, added) {
                 series
                     .queue_duration
                     .observe(now.saturating_duration_since(added).as_secs_f64());
             }
+            if state.shutting_down && state.dirty == 0 {
+                // That was the last item of a drain: the other workers can stop waiting.
+                self.item_ready.notify_waiters();
+            }
+            return Some((slot.item, priority));
         }
-        if state.shutting_down && state.dirty == 0 {
-            // That was the last item of a drain: the other workers can stop waiting.
-            self.item_ready.notify_waiters();
+    }
+
+    /// The first time a queue with metrics sees a priority other than the default, its
+    /// `workqueue_depth` series moves to per-priority series (every item so far had the default
+    /// priority), as controller-runtime's priority queue reports it.
+    fn note_priority(&self, state: &mut State<T>, priority: i32) {
+        if state.depth_by_priority.is_none()
+            && let Some(series) = &self.series
+        {
+            let by_priority = series.split_depth_by_priority(gauge_value(state.dirty));
+            state.depth_by_priority = Some(by_priority);
+            tracing::debug!(queue = %self.labels.name, priority, "work queue depth now by priority");
+        }
+    }
+
+    /// Updates `workqueue_depth` after the pending items of `priority` changed by `delta`
+    /// (`state.dirty` already counts it).
+    fn depth_changed(&self, state: &mut State<T>, priority: i32, delta: i64) {
+        let Some(series) = &self.series else {
+            return;
+        };
+        match &mut state.depth_by_priority {
+            None => {
+                series.depth.set(gauge_value(state.dirty));
+            }
+            Some(by_priority) => series.add_depth(by_priority, priority, delta),
         }
     }
 
@@ -850,8 +1252,11 @@ where
             && entry.key().0 <= now
         {
             let item = entry.remove();
-            state.waiting.remove(&item);
-            self.add_locked(state, item, now);
+            let priority = state
+                .waiting
+                .remove(&item)
+                .map_or(Priority::DEFAULT, |w| w.priority);
+            self.add_locked(state, item, priority, now);
         }
         shrink_map(&mut state.waiting);
     }
@@ -864,12 +1269,6 @@ where
 
 fn gauge_value(len: usize) -> i64 {
     i64::try_from(len).unwrap_or(i64::MAX)
-}
-
-fn shrink_deque<T>(queue: &mut VecDeque<T>) {
-    if queue.capacity() > 64 && queue.len() * 4 < queue.capacity() {
-        queue.shrink_to(queue.len() * 2);
-    }
 }
 
 struct TimerGuard<T>(Weak<Shared<T>>);
@@ -937,7 +1336,7 @@ impl<T> fmt::Debug for WorkQueue<T> {
         let state = self.shared.lock();
         f.debug_struct("WorkQueue")
             .field("name", &self.shared.labels.name)
-            .field("queued", &state.queue.len())
+            .field("queued", &state.ready)
             .field("processing", &state.processing)
             .field("waiting", &state.waiting.len())
             .field("shutting_down", &state.shutting_down)

@@ -1,5 +1,6 @@
 //! Behaviour tests of the work queue: deduplication, one worker per key, dirty re-queueing,
-//! delays on the paused clock, shutdown, memory, concurrency and metrics.
+//! delays on the paused clock, shutdown, memory, concurrency, priorities and aging, and
+//! metrics.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -567,7 +568,14 @@ async fn concurrent_workers_never_share_a_key_and_lose_no_add() {
                 for i in 0..ADDS_PER_PRODUCER {
                     let key = (i * 7 + p * 13) % KEYS;
                     versions[key].fetch_add(1, Ordering::SeqCst);
-                    queue.add(key);
+                    // Half the producers use priorities, so keys are raised while queued and
+                    // re-added with other priorities while processed.
+                    if p % 2 == 0 {
+                        queue.add(key);
+                    } else {
+                        let priority = [Priority::LOW, Priority::HIGH, 3][(i + p) % 3];
+                        queue.add_with_priority(key, priority);
+                    }
                     if i % 16 == 0 {
                         tokio::task::yield_now().await;
                     }
@@ -643,9 +651,11 @@ async fn concurrent_delayed_adds_are_all_processed() {
     for i in 0..3_000 {
         let key = i % KEYS;
         versions[key].fetch_add(1, Ordering::SeqCst);
-        match i % 3 {
+        match i % 5 {
             0 => queue.add_after(key, MS * (i % 5) as u32),
             1 => queue.add_rate_limited(key),
+            2 => queue.add_after_with_priority(key, MS * (i % 3) as u32, Priority::LOW),
+            3 => queue.add_rate_limited_with_priority(key, Priority::HIGH),
             _ => queue.add(key),
         }
         if i % 50 == 0 {
@@ -890,4 +900,510 @@ async fn drain_releases_every_idle_worker_once_nothing_is_left() {
     assert_eq!(results, [None, Some(1)]);
     queue.done(&1);
     assert!(futures::poll!(drain.as_mut()).is_ready());
+}
+
+// Priorities and aging.
+
+/// `get_with_priority` without waiting; `None` when it would wait or the queue is shut down.
+fn try_get_p<T>(queue: &WorkQueue<T>) -> Option<(T, i32)>
+where
+    T: Clone + Eq + Hash + Send + Sync + fmt::Debug + 'static,
+{
+    queue.get_with_priority().now_or_never().flatten()
+}
+
+/// Everything ready now, in the order it is handed out (each item marked done at once).
+fn drain_now<T>(queue: &WorkQueue<T>) -> Vec<(T, i32)>
+where
+    T: Clone + Eq + Hash + Send + Sync + fmt::Debug + 'static,
+{
+    let mut out = Vec::new();
+    while let Some((item, priority)) = try_get_p(queue) {
+        queue.done(&item);
+        out.push((item, priority));
+    }
+    out
+}
+
+/// Lets the timer task run until `queue` has `len` ready items; fails instead of hanging.
+async fn wait_len<T>(queue: &WorkQueue<T>, len: usize)
+where
+    T: Clone + Eq + Hash + Send + Sync + fmt::Debug + 'static,
+{
+    for _ in 0..1000 {
+        if queue.len() == len {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{} items ready, expected {len}", queue.len());
+}
+
+fn idle_sizes<T>(queue: &WorkQueue<T>) -> InternalSizes
+where
+    T: Clone + Eq + Hash + Send + Sync + fmt::Debug + 'static,
+{
+    InternalSizes {
+        capacity: queue.internal_sizes().capacity,
+        ..zero()
+    }
+}
+
+#[tokio::test]
+async fn higher_priorities_go_first_and_each_priority_is_fifo() {
+    let queue = WorkQueue::new("q");
+    queue.add_with_priority("low-1", Priority::LOW);
+    queue.add("default-1");
+    queue.add_with_priority("high-1", Priority::HIGH);
+    queue.add_with_priority("low-2", Priority::LOW);
+    queue.add_with_priority("default-2", Priority::DEFAULT);
+    queue.add_with_priority("high-2", Priority::HIGH);
+    queue.add_with_priority("seven", 7);
+    assert_eq!(queue.len(), 7);
+    assert_eq!(
+        drain_now(&queue),
+        [
+            ("high-1", Priority::HIGH),
+            ("high-2", Priority::HIGH),
+            ("seven", 7),
+            ("default-1", Priority::DEFAULT),
+            ("default-2", Priority::DEFAULT),
+            ("low-1", Priority::LOW),
+            ("low-2", Priority::LOW),
+        ]
+    );
+    assert_eq!(queue.internal_sizes(), idle_sizes(&queue));
+}
+
+#[tokio::test]
+async fn re_adding_raises_a_queued_item_never_lowers_it_and_keeps_its_place_in_time() {
+    let queue = WorkQueue::new("q");
+    queue.add_with_priority("a", Priority::LOW);
+    queue.add_with_priority("b", Priority::LOW);
+    queue.add("c");
+    queue.add("b"); // raised; it became ready before c, so it goes first among the defaults
+    queue.add_with_priority("c", Priority::LOW); // not lowered
+    queue.add_with_priority("a", Priority::HIGH);
+    queue.add_with_priority("a", 5); // below HIGH: stays HIGH
+    assert_eq!(queue.len(), 3, "raising adds nothing");
+    assert_eq!(
+        drain_now(&queue),
+        [
+            ("a", Priority::HIGH),
+            ("b", Priority::DEFAULT),
+            ("c", Priority::DEFAULT)
+        ]
+    );
+    // The slots the raises left behind went with the last item.
+    assert_eq!(queue.internal_sizes(), idle_sizes(&queue));
+}
+
+#[tokio::test]
+async fn an_item_re_added_while_processing_comes_back_with_the_highest_priority_it_was_given() {
+    let queue = WorkQueue::new("q");
+    queue.add("x");
+    let (x, _) = try_get_p(&queue).unwrap();
+    queue.add_with_priority("x", Priority::LOW);
+    queue.add_with_priority("x", Priority::HIGH);
+    queue.add_with_priority("x", Priority::LOW);
+    queue.add("y");
+    assert_eq!(queue.len(), 1, "x waits for done");
+    queue.done(&x);
+    assert_eq!(
+        drain_now(&queue),
+        [("x", Priority::HIGH), ("y", Priority::DEFAULT)]
+    );
+    // The priority is for one round: the next add starts afresh.
+    queue.add_with_priority("x", Priority::LOW);
+    queue.add("z");
+    assert_eq!(
+        drain_now(&queue),
+        [("z", Priority::DEFAULT), ("x", Priority::LOW)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn delayed_items_enter_at_their_priority() {
+    let queue = WorkQueue::new("q");
+    queue.add_with_priority("low", Priority::LOW);
+    queue.add("default");
+    queue.add_rate_limited_with_priority("retry-low", Priority::LOW); // 5 ms
+    queue.add_after_with_priority("later-high", 10 * MS, Priority::HIGH);
+    let opts = AddOpts {
+        after: 20 * MS,
+        priority: 5,
+        ..AddOpts::default()
+    };
+    queue.add_with_opts("opts", opts);
+    advance(30 * MS).await;
+    wait_len(&queue, 5).await;
+    assert_eq!(
+        drain_now(&queue),
+        [
+            ("later-high", Priority::HIGH),
+            ("opts", 5),
+            ("default", Priority::DEFAULT),
+            ("low", Priority::LOW),
+            ("retry-low", Priority::LOW),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_delayed_twice_keeps_the_earlier_deadline_and_the_higher_priority() {
+    let queue = WorkQueue::new("q");
+    queue.add_after_with_priority("a", 30 * MS, Priority::HIGH);
+    queue.add_after_with_priority("a", 10 * MS, Priority::LOW); // earlier deadline wins
+    queue.add_after_with_priority("b", 10 * MS, Priority::LOW);
+    queue.add_after_with_priority("b", 30 * MS, Priority::HIGH); // higher priority wins
+    queue.add_after("c", 10 * MS);
+    advance(10 * MS).await;
+    wait_len(&queue, 3).await;
+    assert_eq!(
+        drain_now(&queue),
+        [
+            ("a", Priority::HIGH),
+            ("b", Priority::HIGH),
+            ("c", Priority::DEFAULT)
+        ]
+    );
+    advance(30 * MS).await;
+    tokio::task::yield_now().await;
+    assert_eq!(queue.internal_sizes(), idle_sizes(&queue), "nothing left");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delayed_add_raises_the_key_if_it_is_still_queued() {
+    let queue = WorkQueue::new("q");
+    queue.add_with_priority("k", Priority::LOW);
+    queue.add("other");
+    queue.add_after_with_priority("k", 10 * MS, Priority::HIGH);
+    advance(10 * MS).await;
+    // Still two ready items: the due add raised k instead of adding it twice.
+    for _ in 0..100 {
+        if queue.internal_sizes().waiting == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(queue.internal_sizes().waiting, 0);
+    assert_eq!(
+        drain_now(&queue),
+        [("k", Priority::HIGH), ("other", Priority::DEFAULT)]
+    );
+}
+
+#[test]
+fn max_wait_is_range_checked() {
+    let build = |d: Duration| {
+        WorkQueue::<u8>::builder("reconciler")
+            .max_wait(d)
+            .map(|b| b.build())
+    };
+    assert!(build(Duration::from_secs(10)).is_ok());
+    assert!(build(Duration::from_secs(3600)).is_ok());
+    for bad in [
+        Duration::ZERO,
+        Duration::from_millis(9_999),
+        Duration::from_secs(3600) + Duration::from_nanos(1),
+    ] {
+        let err = build(bad).unwrap_err();
+        assert_eq!(
+            err,
+            QueueConfigError::MaxWaitOutOfRange {
+                queue: "reconciler".into(),
+                max_wait: bad
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("reconciler") && text.contains("between 10s and 1h"),
+            "{text}"
+        );
+    }
+    assert_eq!(DEFAULT_MAX_WAIT, Duration::from_secs(60));
+    assert!(MAX_WAIT_RANGE.contains(&DEFAULT_MAX_WAIT));
+}
+
+/// The starvation controller-runtime's priority queue shows (kubernetes-sigs/controller-runtime
+/// issue 3496): one worker, and changes arriving faster than it reconciles, so a
+/// default-priority item is always queued. Without aging the initial-list item never comes out;
+/// with aging it comes out at the first get after `max_wait`, not before.
+#[tokio::test(start_paused = true)]
+async fn aging_hands_out_a_starved_item_right_after_max_wait_under_constant_higher_priority_load() {
+    const MAX_WAIT: Duration = Duration::from_secs(10);
+    /// One reconcile.
+    const STEP: Duration = Duration::from_millis(100);
+    const STARVED: u32 = u32::MAX;
+    let queue: WorkQueue<u32> = WorkQueue::builder("q").max_wait(MAX_WAIT).unwrap().build();
+    let start = Instant::now();
+    queue.add_with_priority(STARVED, Priority::LOW);
+    let mut next_key = 0;
+    let mut handed_out_after = None;
+    let steps = 3 * MAX_WAIT.as_millis() / STEP.as_millis();
+    for _ in 0..steps {
+        // Two changes per reconcile: more than the worker gets through.
+        for _ in 0..2 {
+            queue.add(next_key);
+            next_key += 1;
+        }
+        let (key, priority) = try_get_p(&queue).expect("items are queued");
+        if key == STARVED {
+            assert_eq!(priority, Priority::LOW);
+            handed_out_after = Some(start.elapsed());
+            break;
+        }
+        advance(STEP).await;
+        queue.done(&key);
+    }
+    let waited = handed_out_after.expect("the low-priority item starved");
+    assert_eq!(
+        waited, MAX_WAIT,
+        "handed out at the first get once it had waited max_wait, and not before"
+    );
+}
+
+/// Once a backlog bigger than the workers get through in `max_wait` has aged, new changes are
+/// still handed out on every other get instead of waiting behind the whole backlog (the
+/// queue does not fall back to FIFO), and the backlog goes oldest first on the others.
+#[tokio::test(start_paused = true)]
+async fn an_aged_backlog_and_new_changes_share_the_gets() {
+    const MAX_WAIT: Duration = Duration::from_secs(10);
+    let queue: WorkQueue<u32> = WorkQueue::builder("q").max_wait(MAX_WAIT).unwrap().build();
+    for key in 0..100 {
+        queue.add_with_priority(key, Priority::LOW);
+    }
+    advance(MAX_WAIT).await;
+    for key in 1000..1005 {
+        queue.add(key);
+    }
+    let order: Vec<(u32, i32)> = (0..12).filter_map(|_| try_get_p(&queue)).collect();
+    let expected = [
+        (0, Priority::LOW),
+        (1000, Priority::DEFAULT),
+        (1, Priority::LOW),
+        (1001, Priority::DEFAULT),
+        (2, Priority::LOW),
+        (1002, Priority::DEFAULT),
+        (3, Priority::LOW),
+        (1003, Priority::DEFAULT),
+        (4, Priority::LOW),
+        (1004, Priority::DEFAULT),
+        // No change left: the backlog has every get.
+        (5, Priority::LOW),
+        (6, Priority::LOW),
+    ];
+    assert_eq!(order, expected);
+}
+
+/// Thousands of keys raised twice while queued (each raise leaves a slot behind in the lower
+/// lane): every key is handed out once, and nothing stays behind.
+#[tokio::test]
+async fn raised_items_are_handed_out_once_and_leave_nothing_behind() {
+    const KEYS: u32 = 5_000;
+    let queue: WorkQueue<u32> = WorkQueue::new("q");
+    let mut peak_capacity = None;
+    for round in 0..4 {
+        for key in 0..KEYS {
+            queue.add_with_priority(key, Priority::LOW);
+        }
+        for key in (0..KEYS).step_by(2) {
+            queue.add(key);
+        }
+        for key in (0..KEYS).step_by(4) {
+            queue.add_with_priority(key, Priority::HIGH);
+        }
+        assert_eq!(queue.len(), KEYS as usize);
+        let order = drain_now(&queue);
+        assert_eq!(order.len(), KEYS as usize, "round {round}");
+        let distinct: HashSet<u32> = order.iter().map(|(k, _)| *k).collect();
+        assert_eq!(distinct.len(), KEYS as usize, "round {round}: a key came twice");
+        let priorities: Vec<i32> = order.iter().map(|(_, p)| *p).collect();
+        assert!(
+            priorities.is_sorted_by(|a, b| a >= b),
+            "round {round}: priorities out of order"
+        );
+        let sizes = queue.internal_sizes();
+        assert_eq!(sizes, idle_sizes(&queue), "round {round}");
+        let peak = *peak_capacity.get_or_insert(sizes.capacity);
+        assert!(sizes.capacity <= peak.max(1024), "round {round}: {sizes:?}");
+    }
+}
+
+/// A reference model of the documented rules for priorities and aging, driven by a fixed
+/// pseudo-random sequence of adds with ten priorities (more than the lanes kept when idle),
+/// gets, dones and clock advances.
+#[tokio::test(start_paused = true)]
+async fn matches_a_reference_model_with_priorities_and_aging() {
+    const MAX_WAIT: Duration = Duration::from_secs(10);
+    const PRIORITIES: [i32; 12] = [-100, -5, 0, 0, 0, 1, 2, 3, 5, 8, 13, 100];
+    struct Queued {
+        key: u8,
+        priority: i32,
+        seq: u64,
+        ready: Instant,
+    }
+    let queue: WorkQueue<u8> = WorkQueue::builder("q").max_wait(MAX_WAIT).unwrap().build();
+    let mut queued: Vec<Queued> = Vec::new();
+    // Pending priority of every dirty key (queued or re-added while processed).
+    let mut dirty: HashMap<u8, i32> = HashMap::new();
+    let mut processing: HashSet<u8> = HashSet::new();
+    let mut next_seq = 0u64;
+    let mut aged_turn_taken = false;
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut aged_turns, mut raises) = (0, 0);
+    for step in 0..30_000 {
+        let key = (next() % 16) as u8;
+        let now = Instant::now();
+        match next() % 8 {
+            0..=2 => {
+                let priority = PRIORITIES[(next() % 12) as usize];
+                queue.add_with_priority(key, priority);
+                if processing.contains(&key) {
+                    let pending = dirty.entry(key).or_insert(priority);
+                    *pending = (*pending).max(priority);
+                } else if let Some(pending) = dirty.get_mut(&key) {
+                    if priority > *pending {
+                        *pending = priority;
+                        raises += 1;
+                        let item = queued.iter_mut().find(|q| q.key == key).unwrap();
+                        item.priority = priority;
+                    }
+                } else {
+                    dirty.insert(key, priority);
+                    queued.push(Queued {
+                        key,
+                        priority,
+                        seq: next_seq,
+                        ready: now,
+                    });
+                    next_seq += 1;
+                }
+            }
+            3..=4 => {
+                let got = try_get_p(&queue);
+                let expected = (!queued.is_empty()).then(|| {
+                    let top = queued.iter().map(|q| q.priority).max().unwrap();
+                    let by_priority = (0..queued.len())
+                        .filter(|&i| queued[i].priority == top)
+                        .min_by_key(|&i| queued[i].seq)
+                        .unwrap();
+                    let oldest = (0..queued.len()).min_by_key(|&i| queued[i].seq).unwrap();
+                    let aged = queued[oldest].priority != top
+                        && !aged_turn_taken
+                        && now - queued[oldest].ready >= MAX_WAIT;
+                    aged_turn_taken = aged;
+                    aged_turns += usize::from(aged);
+                    let item = queued.remove(if aged { oldest } else { by_priority });
+                    if queued.is_empty() {
+                        aged_turn_taken = false;
+                    }
+                    dirty.remove(&item.key);
+                    processing.insert(item.key);
+                    (item.key, item.priority)
+                });
+                assert_eq!(got, expected, "step {step}: get");
+            }
+            5..=6 => {
+                queue.done(&key);
+                if processing.remove(&key)
+                    && let Some(&priority) = dirty.get(&key)
+                {
+                    queued.push(Queued {
+                        key,
+                        priority,
+                        seq: next_seq,
+                        ready: now,
+                    });
+                    next_seq += 1;
+                }
+            }
+            _ => advance(Duration::from_millis(next() % 4_000)).await,
+        }
+        assert_eq!(queue.len(), queued.len(), "step {step}: len");
+    }
+    // The run exercised what it is for.
+    assert!(aged_turns > 100, "only {aged_turns} aged turns");
+    assert!(raises > 100, "only {raises} raises");
+}
+
+#[tokio::test]
+async fn depth_is_labelled_by_priority_once_a_queue_uses_priorities() {
+    let mut registry = Registry::default();
+    let metrics = QueueMetrics::new(&mut registry);
+    let plain: WorkQueue<u8> = WorkQueue::builder("plain").metrics(metrics.clone(), "c").build();
+    let queue: WorkQueue<u8> = WorkQueue::builder("q").metrics(metrics, "c").build();
+    let depths = |registry: &Registry| {
+        let mut depths: Vec<(String, String)> = samples(&encode_registry(registry))
+            .into_iter()
+            .filter(|(series, _)| series.starts_with("workqueue_depth{"))
+            .collect();
+        depths.sort();
+        depths
+    };
+    let series = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(s, v)| (format!("workqueue_depth{{{s}}}"), v.to_string()))
+            .collect()
+    };
+    plain.add(1);
+    plain.add_with_priority(2, Priority::DEFAULT); // the default priority changes nothing
+    queue.add(1);
+    queue.add(2);
+    assert_eq!(
+        depths(&registry),
+        series(&[
+            (r#"name="plain",controller="c""#, "2"),
+            (r#"name="q",controller="c""#, "2"),
+        ]),
+        "no priority label before priorities are used"
+    );
+
+    queue.add_with_priority(3, Priority::LOW);
+    assert_eq!(
+        depths(&registry),
+        series(&[
+            (r#"name="plain",controller="c""#, "2"),
+            (r#"name="q",controller="c",priority="-100""#, "1"),
+            (r#"name="q",controller="c",priority="0""#, "2"),
+        ])
+    );
+    queue.add(3); // raised
+    let (one, _) = try_get_p(&queue).unwrap();
+    queue.add_with_priority(one, Priority::HIGH); // re-added while processed
+    assert_eq!(
+        depths(&registry),
+        series(&[
+            (r#"name="plain",controller="c""#, "2"),
+            (r#"name="q",controller="c",priority="-100""#, "0"),
+            (r#"name="q",controller="c",priority="0""#, "2"),
+            (r#"name="q",controller="c",priority="100""#, "1"),
+        ])
+    );
+    queue.done(&one);
+    assert_eq!(try_get_p(&queue), Some((1, Priority::HIGH)));
+    assert_eq!(
+        depths(&registry)[2..],
+        series(&[
+            (r#"name="q",controller="c",priority="0""#, "2"),
+            (r#"name="q",controller="c",priority="100""#, "0"),
+        ])[..]
+    );
+    queue.shut_down();
+    let after = depths(&registry);
+    assert!(after[1..].iter().all(|(_, v)| v == "0"), "shut down: {after:?}");
+    // The other families keep their label sets.
+    let text = encode_registry(&registry);
+    assert!(
+        text.contains(r#"workqueue_adds_total{name="q",controller="c"} 4"#),
+        "{text}"
+    );
+    assert_eq!(text.matches("priority=").count(), 3, "{text}");
 }
