@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{EventType, Recorder};
 use crate::informer::{HandlerFns, Informer};
 use crate::metrics::{ControllerLabel, ControllerMetrics, ResultLabels};
-use crate::queue::WorkQueue;
+use crate::queue::{Priority, WorkQueue};
+use crate::ryow::{Freshness, WaitOutcome, Writes};
 use crate::shard::{ShardKey, ShardRing};
 use crate::source::Undecodable;
 use crate::store::{ObjectKey, Store};
@@ -33,6 +34,15 @@ pub const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Undecodable primary objects waiting for their Event; beyond this they get none.
 const UNDECODABLE_EVENTS: usize = 64;
+
+/// How long a reconcile waits by default for the caches to show the previous reconcile's
+/// writes of its key (see [`Builder::read_your_writes`]).
+pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keys whose last reconcile's writes are remembered for the next one; at the limit, keys whose
+/// writes the caches already show are forgotten first, then arbitrary ones (which then start
+/// without waiting).
+const MAX_PENDING_WRITES: usize = 8192;
 
 /// The Event reason for a primary object that does not decode.
 pub const DECODE_FAILED: &str = "DecodeFailed";
@@ -229,6 +239,9 @@ pub struct Builder<K> {
     watches: Vec<Wiring>,
     recorder: Option<Recorder>,
     shard: Option<ShardRing>,
+    /// Caches a reconcile's writes must show before the key's next reconcile starts.
+    caches: Vec<Arc<dyn Freshness>>,
+    read_your_writes: Option<Duration>,
 }
 
 /// Connects an informer's handlers to the controller's queue; run when the controller starts,
@@ -254,6 +267,7 @@ where
 {
     /// A controller named `name` for the objects of `primary`.
     pub fn new(name: &str, primary: Informer<K>) -> Self {
+        let primary_for_cache = primary.clone();
         Builder {
             name: name.to_string(),
             primary,
@@ -265,7 +279,47 @@ where
             watches: vec![],
             recorder: None,
             shard: None,
+            caches: vec![crate::ryow::informer_freshness(
+                &primary_for_cache,
+                &K::DynamicType::default(),
+            )],
+            read_your_writes: Some(READ_YOUR_WRITES_TIMEOUT),
         }
+    }
+
+    /// Read-your-own-writes (on by default, [`READ_YOUR_WRITES_TIMEOUT`]): before a key is
+    /// reconciled again, wait until the primary and owned informers' caches show every write
+    /// its previous reconcile made through a tracking client ([`crate::client::build`] makes
+    /// them; wrap others with [`crate::ryow::tracking`]), for at most `timeout`. A reconcile
+    /// then never acts on a cache older than its own last writes (creating a second child,
+    /// say). The wait is woken by the caches, never polled; its time and timeouts are the
+    /// metrics `crwatch_controller_cache_wait_seconds` and
+    /// `crwatch_controller_cache_wait_timeouts_total`. `None` turns it off.
+    ///
+    /// The timeout is clamped to 1 ms … 10 min.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use crwatch::controller::Builder;
+    /// use crwatch::informer::InformerFactory;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// # fn f(client: kube::Client) {
+    /// let factory = InformerFactory::new(client);
+    /// let builder = Builder::new("example", factory.all::<ConfigMap>())
+    ///     .read_your_writes(Some(Duration::from_secs(2)));
+    /// # }
+    /// ```
+    pub fn read_your_writes(mut self, timeout: Option<Duration>) -> Self {
+        self.read_your_writes = timeout.map(|t| t.clamp(Duration::from_millis(1), Duration::from_secs(600)));
+        self
+    }
+
+    /// Also wait for `cache` to show a reconcile's writes (see [`Builder::read_your_writes`]):
+    /// for objects a reconcile writes that neither the primary nor an owned informer holds,
+    /// e.g. a dynamic informer of [`Builder::watches`].
+    pub fn fresh_after_writes(mut self, cache: Arc<dyn Freshness>) -> Self {
+        self.caches.push(cache);
+        self
     }
 
     /// Share the primary objects with the other replicas in `ring` (see [`crate::shard`]):
@@ -352,6 +406,7 @@ where
     pub fn owns_projected<O>(self, informer: Informer<O>, projection: crate::projection::Projection) -> Self
     where
         O: Resource + Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+        O::DynamicType: Default,
     {
         informer.set_projection(projection);
         self.owns(informer)
@@ -359,10 +414,15 @@ where
 
     /// Reconcile the controlling owner (an ownerReference with `controller: true` to a `K`)
     /// whenever an object of `informer` changes.
-    pub fn owns<O>(self, informer: Informer<O>) -> Self
+    pub fn owns<O>(mut self, informer: Informer<O>) -> Self
     where
         O: Resource + Clone + Serialize + Send + Sync + 'static,
+        O::DynamicType: Default,
     {
+        self.caches.push(crate::ryow::informer_freshness(
+            &informer,
+            &O::DynamicType::default(),
+        ));
         let dt = K::DynamicType::default();
         let kind = K::kind(&dt).to_string();
         let group = K::group(&dt).to_string();
@@ -442,6 +502,7 @@ where
             let ts_del = tombstones.clone();
             let publish = self.recorder.is_some();
             let ring = self.shard.clone();
+            let listing = self.primary.clone();
             wiring.push(Box::new(move |queue: WorkQueue<ObjectKey>| {
                 let (q1, q2, q3) = (queue.clone(), queue.clone(), queue);
                 primary.add_handler(
@@ -454,11 +515,22 @@ where
                         .on_add(move |o: &Arc<K>| {
                             let key = ObjectKey::of(&**o);
                             lock(&ts_add).remove(&key);
-                            q1.add(key);
+                            // The initial list: nothing is known to have changed, so real
+                            // changes go first (controller-runtime's LowPriority).
+                            let priority = match listing.has_synced() {
+                                true => Priority::DEFAULT,
+                                false => Priority::LOW,
+                            };
+                            q1.add_with_priority(key, priority);
                         })
                         .on_update(move |old: &Arc<K>, new: &Arc<K>, _| {
                             if predicate.as_ref().is_none_or(|p| p.test(old, new)) {
-                                q2.add(ObjectKey::of(&**new));
+                                // A resync replays an unchanged object.
+                                let priority = match old.meta().resource_version == new.meta().resource_version {
+                                    true => Priority::LOW,
+                                    false => Priority::DEFAULT,
+                                };
+                                q2.add_with_priority(ObjectKey::of(&**new), priority);
                             }
                         })
                         .on_delete(move |o: &Arc<K>| {
@@ -500,6 +572,9 @@ where
             shutdown_timeout: self.shutdown_timeout,
             metrics,
             shard: self.shard,
+            caches: self.caches,
+            read_your_writes: self.read_your_writes,
+            pending_writes: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -533,6 +608,10 @@ pub struct Controller<K, C> {
     shutdown_timeout: Duration,
     metrics: ControllerMetrics,
     shard: Option<ShardRing>,
+    caches: Vec<Arc<dyn Freshness>>,
+    read_your_writes: Option<Duration>,
+    /// The writes of each key's last reconcile, until its next one starts.
+    pending_writes: Mutex<HashMap<ObjectKey, Writes>>,
 }
 
 impl<K, C> Controller<K, C>
@@ -701,10 +780,48 @@ where
         }
     }
 
+    /// Wait until the caches show the writes of `key`'s previous reconcile.
+    async fn catch_up(&self, key: &ObjectKey) {
+        let Some(timeout) = self.read_your_writes else {
+            return;
+        };
+        let Some(writes) = lock(&self.pending_writes).remove(key) else {
+            return;
+        };
+        let outcome = crate::ryow::wait_caught_up(&writes, &self.caches, timeout).await;
+        self.metrics.cache_wait.observe(&self.name, &outcome);
+        if let WaitOutcome::TimedOut(waited) = outcome {
+            tracing::warn!(controller = %self.name, key = %key, ?waited, "the caches still do not show the previous reconcile's writes; reconciling anyway");
+        }
+    }
+
+    /// Remember `writes` of `key`'s reconcile for its next one (bounded, see
+    /// [`MAX_PENDING_WRITES`]).
+    fn remember_writes(&self, key: &ObjectKey, writes: Writes) {
+        if self.read_your_writes.is_none() || writes.is_empty() {
+            return;
+        }
+        let mut pending = lock(&self.pending_writes);
+        if pending.len() >= MAX_PENDING_WRITES && !pending.contains_key(key) {
+            let caches = &self.caches;
+            pending.retain(|_, ws| {
+                ws.iter()
+                    .any(|w| caches.iter().any(|c| c.covers(w) && !c.caught_up(w)))
+            });
+            if pending.len() >= MAX_PENDING_WRITES
+                && let Some(victim) = pending.keys().next().cloned()
+            {
+                pending.remove(&victim);
+            }
+        }
+        pending.insert(key.clone(), writes);
+    }
+
     async fn process(&self, key: &ObjectKey) {
         let label = ControllerLabel {
             controller: self.name.clone(),
         };
+        self.catch_up(key).await;
         let req = match self.store.get(key) {
             Some(obj) => Request::Apply(obj),
             // Keep the tombstone until the deletion was handled: a retry needs it too.
@@ -717,9 +834,11 @@ where
         let started = Instant::now();
         // The call itself is inside the catch too: a reconciler may panic before its future.
         let (reconciler, ctx) = (self.reconciler.clone(), self.ctx.clone());
-        let outcome = AssertUnwindSafe(async move { reconciler.reconcile(req, ctx).await })
-            .catch_unwind()
-            .await;
+        let (outcome, writes) = crate::ryow::record(
+            AssertUnwindSafe(async move { reconciler.reconcile(req, ctx).await }).catch_unwind(),
+        )
+        .await;
+        self.remember_writes(key, writes);
         self.metrics
             .reconcile_time
             .get_or_create(&label)
