@@ -298,13 +298,14 @@ impl Api {
     /// reads no further than one match past its limit (see [`Store::list_page`]).
     pub async fn list_page(&self, ctx: &Ctx) -> ApiResult<ListPage> {
         let (labels, fields) = self.selectors(ctx)?;
-        // KEP-5866's `shardSelector` (only behind its gate; ignored otherwise, as upstream).
-        let shard = crate::shard::from_params(self.features, &ctx.params)?;
         let gr = gr_of(&ctx.def);
         let ns = (!ctx.namespace.is_empty()).then_some(ctx.namespace.as_str());
         let rv = ctx.params.get("resourceVersion").unwrap_or_default();
         let rv_match = ctx.params.get("resourceVersionMatch").unwrap_or_default();
         ctx.params.check_list_options()?;
+        // KEP-5866's `shardSelector` (only behind its gate; ignored otherwise, as upstream),
+        // decoded after `limit` and the selectors as the real parameter conversion does.
+        let shard = crate::shard::from_params(self.features, &ctx.params)?;
         // As etcd's: zero or a negative limit means no limit.
         let limit = usize::try_from(ctx.params.int64("limit")?.unwrap_or(0).max(0)).unwrap_or(usize::MAX);
         let cont = ctx.params.get("continue").unwrap_or_default();

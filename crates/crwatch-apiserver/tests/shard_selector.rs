@@ -333,6 +333,15 @@ async fn paging_keeps_the_shard() {
             whole["metadata"]["resourceVersion"]
         );
         got.extend(names(&page["items"]));
+        if pages == 1 {
+            // Objects created between pages are not in the snapshot the pages continue.
+            let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACES[2]);
+            for i in 0..8 {
+                cms.create(&PostParams::default(), &labelled(&format!("late-{i}")))
+                    .await
+                    .expect("create");
+            }
+        }
         match page["metadata"]["continue"].as_str() {
             Some(c) if !c.is_empty() => cont = c.to_string(),
             _ => break,
@@ -343,6 +352,10 @@ async fn paging_keeps_the_shard() {
     assert_eq!(got.len(), got_set.len(), "no object twice");
     assert_eq!(got_set, want);
     assert!(pages >= want.len().div_ceil(3));
+
+    // Now with the objects created meanwhile (those in the shard).
+    let (_, whole) = get(&client, &base).await;
+    let want = names(&whole["items"]);
 
     // Tables and metadata-only lists echo it too.
     let (code, table) = get_as(&client, &base, "application/json;as=Table;v=v1;g=meta.k8s.io").await;
