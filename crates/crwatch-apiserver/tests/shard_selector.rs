@@ -831,3 +831,49 @@ async fn openapi_documents_the_parameter_only_with_the_gate_on() {
         s.shutdown().await.expect("shutdown");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_shard_too() {
+    let s = server(true).await;
+    let client = s.client();
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/database-crd.yaml");
+    s.server()
+        .apply_file(std::path::Path::new(crd))
+        .await
+        .expect("apply the CRD");
+    populate(&client, 0).await;
+    let mut uids = BTreeMap::new();
+    for i in 0..12 {
+        let ns = NAMESPACES[i % 4];
+        let body = json!({"apiVersion": "stable.example.com/v1", "kind": "Database",
+            "metadata": {"name": format!("db-{i}")},
+            "spec": {"engine": "PostgreSQL", "version": "15", "size": "1Gi"}});
+        let req = http::Request::post(format!("/apis/stable.example.com/v1/namespaces/{ns}/databases"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body).expect("JSON"))
+            .expect("request");
+        let created: Value = client.request(req).await.expect("create a Database");
+        uids.insert(format!("{ns}/db-{i}"), uid_of(&created));
+    }
+    let mut seen = BTreeSet::new();
+    for i in 0..2 {
+        let (start, end, sel) = range("uid", i, 2);
+        let (code, list) = get(
+            &client,
+            &format!(
+                "/apis/stable.example.com/v1/databases?shardSelector={}",
+                enc(&sel)
+            ),
+        )
+        .await;
+        assert_eq!(code, 200, "{list}");
+        assert_eq!(list["metadata"]["shardInfo"]["selector"], sel.as_str());
+        for key in names(&list["items"]) {
+            let h = u128::from(fnv(&uids[&key]));
+            assert!(start <= h && h < end, "{key}");
+            assert!(seen.insert(key), "in two shards");
+        }
+    }
+    assert_eq!(seen.len(), 12);
+    s.shutdown().await.expect("shutdown");
+}
