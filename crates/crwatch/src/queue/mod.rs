@@ -25,14 +25,15 @@
 //!   key re-added while it is processed comes back with the highest priority it was re-added
 //!   with; a delayed key enters at its priority when due.
 //! * **Aging, so nothing starves.** A ready key that has waited [`max_wait`] (default
-//!   [`DEFAULT_MAX_WAIT`], 60 s) is *aged*. While any aged key is queued, at least every other
-//!   [`get`](WorkQueue::get) hands out the oldest aged key, whatever its priority. Exactly: a key
-//!   that became ready at `t` is handed out by the first get after `t + max_wait`, or, if `k`
-//!   keys that became ready before it are still queued then, within the `2(k + 1)` gets after
-//!   `t + max_wait` — however much higher-priority work keeps arriving. Every other get keeps
-//!   going by priority, so a large aged backlog (an initial list bigger than the workers get
+//!   [`DEFAULT_MAX_WAIT`], 60 s) is *aged*. While an aged key is queued, at least one of any two
+//!   consecutive [`get`](WorkQueue::get)s hands out the oldest queued key, whatever its
+//!   priority; the other goes by priority. Exactly: a key that became ready at `t` is handed
+//!   out within the `2(k + 1)` gets that follow `t + max_wait`, `k` being the number of keys
+//!   still queued then that became ready before it (so at the first or second get when there
+//!   are none), however much higher-priority work keeps arriving. Because every other get keeps
+//!   going by priority, a large aged backlog (an initial list bigger than the workers get
 //!   through in `max_wait`) does not turn the queue back into plain FIFO: new changes still
-//!   overtake it on half of the gets.
+//!   overtake it on every other get.
 //!
 //! Metrics with controller-runtime's names are optional, see [`QueueMetrics`].
 //!
