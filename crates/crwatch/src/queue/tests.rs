@@ -1232,7 +1232,8 @@ async fn raised_items_are_handed_out_once_and_leave_nothing_behind() {
 
 /// A reference model of the documented rules for priorities and aging, driven by a fixed
 /// pseudo-random sequence of adds with ten priorities (more than the lanes kept when idle),
-/// gets, dones and clock advances.
+/// gets, dones and clock advances; it also checks the documented bound (handed out within
+/// 2(k + 1) gets once aged, k keys older than it queued then).
 #[tokio::test(start_paused = true)]
 async fn matches_a_reference_model_with_priorities_and_aging() {
     const MAX_WAIT: Duration = Duration::from_secs(10);
@@ -1242,6 +1243,10 @@ async fn matches_a_reference_model_with_priorities_and_aging() {
         priority: i32,
         seq: u64,
         ready: Instant,
+        /// For the documented bound: the keys queued before it when it was first seen aged,
+        /// and the gets since.
+        older_when_aged: Option<usize>,
+        gets_since_aged: usize,
     }
     let queue: WorkQueue<u8> = WorkQueue::builder("q").max_wait(MAX_WAIT).unwrap().build();
     let mut queued: Vec<Queued> = Vec::new();
@@ -1257,7 +1262,7 @@ async fn matches_a_reference_model_with_priorities_and_aging() {
         rng ^= rng << 17;
         rng
     };
-    let (mut aged_turns, mut raises) = (0, 0);
+    let (mut aged_turns, mut raises, mut longest_after_aging) = (0, 0, 0);
     for step in 0..30_000 {
         let key = (next() % 16) as u8;
         let now = Instant::now();
@@ -1282,11 +1287,21 @@ async fn matches_a_reference_model_with_priorities_and_aging() {
                         priority,
                         seq: next_seq,
                         ready: now,
+                        older_when_aged: None,
+                        gets_since_aged: 0,
                     });
                     next_seq += 1;
                 }
             }
             3..=4 => {
+                for i in 0..queued.len() {
+                    if now - queued[i].ready >= MAX_WAIT {
+                        let seq = queued[i].seq;
+                        let older = queued.iter().filter(|q| q.seq < seq).count();
+                        queued[i].older_when_aged.get_or_insert(older);
+                        queued[i].gets_since_aged += 1;
+                    }
+                }
                 let got = try_get_p(&queue);
                 let expected = (!queued.is_empty()).then(|| {
                     let top = queued.iter().map(|q| q.priority).max().unwrap();
@@ -1301,6 +1316,14 @@ async fn matches_a_reference_model_with_priorities_and_aging() {
                     aged_turn_taken = aged;
                     aged_turns += usize::from(aged);
                     let item = queued.remove(if aged { oldest } else { by_priority });
+                    if let Some(k) = item.older_when_aged {
+                        assert!(
+                            item.gets_since_aged <= 2 * (k + 1),
+                            "step {step}: {} gets since aging with {k} older keys",
+                            item.gets_since_aged
+                        );
+                        longest_after_aging = longest_after_aging.max(item.gets_since_aged);
+                    }
                     if queued.is_empty() {
                         aged_turn_taken = false;
                     }
@@ -1320,6 +1343,8 @@ async fn matches_a_reference_model_with_priorities_and_aging() {
                         priority,
                         seq: next_seq,
                         ready: now,
+                        older_when_aged: None,
+                        gets_since_aged: 0,
                     });
                     next_seq += 1;
                 }
@@ -1331,6 +1356,7 @@ async fn matches_a_reference_model_with_priorities_and_aging() {
     // The run exercised what it is for.
     assert!(aged_turns > 100, "only {aged_turns} aged turns");
     assert!(raises > 100, "only {raises} raises");
+    assert!(longest_after_aging > 2, "the bound was never approached");
 }
 
 #[tokio::test]
