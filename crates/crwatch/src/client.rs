@@ -101,7 +101,7 @@ pub fn strip_insecure_credentials(config: &mut kube::Config, options: &ClientOpt
 
 /// A client for `config` with kubectl's rules: no credentials over plain HTTP (unless
 /// `options` allow it), connect and response-header timeouts. It notes the writes reconciles
-/// make ([`crate::ryow::tracking`]), so controllers can wait for their caches to see them.
+/// make ([`crate::ryow::TrackingLayer`]), so controllers can wait for their caches to see them.
 ///
 /// ```
 /// let mut config = kube::Config::new("http://127.0.0.1:8080".parse().unwrap());
@@ -121,14 +121,14 @@ pub fn build(mut config: kube::Config, options: &ClientOptions) -> Result<kube::
     }
     config.connect_timeout = Some(options.connect_timeout);
     let builder = ClientBuilder::try_from(config).map_err(ClientError)?;
-    let client = builder
+    Ok(builder
         .with_layer(&tower::timeout::TimeoutLayer::new(
             options.response_header_timeout,
         ))
-        .build();
-    // Read-your-own-writes is on by default: reconciles run inside `ryow::record` see what
-    // they wrote; every other request passes through untouched.
-    Ok(crate::ryow::tracking(client))
+        // Read-your-own-writes is on by default: reconciles run inside `ryow::record` see
+        // what they wrote; every other request passes through untouched.
+        .with_layer(&crate::ryow::TrackingLayer::default())
+        .build())
 }
 
 /// Why no client could be made from a kubeconfig.

@@ -162,6 +162,30 @@ async fn answers_reach_the_caller_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_from_a_kubeconfig_track_by_default() {
+    let server = TestServer::start().await.unwrap();
+    let client = crwatch::client::from_kubeconfig(Some(server.kubeconfig()), &Default::default())
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let (created, writes) = ryow::record(cms.create(&PostParams::default(), &cm("layered", "1"))).await;
+    let created = created.unwrap();
+    assert_eq!(
+        find(&writes, "layered").resource_version,
+        created.metadata.resource_version
+    );
+    // Errors keep their kind through the layer.
+    let (again, writes) = ryow::record(cms.create(&PostParams::default(), &cm("layered", "1"))).await;
+    assert!(matches!(again, Err(kube::Error::Api(s)) if s.code == 409));
+    assert!(writes.is_empty());
+    // Reads and watches pass through.
+    assert_eq!(
+        cms.get("layered").await.unwrap().metadata.uid,
+        created.metadata.uid
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reconciles_on_one_client_keep_their_own_writes() {
     // kube::Client calls the service on its buffer's worker task; the log must be the one of
     // the task awaiting the request.
