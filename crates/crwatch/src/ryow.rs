@@ -6,11 +6,12 @@
 //! act twice (create a second child, bump a counter twice). Client libraries paper over it with
 //! sleeps. Here:
 //!
-//! 1. [`tracking`] wraps a [`kube::Client`]: every mutating request (POST, PUT, PATCH, DELETE)
-//!    made *inside* [`record`] whose answer is a 2xx object (or, for a DELETE, a `Status`) is
-//!    noted as a [`Write`] (what object, which resourceVersion and uid, deleted or not) in that
+//! 1. A tracking client ([`TrackingLayer`] in a client's stack, or [`tracking`] around a
+//!    finished [`kube::Client`]): every mutating request (POST, PUT, PATCH, DELETE) made
+//!    *inside* [`record`] whose answer is a 2xx object (or, for a DELETE, a `Status`) is noted
+//!    as a [`Write`] (what object, which resourceVersion and uid, deleted or not) in that
 //!    reconcile's [`Writes`]. [`crate::client::build`] (hence
-//!    [`crate::client::from_kubeconfig`]) returns tracking clients, so it is on by default.
+//!    [`crate::client::from_kubeconfig`]) adds the layer, so it is on by default.
 //!    Outside [`record`] the wrapper passes requests and responses through untouched (no
 //!    buffering); inside, it buffers a mutating request's response body up to
 //!    [`MAX_TRACKED_BODY`] to read its metadata and hands the same bytes on. Bodies are never
