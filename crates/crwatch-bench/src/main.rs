@@ -13,6 +13,7 @@ mod queue;
 mod report;
 mod sample;
 mod server;
+mod shard;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -51,12 +52,16 @@ goes first per round, and prints the median of R repeats. Build with --release.
                          and kubectl), forward (forwarder deliveries/s to a file and a
                          webhook, --updates changes), sample (the sample controller
                          against a separate crwatch-apiserver process; needs the release
-                         binaries it names) (default all)
+                         binaries it names), shard (a reconcile-bound controller on 1, 2
+                         and 3 sharded replicas; cache heap per replica with and without
+                         server-side sharding) (default all)
   --get-objects N        ConfigMaps listed by the get section (default 10000)
   --sample-objects N     Foos of the sample section (default 2000, at most 5000)
+  --shard-objects N      ConfigMaps of the shard section (default 1000)
+  --shard-cost-ms MS     the shard section's fixed cost per reconcile (default 20)
   --json FILE            write every row (samples, medians, ratios) and the machine";
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "sync",
     "relist",
     "throughput",
@@ -67,6 +72,7 @@ const SECTIONS: [&str; 10] = [
     "get",
     "forward",
     "sample",
+    "shard",
 ];
 
 struct Options {
@@ -83,6 +89,8 @@ struct Options {
     only: Vec<String>,
     json: Option<PathBuf>,
     sample_objects: usize,
+    shard_objects: usize,
+    shard_cost_ms: usize,
 }
 
 impl Options {
@@ -103,6 +111,8 @@ impl Options {
             "consumers": self.consumers,
             "only": self.only,
             "sample_objects": self.sample_objects,
+            "shard_objects": self.shard_objects,
+            "shard_cost_ms": self.shard_cost_ms,
             "get_objects": self.get_objects,
         })
     }
@@ -149,6 +159,8 @@ fn parse_args() -> Result<Options> {
         get_objects: 10_000,
         json: None,
         sample_objects: 2000,
+        shard_objects: 1000,
+        shard_cost_ms: 20,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -192,6 +204,8 @@ fn parse_args() -> Result<Options> {
             "--get-objects" => o.get_objects = number(&name, v, 1..=1_000_000)?,
             "--json" => o.json = Some(PathBuf::from(v)),
             "--sample-objects" => o.sample_objects = number(&name, v, 1..=5000)?,
+            "--shard-objects" => o.shard_objects = number(&name, v, 10..=100_000)?,
+            "--shard-cost-ms" => o.shard_cost_ms = number(&name, v, 0..=10_000)?,
             _ => bail!("unknown option {name}\n\n{USAGE}"),
         }
     }
@@ -608,6 +622,10 @@ async fn run(opts: Options) -> Result<()> {
     }
     if opts.runs("forward") {
         rows.extend(labelled("forward", forward::rows(opts.updates, opts.repeats)).await?);
+    }
+    if opts.runs("shard") {
+        let cost = std::time::Duration::from_millis(opts.shard_cost_ms as u64);
+        rows.extend(labelled("shard", shard::rows(opts.shard_objects, cost, opts.repeats)).await?);
     }
     if opts.runs("queue") {
         rows.push(queue_single);

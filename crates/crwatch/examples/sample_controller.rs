@@ -7,6 +7,8 @@
 //! cargo run -p crwatch --example sample_controller
 //! # self-contained, with an embedded crwatch-apiserver, reconciling 2000 Foos and exiting:
 //! cargo run --release -p crwatch --example sample_controller -- --embedded --objects 2000
+//! # as one of several replicas sharing the Foos (a shard ring of Leases in `default`):
+//! cargo run -p crwatch --example sample_controller -- --shard [--identity replica-a]
 //! ```
 
 use std::sync::Arc;
@@ -273,6 +275,19 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| n.parse())
         .transpose()
         .context("--objects takes a number")?;
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let shard = args.iter().any(|a| a == "--shard").then(|| {
+        let mut config = crwatch::shard::ShardConfig::new("default", "sample-controller");
+        if let Some(id) = flag("--identity") {
+            config.identity = id;
+        }
+        config
+    });
 
     let server = if embedded {
         Some(
@@ -290,7 +305,7 @@ async fn main() -> anyhow::Result<()> {
             .context("connecting with KUBECONFIG")?,
     };
     install_crd(&client).await?;
-    let mgr = manager(&client);
+    let mgr = manager(&client, shard)?;
     let Some(n) = objects else {
         println!("sample-controller running; Ctrl-C to stop");
         mgr.run(crwatch::manager::shutdown_signal()).await?;
@@ -326,8 +341,9 @@ pub async fn install_crd(client: &kube::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A manager running the Foo controller (with metrics and probes on random local ports).
-pub fn manager(client: &kube::Client) -> Manager {
+/// A manager running the Foo controller (with metrics and probes on random local ports), as a
+/// replica of a shard ring when `shard` is given.
+pub fn manager(client: &kube::Client, shard: Option<crwatch::shard::ShardConfig>) -> anyhow::Result<Manager> {
     let mut mgr = Manager::new(
         client.clone(),
         ManagerConfig {
@@ -338,18 +354,24 @@ pub fn manager(client: &kube::Client) -> Manager {
     );
     let deployments = mgr.factory().all::<DeploymentReplicas>();
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
+        // Its writes are noted, so a Foo's next reconcile waits until the caches show them.
+        client: crwatch::ryow::tracking(client.clone()),
         deployments: deployments.store(),
         recorder: Recorder::new(client.clone(), "sample-controller"),
     });
-    let controller = Builder::new("foo", mgr.factory().all::<Foo>())
+    let mut builder = Builder::new("foo", mgr.factory().all::<Foo>())
         .owns(deployments)
         .with_predicate(Predicate::generation_changed().or(Predicate::labels_changed()))
         .concurrency(8)
-        .metrics(mgr.metrics())
-        .build(reconcile, ctx);
-    mgr.add(controller);
-    mgr
+        .metrics(mgr.metrics());
+    if let Some(config) = shard {
+        let identity = config.identity.clone();
+        let ring = crwatch::shard::ShardRing::new(client.clone(), config).context("the shard ring")?;
+        println!("sample-controller replica {identity} in shard ring sample-controller");
+        builder = builder.shard(ring);
+    }
+    mgr.add(builder.build(reconcile, ctx));
+    Ok(mgr)
 }
 
 async fn run_benchmark(mgr: Manager, client: kube::Client, n: usize, embedded: bool) -> anyhow::Result<()> {

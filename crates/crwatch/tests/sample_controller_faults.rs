@@ -46,7 +46,10 @@ fn test() -> FaultTest<Foo> {
             Ok(server)
         })
         .controller(|client| async move {
-            let mgr = sample::manager(&client);
+            let mgr = match sample::manager(&client, None) {
+                Ok(m) => m,
+                Err(e) => return tracing::error!(error = %e, "sample controller not built"),
+            };
             if let Err(e) = mgr.run(std::future::pending::<()>()).await {
                 tracing::error!(error = %e, "sample controller stopped");
             }

@@ -441,7 +441,6 @@ async fn with_sharded_list_and_watch_each_replica_caches_only_its_slots() {
         bookmark_interval: Duration::from_secs(1),
         feature_gates: crwatch_apiserver::FeatureGates {
             sharded_list_and_watch: true,
-            ..Default::default()
         },
         ..Default::default()
     })

@@ -713,7 +713,7 @@ where
         for _ in 0..this.concurrency {
             let this = this.clone();
             workers.spawn(async move {
-                while let Some(key) = this.queue.get().await {
+                while let Some((key, priority)) = this.queue.get_with_priority().await {
                     // Sharded: only keys of slots active here, counted in flight for handovers.
                     let guard = match &this.shard {
                         Some(ring) => match this.key_slot(ring, &key).and_then(|s| ring.try_begin(s)) {
@@ -726,7 +726,7 @@ where
                         },
                         None => None,
                     };
-                    this.process(&key).await;
+                    this.process(&key, priority).await;
                     this.queue.done(&key);
                     drop(guard);
                 }
@@ -817,7 +817,9 @@ where
         pending.insert(key.clone(), writes);
     }
 
-    async fn process(&self, key: &ObjectKey) {
+    /// Reconcile `key` (handed out at `priority`, which a retry keeps, as controller-runtime's
+    /// priority queue does).
+    async fn process(&self, key: &ObjectKey, priority: i32) {
         let label = ControllerLabel {
             controller: self.name.clone(),
         };
@@ -880,7 +882,7 @@ where
                 self.metrics.reconcile_total.get_or_create(&result("error")).inc();
                 self.metrics.reconcile_errors.get_or_create(&label).inc();
                 tracing::warn!(controller = %self.name, key = %key, error = format!("{e:#}"), retries = self.queue.num_requeues(key), "reconcile failed; retrying with backoff");
-                self.queue.add_rate_limited(key.clone());
+                self.queue.add_rate_limited_with_priority(key.clone(), priority);
             }
             Err(panic) => {
                 let what = panic
@@ -892,7 +894,7 @@ where
                 self.metrics.reconcile_errors.get_or_create(&label).inc();
                 self.metrics.panics.get_or_create(&label).inc();
                 tracing::error!(controller = %self.name, key = %key, panic = %what, "reconcile panicked; retrying with backoff");
-                self.queue.add_rate_limited(key.clone());
+                self.queue.add_rate_limited_with_priority(key.clone(), priority);
             }
         }
     }
