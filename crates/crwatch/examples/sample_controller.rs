@@ -366,7 +366,7 @@ pub fn manager(client: &kube::Client, shard: Option<crwatch::shard::ShardConfig>
         .metrics(mgr.metrics());
     if let Some(config) = shard {
         let identity = config.identity.clone();
-        let ring = crwatch::shard::ShardRing::new(client.clone(), config).context("the shard ring")?;
+        let ring = mgr.shard_ring(config).context("the shard ring")?;
         println!("sample-controller replica {identity} in shard ring sample-controller");
         builder = builder.shard(ring);
     }

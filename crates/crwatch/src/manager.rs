@@ -174,6 +174,33 @@ impl Manager {
             .events(crate::events::Recorder::new(self.client.clone(), name))
     }
 
+    /// A membership of the shard ring `config` describes, over this manager's client and
+    /// reporting into its `/metrics` (`crwatch_shard_*{ring,shard}`); give it to
+    /// [`Builder::shard`].
+    ///
+    /// ```no_run
+    /// # async fn f(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use crwatch::manager::{Manager, ManagerConfig};
+    /// use crwatch::shard::ShardConfig;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// let mut mgr = Manager::new(client, ManagerConfig::default());
+    /// let ring = mgr.shard_ring(ShardConfig::new("operators", "config-watcher"))?;
+    /// let controller = mgr
+    ///     .controller("config-watcher", mgr.factory().all::<ConfigMap>())
+    ///     .shard(ring)
+    ///     .build(|_req: crwatch::controller::Request<ConfigMap>, _: std::sync::Arc<()>| async {
+    ///         Ok(crwatch::controller::Action::done())
+    ///     }, std::sync::Arc::new(()));
+    /// mgr.add(controller);
+    /// # Ok(()) }
+    /// ```
+    pub fn shard_ring(
+        &self,
+        config: crate::shard::ShardConfig,
+    ) -> Result<crate::shard::ShardRing, crate::shard::ShardError> {
+        crate::shard::ShardRing::with_metrics(self.client.clone(), config, self.metrics.shards.clone())
+    }
+
     /// Add a controller. A sharded one ([`Builder::shard`]) runs on every replica as soon as
     /// the caches sync; the others only on the leader when leader election is configured.
     pub fn add<K, C>(&mut self, controller: Controller<K, C>)

@@ -193,6 +193,8 @@ pub struct Metrics {
     pub controllers: ControllerMetrics,
     /// Workqueue metric families.
     pub queues: crate::queue::metrics::QueueMetrics,
+    /// Shard ring metric families (`crwatch_shard_*`).
+    pub shards: crate::shard::ShardMetrics,
 }
 
 impl Default for Metrics {
@@ -200,10 +202,13 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let controllers = ControllerMetrics::register(&mut registry);
         let queues = crate::queue::metrics::QueueMetrics::new(&mut registry);
+        let shards = crate::shard::ShardMetrics::default();
+        shards.register(&mut registry);
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             controllers,
             queues,
+            shards,
         }
     }
 }

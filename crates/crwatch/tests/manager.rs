@@ -285,3 +285,113 @@ async fn losing_the_lease_stops_reconciling_at_once() {
         "the in-flight reconcile was abandoned"
     );
 }
+
+/// With leader election on, a sharded controller runs on every replica (its keys split
+/// through its ring), while an unsharded one stays a singleton on the leader; the ring reports
+/// into the manager's `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_controllers_run_on_every_replica_singletons_on_the_leader() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for i in 0..40 {
+        cms.create(&PostParams::default(), &cm(&format!("cm-{i}"), ""))
+            .await
+            .unwrap();
+    }
+    let who = Arc::new(Who::default());
+    let start = |id: &'static str| {
+        let mut le = LeaderElectionConfig::new("default", "crwatch-mixed");
+        le.identity = id.to_string();
+        le.lease_duration = Duration::from_secs(2);
+        le.renew_deadline = Duration::from_millis(1500);
+        le.retry_period = Duration::from_millis(200);
+        let mut mgr = Manager::new(
+            client.clone(),
+            ManagerConfig {
+                leader_election: Some(le),
+                ..local_config()
+            },
+        );
+        let ring = mgr
+            .shard_ring(crwatch::shard::ShardConfig {
+                identity: id.to_string(),
+                lease_duration: Duration::from_secs(2),
+                renew_deadline: Duration::from_millis(1500),
+                retry_period: Duration::from_millis(200),
+                ..crwatch::shard::ShardConfig::new("default", "mixed")
+            })
+            .unwrap();
+        let sharded = mgr
+            .controller("sharded", mgr.factory().all::<ConfigMap>())
+            .shard(ring)
+            .build(
+                move |req: Request<ConfigMap>, who: Arc<Who>| async move {
+                    who.reconciled_by
+                        .lock()
+                        .unwrap()
+                        .insert(format!("sharded:{id}:{}", req.key().name));
+                    Ok(Action::done())
+                },
+                who.clone(),
+            );
+        let singleton = mgr
+            .controller("singleton", mgr.factory().all::<ConfigMap>())
+            .build(
+                move |req: Request<ConfigMap>, who: Arc<Who>| async move {
+                    who.reconciled_by
+                        .lock()
+                        .unwrap()
+                        .insert(format!("singleton:{id}:{}", req.key().name));
+                    Ok(Action::done())
+                },
+                who.clone(),
+            );
+        mgr.add(sharded);
+        mgr.add(singleton);
+        let addrs = mgr.bound_addresses();
+        let stop = CancellationToken::new();
+        let stop2 = stop.clone();
+        let task = tokio::spawn(mgr.run(async move { stop2.cancelled().await }));
+        (addrs, stop, task)
+    };
+    let (addrs_a, stop_a, task_a) = start("a");
+    let (_addrs_b, stop_b, task_b) = start("b");
+    let count = |prefix: &str| {
+        who.reconciled_by
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| k.starts_with(prefix))
+            .count()
+    };
+    // Every ConfigMap reconciled by the sharded controller, on both replicas between them,
+    // and by the singleton on exactly one.
+    wait_for(30, "both replicas share the sharded keys", || {
+        let (a, b) = (count("sharded:a:"), count("sharded:b:"));
+        (a > 0 && b > 0 && a + b >= 40).then_some(())
+    })
+    .await;
+    wait_for(30, "the singleton reconciles everything", || {
+        (count("singleton:a:").max(count("singleton:b:")) == 40).then_some(())
+    })
+    .await;
+    assert!(
+        count("singleton:a:") == 0 || count("singleton:b:") == 0,
+        "the singleton ran on both replicas"
+    );
+    let metrics = addrs_a.borrow().0.expect("metrics address");
+    let (_, body) = http_get(metrics, "/metrics").await;
+    assert!(
+        body.contains("crwatch_shard_members{ring=\"mixed\",shard=\"a\"} 2"),
+        "{body}"
+    );
+    stop_a.cancel();
+    stop_b.cancel();
+    for t in [task_a, task_b] {
+        match t.await.unwrap() {
+            Ok(()) | Err(ManagerError::LeadershipLost) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
