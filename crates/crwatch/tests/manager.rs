@@ -40,6 +40,17 @@ fn local_config() -> ManagerConfig {
     }
 }
 
+/// Leader election on Lease `lease` as `id`, with a 2 s lease, so tests take over quickly.
+fn fast_election(lease: &str, id: &str) -> LeaderElectionConfig {
+    LeaderElectionConfig {
+        identity: id.to_string(),
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry_period: Duration::from_millis(200),
+        ..LeaderElectionConfig::new("default", lease)
+    }
+}
+
 #[derive(Default)]
 struct Ctx {
     started: AtomicUsize,
@@ -127,14 +138,7 @@ async fn exactly_one_of_two_managers_reconciles_and_the_other_takes_over() {
     let client = server.client();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let who = Arc::new(Who::default());
-    let election = |id: &str| {
-        let mut le = LeaderElectionConfig::new("default", "crwatch-test");
-        le.identity = id.to_string();
-        le.lease_duration = Duration::from_secs(2);
-        le.renew_deadline = Duration::from_millis(1500);
-        le.retry_period = Duration::from_millis(200);
-        le
-    };
+    let election = |id: &str| fast_election("crwatch-test", id);
     let start = |id: &'static str| {
         let mut mgr = Manager::new(
             client.clone(),
@@ -301,11 +305,7 @@ async fn sharded_controllers_run_on_every_replica_singletons_on_the_leader() {
     }
     let who = Arc::new(Who::default());
     let start = |id: &'static str| {
-        let mut le = LeaderElectionConfig::new("default", "crwatch-mixed");
-        le.identity = id.to_string();
-        le.lease_duration = Duration::from_secs(2);
-        le.renew_deadline = Duration::from_millis(1500);
-        le.retry_period = Duration::from_millis(200);
+        let le = fast_election("crwatch-mixed", id);
         let mut mgr = Manager::new(
             client.clone(),
             ManagerConfig {

@@ -5,16 +5,19 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[test]
-fn the_sample_controller_reconciles_foos_on_the_embedded_server() {
-    // `cargo test` builds the examples next to the test binaries' directory.
+/// The example's binary: `cargo test` builds the examples next to the test binaries' directory.
+fn example_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary");
-    let bin = exe
-        .parent()
+    exe.parent()
         .and_then(|deps| deps.parent())
         .expect("target dir")
         .join("examples")
-        .join(format!("sample_controller{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("sample_controller{}", std::env::consts::EXE_SUFFIX))
+}
+
+#[test]
+fn the_sample_controller_reconciles_foos_on_the_embedded_server() {
+    let bin = example_bin();
     assert!(
         bin.exists(),
         "{} is missing (cargo test builds examples)",
@@ -71,13 +74,7 @@ async fn three_sharded_sample_controllers_share_the_foos() {
     })
     .await
     .unwrap();
-    let exe = std::env::current_exe().expect("test binary");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("examples")
-        .join(format!("sample_controller{}", std::env::consts::EXE_SUFFIX));
+    let bin = example_bin();
     let mut children = Children(vec![]);
     for id in ["replica-a", "replica-b", "replica-c"] {
         children.0.push(
