@@ -159,6 +159,17 @@ struct RawObjectMeta {
 /// The column definitions of the last Table the server sent (shared with whoever prints rows).
 pub type Columns = Arc<Mutex<Option<Vec<Value>>>>;
 
+/// Append `name=value` (value URL-encoded) to a request kube's `Request` builder made: the
+/// parameters its `ListParams` cannot express.
+fn add_query(req: &mut http::Request<Vec<u8>>, name: &str, value: &str) {
+    let uri = req.uri().to_string();
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    let value: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    if let Ok(u) = format!("{uri}{sep}{name}={value}").parse() {
+        *req.uri_mut() = u;
+    }
+}
+
 /// Start the engine; events arrive on the returned stream until it is dropped.
 pub(crate) fn start<K: Send + 'static>(
     client: Client,
@@ -418,21 +429,13 @@ impl<K: Send + 'static> Engine<K> {
             Representation::TableMetadata => "Metadata",
             Representation::Object | Representation::Metadata => return,
         };
-        let uri = req.uri().to_string();
-        let sep = if uri.contains('?') { '&' } else { '?' };
-        if let Ok(u) = format!("{uri}{sep}includeObject={include}").parse() {
-            *req.uri_mut() = u;
-        }
+        add_query(req, "includeObject", include);
     }
 
-    /// Add the current `shardSelector` to a list or watch request; returns the selector sent.
+    /// Add `selector` (if sharded) to a list or watch request as its `shardSelector`.
     fn shard_param(req: &mut http::Request<Vec<u8>>, selector: Option<&str>) {
-        let Some(selector) = selector else { return };
-        let uri = req.uri().to_string();
-        let sep = if uri.contains('?') { '&' } else { '?' };
-        let encoded: String = form_urlencoded::byte_serialize(selector.as_bytes()).collect();
-        if let Ok(u) = format!("{uri}{sep}shardSelector={encoded}").parse() {
-            *req.uri_mut() = u;
+        if let Some(selector) = selector {
+            add_query(req, "shardSelector", selector);
         }
     }
 
