@@ -317,8 +317,13 @@ impl Cache {
     }
 }
 
-async fn poll_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + WAIT_LIMIT;
+async fn poll_until(what: &str, done: impl FnMut() -> bool) -> Result<()> {
+    poll_within(what, WAIT_LIMIT, done).await
+}
+
+/// Poll `done` every millisecond until it holds; an error naming `what` after `limit`.
+pub(crate) async fn poll_within(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
     while !done() {
         ensure!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(POLL).await;

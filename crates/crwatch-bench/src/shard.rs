@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::poll_within;
 use crate::report::{Row, median, mib};
 
 const NAMESPACE: &str = "bench";
@@ -115,15 +116,6 @@ async fn write_all(server: &TestServer, objects: usize, revision: u64, bytes: us
     Ok(())
 }
 
-async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
-}
-
 fn all_at(reconciled: &Reconciled, objects: usize, revision: u64) -> bool {
     let Ok(r) = reconciled.lock() else { return false };
     r.len() >= objects && r.values().filter(|v| **v == revision).count() == objects
@@ -154,7 +146,7 @@ async fn server(sharded_gate: bool, objects: usize, bytes: usize) -> Result<Test
 
 async fn converge(replicas: &[Replica], slots: usize) -> Result<()> {
     let n = replicas.len();
-    wait_until("the ring to converge", 60, || {
+    poll_within("the ring to converge", Duration::from_secs(60), || {
         let statuses: Vec<ShardStatus> = replicas.iter().map(|r| r.status.borrow().clone()).collect();
         statuses
             .iter()
@@ -183,13 +175,13 @@ async fn throughput(n: usize, objects: usize, cost: Duration) -> Result<f64> {
         replicas.push(start_replica(&server, id, cost, reconciled.clone()).await?);
     }
     converge(&replicas, 64).await?;
-    wait_until("the first revision reconciled", 120, || {
+    poll_within("the first revision reconciled", Duration::from_secs(120), || {
         all_at(&reconciled, objects, 1)
     })
     .await?;
     let started = Instant::now();
     write_all(&server, objects, 2, THROUGHPUT_PAYLOAD).await?;
-    wait_until("the second revision reconciled", 300, || {
+    poll_within("the second revision reconciled", Duration::from_secs(300), || {
         all_at(&reconciled, objects, 2)
     })
     .await?;
@@ -208,7 +200,10 @@ async fn memory_per_replica(sharded_gate: bool, objects: usize) -> Result<(f64, 
         replicas.push(start_replica(&server, id, Duration::ZERO, reconciled.clone()).await?);
     }
     converge(&replicas, 64).await?;
-    wait_until("every object reconciled", 120, || all_at(&reconciled, objects, 1)).await?;
+    poll_within("every object reconciled", Duration::from_secs(120), || {
+        all_at(&reconciled, objects, 1)
+    })
+    .await?;
     let after = crate::alloc::settle().await.bytes;
     let mode = replicas[0].ring.mode();
     stop(replicas).await?;
@@ -251,26 +246,18 @@ pub async fn rows(objects: usize, cost: Duration, repeats: usize) -> Result<Vec<
         }
         let last = |r: &Row| r.crwatch.last().copied().unwrap_or(f64::NAN);
         speedup.crwatch.push(last(&rates[2]) / last(&rates[0]));
-        let (bytes, mode) = memory_per_replica(false, objects).await?;
-        ensure!(
-            mode == ShardMode::ClientSide,
-            "expected client-side sharding, got {mode:?}"
-        );
-        eprintln!(
-            "  round {round}: client-side: {:.1} MiB per replica",
-            mib(bytes as usize)
-        );
-        client_side.crwatch.push(mib(bytes as usize));
-        let (bytes, mode) = memory_per_replica(true, objects).await?;
-        ensure!(
-            mode == ShardMode::ServerSide,
-            "expected server-side sharding, got {mode:?}"
-        );
-        eprintln!(
-            "  round {round}: server-side: {:.1} MiB per replica",
-            mib(bytes as usize)
-        );
-        server_side.crwatch.push(mib(bytes as usize));
+        for (gate, want, row) in [
+            (false, ShardMode::ClientSide, &mut client_side),
+            (true, ShardMode::ServerSide, &mut server_side),
+        ] {
+            let (bytes, mode) = memory_per_replica(gate, objects).await?;
+            ensure!(mode == want, "expected {want:?} sharding, got {mode:?}");
+            eprintln!(
+                "  round {round}: {want:?}: {:.1} MiB per replica",
+                mib(bytes as usize)
+            );
+            row.crwatch.push(mib(bytes as usize));
+        }
     }
     eprintln!(
         "  speed-up with 3 replicas: {:.2}× (median)",
