@@ -267,7 +267,10 @@ where
 {
     /// A controller named `name` for the objects of `primary`.
     pub fn new(name: &str, primary: Informer<K>) -> Self {
-        let primary_for_cache = primary.clone();
+        let caches = vec![crate::ryow::informer_freshness(
+            &primary,
+            &K::DynamicType::default(),
+        )];
         Builder {
             name: name.to_string(),
             primary,
@@ -279,10 +282,7 @@ where
             watches: vec![],
             recorder: None,
             shard: None,
-            caches: vec![crate::ryow::informer_freshness(
-                &primary_for_cache,
-                &K::DynamicType::default(),
-            )],
+            caches,
             read_your_writes: Some(READ_YOUR_WRITES_TIMEOUT),
         }
     }
@@ -650,16 +650,12 @@ where
     /// Enqueue every cached key (and pending deletion) in slots that became active here: their
     /// events may have been skipped while another replica owned them.
     fn enqueue_gained(&self, gained: &crate::shard::SlotSet, ring: &ShardRing) {
-        for obj in self.store.list() {
-            if shard_slot(ring, &*obj).is_some_and(|s| gained.contains(s)) {
-                self.queue.add(ObjectKey::of(&*obj));
-            }
-        }
         let tombstones: Vec<(ObjectKey, Arc<K>)> = lock(&self.tombstones)
             .iter()
             .map(|(k, o)| (k.clone(), o.clone()))
             .collect();
-        for (key, obj) in tombstones {
+        let cached = self.store.list().into_iter().map(|o| (ObjectKey::of(&*o), o));
+        for (key, obj) in cached.chain(tombstones) {
             if shard_slot(ring, &*obj).is_some_and(|s| gained.contains(s)) {
                 self.queue.add(key);
             }
