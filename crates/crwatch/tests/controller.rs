@@ -458,3 +458,69 @@ async fn a_builder_projection_shapes_what_the_reconciler_and_the_cache_hold() {
     cancel.cancel();
     run.await.unwrap();
 }
+
+/// Objects of the initial list are queued at low priority: a change made while that backlog is
+/// being worked through is reconciled next, not after the whole list (FIFO would put it ~190
+/// reconciles later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_overtakes_the_initial_list_backlog() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for i in 0..200 {
+        cms.create(&PostParams::default(), &cm(&format!("cm-{i:03}"), "initial"))
+            .await
+            .unwrap();
+    }
+    let order: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let factory = InformerFactory::new(client.clone());
+    let controller = Builder::new("backlog", factory.all::<ConfigMap>()).build(
+        |req: Request<ConfigMap>, order: Arc<Mutex<Vec<(String, String)>>>| async move {
+            // Slow enough that the initial list is still queued when the change comes.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if let Request::Apply(c) = &req {
+                let v = c
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("v"))
+                    .cloned()
+                    .unwrap_or_default();
+                order.lock().unwrap().push((req.key().name.clone(), v));
+            }
+            Ok(Action::done())
+        },
+        order.clone(),
+    );
+    factory.start();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(controller.run(cancel.clone()));
+    wait_for(30, "the backlog to start", || {
+        (order.lock().unwrap().len() >= 10).then_some(())
+    })
+    .await;
+    // The last object of the list, changed by a user.
+    let at_change = order.lock().unwrap().len();
+    assert!(at_change < 150, "the backlog went too fast to test: {at_change}");
+    cms.patch(
+        "cm-199",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"v": "changed"}})),
+    )
+    .await
+    .unwrap();
+    let reconciled_at = wait_for(30, "the change reconciled", || {
+        order
+            .lock()
+            .unwrap()
+            .iter()
+            .position(|(n, v)| n == "cm-199" && v == "changed")
+    })
+    .await;
+    assert!(
+        reconciled_at < at_change + 30,
+        "the change waited behind the initial list: reconciled {} reconciles after it was made",
+        reconciled_at - at_change
+    );
+    cancel.cancel();
+    run.await.unwrap();
+}
