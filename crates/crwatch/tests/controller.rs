@@ -476,8 +476,9 @@ async fn a_change_overtakes_the_initial_list_backlog() {
     let factory = InformerFactory::new(client.clone());
     let controller = Builder::new("backlog", factory.all::<ConfigMap>()).build(
         |req: Request<ConfigMap>, order: Arc<Mutex<Vec<(String, String)>>>| async move {
-            // Slow enough that the initial list is still queued when the change comes.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Slow enough that the initial list is still queued when the change comes, and that
+            // a slow patch or watch delivery under load lets only a few reconciles pass.
+            tokio::time::sleep(Duration::from_millis(20)).await;
             if let Request::Apply(c) = &req {
                 let v = c
                     .data
