@@ -198,6 +198,12 @@ pub struct SinkConfig {
     /// JSON lines to a file or stdout.
     #[serde(default)]
     pub file: Option<FileSection>,
+    /// MQTT 3.1.1 or 5 (QoS 1).
+    #[serde(default)]
+    pub mqtt: Option<MqttSection>,
+    /// Redis Streams (`XADD`).
+    #[serde(default)]
+    pub redis: Option<RedisSection>,
     /// Retry settings.
     #[serde(default)]
     pub retry: RetryConfig,
@@ -284,6 +290,20 @@ pub type AmqpSection = crate::sinks::amqp::AmqpConfig;
 #[cfg(not(feature = "amqp"))]
 /// The AMQP section (this build has no AMQP support).
 pub type AmqpSection = serde::de::IgnoredAny;
+
+#[cfg(feature = "mqtt")]
+/// The MQTT section.
+pub type MqttSection = crate::sinks::mqtt::MqttConfig;
+#[cfg(not(feature = "mqtt"))]
+/// The MQTT section (this build has no MQTT support).
+pub type MqttSection = serde::de::IgnoredAny;
+
+#[cfg(feature = "redis")]
+/// The Redis section.
+pub type RedisSection = crate::sinks::redis::RedisConfig;
+#[cfg(not(feature = "redis"))]
+/// The Redis section (this build has no Redis support).
+pub type RedisSection = serde::de::IgnoredAny;
 
 /// The documented range of every number in the configuration, checked while parsing so that
 /// an error points at the value itself (`forward.yaml:7:16: queueSize: must be between 1 and
@@ -471,12 +491,14 @@ impl ForwardConfig {
                 sink.nats.is_some(),
                 sink.amqp.is_some(),
                 sink.file.is_some(),
+                sink.mqtt.is_some(),
+                sink.redis.is_some(),
             ];
             if kinds.iter().filter(|k| **k).count() != 1 {
                 return Err(at(
                     loc,
                     format!(
-                        "sinks[{i}] ({}): set exactly one of webhook, nats, amqp, file",
+                        "sinks[{i}] ({}): set exactly one of webhook, nats, amqp, file, mqtt, redis",
                         sink.name.value
                     ),
                 ));
@@ -507,6 +529,20 @@ impl ForwardConfig {
                 return Err(at(
                     loc,
                     format!("sinks[{i}].amqp: this crwatch was built without AMQP support"),
+                ));
+            }
+            #[cfg(not(feature = "mqtt"))]
+            if sink.mqtt.is_some() {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].mqtt: this crwatch was built without MQTT support"),
+                ));
+            }
+            #[cfg(not(feature = "redis"))]
+            if sink.redis.is_some() {
+                return Err(at(
+                    loc,
+                    format!("sinks[{i}].redis: this crwatch was built without Redis support"),
                 ));
             }
             // Each bound alone is checked while parsing, at the value; this one relates two.

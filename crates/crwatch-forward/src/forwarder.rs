@@ -58,6 +58,14 @@ pub async fn build_sink(s: &SinkConfig) -> Result<Arc<dyn Sink>, Error> {
     if let Some(c) = &s.amqp {
         return Ok(Arc::new(sinks::amqp::AmqpSink::connect(c).await.map_err(failed)?));
     }
+    #[cfg(feature = "mqtt")]
+    if let Some(c) = &s.mqtt {
+        return Ok(Arc::new(sinks::mqtt::MqttSink::connect(c).await.map_err(failed)?));
+    }
+    #[cfg(feature = "redis")]
+    if let Some(c) = &s.redis {
+        return Ok(Arc::new(sinks::redis::RedisSink::connect(c).await.map_err(failed)?));
+    }
     let _ = failed;
     Err(Error::Sink {
         sink: name.clone(),

@@ -5,10 +5,12 @@
 //! `tokio::sync::OnceCell` and give each test its own database, subject or exchange.
 
 pub mod mariadb;
+pub mod mosquitto;
 pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod rabbitmq;
+pub mod redis;
 
 pub use process::{free_port, wait_for_tcp};

@@ -4,7 +4,11 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod file;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "webhook")]
 pub mod webhook;
