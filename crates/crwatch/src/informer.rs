@@ -250,6 +250,9 @@ pub struct InformerStats {
     pub last_event_ms: AtomicU64,
     /// When the source last failed (ms since the Unix epoch; 0: never).
     pub last_error_ms: AtomicU64,
+    /// When the cache last became complete: a (re)list applied, or a resumed snapshot
+    /// confirmed current (ms since the Unix epoch; 0: never).
+    pub last_sync_ms: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -809,6 +812,7 @@ where
             // A source resumed from a snapshot may never list: its first progress says the
             // cache is current.
             if !inner.store.has_synced() && buffer.is_none() && !inner.relisting.load(Ordering::SeqCst) {
+                inner.stats.last_sync_ms.store(now_ms(), Ordering::Relaxed);
                 inner.store.mark_synced();
             }
         }
@@ -870,6 +874,7 @@ where
                 changes.push(Change::RelistDone);
             }
             inner.relisting.store(false, Ordering::SeqCst);
+            inner.stats.last_sync_ms.store(now_ms(), Ordering::Relaxed);
             inner.store.mark_synced();
         }
         Ok(Event::Apply(o)) => {
@@ -1036,6 +1041,9 @@ where
             relists: s.relists.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),
             decode_errors: s.decode_errors.load(Ordering::Relaxed),
+            objects: self.inner.store.len() as u64,
+            synced: self.has_synced() && !self.inner.relisting.load(Ordering::SeqCst),
+            last_sync_seconds: s.last_sync_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         }
     }
     fn healthy(&self, grace: Duration) -> Result<(), String> {

@@ -118,6 +118,13 @@ impl Manager {
         let metrics = Metrics::default();
         let sampled = Arc::downgrade(&factory);
         metrics.register_sources(move || sampled.upgrade().map(|f| f.samples()).unwrap_or_default());
+        let leader_state = tokio::sync::watch::channel(None).0;
+        if let Some(le) = &config.leader_election {
+            let state: tokio::sync::watch::Receiver<Option<LeaderState>> = leader_state.subscribe();
+            metrics.register_leader(&le.lease_name, move || {
+                matches!(*state.borrow(), Some(LeaderState::Leader))
+            });
+        }
         Manager {
             factory,
             client,
@@ -126,7 +133,7 @@ impl Manager {
             controllers: vec![],
             sharded: vec![],
             ready,
-            leader_state: tokio::sync::watch::channel(None).0,
+            leader_state,
             bound: tokio::sync::watch::channel((None, None)).0,
         }
     }

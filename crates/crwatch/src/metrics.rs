@@ -248,6 +248,13 @@ pub struct SourceSample {
     pub errors: u64,
     /// Objects it skipped because they did not decode into the consumer's type.
     pub decode_errors: u64,
+    /// Objects in the cache now.
+    pub objects: u64,
+    /// Whether the cache holds a complete list now (false before the first list and while a
+    /// relist after a lost watch is under way).
+    pub synced: bool,
+    /// When the cache last became complete (seconds since the Unix epoch; 0: never).
+    pub last_sync_seconds: f64,
 }
 
 type Samples = Arc<dyn Fn() -> Vec<SourceSample> + Send + Sync>;
@@ -290,6 +297,33 @@ impl prometheus_client::collector::Collector for SourceCollector {
         for s in &samples {
             ConstGauge::new(s.last_event_seconds).encode(m.encode_family(&labels(s))?)?;
         }
+        let mut m = encoder.encode_descriptor(
+            "crwatch_source_objects",
+            "Objects in the source's cache.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &samples {
+            ConstGauge::new(s.objects as i64).encode(m.encode_family(&labels(s))?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "crwatch_source_synced",
+            "Whether the source's cache holds a complete list (1) or is still listing (0).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &samples {
+            ConstGauge::new(i64::from(s.synced)).encode(m.encode_family(&labels(s))?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "crwatch_source_last_sync_timestamp_seconds",
+            "When the source's cache last became complete (a list applied).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &samples {
+            ConstGauge::new(s.last_sync_seconds).encode(m.encode_family(&labels(s))?)?;
+        }
         for (name, help, value) in [
             (
                 "crwatch_source_events",
@@ -321,9 +355,11 @@ impl prometheus_client::collector::Collector for SourceCollector {
 
 impl Metrics {
     /// Report sources as `crwatch_source_connected`, `crwatch_source_last_event_timestamp_seconds`,
-    /// `crwatch_source_events_total`, `crwatch_source_relists_total`,
-    /// `crwatch_source_errors_total` and `crwatch_source_decode_errors_total` (label `source`),
-    /// sampled by `samples` at each scrape.
+    /// `crwatch_source_objects`, `crwatch_source_synced`,
+    /// `crwatch_source_last_sync_timestamp_seconds`, `crwatch_source_events_total` (events/s:
+    /// its rate), `crwatch_source_relists_total`, `crwatch_source_errors_total` and
+    /// `crwatch_source_decode_errors_total` (label `source`), sampled by `samples` at each
+    /// scrape.
     ///
     /// ```
     /// use crwatch::metrics::{Metrics, SourceSample};
@@ -331,13 +367,66 @@ impl Metrics {
     /// m.register_sources(|| vec![SourceSample {
     ///     source: "file:/etc/app".into(), connected: true, last_event_seconds: 1.0,
     ///     events: 3, relists: 1, errors: 0, decode_errors: 2,
+    ///     objects: 40, synced: true, last_sync_seconds: 1.0,
     /// }]);
     /// let text = m.encode();
     /// assert!(text.contains("crwatch_source_connected{source=\"file:/etc/app\"} 1"));
     /// assert!(text.contains("crwatch_source_relists_total{source=\"file:/etc/app\"} 1"));
     /// assert!(text.contains("crwatch_source_decode_errors_total{source=\"file:/etc/app\"} 2"));
+    /// assert!(text.contains("crwatch_source_objects{source=\"file:/etc/app\"} 40"));
+    /// assert!(text.contains("crwatch_source_synced{source=\"file:/etc/app\"} 1"));
     /// ```
     pub fn register_sources(&self, samples: impl Fn() -> Vec<SourceSample> + Send + Sync + 'static) {
         self.with_registry(|r| r.register_collector(Box::new(SourceCollector(Arc::new(samples)))));
+    }
+}
+
+/// Encodes client-go's `leader_election_master_status{name}` from a probe read at scrape time.
+struct LeaderCollector {
+    name: String,
+    leading: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for LeaderCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderCollector")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for LeaderCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let mut m = encoder.encode_descriptor(
+            "leader_election_master_status",
+            "Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease. Please make sure to group by name.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(i64::from((self.leading)()))
+            .encode(m.encode_family(&[("name", self.name.clone())])?)
+    }
+}
+
+impl Metrics {
+    /// Report leadership of the lease `name` as client-go (and so controller-runtime) does:
+    /// `leader_election_master_status{name}` is 1 while `leading()` says so, 0 otherwise.
+    /// A [`Manager`](crate::manager::Manager) with leader election registers it itself.
+    ///
+    /// ```
+    /// let m = crwatch::metrics::Metrics::default();
+    /// m.register_leader("my-controller", || true);
+    /// assert!(m.encode().contains("leader_election_master_status{name=\"my-controller\"} 1"));
+    /// ```
+    pub fn register_leader(&self, name: &str, leading: impl Fn() -> bool + Send + Sync + 'static) {
+        let collector = LeaderCollector {
+            name: name.to_string(),
+            leading: Arc::new(leading),
+        };
+        self.with_registry(|r| r.register_collector(Box::new(collector)));
     }
 }

@@ -106,9 +106,33 @@ async fn probes_metrics_and_graceful_shutdown() {
         "controller_runtime_reconcile_time_seconds_bucket",
         "workqueue_adds_total{name=\"cms\",controller=\"cms\"} 1",
         "workqueue_depth{name=\"cms\",controller=\"cms\"} 0",
+        // The informer's figures: its cache is complete and holds the ConfigMaps listed.
+        "crwatch_source_synced{source=\"/api/v1/configmaps in all namespaces\"} 1",
+        "crwatch_source_relists_total{source=\"/api/v1/configmaps in all namespaces\"} 1",
     ] {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "{name}{{source=\"/api/v1/configmaps in all namespaces\"}} "
+                ))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let listed = cms.list(&Default::default()).await.unwrap().items.len() as f64;
+    assert_eq!(sample("crwatch_source_objects"), listed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let synced_at = sample("crwatch_source_last_sync_timestamp_seconds");
+    assert!(
+        now - synced_at < 60.0 && synced_at <= now + 1.0,
+        "last sync {synced_at}, now {now}"
+    );
 
     // Shutdown while a reconcile is in flight: it finishes before run() returns.
     ctx.slow.store(true, Ordering::SeqCst);
@@ -161,13 +185,14 @@ async fn exactly_one_of_two_managers_reconciles_and_the_other_takes_over() {
         );
         mgr.add(ctrl);
         let state = mgr.leader_state();
+        let metrics = mgr.metrics().clone();
         let stop = CancellationToken::new();
         let stop2 = stop.clone();
         let task = tokio::spawn(mgr.run(async move { stop2.cancelled().await }));
-        (state, stop, task)
+        (state, metrics, stop, task)
     };
-    let (state_a, stop_a, task_a) = start("a");
-    let (state_b, stop_b, task_b) = start("b");
+    let (state_a, metrics_a, stop_a, task_a) = start("a");
+    let (state_b, metrics_b, stop_b, task_b) = start("b");
     let leader =
         |s: &tokio::sync::watch::Receiver<Option<LeaderState>>| *s.borrow() == Some(LeaderState::Leader);
     wait_for(20, "a leader", || {
@@ -176,6 +201,20 @@ async fn exactly_one_of_two_managers_reconciles_and_the_other_takes_over() {
     .await;
     let (first, second) = if leader(&state_a) { ("a", "b") } else { ("b", "a") };
     assert!(!(leader(&state_a) && leader(&state_b)), "two leaders");
+    // client-go's gauge, as controller-runtime's dashboards and alerts read it.
+    let (leading, standby) = if first == "a" {
+        (&metrics_a, &metrics_b)
+    } else {
+        (&metrics_b, &metrics_a)
+    };
+    let status = |m: &crwatch::metrics::Metrics| {
+        m.encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("leader_election_master_status{name=\"crwatch-test\"} "))
+            .map(str::to_string)
+    };
+    assert_eq!(status(leading).as_deref(), Some("1"));
+    assert_eq!(status(standby).as_deref(), Some("0"));
     cms.create(&PostParams::default(), &cm("one", "")).await.unwrap();
     wait_for(20, "leader reconciles", || {
         who.reconciled_by
@@ -196,15 +235,27 @@ async fn exactly_one_of_two_managers_reconciles_and_the_other_takes_over() {
 
     // Stop the leader: it releases the lease and the standby takes over well within the
     // lease duration.
-    let ((stop_first, task_first), (stop_second, task_second), state_second) = if first == "a" {
-        ((stop_a, task_a), (stop_b, task_b), state_b.clone())
+    let ((stop_first, task_first), (stop_second, task_second), state_second, metrics_second) = if first == "a"
+    {
+        (
+            (stop_a, task_a),
+            (stop_b, task_b),
+            state_b.clone(),
+            metrics_b.clone(),
+        )
     } else {
-        ((stop_b, task_b), (stop_a, task_a), state_a.clone())
+        (
+            (stop_b, task_b),
+            (stop_a, task_a),
+            state_a.clone(),
+            metrics_a.clone(),
+        )
     };
     let stopped_at = tokio::time::Instant::now();
     stop_first.cancel();
     task_first.await.unwrap().unwrap();
     wait_for(10, "standby takes over", || leader(&state_second).then_some(())).await;
+    assert_eq!(status(&metrics_second).as_deref(), Some("1"));
     assert!(
         stopped_at.elapsed() < Duration::from_secs(2),
         "took over within the lease duration"
