@@ -13,6 +13,7 @@ pub mod finalizer;
 pub mod health;
 pub mod informer;
 pub mod json;
+pub mod ksm;
 pub mod leader;
 pub mod manager;
 pub mod metrics;
