@@ -7,6 +7,7 @@
 pub mod mariadb;
 pub mod mosquitto;
 pub mod nats;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod python;

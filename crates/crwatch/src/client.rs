@@ -121,14 +121,17 @@ pub fn build(mut config: kube::Config, options: &ClientOptions) -> Result<kube::
     }
     config.connect_timeout = Some(options.connect_timeout);
     let builder = ClientBuilder::try_from(config).map_err(ClientError)?;
-    Ok(builder
+    let builder = builder
         .with_layer(&tower::timeout::TimeoutLayer::new(
             options.response_header_timeout,
         ))
         // Read-your-own-writes is on by default: reconciles run inside `ryow::record` see
         // what they wrote; every other request passes through untouched.
-        .with_layer(&crate::ryow::TrackingLayer::default())
-        .build())
+        .with_layer(&crate::ryow::TrackingLayer::default());
+    // A span per request made inside a traced reconcile (nothing while tracing is off).
+    #[cfg(feature = "otel")]
+    let builder = builder.with_layer(&crate::trace::RequestSpanLayer);
+    Ok(builder.build())
 }
 
 /// Why no client could be made from a kubeconfig.

@@ -878,6 +878,9 @@ where
             inner.store.mark_synced();
         }
         Ok(Event::Apply(o)) => {
+            // Handlers run inside it, so what they queue is linked to this event.
+            let span = crate::trace::watch_event_span(&inner.name, &o);
+            let _entered = span.enter();
             lock(&inner.undecodable).remove(&key_of(&o));
             let o = prepare(o);
             let handlers = read(&inner.handlers);
@@ -891,7 +894,16 @@ where
                     changes.push(Change::Added(new.clone()));
                 }
             };
-            match inner.store.apply(new.clone()) {
+            let applied = inner.store.apply(new.clone());
+            span.record(
+                "crwatch.event.type",
+                match &applied {
+                    None => "ADDED",
+                    Some(old) if same_version(&**old, &*new) => "UNCHANGED",
+                    Some(_) => "MODIFIED",
+                },
+            );
+            match applied {
                 None => added(&mut changes),
                 Some(old) if same_version(&*old, &*new) => {}
                 Some(old) if !same_object(&*old, &*new) => {
@@ -919,6 +931,9 @@ where
             }
         }
         Ok(Event::Delete(o)) => {
+            let span = crate::trace::watch_event_span(&inner.name, &o);
+            span.record("crwatch.event.type", "DELETED");
+            let _entered = span.enter();
             let handlers = read(&inner.handlers);
             let key = key_of(&o);
             lock(&inner.undecodable).remove(&key);

@@ -24,6 +24,7 @@ pub mod ryow;
 pub mod shard;
 pub mod source;
 pub mod store;
+pub mod trace;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "tls-client")]

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -24,6 +25,14 @@ pub struct ResultLabels {
     pub controller: String,
     /// How the reconcile ended.
     pub result: String,
+}
+
+/// The exemplar label of `controller_runtime_reconcile_time_seconds`: the id of the reconcile's
+/// trace (hex, as OpenTelemetry and Grafana show it), when it was sampled.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabel {
+    /// The trace id.
+    pub trace_id: String,
 }
 
 fn reconcile_buckets() -> impl Iterator<Item = f64> {
@@ -47,8 +56,9 @@ pub struct ControllerMetrics {
     pub terminal_errors: Family<ControllerLabel, Counter>,
     /// `controller_runtime_reconcile_panics_total{controller}`.
     pub panics: Family<ControllerLabel, Counter>,
-    /// `controller_runtime_reconcile_time_seconds{controller}`.
-    pub reconcile_time: Family<ControllerLabel, Histogram>,
+    /// `controller_runtime_reconcile_time_seconds{controller}`, with the trace id of the latest
+    /// traced reconcile per bucket as an OpenMetrics exemplar (see [`crate::trace`]).
+    pub reconcile_time: Family<ControllerLabel, HistogramWithExemplars<TraceLabel>>,
     /// `controller_runtime_max_concurrent_reconciles{controller}`.
     pub max_concurrent: Family<ControllerLabel, Gauge>,
     /// `controller_runtime_active_workers{controller}`.
@@ -135,7 +145,7 @@ impl ControllerMetrics {
             reconcile_errors: Family::default(),
             terminal_errors: Family::default(),
             panics: Family::default(),
-            reconcile_time: Family::new_with_constructor(|| Histogram::new(reconcile_buckets())),
+            reconcile_time: Family::new_with_constructor(|| HistogramWithExemplars::new(reconcile_buckets())),
             max_concurrent: Family::default(),
             active_workers: Family::default(),
             cache_wait: CacheWaitMetrics::register(registry),

@@ -17,11 +17,12 @@ use futures::future::BoxFuture;
 use kube::Resource;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::events::{EventType, Recorder};
 use crate::informer::{HandlerFns, Informer};
 use crate::metrics::{ControllerLabel, ControllerMetrics, ResultLabels};
-use crate::queue::{Priority, WorkQueue};
+use crate::queue::{AddOpts, Priority, WorkQueue};
 use crate::ryow::{Freshness, WaitOutcome, Writes};
 use crate::shard::{ShardKey, ShardRing};
 use crate::source::Undecodable;
@@ -439,10 +440,11 @@ where
         O: Resource + Clone + Serialize + Send + Sync + 'static,
     {
         let mapper: Mapper<O> = Arc::new(mapper);
+        let controller = self.name.clone();
         self.watches.push(Box::new(move |queue| {
             let enqueue = move |o: &O| {
                 for k in mapper(o) {
-                    queue.add(k);
+                    enqueue_key(&queue, &controller, k, Priority::DEFAULT);
                 }
             };
             let (e1, e2, e3) = (enqueue.clone(), enqueue.clone(), enqueue);
@@ -503,6 +505,7 @@ where
             let publish = self.recorder.is_some();
             let ring = self.shard.clone();
             let listing = self.primary.clone();
+            let (n1, n2, n3) = (self.name.clone(), self.name.clone(), self.name.clone());
             wiring.push(Box::new(move |queue: WorkQueue<ObjectKey>| {
                 let (q1, q2, q3) = (queue.clone(), queue.clone(), queue);
                 primary.add_handler(
@@ -521,7 +524,7 @@ where
                                 true => Priority::DEFAULT,
                                 false => Priority::LOW,
                             };
-                            q1.add_with_priority(key, priority);
+                            enqueue_key(&q1, &n1, key, priority);
                         })
                         .on_update(move |old: &Arc<K>, new: &Arc<K>, _| {
                             if predicate.as_ref().is_none_or(|p| p.test(old, new)) {
@@ -530,7 +533,7 @@ where
                                     true => Priority::LOW,
                                     false => Priority::DEFAULT,
                                 };
-                                q2.add_with_priority(ObjectKey::of(&**new), priority);
+                                enqueue_key(&q2, &n2, ObjectKey::of(&**new), priority);
                             }
                         })
                         .on_delete(move |o: &Arc<K>| {
@@ -543,7 +546,7 @@ where
                             }
                             let key = ObjectKey::of(&**o);
                             lock(&ts_del).insert(key.clone(), o.clone());
-                            q3.add(key);
+                            enqueue_key(&q3, &n3, key, Priority::DEFAULT);
                         })
                         .without_diff(),
                 );
@@ -584,6 +587,21 @@ fn shard_slot<K: Resource>(ring: &ShardRing, obj: &K) -> Option<u32> {
     match ring.config().key {
         ShardKey::Namespace => Some(ring.slot_of_value(obj.meta().namespace.as_deref().unwrap_or(""))),
         ShardKey::Uid => obj.meta().uid.as_deref().map(|u| ring.slot_of_value(u)),
+    }
+}
+
+/// Queue `key` for `controller`; while tracing is on, with the span of the event being handled
+/// (see [`crate::trace`]).
+fn enqueue_key(queue: &WorkQueue<ObjectKey>, controller: &str, key: ObjectKey, priority: i32) {
+    if crate::trace::enabled() {
+        let cause = crate::trace::Cause::enqueue(controller, &key, priority);
+        let opts = AddOpts {
+            priority,
+            ..AddOpts::default()
+        };
+        queue.add_traced(key, opts, cause);
+    } else {
+        queue.add_with_priority(key, priority);
     }
 }
 
@@ -709,7 +727,7 @@ where
         for _ in 0..this.concurrency {
             let this = this.clone();
             workers.spawn(async move {
-                while let Some((key, priority)) = this.queue.get_with_priority().await {
+                while let Some((key, priority, cause)) = this.queue.get_traced().await {
                     // Sharded: only keys of slots active here, counted in flight for handovers.
                     let guard = match &this.shard {
                         Some(ring) => match this.key_slot(ring, &key).and_then(|s| ring.try_begin(s)) {
@@ -722,7 +740,7 @@ where
                         },
                         None => None,
                     };
-                    this.process(&key, priority).await;
+                    this.process(&key, priority, cause).await;
                     this.queue.done(&key);
                     drop(guard);
                 }
@@ -813,13 +831,54 @@ where
         pending.insert(key.clone(), writes);
     }
 
+    /// Requeue a failed key with backoff; while tracing, in the trace of its cause.
+    fn requeue_failed(&self, key: &ObjectKey, priority: i32, cause: impl FnOnce() -> crate::trace::Cause) {
+        if crate::trace::enabled() {
+            self.queue.add_rate_limited_traced(key.clone(), priority, cause());
+        } else {
+            self.queue.add_rate_limited_with_priority(key.clone(), priority);
+        }
+    }
+
+    /// The `reconcile` span of `key`: child of the event that queued it (`cause`), with the
+    /// queue's attributes; the result and error are recorded when it ends.
+    fn reconcile_span(
+        &self,
+        key: &ObjectKey,
+        priority: i32,
+        cause: Option<&crate::trace::Cause>,
+    ) -> tracing::Span {
+        let span = tracing::info_span!(
+            "reconcile",
+            "crwatch.controller" = %self.name,
+            "k8s.namespace.name" = key.namespace.as_deref().unwrap_or(""),
+            "crwatch.object.name" = %key.name,
+            "crwatch.queue.priority" = priority,
+            "crwatch.queue.retries" = self.queue.num_requeues(key),
+            "crwatch.queue.time_ms" = tracing::field::Empty,
+            "crwatch.queue.backoff_ms" = tracing::field::Empty,
+            "crwatch.reconcile.result" = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+            "otel.status_description" = tracing::field::Empty,
+        );
+        if let Some(cause) = cause {
+            cause.adopt(&span);
+        }
+        span
+    }
+
     /// Reconcile `key` (handed out at `priority`, which a retry keeps, as controller-runtime's
     /// priority queue does).
-    async fn process(&self, key: &ObjectKey, priority: i32) {
+    async fn process(&self, key: &ObjectKey, priority: i32, cause: Option<crate::trace::Cause>) {
         let label = ControllerLabel {
             controller: self.name.clone(),
         };
-        self.catch_up(key).await;
+        let span = match crate::trace::enabled() {
+            true => self.reconcile_span(key, priority, cause.as_ref()),
+            false => tracing::Span::none(),
+        };
+        self.catch_up(key).instrument(span.clone()).await;
         let req = match self.store.get(key) {
             Some(obj) => Request::Apply(obj),
             // Keep the tombstone until the deletion was handled: a retry needs it too.
@@ -835,12 +894,41 @@ where
         let (outcome, writes) = crate::ryow::record(
             AssertUnwindSafe(async move { reconciler.reconcile(req, ctx).await }).catch_unwind(),
         )
+        .instrument(span.clone())
         .await;
         self.remember_writes(key, writes);
-        self.metrics
-            .reconcile_time
-            .get_or_create(&label)
-            .observe(started.elapsed().as_secs_f64());
+        // The exemplar links this observation to its trace (only a sampled one).
+        let exemplar =
+            crate::trace::sampled_trace_id(&span).map(|trace_id| crate::metrics::TraceLabel { trace_id });
+        self.metrics.reconcile_time.get_or_create(&label).observe(
+            started.elapsed().as_secs_f64(),
+            exemplar,
+            None,
+        );
+        // A retry stays in the trace of what caused the reconcile.
+        let retry_cause = || match &cause {
+            Some(c) => c.clone(),
+            None => crate::trace::Cause::of_span(&span),
+        };
+        let outcome_label = match &outcome {
+            Ok(Ok(a)) if a.requeue_delay().is_some() => "requeue_after",
+            Ok(Ok(_)) => "success",
+            Ok(Err(ReconcileError::Terminal(_))) => "terminal_error",
+            Ok(Err(ReconcileError::Transient(_))) => "error",
+            Err(_) => "panic",
+        };
+        span.record("crwatch.reconcile.result", outcome_label);
+        if let Ok(Err(e)) = &outcome {
+            span.record(
+                "error.type",
+                if e.is_terminal() { "terminal" } else { "transient" },
+            );
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", format!("{e}").as_str());
+        } else if outcome.is_err() {
+            span.record("error.type", "panic");
+            span.record("otel.status_code", "ERROR");
+        }
         self.metrics.active_workers.get_or_create(&label).dec();
         let result = |r: &str| ResultLabels {
             controller: self.name.clone(),
@@ -878,7 +966,7 @@ where
                 self.metrics.reconcile_total.get_or_create(&result("error")).inc();
                 self.metrics.reconcile_errors.get_or_create(&label).inc();
                 tracing::warn!(controller = %self.name, key = %key, error = format!("{e:#}"), retries = self.queue.num_requeues(key), "reconcile failed; retrying with backoff");
-                self.queue.add_rate_limited_with_priority(key.clone(), priority);
+                self.requeue_failed(key, priority, retry_cause);
             }
             Err(panic) => {
                 let what = panic
@@ -890,7 +978,7 @@ where
                 self.metrics.reconcile_errors.get_or_create(&label).inc();
                 self.metrics.panics.get_or_create(&label).inc();
                 tracing::error!(controller = %self.name, key = %key, panic = %what, "reconcile panicked; retrying with backoff");
-                self.queue.add_rate_limited_with_priority(key.clone(), priority);
+                self.requeue_failed(key, priority, retry_cause);
             }
         }
     }

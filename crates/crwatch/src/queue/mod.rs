@@ -283,6 +283,10 @@ struct State<T> {
     deadlines: BTreeMap<(Instant, u64), T>,
     next_seq: u64,
     shutting_down: bool,
+    /// What caused each traced item to be queued (see [`crate::trace`]), until it is handed
+    /// out: at most one per dirty or waiting item, each with a capped list of links. Empty
+    /// (and unallocated) unless tracing is on.
+    traces: HashMap<T, crate::trace::Cause>,
     /// Set by `shut_down_with_drain`: keep handing out what was queued before the shutdown.
     drain: bool,
     timer_running: bool,
@@ -476,6 +480,7 @@ where
                 deadlines: BTreeMap::new(),
                 next_seq: 0,
                 shutting_down: false,
+                traces: HashMap::new(),
                 drain: false,
                 timer_running: false,
             }),
@@ -759,6 +764,41 @@ where
         self.add_after_with_priority(item, delay, opts.priority);
     }
 
+    /// [`add_with_opts`](Self::add_with_opts), remembering what caused the add (the span of the
+    /// watch event being handled, see [`crate::trace`]) with the item until it is handed out
+    /// by [`get_traced`](Self::get_traced). An item already carrying a cause keeps it and links
+    /// this one.
+    pub fn add_traced(&self, item: T, opts: AddOpts, cause: crate::trace::Cause) {
+        {
+            let mut state = self.shared.lock();
+            if state.shutting_down {
+                return;
+            }
+            match state.traces.get_mut(&item) {
+                Some(first) => first.merge(cause),
+                None => {
+                    state.traces.insert(item.clone(), cause);
+                }
+            }
+        }
+        self.add_with_opts(item, opts);
+    }
+
+    /// [`add_rate_limited_with_priority`](Self::add_rate_limited_with_priority) with a cause
+    /// (see [`add_traced`](Self::add_traced)), which records the rate limiter's delay.
+    pub fn add_rate_limited_traced(&self, item: T, priority: i32, cause: crate::trace::Cause) {
+        let delay = self.shared.limiter.when(&item);
+        if let Some(series) = &self.shared.series {
+            series.retries.inc();
+        }
+        let opts = AddOpts {
+            after: delay,
+            priority,
+            ..AddOpts::default()
+        };
+        self.add_traced(item, opts, cause.with_backoff(delay));
+    }
+
     /// Makes the rate limiter forget `item`, so its next failure starts from the shortest
     /// backoff. Call it when the item was processed successfully.
     ///
@@ -836,6 +876,14 @@ where
     /// # }
     /// ```
     pub async fn get_with_priority(&self) -> Option<(T, i32)> {
+        self.get_traced()
+            .await
+            .map(|(item, priority, _)| (item, priority))
+    }
+
+    /// [`get_with_priority`](Self::get_with_priority), also returning what caused the item to
+    /// be queued when it was added by [`add_traced`](Self::add_traced).
+    pub async fn get_traced(&self) -> Option<(T, i32, Option<crate::trace::Cause>)> {
         loop {
             let mut notified = pin!(self.shared.item_ready.notified());
             // Register as a waiter before looking at the state, so an add between the check
@@ -846,8 +894,16 @@ where
                 if state.shutting_down && !state.drain {
                     return None;
                 }
-                if let Some(taken) = self.shared.take_ready(&mut state) {
-                    return Some(taken);
+                if let Some((item, priority)) = self.shared.take_ready(&mut state) {
+                    let cause = match state.traces.is_empty() {
+                        true => None,
+                        false => {
+                            let cause = state.traces.remove(&item);
+                            shrink_map(&mut state.traces);
+                            cause
+                        }
+                    };
+                    return Some((item, priority, cause));
                 }
                 if state.shutting_down && state.dirty == 0 {
                     return None;
@@ -1265,6 +1321,14 @@ where
     fn clear_waiting(&self, state: &mut State<T>) {
         state.waiting = HashMap::new();
         state.deadlines = BTreeMap::new();
+        // Only items still to be handed out keep their causes.
+        if !state.traces.is_empty() {
+            let entries = &state.entries;
+            state
+                .traces
+                .retain(|item, _| entries.get(item).is_some_and(|e| e.added.is_some()));
+            shrink_map(&mut state.traces);
+        }
     }
 }
 
