@@ -45,6 +45,9 @@
 //! file. Wrong credentials fail `connect` (a configuration error) when the server is reachable
 //! at start; later (a password rotated on the server) they fail attempts as retryable with a
 //! message saying so. Passwords never appear in logs, errors or `Debug` output.
+//!
+//! The sink talks to one Redis server (a primary); Redis Cluster is not supported (the stream
+//! and its dedup keys would live in different slots).
 
 #![cfg(feature = "redis")]
 
@@ -346,6 +349,10 @@ impl RedisConfig {
             }
             None => settings.password().map(str::to_string),
         };
+        if password.is_none() && settings.username().is_some() {
+            // The client sends AUTH only with a password: the user name alone would be ignored.
+            bail!("redis: a username needs a password (password, passwordFile, passwordEnv or in the URL)");
+        }
         info = info.set_redis_settings(settings);
         let read = |path: &PathBuf, what: &str| {
             std::fs::read(path).with_context(|| format!("reading redis.tls.{what} {}", path.display()))
@@ -358,19 +365,17 @@ impl RedisConfig {
                 }),
                 _ => None,
             };
-            let root_cert = self.tls.ca_file.as_ref().map(|p| read(p, "caFile")).transpose()?;
-            if let Some(pem) = &root_cert
-                && !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
-            {
-                bail!(
-                    "redis.tls.caFile {} holds no PEM certificates",
-                    self.tls
-                        .ca_file
-                        .as_deref()
-                        .unwrap_or_else(|| std::path::Path::new(""))
-                        .display()
-                );
-            }
+            let root_cert = match &self.tls.ca_file {
+                Some(path) => {
+                    let pem = read(path, "caFile")?;
+                    // Checked here: the client would only say "no trust anchors" on every attempt.
+                    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                        bail!("redis.tls.caFile {} holds no PEM certificates", path.display());
+                    }
+                    Some(pem)
+                }
+                None => None,
+            };
             Client::build_with_tls(
                 info,
                 redis::TlsCertificates {
@@ -1006,7 +1011,10 @@ mod tests {
         let dedup = RedisSink::connect(&config(&yaml("1m"))).await.unwrap();
         match dedup.deliver(&delivery("uid-acl:2", "acl", 2)).await {
             Err(SinkError::Permanent(msg)) => {
-                assert!(msg.contains("no permissions") && msg.contains("needs EVAL"), "{msg}");
+                assert!(
+                    msg.contains("no permissions") && msg.contains("needs EVAL"),
+                    "{msg}"
+                );
                 assert!(!msg.contains("xadd-pw"), "{msg}");
             }
             other => panic!("expected Permanent, got {other:?}"),
@@ -1051,6 +1059,13 @@ mod tests {
         let text = format!("{err:#}");
         assert!(text.contains("refused the credentials"), "{text}");
         assert!(!text.contains(wrong), "{text}");
+        let err = RedisSink::connect(&config(&format!("url: {}\nusername: bob\n", server.url())))
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("a username needs a password"),
+            "{err:#}"
+        );
         let err = RedisSink::connect(&config(&format!("url: {}\nstream: auth\n", server.url())))
             .await
             .unwrap_err();
