@@ -452,18 +452,16 @@ impl fmt::Debug for RedisSink {
 }
 
 impl RedisSink {
-    /// Validate `config`, read its secrets and certificates, and try to connect once. A server
-    /// that cannot be reached does not fail this (attempts are retryable until it is up; a
-    /// warning says why); a server that refuses the credentials does, as does bad
-    /// configuration.
-    pub async fn connect(config: &RedisConfig) -> anyhow::Result<Self> {
+    /// Validate `config` and read its secrets and certificates, without any network I/O (what
+    /// an offline check needs). The first delivery connects.
+    pub fn new(config: &RedisConfig) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
         let stream = Template::parse(&config.stream).map_err(anyhow::Error::msg)?;
         let (client, password) = config.client()?;
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout));
-        let sink = Self {
+        Ok(Self {
             client,
             connection_config,
             connection: Mutex::new(None),
@@ -474,9 +472,16 @@ impl RedisSink {
             timeout: config.timeout,
             target: redact_url(&config.url),
             password,
-        };
+        })
+    }
+
+    /// [`new`](Self::new), then connect and `PING` once. A server that cannot be reached does
+    /// not fail this (attempts are retryable until it is up; a warning says why); a server
+    /// that refuses the credentials does, as does bad configuration.
+    pub async fn connect(config: &RedisConfig) -> anyhow::Result<Self> {
+        let sink = Self::new(config)?;
         match sink.ping().await {
-            Ok(()) => tracing::info!(target = %sink.target, "Redis connected"),
+            Ok(()) => tracing::info!(server = %sink.target, "Redis connected"),
             Err(e) if is_auth_error(&e) => {
                 bail!(
                     "Redis at {} refused the credentials: {}",
@@ -485,7 +490,7 @@ impl RedisSink {
                 )
             }
             Err(e) => tracing::warn!(
-                target = %sink.target,
+                server = %sink.target,
                 "Redis is not reachable yet ({}); deliveries are retried until it is",
                 sink.text(&e)
             ),
@@ -810,6 +815,16 @@ mod tests {
         assert!(err("url: redis://h\ntls:\n  caFile: /ca.pem\n").contains("rediss:// URLs only"));
         assert!(err("url: rediss://h\ntls:\n  certFile: /c.pem\n").contains("certFile and keyFile"));
         assert!(err("url: rediss://h\ntls:\n  insecureSkipVerify: true\n").contains("tls.caFile instead"));
+        // The offline constructor reads secrets and certificates but does not connect.
+        RedisSink::new(&config("url: redis://192.0.2.1:6379/0\n")).unwrap();
+        let missing = RedisSink::new(&config("url: redis://h\npasswordFile: /nonexistent/pw\n")).unwrap_err();
+        assert!(format!("{missing:#}").contains("/nonexistent/pw"), "{missing:#}");
+        let missing =
+            RedisSink::new(&config("url: rediss://h\ntls:\n  caFile: /nonexistent/ca.pem\n")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("reading redis.tls.caFile /nonexistent/ca.pem"),
+            "{missing:#}"
+        );
         assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
     }
