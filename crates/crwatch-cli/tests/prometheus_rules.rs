@@ -257,21 +257,24 @@ fn every_alert_has_a_firing_and_a_quiet_unit_test() {
     assert!(problems.is_empty(), "alert rules:\n  {}", problems.join("\n  "));
 }
 
+/// The exposition of a real manager (see [`scrape_a_working_manager`]), scraped once and
+/// shared by the tests.
+fn exposition() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(scrape_a_working_manager())
+    })
+}
+
 /// Every metric name the code exports, as Prometheus stores it: counters with `_total`,
-/// histograms as `_bucket`, `_sum` and `_count` (computed once, shared by the tests).
+/// histograms as `_bucket`, `_sum` and `_count`.
 fn exported_metric_names() -> BTreeSet<String> {
-    static NAMES: OnceLock<BTreeSet<String>> = OnceLock::new();
-    NAMES
-        .get_or_init(|| {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            let text = runtime.block_on(scrape_a_working_manager());
-            names_in_exposition(&text)
-        })
-        .clone()
+    names_in_exposition(exposition())
 }
 
 /// What a reconcile does with the ConfigMap named…
@@ -445,10 +448,25 @@ fn names_in_exposition(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// The metric names deploy/kube-state-metrics' configuration defines, named as
-/// kube-state-metrics names them (`metricNamePrefix`, by default `kube_customresource`, `_`,
-/// the metric's name). Its kinds must be the operators' (their `#[kube(...)]` attributes).
-fn ksm_metric_names() -> BTreeSet<String> {
+/// Per series name, the label names its samples in an exposition carry.
+fn labels_in_exposition(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut labels: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(open) = line.find('{') else { continue };
+        let close = line.rfind('}').unwrap_or(line.len());
+        labels
+            .entry(line[..open].to_owned())
+            .or_default()
+            .extend(matcher_labels(&line[open + 1..close]));
+    }
+    labels
+}
+
+/// The metrics deploy/kube-state-metrics' configuration defines, named as kube-state-metrics
+/// names them (`metricNamePrefix`, by default `kube_customresource`, `_`, the metric's name),
+/// with their label names (`None`: any, a `*` in `labelsFromPath` copies a whole map). Its
+/// kinds must be the operators' (their `#[kube(...)]` attributes).
+fn ksm_metrics() -> BTreeMap<String, Option<BTreeSet<String>>> {
     let dir = repo().join("deploy/kube-state-metrics");
     let operators = [
         repo().join("operators/database/src/types.rs"),
@@ -456,7 +474,12 @@ fn ksm_metric_names() -> BTreeSet<String> {
     ]
     .map(|p| read(&p))
     .join("\n");
-    let mut names = BTreeSet::new();
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut metrics = BTreeMap::new();
     for path in files(&dir, ".yaml") {
         let doc = yaml(&path);
         assert_eq!(doc["kind"], "CustomResourceStateMetrics", "{}", path.display());
@@ -473,24 +496,41 @@ fn ksm_metric_names() -> BTreeSet<String> {
             let prefix = resource["metricNamePrefix"]
                 .as_str()
                 .unwrap_or("kube_customresource");
+            let mut common = vec![
+                "customresource_group".to_owned(),
+                "customresource_version".to_owned(),
+                "customresource_kind".to_owned(),
+            ];
+            common.extend(keys(&resource["labelsFromPath"]));
+            common.extend(keys(&resource["commonLabels"]));
             for metric in resource["metrics"].as_array().into_iter().flatten() {
                 let name = metric["name"].as_str().unwrap_or_default();
                 assert!(!name.is_empty(), "{}: a metric without a name", path.display());
                 let kind = metric["each"]["type"].as_str().unwrap_or_default();
-                assert!(
-                    matches!(kind, "Gauge" | "StateSet" | "Info"),
-                    "{}: {name} has type {kind:?}",
-                    path.display()
-                );
-                names.insert(if prefix.is_empty() {
+                let each = match kind {
+                    "Gauge" => &metric["each"]["gauge"],
+                    "StateSet" => &metric["each"]["stateSet"],
+                    "Info" => &metric["each"]["info"],
+                    other => panic!("{}: {name} has type {other:?}", path.display()),
+                };
+                let mut labels = common.clone();
+                labels.extend(keys(&metric["labelsFromPath"]));
+                labels.extend(keys(&metric["commonLabels"]));
+                labels.extend(keys(&each["labelsFromPath"]));
+                for single in ["labelName", "labelFromKey"] {
+                    labels.extend(each[single].as_str().map(str::to_owned));
+                }
+                let labels = (!labels.iter().any(|l| l.contains('*'))).then(|| labels.into_iter().collect());
+                let full = if prefix.is_empty() {
                     name.to_owned()
                 } else {
                     format!("{prefix}_{name}")
-                });
+                };
+                metrics.insert(full, labels);
             }
         }
     }
-    names
+    metrics
 }
 
 /// Label-list keywords: the parenthesised list after them holds label names, not series.
@@ -521,10 +561,43 @@ const KEYWORDS: &[&str] = &[
     "nan",
 ];
 
-/// The metric names a PromQL expression selects. Grafana's `$variables`, `${variables}` and
-/// `label_values(metric, label)` (a template variable's query) are understood; label matchers,
-/// strings, ranges, durations, functions and label lists are not names.
+/// The metric names a PromQL expression selects.
 fn metric_names(expr: &str) -> BTreeSet<String> {
+    selectors(expr).into_iter().map(|(name, _)| name).collect()
+}
+
+/// The label names in a selector's matchers (`a="x", b=~"y"` gives a and b).
+fn matcher_labels(matchers: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = matchers.chars().collect();
+    let mut labels = BTreeSet::new();
+    let mut expecting = true;
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '"' | '\'' | '`' => i = skip_string(&chars, i),
+            ',' => {
+                expecting = true;
+                i += 1;
+            }
+            c if expecting && (c.is_ascii_alphabetic() || c == '_') => {
+                let start = i;
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+                labels.insert(chars[start..i].iter().collect());
+                expecting = false;
+            }
+            _ => i += 1,
+        }
+    }
+    labels
+}
+
+/// The series selectors of a PromQL expression: each metric name with the label names its
+/// matchers use. Grafana's `$variables`, `${variables}` and `label_values(selector, label)`
+/// (a template variable's query, whose label counts as used) are understood; strings, ranges,
+/// durations, functions and label lists are not metric names.
+fn selectors(expr: &str) -> Vec<(String, BTreeSet<String>)> {
     let trimmed = expr.trim();
     if let Some(inner) = trimmed
         .strip_prefix("label_values(")
@@ -532,12 +605,19 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     {
         // `label_values(label)` names no metric; `label_values(selector, label)` selects one.
         return match inner.rfind(',') {
-            Some(comma) => metric_names(&inner[..comma]),
-            None => BTreeSet::new(),
+            Some(comma) => {
+                let mut found = selectors(&inner[..comma]);
+                let label = inner[comma + 1..].trim().to_owned();
+                found.iter_mut().for_each(|(_, labels)| {
+                    labels.insert(label.clone());
+                });
+                found
+            }
+            None => Vec::new(),
         };
     }
     let chars: Vec<char> = expr.chars().collect();
-    let mut names = BTreeSet::new();
+    let mut found = Vec::new();
     let mut label_list_next = false;
     let mut i = 0;
     // Skip from an opening character to its closing one, over quoted strings.
@@ -603,13 +683,21 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 } else if KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) || next == Some(&'(') {
                     // An operator, an aggregation, or a function call.
                 } else {
-                    names.insert(word);
+                    let mut labels = BTreeSet::new();
+                    let brace = i + chars[i..].iter().take_while(|c| c.is_whitespace()).count();
+                    if chars.get(brace) == Some(&'{') {
+                        let end = skip_group(brace, '{', '}');
+                        let inner: String = chars[brace + 1..end.saturating_sub(1)].iter().collect();
+                        labels = matcher_labels(&inner);
+                        i = end;
+                    }
+                    found.push((word, labels));
                 }
             }
             _ => i += 1,
         }
     }
-    names
+    found
 }
 
 /// The index just past the string literal opening at `i`.
@@ -626,11 +714,62 @@ fn skip_string(chars: &[char], i: usize) -> usize {
     j
 }
 
-/// The names in `expr` that are neither in `known` nor pending (those print a notice).
-fn unknown_metrics(expr: &str, known: &BTreeSet<String>) -> Vec<String> {
+/// Labels Prometheus adds to every series from its scrape target (Kubernetes service
+/// discovery, relabelled as usual).
+const TARGET_LABELS: &[&str] = &[
+    "job",
+    "instance",
+    "namespace",
+    "pod",
+    "container",
+    "service",
+    "endpoint",
+    "node",
+    "cluster",
+];
+
+/// What queries may select: series names, and per name the labels they carry (`None`: any).
+struct Known {
+    names: BTreeSet<String>,
+    labels: BTreeMap<String, Option<BTreeSet<String>>>,
+}
+
+impl Known {
+    /// What the code exports.
+    fn exported() -> Known {
+        Known {
+            names: exported_metric_names(),
+            labels: labels_in_exposition(exposition())
+                .into_iter()
+                .map(|(name, labels)| (name, Some(labels)))
+                .collect(),
+        }
+    }
+
+    /// Everything a rule or a dashboard may refer to: exported series, the KSM
+    /// configuration's, recorded ones (with any labels).
+    fn all(rules: &[Rule]) -> Known {
+        let mut known = Known::exported();
+        for (name, labels) in ksm_metrics() {
+            known.names.insert(name.clone());
+            known.labels.insert(name, labels);
+        }
+        for record in rules
+            .iter()
+            .filter_map(|r| r.value.get("record").and_then(Value::as_str))
+        {
+            known.names.insert(record.to_owned());
+            known.labels.insert(record.to_owned(), None);
+        }
+        known
+    }
+}
+
+/// The names in `expr` that are neither known nor pending (those print a notice).
+fn unknown_metrics(expr: &str, known: &Known) -> Vec<String> {
     let mut unknown = Vec::new();
     for name in metric_names(expr) {
-        if known.contains(&name) {
+        if known.names.contains(&name) {
             continue;
         }
         match PENDING.iter().find(|(pending, _)| *pending == name) {
@@ -643,22 +782,28 @@ fn unknown_metrics(expr: &str, known: &BTreeSet<String>) -> Vec<String> {
     unknown
 }
 
-/// Everything a rule may refer to: exported series, the KSM configuration's, recorded ones.
-fn known_names(rules: &[Rule]) -> BTreeSet<String> {
-    let mut known = exported_metric_names();
-    known.extend(ksm_metric_names());
-    known.extend(
-        rules
-            .iter()
-            .filter_map(|r| r.value.get("record").and_then(Value::as_str).map(str::to_owned)),
-    );
-    known
+/// The labels `expr`'s selectors match on that their metric does not carry, as
+/// `metric{label}` (target labels are always allowed; unknown metrics are reported by
+/// [`unknown_metrics`]).
+fn unknown_labels(expr: &str, known: &Known) -> Vec<String> {
+    let mut unknown = Vec::new();
+    for (name, labels) in selectors(expr) {
+        let Some(Some(carried)) = known.labels.get(&name) else {
+            continue;
+        };
+        for label in labels {
+            if label != "__name__" && !carried.contains(&label) && !TARGET_LABELS.contains(&label.as_str()) {
+                unknown.push(format!("{name}{{{label}}}"));
+            }
+        }
+    }
+    unknown
 }
 
 #[test]
 fn rules_use_only_exported_metrics() {
     let rules = rules();
-    let known = known_names(&rules);
+    let known = Known::all(&rules);
     let mut problems = Vec::new();
     for rule in &rules {
         let names = metric_names(rule.expr());
@@ -667,6 +812,9 @@ fn rules_use_only_exported_metrics() {
         }
         for name in unknown_metrics(rule.expr(), &known) {
             problems.push(format!("{}: {name} is exported by nothing", rule.name()));
+        }
+        for label in unknown_labels(rule.expr(), &known) {
+            problems.push(format!("{}: no such label: {label}", rule.name()));
         }
     }
     assert!(problems.is_empty(), "alert rules:\n  {}", problems.join("\n  "));
@@ -685,7 +833,7 @@ fn panels(dashboard: &Value) -> Vec<Value> {
 #[test]
 fn dashboard_queries_only_exported_metrics() {
     let rules = rules();
-    let known = known_names(&rules);
+    let known = Known::all(&rules);
     let mut problems = Vec::new();
     for path in files(&repo().join("deploy/grafana"), ".json") {
         let text = read(&path);
@@ -729,6 +877,9 @@ fn dashboard_queries_only_exported_metrics() {
                     "{file}: variable {name}: {metric} is exported by nothing"
                 ));
             }
+            for label in unknown_labels(query, &known) {
+                problems.push(format!("{file}: variable {name}: no such label: {label}"));
+            }
         }
 
         let panels = panels(&dashboard);
@@ -758,6 +909,9 @@ fn dashboard_queries_only_exported_metrics() {
                         "{file}: panel {title:?}: {metric} is exported by nothing"
                     ));
                 }
+                for label in unknown_labels(expr, &known) {
+                    problems.push(format!("{file}: panel {title:?}: no such label: {label}"));
+                }
             }
             queried += 1;
         }
@@ -768,12 +922,16 @@ fn dashboard_queries_only_exported_metrics() {
     assert!(problems.is_empty(), "dashboards:\n  {}", problems.join("\n  "));
 }
 
-/// The name check itself: a misspelt or mis-suffixed metric is caught, PromQL's and Grafana's
-/// syntax is not mistaken for metrics.
+/// The name check itself: a misspelt or mis-suffixed metric, or a label its metric lacks, is
+/// caught; PromQL's and Grafana's syntax is not mistaken for metrics or labels.
 #[test]
 fn metric_name_check_catches_typos() {
-    let known = exported_metric_names();
-    let unknown = |expr: &str| unknown_metrics(expr, &known);
+    let known = Known::exported();
+    let unknown = |expr: &str| {
+        let mut found = unknown_metrics(expr, &known);
+        found.extend(unknown_labels(expr, &known));
+        found
+    };
     assert_eq!(
         unknown("rate(controller_runtime_reconcile_totl[5m]) > 0"),
         ["controller_runtime_reconcile_totl"]
@@ -789,6 +947,20 @@ fn metric_name_check_catches_typos() {
         ["crwatch_source_sycned"]
     );
 
+    assert_eq!(
+        unknown(r#"rate(controller_runtime_reconcile_total{reslt="error"}[5m])"#),
+        ["controller_runtime_reconcile_total{reslt}"]
+    );
+    // Sources carry `source`, not `controller`.
+    assert_eq!(
+        unknown(r#"crwatch_source_synced{job="x", controller=~"$controller"} == 0"#),
+        ["crwatch_source_synced{controller}"]
+    );
+    assert_eq!(
+        unknown("label_values(workqueue_depth, sink)"),
+        ["workqueue_depth{sink}"]
+    );
+
     let clean = [
         r#"sum by (namespace, job, controller) (rate(controller_runtime_reconcile_total{result="error", controller=~"$controller"}[$__rate_interval]))
              / on (controller) group_left () sum without (result) (rate(controller_runtime_reconcile_total[5m])) > bool 0.1"#,
@@ -798,6 +970,7 @@ fn metric_name_check_catches_typos() {
         "topk(5, sum(workqueue_depth) by (name)) * 1e3 + 0x1f",
         "label_values(controller_runtime_reconcile_total{job=~\"$job\"}, controller)",
         "label_values(job)",
+        r#"sum(rate(controller_runtime_reconcile_time_seconds_bucket{controller="a", le="+Inf", pod=~"p.*"}[5m]))"#,
     ];
     for expr in clean {
         assert_eq!(unknown(expr), Vec::<String>::new(), "{expr}");
