@@ -772,16 +772,20 @@ impl Loop {
     }
 
     /// Forget what the lost connection left: rumqttc would resend unacknowledged publishes and
-    /// the requests still in its channel after reconnecting; the forwarder resends them instead.
+    /// the requests still in its channel after reconnecting, and hand out events it buffered
+    /// from the old connection; the forwarder resends the publishes itself instead, and stale
+    /// packet ids must not be matched to new deliveries.
     fn forget(&mut self) {
         match self {
             Loop::V4(l) => {
                 l.clean();
                 l.pending.clear();
+                l.state.events.clear();
             }
             Loop::V5(l) => {
                 l.clean();
                 l.pending.clear();
+                l.state.events.clear();
             }
         }
     }
@@ -1794,7 +1798,21 @@ mod tests {
             wait_connected(&sink).await;
             sink.deliver(&delivery("d:1", "a", "added")).await.unwrap();
 
-            broker.kill();
+            // The broker crashes with publishes in flight: each is acknowledged or fails as
+            // retryable, none hangs past the timeout, and no waiter is left behind.
+            let many: Vec<Delivery> = (0..200)
+                .map(|i| delivery(&format!("f:{i}"), &format!("f{i}"), "added"))
+                .collect();
+            let (results, ()) = tokio::join!(
+                futures::future::join_all(many.iter().map(|d| sink.deliver(d))),
+                async {
+                    tokio::task::yield_now().await;
+                    broker.kill();
+                }
+            );
+            for r in &results {
+                assert!(matches!(r, Ok(()) | Err(SinkError::Retryable(_))), "{r:?}");
+            }
             let d = delivery("d:2", "b", "added");
             match sink.deliver(&d).await {
                 Err(SinkError::Retryable(_)) => {}
@@ -1806,6 +1824,18 @@ mod tests {
                 assert!(Instant::now() < deadline, "the loss went unnoticed for 10s");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            {
+                let l = lock(&sink.link);
+                assert!(
+                    l.unsent.is_empty() && l.sent.is_empty(),
+                    "waiters cleared on disconnect"
+                );
+            }
+            assert_eq!(
+                sink.slots.available_permits(),
+                sink.slots_total,
+                "channel slots released"
+            );
             match sink.deliver(&d).await {
                 Err(SinkError::Retryable(m)) => assert!(m.contains("is not connected"), "{m}"),
                 other => panic!("expected Retryable, got {other:?}"),
