@@ -23,9 +23,12 @@
 //!   exists, the entry was written already and its entry id is returned; otherwise `XADD` and
 //!   `SET <stream>:dedup:<id> <entry id> EX <window>`. A retry within the window therefore adds
 //!   nothing. The keys expire by themselves: their number is bounded by the change rate times
-//!   the window (about 100 bytes each). `dedupWindow: 0s` writes with a plain `XADD` (for ACL
-//!   users allowed only `XADD`; duplicates stay detectable by `id`). The dedup key shares the
-//!   stream's key prefix, so one ACL key pattern such as `~crwatch:*` covers both.
+//!   the window (about 220 bytes each on Redis 7: 100000 keys took 21 MB, so 100 changes/s
+//!   with the default window hold about 13 MB). `dedupWindow: 0s` writes with a plain `XADD`
+//!   (for ACL users allowed only `XADD`; duplicates stay detectable by `id`). The dedup key
+//!   shares the stream's key prefix, so one ACL key pattern such as `~crwatch:*` covers both.
+//!   The script costs the server about twice a plain `XADD` (redis-benchmark, one client:
+//!   72000 against 135000 writes/s), far below what one forwarder sends.
 //!
 //! # Bound
 //!
@@ -45,6 +48,10 @@
 //! file. Wrong credentials fail `connect` (a configuration error) when the server is reachable
 //! at start; later (a password rotated on the server) they fail attempts as retryable with a
 //! message saying so. Passwords never appear in logs, errors or `Debug` output.
+//!
+//! Redis acknowledges a write once it has applied it in memory; whether the entry survives a
+//! crash of Redis itself is its persistence setting (`appendonly yes` with `appendfsync
+//! always` loses nothing acknowledged; the default `everysec` may lose the last second).
 //!
 //! The sink talks to one Redis server (a primary); Redis Cluster is not supported (the stream
 //! and its dedup keys would live in different slots).
