@@ -28,29 +28,6 @@ use kube::api::{Api, PostParams};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-/// Metric names the rules may use although this build does not export them yet, each with
-/// why. Accepted only while absent from the exposition (a notice is printed); once the code
-/// exports them they are checked like any other name, so the entry should then be removed.
-const PENDING: &[(&str, &str)] = &[
-    (
-        "leader_election_master_status",
-        "client-go's leadership gauge, registered by a manager with leader election \
-         (Metrics::register_leader, issue 16 item 5)",
-    ),
-    (
-        "crwatch_source_objects",
-        "objects per informer cache (issue 16 item 5)",
-    ),
-    (
-        "crwatch_source_synced",
-        "whether an informer cache holds a complete list (issue 16 item 5)",
-    ),
-    (
-        "crwatch_source_last_sync_timestamp_seconds",
-        "when an informer cache last became complete (issue 16 item 5)",
-    ),
-];
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -378,13 +355,16 @@ async fn scrape_a_working_manager() -> String {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     }));
-    // Every outcome recorded, a retry made, and the slow reconcile in progress.
+    // Every outcome recorded, a retry made, the slow reconcile in progress, the lease led and
+    // the informer's figures sampled.
     let wanted = [
         r#"controller_runtime_reconcile_total{controller="probe",result="success"}"#,
         r#"controller_runtime_terminal_reconcile_errors_total{controller="probe"}"#,
         r#"controller_runtime_reconcile_panics_total{controller="probe"}"#,
         r#"workqueue_retries_total{name="probe",controller="probe"}"#,
         r#"controller_runtime_active_workers{controller="probe"} 1"#,
+        r#"leader_election_master_status{name="probe"} 1"#,
+        "crwatch_source_synced{source=",
     ];
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
@@ -765,21 +745,12 @@ impl Known {
     }
 }
 
-/// The names in `expr` that are neither known nor pending (those print a notice).
+/// The names in `expr` that are not known.
 fn unknown_metrics(expr: &str, known: &Known) -> Vec<String> {
-    let mut unknown = Vec::new();
-    for name in metric_names(expr) {
-        if known.names.contains(&name) {
-            continue;
-        }
-        match PENDING.iter().find(|(pending, _)| *pending == name) {
-            Some((_, why)) => {
-                eprintln!("notice: {name} is not exported by this build yet, accepted as pending: {why}")
-            }
-            None => unknown.push(name),
-        }
-    }
-    unknown
+    metric_names(expr)
+        .into_iter()
+        .filter(|name| !known.names.contains(name))
+        .collect()
 }
 
 /// The labels `expr`'s selectors match on that their metric does not carry, as
