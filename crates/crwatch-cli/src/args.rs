@@ -78,6 +78,9 @@ pub enum Command {
     Serve(crate::serve::ServeArgs),
     /// Serve watched resources to AI agents over the Model Context Protocol.
     Mcp(crate::mcp::McpArgs),
+    /// Serve kube-state-metrics' custom-resource-state metrics (its CustomResourceStateMetrics
+    /// configuration, unchanged) on /metrics, from informers over Kubernetes or other sources.
+    Metrics(crate::metrics::MetricsArgs),
 }
 
 /// `crwatch forward -f forward.yaml`.

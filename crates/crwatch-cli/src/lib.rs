@@ -10,6 +10,7 @@ pub mod errors;
 pub mod forward;
 pub mod get;
 pub mod mcp;
+pub mod metrics;
 pub mod resolve;
 pub mod serve;
 pub mod table;
@@ -181,5 +182,6 @@ pub async fn run(cli: args::Cli) -> anyhow::Result<()> {
         },
         args::Command::Serve(a) => serve::run(a).await,
         args::Command::Mcp(a) => mcp::run(a).await,
+        args::Command::Metrics(a) => metrics::run(a).await,
     }
 }

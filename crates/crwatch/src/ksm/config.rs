@@ -61,7 +61,9 @@ pub struct Resource {
     #[serde(default)]
     pub error_log_v: Option<serde_json::Value>,
     /// crwatch only: a source URI (`file://DIR`, `postgres://…`, `mysql://…`, `https://…`)
-    /// instead of the Kubernetes API. kube-state-metrics ignores this field.
+    /// instead of the Kubernetes API; every object of the source is evaluated, and
+    /// `groupVersionKind` only names the `customresource_*` labels. kube-state-metrics
+    /// ignores this field.
     #[serde(default, deserialize_with = "opt_string")]
     pub source: Option<String>,
 }
@@ -487,10 +489,10 @@ fn compile_family(r: &Resource, g: &Generator, at: &str) -> Result<Family, Confi
                 "missing: use Gauge, StateSet or Info",
             ));
         }
-        other => {
+        _ => {
             return Err(ConfigError::new(
                 format!("{each_at}.type"),
-                format!("unknown metric type {other:?}: use Gauge, StateSet or Info"),
+                format!("unknown metric type {:?}: use Gauge, StateSet or Info", e.kind),
             ));
         }
     };
