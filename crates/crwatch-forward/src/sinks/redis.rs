@@ -979,6 +979,93 @@ mod tests {
         assert!((10..=200).contains(&len), "approximately trimmed to 10: {len}");
     }
 
+    /// A TCP proxy to 127.0.0.1:`upstream` that, once armed, loses the reply to the first
+    /// request containing `needle`: it forwards the request, waits for Redis' reply (so the
+    /// write happened) and closes the client's connection instead of passing the reply on.
+    async fn reply_losing_proxy(
+        upstream: u16,
+        needle: &'static [u8],
+    ) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let arm = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let armed = armed.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let (mut up, mut down) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+                    let mut lose = false;
+                    loop {
+                        tokio::select! {
+                            n = cr.read(&mut up) => {
+                                let Ok(n @ 1..) = n else { return };
+                                if up[..n].windows(needle.len()).any(|w| w == needle)
+                                    && armed.swap(false, Ordering::SeqCst)
+                                {
+                                    lose = true;
+                                }
+                                if sw.write_all(&up[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            n = sr.read(&mut down) => {
+                                let Ok(n @ 1..) = n else { return };
+                                if lose {
+                                    // The write was applied; its reply goes nowhere.
+                                    return;
+                                }
+                                if cw.write_all(&down[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (port, arm)
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_lost_reply_adds_no_second_entry_within_the_dedup_window() {
+        let server = server().await;
+        for (dedup, needle, stream, entries) in [
+            ("10m", &b"EVAL"[..], "lost:dedup", 1),
+            ("0s", &b"XADD"[..], "lost:plain", 2),
+        ] {
+            let (port, arm) = reply_losing_proxy(server.port(), needle).await;
+            let sink = RedisSink::connect(&config(&format!(
+                "url: redis://127.0.0.1:{port}/0\nstream: {stream}\ndedupWindow: {dedup}\ntimeout: 2s\n"
+            )))
+            .await
+            .unwrap();
+            let d = delivery("uid-l:1", "l", 1);
+            arm.store(true, std::sync::atomic::Ordering::SeqCst);
+            match sink.deliver(&d).await {
+                Err(SinkError::Retryable(_)) => {}
+                other => panic!("expected Retryable after the lost reply, got {other:?}"),
+            }
+            // The retry reconnects (through the proxy, which passes replies on now).
+            sink.deliver(&d).await.unwrap();
+            let stored = xrange(&server.url(), stream).await;
+            assert_eq!(stored.len(), entries, "dedupWindow {dedup}: {stored:?}");
+            assert!(
+                stored
+                    .iter()
+                    .all(|(_, fields)| fields[0] == ("id".into(), "uid-l:1".into()))
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_key_of_another_type_is_permanent() {
         let server = server().await;
