@@ -445,7 +445,8 @@ fn labels_in_exposition(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 /// The metrics deploy/kube-state-metrics' configuration defines, named as kube-state-metrics
 /// names them (`metricNamePrefix`, by default `kube_customresource`, `_`, the metric's name),
 /// with their label names (`None`: any, a `*` in `labelsFromPath` copies a whole map). Its
-/// kinds must be the operators' (their `#[kube(...)]` attributes).
+/// kinds must be the operators' (their `#[kube(...)]` attributes), and crwatch::ksm (`crwatch
+/// metrics -f`) must accept the file and serve the same names.
 fn ksm_metrics() -> BTreeMap<String, Option<BTreeSet<String>>> {
     let dir = repo().join("deploy/kube-state-metrics");
     let operators = [
@@ -463,6 +464,12 @@ fn ksm_metrics() -> BTreeMap<String, Option<BTreeSet<String>>> {
     for path in files(&dir, ".yaml") {
         let doc = yaml(&path);
         assert_eq!(doc["kind"], "CustomResourceStateMetrics", "{}", path.display());
+        // What `crwatch metrics -f` serves from this file: it must accept it, and name the
+        // metrics as computed below.
+        let served = crwatch::ksm::Config::from_value(doc.clone())
+            .unwrap_or_else(|e| panic!("{}: crwatch::ksm refuses it: {e:?}", path.display()));
+        let served: BTreeSet<String> = served.metric_names().into_iter().map(str::to_owned).collect();
+        let before: BTreeSet<String> = metrics.keys().cloned().collect();
         for resource in doc["spec"]["resources"].as_array().into_iter().flatten() {
             let gvk = &resource["groupVersionKind"];
             for field in ["group", "version", "kind"] {
@@ -509,6 +516,13 @@ fn ksm_metrics() -> BTreeMap<String, Option<BTreeSet<String>>> {
                 metrics.insert(full, labels);
             }
         }
+        let named: BTreeSet<String> = metrics.keys().filter(|k| !before.contains(*k)).cloned().collect();
+        assert_eq!(
+            named,
+            served,
+            "{}: metric names as crwatch::ksm serves them",
+            path.display()
+        );
     }
     metrics
 }
