@@ -51,15 +51,51 @@ async fn run_main() -> ExitCode {
         | crwatch_cli::args::Command::Metrics(_) => "warn",
         _ => "off",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CRWATCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
+    let traces = init_logging(default_level, colours);
+    tracing::debug!(version = env!("CARGO_PKG_VERSION"), "crwatch starting");
+    let code = run_command(cli).await;
+    // The last spans (the shutdown's) go to the collector too, bounded by the guard's timeout.
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    code
+}
+
+/// Logs to stderr, filtered by `CRWATCH_LOG` (default `default_level`); and, with the `otel`
+/// feature and an OTLP endpoint in `OTEL_EXPORTER_OTLP_ENDPOINT` (or `_TRACES_ENDPOINT`), exports
+/// crwatch's spans with their own filter, so the log level does not decide what is traced.
+fn init_logging(default_level: &str, colours: bool) -> Option<crwatch::trace::TraceGuard> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colours)
-        .init();
-    tracing::debug!(version = env!("CARGO_PKG_VERSION"), "crwatch starting");
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CRWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        );
+    let traces = match crwatch::trace::init(crwatch::trace::TraceConfig::from_env("crwatch")) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("warning: {e}; continuing without traces");
+            None
+        }
+    };
+    #[cfg(feature = "otel")]
+    let spans = traces.as_ref().map(|t| {
+        // crwatch's own spans only: the exporter's gRPC client must not trace itself.
+        t.layer().with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("crwatch", tracing::Level::INFO),
+        )
+    });
+    #[cfg(not(feature = "otel"))]
+    let spans: Option<tracing_subscriber::layer::Identity> = None;
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    traces
+}
+
+async fn run_command(cli: crwatch_cli::args::Cli) -> ExitCode {
     match crwatch_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -158,6 +158,33 @@ impl EventBuilder {
     }
 }
 
+/// `delivery` with CloudEvents' distributed-tracing extension attributes: `traceparent` (W3C
+/// Trace Context, `00-<trace id>-<span id>-<flags>`) and, when not empty, `tracestate`. In binary
+/// mode they become the `ce-traceparent` and `ce-tracestate` headers like every other attribute.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use crwatch_forward::sink::{Delivery, TemplateVars};
+/// # let delivery = Delivery { id: "u:1".into(), event: Arc::new(serde_json::json!({"id": "u:1"})), vars: Arc::new(TemplateVars::default()) };
+/// let traced = crwatch_forward::event::with_trace_context(&delivery, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None);
+/// assert_eq!(traced.event["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+/// assert!(traced.event.get("tracestate").is_none());
+/// ```
+pub fn with_trace_context(delivery: &Delivery, traceparent: &str, tracestate: Option<&str>) -> Delivery {
+    let mut event = (*delivery.event).clone();
+    if let Some(attributes) = event.as_object_mut() {
+        attributes.insert("traceparent".into(), traceparent.into());
+        if let Some(state) = tracestate {
+            attributes.insert("tracestate".into(), state.into());
+        }
+    }
+    Delivery {
+        id: delivery.id.clone(),
+        event: Arc::new(event),
+        vars: delivery.vars.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,9 @@ struct Item {
     delivery: Delivery,
     ticket: Ticket,
     seen: Instant,
+    /// The change's `receive` span, while tracing (see [`crwatch::trace`]): each delivery
+    /// attempt is a `deliver` span under it.
+    trace: Option<crwatch::trace::Parent>,
 }
 
 /// A sink with its settings, ready to run.
@@ -231,6 +234,18 @@ impl Dispatcher {
             return;
         }
         let delivery = route.builder.delivery(&change);
+        // Open until the change is in every sink's queue (waiting for room included).
+        let receive = match crwatch::trace::enabled() {
+            true => tracing::info_span!(
+                "receive",
+                "crwatch.forward.resource" = %route.resource,
+                "crwatch.event.type" = change.event.as_str(),
+                "crwatch.object.key" = %change.key,
+                "cloudevents.event_id" = %delivery.id,
+            ),
+            false => tracing::Span::none(),
+        };
+        let trace = crwatch::trace::Parent::of(&receive);
         let ticket = self
             .committer
             .enqueue(stream, op, checkpoint, route.sinks.len())
@@ -249,6 +264,7 @@ impl Dispatcher {
                 delivery: delivery.clone(),
                 ticket,
                 seen,
+                trace: trace.clone(),
             };
             if lane.send(item).await.is_err() {
                 // The lane stopped (shutdown): the change stays uncommitted and is sent again
@@ -314,15 +330,54 @@ impl Lane {
     async fn deliver(&self, item: &Item) -> bool {
         let mut attempt: u32 = 0;
         loop {
+            // While tracing, each attempt is a `deliver` span, and the event it sends carries
+            // that span's context (CloudEvents' distributed-tracing extension).
+            let (span, traced) = match &item.trace {
+                Some(parent) => {
+                    let span = tracing::info_span!(
+                        "deliver",
+                        "crwatch.forward.sink" = %self.name,
+                        "crwatch.forward.attempt" = attempt + 1,
+                        "crwatch.forward.outcome" = tracing::field::Empty,
+                        "cloudevents.event_id" = %item.delivery.id,
+                        "otel.status_code" = tracing::field::Empty,
+                    );
+                    parent.adopt(&span);
+                    let traced = crwatch::trace::traceparent(&span).map(|(parent, state)| {
+                        crate::event::with_trace_context(&item.delivery, &parent, state.as_deref())
+                    });
+                    (span, traced)
+                }
+                None => (tracing::Span::none(), None),
+            };
+            let delivery = traced.as_ref().unwrap_or(&item.delivery);
             // A sink that panics must not take its lane down with it: the lane's changes would
             // stay unacknowledged forever and, through the in-flight bound, stall every stream.
-            let attempt_fut = std::panic::AssertUnwindSafe(self.sink.deliver(&item.delivery));
+            let attempt_fut = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(
+                self.sink.deliver(delivery),
+                span.clone(),
+            ));
             let result = tokio::select! {
                 _ = self.abort.cancelled() => return false,
                 r = futures::FutureExt::catch_unwind(attempt_fut) => {
                     r.unwrap_or_else(|_| Err(SinkError::Retryable("the sink panicked".into())))
                 }
             };
+            let outcome = match &result {
+                Ok(()) => "delivered",
+                Err(SinkError::Permanent(_)) => "dead_lettered",
+                Err(SinkError::Retryable(_))
+                    if self.retry.max_attempts.is_some_and(|max| attempt + 1 >= max) =>
+                {
+                    "dead_lettered"
+                }
+                Err(SinkError::Retryable(_)) => "retry",
+            };
+            span.record("crwatch.forward.outcome", outcome);
+            if result.is_err() {
+                span.record("otel.status_code", "ERROR");
+            }
+            drop(span);
             let error = match result {
                 Ok(()) => {
                     self.state.delivered(&self.name);

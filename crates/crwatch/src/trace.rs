@@ -149,6 +149,19 @@ mod noop {
         tracing::Span::none()
     }
 
+    /// Nothing to link without the `otel` feature.
+    #[derive(Debug, Clone)]
+    pub struct Parent;
+
+    impl Parent {
+        /// Always `None` without the `otel` feature.
+        pub fn of(_span: &tracing::Span) -> Option<Parent> {
+            None
+        }
+        /// Nothing to do.
+        pub fn adopt(&self, _span: &tracing::Span) {}
+    }
+
     /// Always `None` without the `otel` feature.
     pub fn sampled_trace_id(_span: &tracing::Span) -> Option<String> {
         None
@@ -400,6 +413,30 @@ mod imp {
                 }
                 res.map_err(Into::into)
             })
+        }
+    }
+
+    /// A span's context, kept to parent spans made later and elsewhere (the forwarder's
+    /// `deliver` spans under its `receive` span) without keeping the span itself open.
+    #[derive(Clone)]
+    pub struct Parent(SpanContext);
+
+    impl fmt::Debug for Parent {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_tuple("Parent").field(&self.0.span_id()).finish()
+        }
+    }
+
+    impl Parent {
+        /// The context of `span`, when it has a valid one (tracing is on and the span enabled).
+        pub fn of(span: &Span) -> Option<Parent> {
+            let sc = span.context().span().span_context().clone();
+            sc.is_valid().then_some(Parent(sc))
+        }
+
+        /// Makes `span` (just created, not yet entered) a child of this one.
+        pub fn adopt(&self, span: &Span) {
+            let _ = span.set_parent(Context::new().with_remote_span_context(self.0.clone()));
         }
     }
 
