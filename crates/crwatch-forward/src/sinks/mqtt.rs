@@ -830,17 +830,47 @@ fn describe_io(e: &std::io::Error) -> Failure {
 }
 
 fn describe_rustls(e: &rustls::Error) -> Failure {
+    use rustls::AlertDescription as A;
     let hint = match e {
         rustls::Error::InvalidCertificate(_) => {
             " (trusted CAs: tls.caFile if set, else the system's; the certificate must name the \
              URL's host or tls.serverName)"
         }
+        rustls::Error::AlertReceived(A::CertificateRequired) => {
+            " (the broker requires a client certificate: set tls.certFile and tls.keyFile)"
+        }
+        rustls::Error::AlertReceived(A::BadCertificate | A::UnknownCA | A::CertificateUnknown) => {
+            " (the broker refused the client certificate, tls.certFile)"
+        }
         _ => "",
     };
+    let fatal = matches!(
+        e,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::AlertReceived(
+                A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::CertificateUnknown
+            )
+    );
     Failure {
         message: format!("TLS handshake failed: {e}{hint}"),
-        fatal: matches!(e, rustls::Error::InvalidCertificate(_)),
+        fatal,
     }
+}
+
+/// The rustls error somewhere in `e`'s causes: a TLS alert can surface while rumqttc reads the
+/// CONNACK (TLS 1.3 brokers check client certificates after the handshake), deep in its errors.
+fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = err.downcast_ref::<std::io::Error>().and_then(rustls_error) {
+            return Some(tls);
+        }
+        next = err.source();
+    }
+    None
 }
 
 fn describe_tls(e: &rumqttc::TlsError) -> Failure {
@@ -889,6 +919,9 @@ fn refused(code: &str, number: Option<u8>) -> Failure {
 
 fn describe_v4(e: rumqttc::ConnectionError) -> Failure {
     use rumqttc::ConnectionError as E;
+    if let Some(tls) = rustls_cause(&e) {
+        return describe_rustls(tls);
+    }
     match &e {
         E::ConnectionRefused(code) => refused(&format!("{code:?}"), Some(*code as u8)),
         E::Io(io) => describe_io(io),
@@ -912,6 +945,15 @@ fn describe_v4(e: rumqttc::ConnectionError) -> Failure {
 fn describe_v5(e: rumqttc::v5::ConnectionError) -> Failure {
     use rumqttc::v5::ConnectionError as E;
     use rumqttc::v5::StateError as S;
+    if let Some(tls) = rustls_cause(&e) {
+        return describe_rustls(tls);
+    }
+    // This one does not name its cause as its source.
+    if let E::MqttState(S::Deserialization(inner)) = &e
+        && let Some(tls) = rustls_cause(inner)
+    {
+        return describe_rustls(tls);
+    }
     match &e {
         E::ConnectionRefused(code) => refused(&format!("{code:?}"), None),
         E::MqttState(S::ConnFail { reason }) => refused(&format!("{reason:?}"), None),
@@ -1941,6 +1983,84 @@ mod tests {
             sink.deliver(&delivery("t:2", "x", "added")).await,
             Err(SinkError::Retryable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn client_certificates_for_brokers_that_require_them() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "mqtt test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let issue = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = issue("localhost");
+        let broker = Mosquitto::start_with(MosquittoOptions {
+            tls: Some(MosquittoTls {
+                cert_pem: server_cert,
+                key_pem: server_key,
+                client_ca_pem: Some(ca.pem()),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let port = broker.tls_port().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, content: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p.display().to_string()
+        };
+        let ca_file = write("ca.pem", &ca.pem());
+        let (client_cert, client_key) = issue("crwatch");
+        let cert_file = write("client.pem", &client_cert);
+        let key_file = write("client-key.pem", &client_key);
+
+        let sink = MqttSink::connect(&parse(&format!(
+            "url: mqtts://localhost:{port}\ntopic: mtls/{{name}}\ntls:\n  caFile: {ca_file}\n  \
+             certFile: {cert_file}\n  keyFile: {key_file}\n"
+        )))
+        .await
+        .unwrap();
+        wait_connected(&sink).await;
+        sink.deliver(&delivery("m:1", "mutual", "added")).await.unwrap();
+
+        // Without a client certificate the broker ends the handshake: a configuration error.
+        for protocol in ["3.1.1", "5"] {
+            let e = MqttSink::connect(&parse(&format!(
+                "url: mqtts://localhost:{port}\nprotocol: \"{protocol}\"\ntls:\n  caFile: {ca_file}\n"
+            )))
+            .await
+            .unwrap_err();
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("TLS handshake failed") && e.contains("CertificateRequired"),
+                "{e}"
+            );
+            assert!(e.contains("set tls.certFile and tls.keyFile"), "{e}");
+        }
+        // A key that does not belong to the certificate is a configuration error.
+        let (_, other_key) = issue("other");
+        let other_key = write("other-key.pem", &other_key);
+        let e = MqttSink::connect(&parse(&format!(
+            "url: mqtts://localhost:{port}\ntls:\n  caFile: {ca_file}\n  certFile: {cert_file}\n  \
+             keyFile: {other_key}\n"
+        )))
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("mqtt.tls: the client certificate and key do not fit together"),
+            "{e:#}"
+        );
     }
 
     #[tokio::test]
