@@ -2,8 +2,9 @@
 //! crwatch-apiserver and a real redis-server (with a password, given to the binary through
 //! `passwordEnv`), which is killed and restarted on the same port while objects change. The
 //! stream is read back with Debian's `redis-cli` (`XRANGE`): every change is there, in
-//! resourceVersion order per object, each entry's `id` field is its CloudEvent id (so repeats
-//! are detectable), and the password appears nowhere in the binary's output.
+//! resourceVersion order per object (with 4 lanes sharing one connection), each entry's `id`
+//! field is its CloudEvent id (so repeats are detectable), and the password appears nowhere in
+//! the binary's output.
 
 #![cfg(feature = "redis")]
 
@@ -282,7 +283,7 @@ async fn the_binary_loses_nothing_across_a_redis_restart_and_keeps_per_object_or
         "forward.yaml",
         &format!(
             "resources:\n  - resource: configmaps\n    namespaces: [{ns}]\nsinks:\n  - name: stream\n    \
-             redis:\n      url: {}\n      passwordEnv: {PASSWORD_ENV}\n      timeout: 1s\n    retry:\n      \
+             redis:\n      url: {}\n      passwordEnv: {PASSWORD_ENV}\n      timeout: 1s\n    parallelism: 4\n    retry:\n      \
              initialBackoff: 10ms\n      maxBackoff: 200ms\nmetrics: \"off\"\nprobes: \"off\"\nshutdownGrace: 2s\n",
             redis.url()
         ),
