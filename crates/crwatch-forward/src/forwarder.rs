@@ -60,7 +60,11 @@ pub async fn build_sink(s: &SinkConfig) -> Result<Arc<dyn Sink>, Error> {
     }
     #[cfg(feature = "mqtt")]
     if let Some(c) = &s.mqtt {
-        return Ok(Arc::new(sinks::mqtt::MqttSink::connect(c).await.map_err(failed)?));
+        return Ok(Arc::new(
+            sinks::mqtt::MqttSink::connect_named(c, &s.name.value)
+                .await
+                .map_err(failed)?,
+        ));
     }
     #[cfg(feature = "redis")]
     if let Some(c) = &s.redis {
