@@ -9,6 +9,9 @@
 //! cargo run --release -p crwatch --example sample_controller -- --embedded --objects 2000
 //! # as one of several replicas sharing the Foos (a shard ring of Leases in `default`):
 //! cargo run -p crwatch --example sample_controller -- --shard [--identity replica-a]
+//! # with OpenTelemetry traces (watch event → enqueue → reconcile) to an OTLP/gRPC collector:
+//! OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317 \
+//!   cargo run -p crwatch --features otel --example sample_controller -- --embedded --objects 10
 //! ```
 
 use std::sync::Arc;
@@ -266,6 +269,39 @@ fn peak_rss_mib() -> Option<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let traces = init_tracing();
+    let result = run().await;
+    // Sends the spans still queued (at most 5 s).
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    result
+}
+
+/// With the `otel` feature and an endpoint in `OTEL_EXPORTER_OTLP_ENDPOINT`: crwatch's spans
+/// exported over OTLP/gRPC (service `sample-controller` unless `OTEL_SERVICE_NAME` says
+/// otherwise). Otherwise nothing, at no cost.
+fn init_tracing() -> Option<crwatch::trace::TraceGuard> {
+    let traces = crwatch::trace::init(crwatch::trace::TraceConfig::from_env("sample-controller"))
+        .unwrap_or_else(|e| {
+            eprintln!("warning: {e}; continuing without traces");
+            None
+        });
+    #[cfg(feature = "otel")]
+    if let Some(t) = &traces {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let crwatch_spans =
+            tracing_subscriber::filter::Targets::new().with_target("crwatch", tracing::Level::INFO);
+        tracing_subscriber::registry()
+            .with(t.layer().with_filter(crwatch_spans))
+            .init();
+    }
+    traces
+}
+
+async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let embedded = args.iter().any(|a| a == "--embedded");
     let objects: Option<usize> = args
