@@ -39,9 +39,9 @@ pub async fn run(args: crate::args::ForwardArgs) -> anyhow::Result<()> {
         context: args.context.clone(),
     };
     if args.check {
-        // Build the sinks too: templates, secrets, CA files and URLs are checked there.
+        // Check the sinks too: templates, secrets, CA files and URLs, without connecting.
         for s in &config.sinks {
-            crwatch_forward::forwarder::build_sink(s).await?;
+            crwatch_forward::forwarder::check_sink(s).await?;
         }
         if args.server {
             let needs_server = config.resources.iter().any(|r| r.resource.is_some());

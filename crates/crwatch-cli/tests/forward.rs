@@ -423,6 +423,61 @@ async fn configuration_errors_name_file_line_and_field() {
     }
 }
 
+/// `--check` checks every broker sink's settings, secrets and files without dialling the
+/// broker: a listener that would see any connection attempt sees none, and a secret that
+/// cannot be read still fails the check.
+#[tokio::test]
+async fn check_never_connects_to_brokers() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("brokers.yaml");
+    let config = |password_env: &str| {
+        [
+            "resources:".to_string(),
+            "  - resource: configmaps".into(),
+            "sinks:".into(),
+            "  - name: n".into(),
+            format!("    nats: {{url: [\"nats://127.0.0.1:{port}\"]}}"),
+            "  - name: a".into(),
+            format!("    amqp: {{url: \"amqp://127.0.0.1:{port}/%2f\", exchange: x}}"),
+            "  - name: m".into(),
+            format!("    mqtt: {{url: \"mqtt://127.0.0.1:{port}\"}}"),
+            "  - name: r".into(),
+            format!("    redis: {{url: \"redis://127.0.0.1:{port}/0\", passwordEnv: {password_env}}}"),
+        ]
+        .join("\n")
+    };
+    std::fs::write(&cfg, config("CRWATCH_TEST_REDIS_PASSWORD")).unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["forward", "--check", "-f"])
+        .arg(&cfg)
+        .env("CRWATCH_TEST_REDIS_PASSWORD", "s3cret-value")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("s3cret-value"), "{stderr}");
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("--check connected to a broker: {other:?}"),
+    }
+    // A secret that is not there fails the check, naming the sink and the variable.
+    std::fs::write(&cfg, config("CRWATCH_TEST_UNSET_VARIABLE")).unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["forward", "--check", "-f"])
+        .arg(&cfg)
+        .env_remove("CRWATCH_TEST_UNSET_VARIABLE")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CRWATCH_TEST_UNSET_VARIABLE"), "{stderr}");
+}
+
 #[tokio::test]
 async fn skip_existing_skips_only_the_first_list_not_a_later_relist() {
     let server = TestServer::start().await.unwrap();

@@ -68,13 +68,45 @@ pub async fn build_sink(s: &SinkConfig) -> Result<Arc<dyn Sink>, Error> {
     }
     #[cfg(feature = "redis")]
     if let Some(c) = &s.redis {
-        return Ok(Arc::new(sinks::redis::RedisSink::connect(c).await.map_err(failed)?));
+        return Ok(Arc::new(
+            sinks::redis::RedisSink::connect(c).await.map_err(failed)?,
+        ));
     }
     let _ = failed;
     Err(Error::Sink {
         sink: name.clone(),
         message: "no destination this build supports is configured".into(),
     })
+}
+
+/// Check a sink's configuration as [`build_sink`] does (templates, secrets, CA files and
+/// URLs), without connecting to any broker: what `crwatch forward --check` runs. A file sink
+/// opens its file, as delivering would.
+pub async fn check_sink(s: &SinkConfig) -> Result<(), Error> {
+    let name = s.name.value.clone();
+    let failed = |e: anyhow::Error| Error::Sink {
+        sink: name.clone(),
+        message: format!("{e:#}"),
+    };
+    #[cfg(feature = "nats")]
+    if let Some(c) = &s.nats {
+        return sinks::nats::NatsSink::check(c).await.map_err(failed);
+    }
+    #[cfg(feature = "amqp")]
+    if let Some(c) = &s.amqp {
+        return sinks::amqp::AmqpSink::check(c).map_err(failed);
+    }
+    #[cfg(feature = "mqtt")]
+    if let Some(c) = &s.mqtt {
+        return sinks::mqtt::MqttSink::check(c).map_err(failed);
+    }
+    #[cfg(feature = "redis")]
+    if let Some(c) = &s.redis {
+        return sinks::redis::RedisSink::new(c).map(drop).map_err(failed);
+    }
+    let _ = failed;
+    // The webhook and file sinks make no connection when built.
+    build_sink(s).await.map(drop)
 }
 
 /// What one stream watches.

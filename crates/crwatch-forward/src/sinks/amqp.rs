@@ -226,6 +226,15 @@ impl fmt::Debug for AmqpSink {
 }
 
 impl AmqpSink {
+    /// Everything [`connect`](Self::connect) checks before it dials: the configuration, the
+    /// URL with its secrets, and the routing-key template.
+    pub fn check(config: &AmqpConfig) -> anyhow::Result<()> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        config.resolve_url()?;
+        Template::parse(&config.routing_key).map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+
     /// Validate `config`, resolve the URL and try to connect once. A broker that cannot be
     /// reached does not fail this (the next delivery attempt connects); a broker that refuses
     /// the login, the virtual host or the exchange declaration does.

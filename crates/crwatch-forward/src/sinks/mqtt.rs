@@ -1064,6 +1064,18 @@ fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
 }
 
 impl MqttSink {
+    /// Everything [`connect_named`](Self::connect_named) checks before it dials: the
+    /// configuration, the topic template, the password and the TLS files.
+    pub fn check(config: &MqttConfig) -> anyhow::Result<()> {
+        let address = config.validate().map_err(anyhow::Error::msg)?;
+        Template::parse(&config.topic).map_err(anyhow::Error::msg)?;
+        config.resolve_password()?;
+        if address.tls {
+            client_tls(&config.tls.clone().unwrap_or_default())?;
+        }
+        Ok(())
+    }
+
     /// [`connect_named`](Self::connect_named) without a sink name (the default client id is
     /// then derived from the host name, URL, topic and user).
     pub async fn connect(config: &MqttConfig) -> anyhow::Result<Self> {

@@ -254,6 +254,17 @@ impl fmt::Debug for NatsSink {
 }
 
 impl NatsSink {
+    /// Everything [`connect`](Self::connect) checks, without connecting: the configuration,
+    /// the subject template and the credentials (secrets and files read, never shown).
+    pub async fn check(config: &NatsConfig) -> anyhow::Result<()> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        Template::parse(&config.subject).map_err(anyhow::Error::msg)?;
+        if let Some(c) = &config.credentials {
+            c.options().await?;
+        }
+        Ok(())
+    }
+
     /// Validate `config`, read its secrets and start connecting. A server that is down does not
     /// fail this: the client keeps trying in the background and deliveries are retryable until
     /// it is up. Bad configuration and unreadable secrets do fail it.
