@@ -235,9 +235,9 @@ mod imp {
     #[derive(Clone)]
     pub struct Cause {
         /// The first event's span: the reconcile span's parent.
-        parent: SpanContext,
+        pub(super) parent: SpanContext,
         /// The other events coalesced into the same queue item (at most [`MAX_LINKS`]).
-        links: Vec<SpanContext>,
+        pub(super) links: Vec<SpanContext>,
         /// When the first of them was queued.
         since: Instant,
         /// The rate limiter's delay, when this is a retry.
@@ -313,6 +313,17 @@ mod imp {
             );
             if let Some(b) = self.backoff {
                 span.record("crwatch.queue.backoff_ms", b.as_secs_f64() * 1000.0);
+            }
+        }
+
+        /// A cause whose parent is `parent` (tests).
+        #[cfg(test)]
+        pub(crate) fn from_context(parent: SpanContext) -> Cause {
+            Cause {
+                parent,
+                links: Vec::new(),
+                since: Instant::now(),
+                backoff: None,
             }
         }
 
@@ -691,5 +702,56 @@ mod imp {
                 batch.shrink_to(config.max_export_batch_size);
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "otel"))]
+mod tests {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+    use super::*;
+    use crate::queue::{AddOpts, WorkQueue};
+
+    fn cause(n: u64) -> Cause {
+        Cause::from_context(SpanContext::new(
+            TraceId::from(u128::from(n) + 1),
+            SpanId::from(n + 1),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn coalesced_events_become_links_of_the_first_bounded() {
+        let queue: WorkQueue<&str> = WorkQueue::new("q");
+        for n in 0..100 {
+            queue.add_traced("a", AddOpts::default(), cause(n));
+        }
+        // The same event twice is one link, not two.
+        queue.add_traced("a", AddOpts::default(), cause(1));
+        let (key, _, got) = queue.get_traced().await.unwrap();
+        assert_eq!(key, "a");
+        let got = got.expect("a cause");
+        assert_eq!(got.parent, cause(0).parent, "the first event is the parent");
+        assert_eq!(got.links.len(), MAX_LINKS);
+        assert_eq!(got.links[0], cause(1).parent);
+        // Handed out with its key: nothing stays behind.
+        queue.done(&key);
+        queue.add("a");
+        let (_, _, none) = queue.get_traced().await.unwrap();
+        assert!(none.is_none(), "an untraced add carries no cause");
+    }
+
+    #[tokio::test]
+    async fn shutdown_drops_the_causes_of_keys_never_handed_out() {
+        let queue: WorkQueue<u32> = WorkQueue::new("q");
+        for key in 0..10 {
+            queue.add_traced(key, AddOpts::default(), cause(u64::from(key)));
+        }
+        queue.shut_down();
+        assert!(queue.get_traced().await.is_none());
+        queue.add_traced(11, AddOpts::default(), cause(11));
+        assert_eq!(queue.traced_len(), 0);
     }
 }

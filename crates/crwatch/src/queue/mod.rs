@@ -784,6 +784,12 @@ where
         self.add_with_opts(item, opts);
     }
 
+    /// How many items carry a cause now (tests: it must not grow past the pending items).
+    #[doc(hidden)]
+    pub fn traced_len(&self) -> usize {
+        self.shared.lock().traces.len()
+    }
+
     /// [`add_rate_limited_with_priority`](Self::add_rate_limited_with_priority) with a cause
     /// (see [`add_traced`](Self::add_traced)), which records the rate limiter's delay.
     pub fn add_rate_limited_traced(&self, item: T, priority: i32, cause: crate::trace::Cause) {
