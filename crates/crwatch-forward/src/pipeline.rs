@@ -143,6 +143,17 @@ impl Dispatcher {
         let mut workers = Vec::new();
         for s in sinks {
             let labels = SinkLabels { sink: s.name.clone() };
+            // Every per-sink series exists from the start at 0, so `increase()` in an alert
+            // sees a sink's first failure or dead letter (a series born at 1 shows no increase).
+            for counter in [
+                &metrics.delivered,
+                &metrics.failed,
+                &metrics.retried,
+                &metrics.dead_lettered,
+            ] {
+                counter.get_or_create(&labels);
+            }
+            metrics.queue_depth.get_or_create(&labels);
             let dead_letter = match &s.dead_letter {
                 Some(path) => Some(Arc::new(
                     JsonlWriter::open(path, 100 * 1024 * 1024, 5, true, false).map_err(|e| {

@@ -102,6 +102,11 @@ async fn probes_metrics_and_graceful_shutdown() {
     for name in [
         "controller_runtime_reconcile_total{controller=\"cms\",result=\"success\"} 1",
         "controller_runtime_max_concurrent_reconciles{controller=\"cms\"} 1",
+        // Created at 0 with the controller, as controller-runtime does, so that `increase()`
+        // in an alert sees the first error or panic.
+        "controller_runtime_reconcile_errors_total{controller=\"cms\"} 0",
+        "controller_runtime_reconcile_panics_total{controller=\"cms\"} 0",
+        "controller_runtime_reconcile_total{controller=\"cms\",result=\"error\"} 0",
         "controller_runtime_active_workers{controller=\"cms\"} 0",
         "controller_runtime_reconcile_time_seconds_bucket",
         "workqueue_adds_total{name=\"cms\",controller=\"cms\"} 1",
