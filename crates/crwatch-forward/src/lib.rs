@@ -34,6 +34,7 @@ pub mod event;
 pub mod forwarder;
 pub mod metrics;
 pub mod pipeline;
+pub mod secret;
 pub mod sink;
 pub mod sinks;
 pub mod stream;

@@ -151,9 +151,9 @@ impl Dispatcher {
                 &metrics.retried,
                 &metrics.dead_lettered,
             ] {
-                counter.get_or_create(&labels);
+                let _ = counter.get_or_create(&labels);
             }
-            metrics.queue_depth.get_or_create(&labels);
+            let _ = metrics.queue_depth.get_or_create(&labels);
             let dead_letter = match &s.dead_letter {
                 Some(path) => Some(Arc::new(
                     JsonlWriter::open(path, 100 * 1024 * 1024, 5, true, false).map_err(|e| {

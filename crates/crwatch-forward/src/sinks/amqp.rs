@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
@@ -117,22 +117,7 @@ impl fmt::Debug for AmqpConfig {
     }
 }
 
-/// `scheme://user:password@host` with the password replaced by `***`.
-fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    let redacted = match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => rest[..at].to_string(),
-    };
-    format!("{}{redacted}{}", &url[..scheme_end + 3], &rest[at..])
-}
+use crate::secret::redact_url;
 
 impl AmqpConfig {
     /// Check what can be checked without connecting: exactly one URL source, a valid
@@ -154,19 +139,15 @@ impl AmqpConfig {
 
     /// The broker URL, read from the file or environment variable if so configured.
     fn resolve_url(&self) -> anyhow::Result<String> {
-        if let Some(url) = &self.url {
-            return Ok(url.clone());
-        }
-        if let Some(path) = &self.url_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the AMQP URL from {}", path.display()))?;
-            return Ok(text.trim().to_string());
-        }
-        if let Some(var) = &self.url_env {
-            return std::env::var(var)
-                .with_context(|| format!("AMQP URL: environment variable {var} is not set"));
-        }
-        bail!("amqp: set exactly one of url, urlFile, urlEnv")
+        crate::secret::read(
+            self.url.as_deref(),
+            self.url_file.as_deref(),
+            self.url_env.as_deref(),
+            "amqp.url",
+        )?
+        // A URL file may end in a newline or carry blanks around the URL.
+        .map(|url| url.trim().to_string())
+        .ok_or_else(|| anyhow::anyhow!("amqp: set exactly one of url, urlFile, urlEnv"))
     }
 
     fn exchange_kind(&self) -> ExchangeKind {

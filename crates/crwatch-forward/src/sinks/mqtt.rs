@@ -421,20 +421,12 @@ impl MqttConfig {
 
     /// The password, read from the file or environment variable if so configured.
     fn resolve_password(&self) -> anyhow::Result<Option<String>> {
-        if let Some(p) = &self.password {
-            return Ok(Some(p.clone()));
-        }
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading mqtt.passwordFile {}", path.display()))?;
-            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
-        }
-        if let Some(var) = &self.password_env {
-            let value = std::env::var(var)
-                .with_context(|| format!("mqtt.passwordEnv: environment variable {var} is not set"))?;
-            return Ok(Some(value));
-        }
-        Ok(None)
+        crate::secret::read(
+            self.password.as_deref(),
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+            "mqtt.password",
+        )
     }
 
     /// The configured client id, or `crwatch-<sink>-<host>` (`crwatch-<host>-<hash>` without a
@@ -1693,7 +1685,7 @@ mod tests {
         let c = parse("url: mqtt://h\nusername: u\npasswordFile: /nonexistent/pw\n");
         let e = MqttSink::connect(&c).await.unwrap_err();
         assert!(
-            format!("{e:#}").contains("reading mqtt.passwordFile /nonexistent/pw"),
+            format!("{e:#}").contains("mqtt.passwordFile: reading /nonexistent/pw"),
             "{e:#}"
         );
         let c = parse("url: mqtt://h\nusername: u\npasswordEnv: CRWATCH_TEST_UNSET_MQTT_PASSWORD\n");

@@ -126,23 +126,7 @@ impl fmt::Debug for NatsConfig {
     }
 }
 
-/// `scheme://user:password@host` with the password (or a lone token) replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &rest[..at];
-    let redacted = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_string(),
-    };
-    format!("{}{redacted}{}", &url[..scheme_end + 3], &rest[at..])
-}
+use crate::secret::redact_url;
 
 impl NatsConfig {
     /// Check what can be checked without connecting: at least one URL, a valid subject
@@ -198,11 +182,12 @@ impl NatsCredentials {
         if let Some(token) = secret(self.token_file.as_ref(), self.token_env.as_deref(), "token")? {
             return Ok(ConnectOptions::with_token(token));
         }
-        let user = match (&self.user, &self.user_file) {
-            (Some(user), _) => Some(user.clone()),
-            (None, Some(path)) => Some(read_secret_file(path, "user")?),
-            (None, None) => None,
-        };
+        let user = crate::secret::read(
+            self.user.as_deref(),
+            self.user_file.as_deref(),
+            None,
+            "nats.credentials.user",
+        )?;
         let password = secret(
             self.password_file.as_ref(),
             self.password_env.as_deref(),
@@ -216,21 +201,12 @@ impl NatsCredentials {
 }
 
 fn secret(file: Option<&PathBuf>, env: Option<&str>, what: &str) -> anyhow::Result<Option<String>> {
-    if let Some(path) = file {
-        return read_secret_file(path, what).map(Some);
-    }
-    if let Some(var) = env {
-        let value = std::env::var(var)
-            .with_context(|| format!("NATS {what}: environment variable {var} is not set"))?;
-        return Ok(Some(value));
-    }
-    Ok(None)
-}
-
-fn read_secret_file(path: &PathBuf, what: &str) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the NATS {what} from {}", path.display()))?;
-    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    crate::secret::read(
+        None,
+        file.map(PathBuf::as_path),
+        env,
+        &format!("nats.credentials.{what}"),
+    )
 }
 
 /// Publishes deliveries to NATS. One attempt per [`Sink::deliver`] call; the client reconnects

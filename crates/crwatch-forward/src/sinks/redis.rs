@@ -253,23 +253,7 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-/// `scheme://user:password@host` with the password (or a lone secret) replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &rest[..at];
-    let redacted = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_string(),
-    };
-    format!("{}{redacted}{}", &url[..scheme_end + 3], &rest[at..])
-}
+use crate::secret::redact_url;
 
 impl RedisConfig {
     /// Check what can be checked without connecting or reading files: the URL's scheme, the
@@ -315,20 +299,12 @@ impl RedisConfig {
 
     /// The password from `password`, `passwordFile` or `passwordEnv`, read now.
     fn read_password(&self) -> anyhow::Result<Option<String>> {
-        if let Some(p) = &self.password {
-            return Ok(Some(p.clone()));
-        }
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the Redis password from {}", path.display()))?;
-            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
-        }
-        if let Some(var) = &self.password_env {
-            let value = std::env::var(var)
-                .with_context(|| format!("Redis password: environment variable {var} is not set"))?;
-            return Ok(Some(value));
-        }
-        Ok(None)
+        crate::secret::read(
+            self.password.as_deref(),
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+            "redis.password",
+        )
     }
 
     /// The client for this configuration, secrets and certificates read now.

@@ -564,7 +564,7 @@ where
         // As controller-runtime does: every result and error series exists from the start at
         // 0, so `increase()` and `rate()` see a controller's first error or panic.
         for result in ["success", "error", "requeue", "requeue_after"] {
-            metrics.reconcile_total.get_or_create(&ResultLabels {
+            let _ = metrics.reconcile_total.get_or_create(&ResultLabels {
                 controller: self.name.clone(),
                 result: result.to_string(),
             });
@@ -574,9 +574,9 @@ where
             &metrics.terminal_errors,
             &metrics.panics,
         ] {
-            counter.get_or_create(&label);
+            let _ = counter.get_or_create(&label);
         }
-        metrics.active_workers.get_or_create(&label);
+        let _ = metrics.active_workers.get_or_create(&label);
         Controller {
             name: self.name,
             store: self.primary.store(),
