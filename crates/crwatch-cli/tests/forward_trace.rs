@@ -1,6 +1,7 @@
 //! The real `crwatch forward` binary with `OTEL_EXPORTER_OTLP_ENDPOINT` set: each change is a
 //! `receive` span with a `deliver` span per sink attempt, received by a real OTLP/gRPC receiver,
-//! and the delivered CloudEvent's `traceparent` is that `deliver` span's context. With the
+//! and the delivered CloudEvent's `traceparent` is the `receive` span's context (the event's
+//! creation, as OpenTelemetry's CloudEvents conventions say), the same for every attempt. With the
 //! collector unreachable, forwarding goes on unaffected.
 
 use std::path::{Path, PathBuf};
@@ -113,7 +114,7 @@ async fn delivered(out: &Path, subjects: &[String]) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_delivered_traceparent_is_the_deliver_span() {
+async fn the_delivered_traceparent_is_the_receive_span() {
     let server = TestServer::start().await.unwrap();
     namespace(&server).await;
     let receiver = OtlpReceiver::start().await.unwrap();
@@ -135,7 +136,10 @@ async fn the_delivered_traceparent_is_the_deliver_span() {
     let (trace_id, span_id) = (parts[1].to_string(), parts[2].to_string());
     let deliver = receiver
         .wait_for(WAIT, "the deliver span", |spans| {
-            spans.iter().find(|s| s.span_id == span_id).cloned()
+            spans
+                .iter()
+                .find(|s| s.name == "deliver" && s.parent_span_id == span_id)
+                .cloned()
         })
         .await
         .unwrap();
@@ -156,6 +160,7 @@ async fn the_delivered_traceparent_is_the_deliver_span() {
         .await
         .unwrap();
     assert_eq!(receive.name, "receive");
+    assert_eq!(receive.span_id, span_id, "traceparent names the receive span");
     assert_eq!(receive.trace_id, trace_id);
     assert_eq!(receive.attr("crwatch.object.key"), Some("t/traced"));
     assert_eq!(receive.attr("cloudevents.event_id"), event["id"].as_str());

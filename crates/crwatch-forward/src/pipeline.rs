@@ -257,6 +257,13 @@ impl Dispatcher {
             false => tracing::Span::none(),
         };
         let trace = crwatch::trace::Parent::of(&receive);
+        // CloudEvents' distributed-tracing extension carries the context of the event's
+        // creation (OpenTelemetry's CloudEvents conventions: set once by the producer, never
+        // changed on the way), so every sink and every retry sends the same event.
+        let delivery = match crwatch::trace::traceparent(&receive) {
+            Some((parent, state)) => crate::event::with_trace_context(&delivery, &parent, state.as_deref()),
+            None => delivery,
+        };
         let ticket = self
             .committer
             .enqueue(stream, op, checkpoint, route.sinks.len())
@@ -341,9 +348,8 @@ impl Lane {
     async fn deliver(&self, item: &Item) -> bool {
         let mut attempt: u32 = 0;
         loop {
-            // While tracing, each attempt is a `deliver` span, and the event it sends carries
-            // that span's context (CloudEvents' distributed-tracing extension).
-            let (span, traced) = match &item.trace {
+            // While tracing, each attempt is a `deliver` span under the change's `receive`.
+            let span = match &item.trace {
                 Some(parent) => {
                     let span = tracing::info_span!(
                         "deliver",
@@ -354,14 +360,11 @@ impl Lane {
                         "otel.status_code" = tracing::field::Empty,
                     );
                     parent.adopt(&span);
-                    let traced = crwatch::trace::traceparent(&span).map(|(parent, state)| {
-                        crate::event::with_trace_context(&item.delivery, &parent, state.as_deref())
-                    });
-                    (span, traced)
+                    span
                 }
-                None => (tracing::Span::none(), None),
+                None => tracing::Span::none(),
             };
-            let delivery = traced.as_ref().unwrap_or(&item.delivery);
+            let delivery = &item.delivery;
             // A sink that panics must not take its lane down with it: the lane's changes would
             // stay unacknowledged forever and, through the in-flight bound, stall every stream.
             let attempt_fut = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(
