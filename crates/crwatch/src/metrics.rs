@@ -214,6 +214,7 @@ impl Default for Metrics {
         let queues = crate::queue::metrics::QueueMetrics::new(&mut registry);
         let shards = crate::shard::ShardMetrics::default();
         shards.register(&mut registry);
+        registry.register_collector(Box::new(TraceCollector));
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             controllers,
@@ -438,5 +439,46 @@ impl Metrics {
             leading: Arc::new(leading),
         };
         self.with_registry(|r| r.register_collector(Box::new(collector)));
+    }
+}
+
+/// Encodes the span exporter's counters ([`crate::trace::stats`]) while traces are exported.
+#[derive(Debug)]
+struct TraceCollector;
+
+impl prometheus_client::collector::Collector for TraceCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        // Nothing to say without an exporter (no endpoint, or built without `otel`).
+        if !crate::trace::enabled() {
+            return Ok(());
+        }
+        let stats = crate::trace::stats();
+        for (name, help, value) in [
+            (
+                "crwatch_trace_spans_exported",
+                "Spans handed to the OTLP exporter.",
+                stats.exported,
+            ),
+            (
+                "crwatch_trace_spans_dropped",
+                "Spans dropped because the exporter's queue was full.",
+                stats.dropped,
+            ),
+            (
+                "crwatch_trace_spans_failed",
+                "Spans lost because an export failed (collector unreachable, timeout, rejection).",
+                stats.failed,
+            ),
+        ] {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(m)?;
+        }
+        Ok(())
     }
 }

@@ -264,6 +264,14 @@ async fn one_change_is_traced_from_watch_event_to_reconcile_and_its_writes() {
         })
         .collect();
     assert!(!exemplars.is_empty(), "exemplars on the histogram:\n{text}");
+    // The exporter's own counters are on /metrics while it exports.
+    for name in [
+        "crwatch_trace_spans_exported_total ",
+        "crwatch_trace_spans_dropped_total 0",
+        "crwatch_trace_spans_failed_total ",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "no {name} in\n{text}");
+    }
     for id in &exemplars {
         // A later reconcile's spans may still be in the exporter's batch.
         receiver
