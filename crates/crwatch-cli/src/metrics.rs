@@ -9,6 +9,10 @@
 //! that source is evaluated (point it at the objects of that kind, e.g. a directory of `Foo`
 //! documents), and the `groupVersionKind` only names the `customresource_*` labels.
 //!
+//! A Kubernetes kind the server does not serve (its CRD not installed yet) is named in a
+//! warning and looked for again every `--discovery-interval` (30s): as with kube-state-metrics,
+//! its metrics appear once it is served, and it does not hold `/readyz` back.
+//!
 //! Errors in the file are reported with its name, line and column and the field, e.g.
 //! `config.yaml:12:15: spec.resources[0].metrics[1].each.type: unknown metric type …`.
 
@@ -18,8 +22,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use crwatch::discovery::ResourceType;
 use crwatch::informer::Informer;
 use crwatch::ksm::{Collector, Config, CustomResourceStateMetrics, Resource};
+use crwatch::store::Store;
 use kube::api::DynamicObject;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +56,18 @@ pub struct MetricsArgs {
     /// Kubeconfig context to use.
     #[arg(long)]
     pub context: Option<String>,
+    /// How often to look again for kinds the server does not serve yet (a CRD installed
+    /// later), 1s to 1h: their metrics appear once it does.
+    #[arg(long, default_value = "30s", value_parser = discovery_interval)]
+    pub discovery_interval: Duration,
+}
+
+fn discovery_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        return Err(format!("must be between 1s and 1h, not {text}"));
+    }
+    Ok(d)
 }
 
 /// A configuration error located in the file.
@@ -207,82 +225,168 @@ fn describe(r: &Resource) -> String {
 }
 
 /// An informer over a non-Kubernetes source URI.
-fn source_informer(uri: &str) -> anyhow::Result<Informer<DynamicObject>> {
+fn source_informer(uri: &str, store: Store<DynamicObject>) -> anyhow::Result<Informer<DynamicObject>> {
     let scheme = uri.split("://").next().unwrap_or_default().to_ascii_lowercase();
     match scheme.as_str() {
         #[cfg(feature = "file")]
-        "file" => Ok(Informer::new(crwatch::source::file::FileSource::from_url(uri)?)),
+        "file" => Ok(Informer::with_store(
+            crwatch::source::file::FileSource::from_url(uri)?,
+            store,
+        )),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Informer::new(
+        "postgres" | "postgresql" => Ok(Informer::with_store(
             crwatch::source::postgres::PostgresSource::from_url(uri)?,
+            store,
         )),
         #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => Ok(Informer::new(crwatch::source::mysql::MysqlSource::from_url(uri)?)),
+        "mysql" | "mariadb" => Ok(Informer::with_store(
+            crwatch::source::mysql::MysqlSource::from_url(uri)?,
+            store,
+        )),
         #[cfg(feature = "http")]
         "http" | "https" => {
             let s = crwatch::source::http::HttpSource::new(uri);
             s.validate()?;
-            Ok(Informer::new(s))
+            Ok(Informer::with_store(s, store))
         }
-        other => anyhow::bail!(
-            "unsupported source scheme {other:?}: use file://, postgres://, mysql:// or https:// (each needs its cargo feature)"
-        ),
+        other => {
+            drop(store);
+            anyhow::bail!(
+                "unsupported source scheme {other:?}: use file://, postgres://, mysql:// or https:// (each needs its cargo feature)"
+            )
+        }
     }
 }
 
-/// The informers for `config`'s resource entries, in order (not started).
-pub async fn informers(
-    config: &Config,
-    file: &str,
-    conn: &Connection,
-    namespace: Option<&str>,
-) -> anyhow::Result<Vec<Informer<DynamicObject>>> {
-    let mut kube: Option<(kube::Client, Vec<crwatch::discovery::ResourceType>)> = None;
-    let mut out = vec![];
-    for (i, r) in config.resources().iter().enumerate() {
-        if let Some(uri) = &r.source {
-            let inf = source_informer(uri)
-                .with_context(|| format!("{file}: spec.resources[{i}].source {}", describe(r)))?;
-            out.push(inf);
-            continue;
-        }
-        if kube.is_none() {
-            let (client, _, url) = crate::connect_with_url(conn).await?;
-            let types = crwatch::discovery::discover(&client)
-                .await
-                .map_err(|e| explain_kube(e, &url))?;
-            kube = Some((client, types));
-        }
-        let (client, types) = kube
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no Kubernetes connection"))?;
-        let gvk = &r.group_version_kind;
-        let found: Vec<_> = types
-            .iter()
-            .filter(|t| t.group == gvk.group && t.version == gvk.version && t.kind == gvk.kind)
-            .filter(|t| r.resource_plural.as_deref().is_none_or(|p| p == t.plural))
-            .collect();
-        let Some(rt) = found.first() else {
-            anyhow::bail!(
-                "{file}: spec.resources[{i}].groupVersionKind: the server has no resource of kind {} in {}{}; is its CustomResourceDefinition installed? (kubectl get crd)",
-                gvk.kind,
-                if gvk.group.is_empty() {
-                    "the core group".to_string()
-                } else {
-                    format!("{}/{}", gvk.group, gvk.version)
-                },
-                r.resource_plural
-                    .as_deref()
-                    .map(|p| format!(" with plural {p:?}"))
-                    .unwrap_or_default(),
-            );
-        };
-        let ns = if rt.namespaced { namespace } else { None };
-        let source = crwatch::source::kube::KubeSource::dynamic(client.clone(), &rt.api_resource(), ns);
-        out.push(Informer::new(source));
-    }
-    Ok(out)
+/// The `groupVersionKind` (and `resourcePlural`) of `r` among the server's types.
+fn find<'a>(types: &'a [ResourceType], r: &Resource) -> Option<&'a ResourceType> {
+    let gvk = &r.group_version_kind;
+    types
+        .iter()
+        .filter(|t| t.group == gvk.group && t.version == gvk.version && t.kind == gvk.kind)
+        .find(|t| r.resource_plural.as_deref().is_none_or(|p| p == t.plural))
 }
+
+/// What the server lacks for entry `i`, in the words of a warning.
+fn missing(i: usize, r: &Resource) -> String {
+    let gvk = &r.group_version_kind;
+    format!(
+        "spec.resources[{i}]: the server has no resource of kind {} in {}{}; is its CustomResourceDefinition installed? (kubectl get crd)",
+        gvk.kind,
+        if gvk.group.is_empty() {
+            "the core group".to_string()
+        } else {
+            format!("{}/{}", gvk.group, gvk.version)
+        },
+        r.resource_plural
+            .as_deref()
+            .map(|p| format!(" with plural {p:?}"))
+            .unwrap_or_default(),
+    )
+}
+
+/// The stores of a configuration's entries (one each, in order, what the [`Collector`]
+/// reads), the informers filling them (not started), and the Kubernetes entries whose kind the
+/// server does not serve yet: their stores stay empty until [`Plan::discover`] finds them, as
+/// kube-state-metrics serves a custom resource once its CRD appears.
+pub struct Plan {
+    /// One store per entry of `spec.resources`.
+    pub stores: Vec<Store<DynamicObject>>,
+    /// The informers to start, with the entry each fills.
+    pub informers: Vec<(usize, Informer<DynamicObject>)>,
+    /// Entries waiting for their kind to be served.
+    pub pending: Vec<usize>,
+    client: Option<kube::Client>,
+    namespace: Option<String>,
+}
+
+impl Plan {
+    /// Plan `config`'s entries: sources as given, Kubernetes kinds through one discovery.
+    pub async fn new(
+        config: &Config,
+        file: &str,
+        conn: &Connection,
+        namespace: Option<&str>,
+    ) -> anyhow::Result<Plan> {
+        let mut plan = Plan {
+            stores: vec![],
+            informers: vec![],
+            pending: vec![],
+            client: None,
+            namespace: namespace.map(str::to_string),
+        };
+        let mut types = vec![];
+        for (i, r) in config.resources().iter().enumerate() {
+            let store = Store::new();
+            plan.stores.push(store.clone());
+            if let Some(uri) = &r.source {
+                let inf = source_informer(uri, store)
+                    .with_context(|| format!("{file}: spec.resources[{i}].source {}", describe(r)))?;
+                plan.informers.push((i, inf));
+                continue;
+            }
+            if plan.client.is_none() {
+                let (client, _, url) = crate::connect_with_url(conn).await?;
+                types = crwatch::discovery::discover(&client)
+                    .await
+                    .map_err(|e| explain_kube(e, &url))?;
+                plan.client = Some(client);
+            }
+            match find(&types, r) {
+                Some(rt) => {
+                    let inf = plan.kube_informer(rt, store)?;
+                    plan.informers.push((i, inf));
+                }
+                None => plan.pending.push(i),
+            }
+        }
+        Ok(plan)
+    }
+
+    fn kube_informer(
+        &self,
+        rt: &ResourceType,
+        store: Store<DynamicObject>,
+    ) -> anyhow::Result<Informer<DynamicObject>> {
+        let client = self
+            .client
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no Kubernetes connection"))?;
+        let ns = if rt.namespaced {
+            self.namespace.as_deref()
+        } else {
+            None
+        };
+        let source = crwatch::source::kube::KubeSource::dynamic(client, &rt.api_resource(), ns);
+        Ok(Informer::with_store(source, store))
+    }
+
+    /// Discover again and take the pending entries the server now serves: their informers
+    /// (not started), filling the stores the collector already reads.
+    pub async fn discover(
+        &mut self,
+        config: &Config,
+    ) -> anyhow::Result<Vec<(usize, Informer<DynamicObject>)>> {
+        let Some(client) = &self.client else {
+            return Ok(vec![]);
+        };
+        let types = crwatch::discovery::discover(client).await?;
+        let mut found = vec![];
+        let mut still = vec![];
+        for i in std::mem::take(&mut self.pending) {
+            let r = &config.resources()[i];
+            match find(&types, r).map(|rt| self.kube_informer(rt, self.stores[i].clone())) {
+                Some(Ok(inf)) => found.push((i, inf)),
+                _ => still.push(i),
+            }
+        }
+        self.pending = still;
+        Ok(found)
+    }
+}
+
+/// The informers running, with the entry each fills.
+type Running = std::sync::Arc<std::sync::Mutex<Vec<(usize, Informer<DynamicObject>)>>>;
 
 /// Run `crwatch metrics` until SIGTERM or Ctrl-C.
 pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
@@ -301,26 +405,42 @@ pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
     };
-    let informers = informers(&config, &file, &conn, args.namespace.as_deref()).await?;
+    let mut plan = Plan::new(&config, &file, &conn, args.namespace.as_deref()).await?;
     let names: Vec<String> = config.resources().iter().map(describe).collect();
     let families = config.metric_names().len();
-    let stores = informers.iter().map(Informer::store).collect();
-    let collector = Collector::new(config, stores)?;
+    let config = std::sync::Arc::new(config);
+    let collector = Collector::new((*config).clone(), plan.stores.clone())?;
 
     let cancel = CancellationToken::new();
-    let ready = crwatch::health::Readiness::default();
-    for inf in &informers {
-        inf.start(cancel.child_token());
+    // The informers running, with their entries: readiness waits for each to list.
+    let running: Running = Default::default();
+    let start = |found: Vec<(usize, Informer<DynamicObject>)>| {
+        let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, inf) in found {
+            inf.start(cancel.child_token());
+            running.push((i, inf));
+        }
+    };
+    start(std::mem::take(&mut plan.informers));
+    for &i in &plan.pending {
+        eprintln!(
+            "crwatch metrics: warning: {file}: {}; looking again every {}, its metrics appear once it is served",
+            missing(i, &config.resources()[i]),
+            humantime::format_duration(args.discovery_interval)
+        );
     }
+    let ready = crwatch::health::Readiness::default();
     {
-        let informers = informers.clone();
+        let running = running.clone();
         let names = names.clone();
+        // As kube-state-metrics: ready once what is served has listed; kinds not served yet
+        // do not hold readiness back.
         ready.add_check(move || {
-            let waiting: Vec<&str> = informers
+            let running = running.lock().unwrap_or_else(|p| p.into_inner());
+            let waiting: Vec<&str> = running
                 .iter()
-                .zip(&names)
-                .filter(|(i, _)| !i.has_synced())
-                .map(|(_, n)| n.as_str())
+                .filter(|(_, inf)| !inf.has_synced())
+                .map(|(i, _)| names[*i].as_str())
                 .collect();
             if waiting.is_empty() {
                 Ok(())
@@ -330,6 +450,34 @@ pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
         });
     }
     ready.set(true);
+    if !plan.pending.is_empty() {
+        let config = config.clone();
+        let running = running.clone();
+        let cancel = cancel.clone();
+        let names = names.clone();
+        let every = args.discovery_interval;
+        tokio::spawn(async move {
+            while !plan.pending.is_empty() {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                match plan.discover(&config).await {
+                    Ok(found) => {
+                        let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
+                        for (i, inf) in found {
+                            eprintln!("crwatch metrics: {} is served now: watching it", names[i]);
+                            inf.start(cancel.child_token());
+                            running.push((i, inf));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "discovery failed; trying again later")
+                    }
+                }
+            }
+        });
+    }
     let router = collector.router().merge(crwatch::health::probes_router(ready));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -353,10 +501,16 @@ pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
         names.join(", "),
     );
     // Say once when every informer has listed, or what is still missing after a while.
-    let synced = futures::future::join_all(informers.iter().map(|i| i.wait_synced(Duration::from_secs(30))));
+    let started: Vec<(usize, Informer<DynamicObject>)> =
+        running.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let synced = futures::future::join_all(
+        started
+            .iter()
+            .map(|(_, i)| i.wait_synced(Duration::from_secs(30))),
+    );
     tokio::select! {
         r = synced => {
-            let waiting: Vec<&str> = r.iter().zip(&names).filter(|(r, _)| r.is_err()).map(|(_, n)| n.as_str()).collect();
+            let waiting: Vec<&str> = r.iter().zip(&started).filter(|(r, _)| r.is_err()).map(|(_, (i, _))| names[*i].as_str()).collect();
             if !waiting.is_empty() {
                 eprintln!(
                     "crwatch metrics: warning: not listed after 30s: {} (check RBAC and connectivity; CRWATCH_LOG=warn shows why); /readyz stays 503 until they are",

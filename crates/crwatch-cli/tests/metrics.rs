@@ -61,6 +61,8 @@ spec:
 struct Metrics {
     child: Child,
     url: String,
+    /// What it printed before it served (warnings).
+    preamble: Vec<String>,
 }
 
 impl Metrics {
@@ -77,20 +79,22 @@ impl Metrics {
             .expect("crwatch metrics starts");
         let stderr = child.stderr.take().expect("stderr piped");
         let mut lines = BufReader::new(stderr).lines();
+        let mut preamble = vec![];
         let url = tokio::time::timeout(WAIT, async {
             while let Some(line) = lines.next_line().await.expect("stderr readable") {
                 if let Some(rest) = line.split(" on http://").nth(1) {
                     let addr = rest.trim_end_matches("/metrics");
                     return format!("http://{addr}");
                 }
+                preamble.push(line);
             }
-            panic!("crwatch metrics exited before serving");
+            panic!("crwatch metrics exited before serving: {preamble:?}");
         })
         .await
         .expect("crwatch metrics says where it serves");
         // Keep draining stderr so the process never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Metrics { child, url }
+        Metrics { child, url, preamble }
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
@@ -363,33 +367,76 @@ async fn bad_configurations_exit_with_file_line_and_field() {
     assert!(out.contains("configuration is valid: 3 resource(s)"), "{out}");
 }
 
+/// As kube-state-metrics: a kind whose CRD is not installed yet is named in a warning, does
+/// not hold readiness back, and its metrics appear once the CRD and objects do.
 #[tokio::test]
-async fn a_kind_the_server_does_not_serve_is_named() {
+async fn a_kind_served_later_is_picked_up() {
     let server = server().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("ksm.yaml");
     std::fs::write(
         &cfg,
-        "spec:\n  resources:\n    - groupVersionKind: {group: myteam.io, version: v1, kind: Foo}\n      metrics:\n        - name: x\n          each: {type: Gauge, gauge: {path: [status, x]}}\n",
+        "spec:\n  resources:\n    - groupVersionKind: {group: myteam.io, version: v1, kind: Foo}\n      labelsFromPath: {name: [metadata, name]}\n      metrics:\n        - name: foo_x\n          help: x\n          each: {type: Gauge, gauge: {path: [spec, x]}}\n",
     )
     .expect("written");
     let kubeconfig = server.kubeconfig().display().to_string();
-    let (code, _, err) = run_crwatch(&[
-        "metrics",
+    let metrics = Metrics::start(&[
         "-f",
         cfg.to_str().expect("utf-8"),
         "--kubeconfig",
         &kubeconfig,
+        "--discovery-interval",
+        "1s",
     ])
     .await;
-    assert_eq!(code, 1, "{err}");
+    let warning = metrics.preamble.join("\n");
     assert!(
-        err.contains(
-            "spec.resources[0].groupVersionKind: the server has no resource of kind Foo in myteam.io/v1"
+        warning.contains(
+            "spec.resources[0]: the server has no resource of kind Foo in myteam.io/v1; is its CustomResourceDefinition installed?"
         ),
-        "{err}"
+        "{warning}"
     );
-    assert!(err.contains("CustomResourceDefinition"), "{err}");
+    assert_eq!(metrics.get("/readyz").await.status(), 200);
+    assert!(!metrics.scrape().await.contains("kube_customresource_foo_x{"));
+
+    let crd = dir.path().join("crd.yaml");
+    std::fs::write(
+        &crd,
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: foos.myteam.io}
+spec:
+  group: myteam.io
+  names: {kind: Foo, plural: foos, singular: foo, listKind: FooList}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec: {type: object, properties: {x: {type: integer}}}
+---
+apiVersion: myteam.io/v1
+kind: Foo
+metadata: {name: one, namespace: default}
+spec: {x: 5}
+"#,
+    )
+    .expect("written");
+    server
+        .server()
+        .apply_file(&crd)
+        .await
+        .expect("CRD and Foo applied");
+    metrics
+        .wait_for("the Foo's series", |t| {
+            t.contains("kube_customresource_foo_x{customresource_group=\"myteam.io\",customresource_kind=\"Foo\",customresource_version=\"v1\",name=\"one\"} 5\n")
+        })
+        .await;
+    metrics.stop().await;
 }
 
 #[tokio::test]

@@ -359,11 +359,31 @@ where
 {
     /// An informer over `source`, with the default transform (drop managedFields) and no resync.
     pub fn new(source: impl Source<K>) -> Self {
+        Self::with_store(source, Store::new())
+    }
+
+    /// [`Informer::new`] filling `store`, an empty store that readers already hold: for a
+    /// consumer that has to be wired before its source can exist (a CRD not installed yet).
+    ///
+    /// ```
+    /// use crwatch::informer::Informer;
+    /// use crwatch::source::kube::KubeSource;
+    /// use crwatch::store::Store;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    ///
+    /// # async fn demo(client: kube::Client) {
+    /// let store = Store::<ConfigMap>::new();
+    /// let reader = store.clone(); // handed out before the source exists
+    /// let informer = Informer::with_store(KubeSource::<ConfigMap>::all(client), store);
+    /// assert!(reader.is_empty());
+    /// # }
+    /// ```
+    pub fn with_store(source: impl Source<K>, store: Store<K>) -> Self {
         let name = source.describe();
         Informer {
             inner: Arc::new(Inner {
                 name,
-                store: Store::new(),
+                store,
                 handlers: RwLock::new(vec![]),
                 source: Mutex::new(Some(Box::new(source))),
                 transform: RwLock::new(Some(Arc::new(drop_managed_fields::<K>))),
