@@ -24,11 +24,11 @@ pub mod ryow;
 pub mod shard;
 pub mod source;
 pub mod store;
-pub mod trace;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "tls-client")]
 pub mod tls;
+pub mod trace;
 #[cfg(feature = "xds")]
 pub mod xds;
 
