@@ -18,19 +18,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures::future::BoxFuture;
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
 use rumqttc::{Outgoing, QoS, TlsConfiguration, Transport};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::{Deserialize, Deserializer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -411,7 +406,7 @@ impl MqttConfig {
             if tls
                 .server_name
                 .as_deref()
-                .is_some_and(|n| ServerName::try_from(n).is_err())
+                .is_some_and(|n| rustls::pki_types::ServerName::try_from(n).is_err())
             {
                 return Err("mqtt.tls.serverName: not a valid DNS name or IP address".into());
             }
@@ -498,178 +493,49 @@ pub fn topic_token(value: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // TLS
 
-/// The rustls client configuration: ring, the CA file or the system's bundle (or no
-/// verification), an optional client certificate, and an optional name to verify against.
+/// The rustls client configuration ([`crwatch::tls::ClientTls`]): the CA file instead of the
+/// system's CAs (or no verification), an optional client certificate, and an optional name to
+/// verify against; errors name the `mqtt.tls` setting.
 fn client_tls(tls: &MqttTlsConfig) -> anyhow::Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .context("configuring TLS")?;
-    let builder = if tls.insecure_skip_verify {
+    use crwatch::tls::{ClientTls, TlsError};
+    if tls.insecure_skip_verify {
         tracing::warn!("mqtt sink: TLS certificate verification is disabled (tls.insecureSkipVerify)");
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
-    } else {
-        let roots = Arc::new(root_store(tls.ca_file.as_deref())?);
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-            .build()
-            .context("building the TLS certificate verifier")?;
-        match &tls.server_name {
-            Some(name) => {
-                let name = ServerName::try_from(name.clone())
-                    .context("mqtt.tls.serverName: not a valid DNS name or IP address")?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NamedVerifier {
-                        inner: verifier,
-                        name,
-                    }))
-            }
-            None => builder.with_webpki_verifier(verifier),
-        }
+    }
+    let client_cert = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
     };
-    match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("reading mqtt.tls.certFile {}", cert.display()))?;
-            if certs.is_empty() {
-                bail!("mqtt.tls.certFile {} holds no PEM certificates", cert.display());
-            }
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("reading mqtt.tls.keyFile {}", key.display()))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .context("mqtt.tls: the client certificate and key do not fit together")
+    ClientTls {
+        ca_file: tls.ca_file.as_deref(),
+        system_roots: tls.ca_file.is_none(),
+        insecure: tls.insecure_skip_verify,
+        server_name: tls.server_name.as_deref(),
+        client_cert,
+        alpn: &[],
+    }
+    .build()
+    .map_err(|e| match e {
+        TlsError::CaFile { path, reason } => {
+            anyhow::anyhow!("reading mqtt.tls.caFile {}: {reason}", path.display())
         }
-        _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
-/// Where Debian, Fedora and Alpine keep the system's CA bundle.
-const SYSTEM_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
-fn root_store(ca_file: Option<&Path>) -> anyhow::Result<rustls::RootCertStore> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .with_context(|| format!("reading mqtt.tls.caFile {}", path.display()))?;
-        if certs.is_empty() {
-            bail!("mqtt.tls.caFile {} holds no PEM certificates", path.display());
+        TlsError::EmptyCaFile(path) => {
+            anyhow::anyhow!("mqtt.tls.caFile {} holds no PEM certificates", path.display())
         }
-        for cert in certs {
-            roots
-                .add(cert)
-                .with_context(|| format!("mqtt.tls.caFile {}: unusable certificate", path.display()))?;
+        TlsError::NoRoots => anyhow::anyhow!(
+            "mqtt.tls: no trusted CA certificates: the system has none (see SSL_CERT_FILE, \
+             SSL_CERT_DIR) and tls.caFile is not set"
+        ),
+        TlsError::ServerName(name) => {
+            anyhow::anyhow!("mqtt.tls.serverName: {name:?} is not a valid DNS name or IP address")
         }
-        return Ok(roots);
-    }
-    let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
-    let bundle = env
-        .into_iter()
-        .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
-        .find(|p| p.is_file());
-    if let Some(bundle) = bundle
-        && let Ok(certs) = CertificateDer::pem_file_iter(&bundle)
-    {
-        roots.add_parsable_certificates(certs.filter_map(Result::ok));
-    }
-    if roots.is_empty() {
-        bail!(
-            "mqtt.tls: no trusted CA certificates: the system has no CA bundle (see SSL_CERT_FILE) \
-             and tls.caFile is not set"
-        );
-    }
-    Ok(roots)
-}
-
-/// Verifies the certificate against `name` instead of the host the client connected to.
-#[derive(Debug)]
-struct NamedVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    name: ServerName<'static>,
-}
-
-impl ServerCertVerifier for NamedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// Accepts any certificate but still checks handshake signatures, so the connection is at least
-/// bound to the key the broker presented.
-#[derive(Debug)]
-struct SkipVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+        TlsError::ClientCert { path, reason } => {
+            anyhow::anyhow!("reading mqtt.tls.certFile/keyFile {}: {reason}", path.display())
+        }
+        TlsError::ClientKey(reason) => {
+            anyhow::anyhow!("mqtt.tls: the client certificate and key do not fit together: {reason}")
+        }
+        other => anyhow::Error::new(other).context("mqtt.tls"),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
