@@ -5,20 +5,20 @@
 //! webhook that refuses a change for good (dead-letter file, metric, later changes still flow).
 //! Also: `examples/forward.yaml` must parse, so the documented example cannot rot.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::changes::{Changes, label, sequences};
 use crwatch_apiserver::TestServer;
 use crwatch_cli::Connection;
 use crwatch_cli::forward::Forwarder;
 use crwatch_cli::forward::config::ForwardConfig;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// How long a change may take to show up at a sink, a broker restart included.
 const ARRIVAL: Duration = Duration::from_secs(60);
@@ -71,125 +71,6 @@ where
             ),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Makes changes to ConfigMaps of one namespace and records what every sink should then get:
-/// per object (`ns/name`, the CloudEvent subject) the sequence `added:0`, `modified:1`, …,
-/// `deleted:<last n>`, where n is the object's `data.n`.
-struct Changes {
-    api: Api<ConfigMap>,
-    ns: String,
-    expected: BTreeMap<String, Vec<String>>,
-    last_n: BTreeMap<String, u32>,
-}
-
-impl Changes {
-    async fn new(server: &TestServer, ns: &str) -> Self {
-        server
-            .server()
-            .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-            .await
-            .expect("namespace");
-        Self {
-            api: Api::namespaced(server.client(), ns),
-            ns: ns.to_string(),
-            expected: BTreeMap::new(),
-            last_n: BTreeMap::new(),
-        }
-    }
-
-    fn record(&mut self, name: &str, label: String) {
-        self.expected
-            .entry(format!("{}/{name}", self.ns))
-            .or_default()
-            .push(label);
-    }
-
-    async fn create(&mut self, name: &str, n: u32) {
-        self.create_with(name, n, "").await;
-    }
-
-    /// Create with a `pad` value, to make events bigger.
-    async fn create_with(&mut self, name: &str, n: u32, pad: &str) {
-        let cm: ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "data": {"n": n.to_string(), "pad": pad},
-        }))
-        .unwrap();
-        self.api
-            .create(&PostParams::default(), &cm)
-            .await
-            .expect("create");
-        self.last_n.insert(name.to_string(), n);
-        self.record(name, format!("added:{n}"));
-    }
-
-    async fn set(&mut self, name: &str, n: u32) {
-        let patch = json!({"data": {"n": n.to_string()}});
-        self.api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("patch");
-        self.last_n.insert(name.to_string(), n);
-        self.record(name, format!("modified:{n}"));
-    }
-
-    async fn delete(&mut self, name: &str) {
-        self.api
-            .delete(name, &DeleteParams::default())
-            .await
-            .expect("delete");
-        let n = self.last_n[name];
-        self.record(name, format!("deleted:{n}"));
-    }
-
-    /// Events expected in all.
-    fn total(&self) -> usize {
-        self.expected.values().map(Vec::len).sum()
-    }
-}
-
-/// `added:0`, `modified:3`, `deleted:3`: what one CloudEvent says happened.
-fn label(event: &Value) -> String {
-    let kind = event["type"]
-        .as_str()
-        .unwrap_or_default()
-        .trim_start_matches("io.crwatch.resource.");
-    let n = event["data"]["object"]["data"]["n"].as_str().unwrap_or("-");
-    format!("{kind}:{n}")
-}
-
-/// Per subject, the labels of the events in arrival order, repeats of an id folded (at least
-/// once may deliver a change twice; order must hold regardless); and how many repeats there were.
-fn sequences(events: &[Value]) -> (BTreeMap<String, Vec<String>>, usize) {
-    let mut ids = BTreeSet::new();
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut repeats = 0;
-    for e in events {
-        if !ids.insert(e["id"].as_str().unwrap_or_default().to_string()) {
-            repeats += 1;
-            continue;
-        }
-        let subject = e["subject"].as_str().unwrap_or_default().to_string();
-        out.entry(subject).or_default().push(label(e));
-    }
-    (out, repeats)
-}
-
-/// `Ok` once the events hold exactly the expected changes (repeats of an id aside), in order per
-/// object; `Err` says what is still missing or wrong.
-fn arrived(events: &[Value], changes: &Changes) -> Result<(), String> {
-    let (got, _) = sequences(events);
-    if got == changes.expected {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} distinct of {} expected events; got {got:?}, want {:?}",
-            got.values().map(Vec::len).sum::<usize>(),
-            changes.total(),
-            changes.expected
-        ))
     }
 }
 
@@ -285,7 +166,7 @@ mod nats {
         let stored = eventually(what, ARRIVAL, || async {
             let stored = read_stream(url, "CRWATCH").await?;
             let events: Vec<Value> = stored.iter().map(|s| s.event.clone()).collect();
-            arrived(&events, changes).map(|()| stored)
+            changes.arrived(&events).map(|_| stored)
         })
         .await;
         let ns = &changes.ns;
@@ -469,7 +350,10 @@ mod amqp {
             // A broker still starting up answers nothing yet: keep polling.
             let drained = drain(url, got).await;
             let events: Vec<Value> = got.lock().unwrap().iter().map(|g| g.event.clone()).collect();
-            arrived(&events, changes).map_err(|e| format!("{e} (last drain: {drained:?})"))
+            changes
+                .arrived(&events)
+                .map(drop)
+                .map_err(|e| format!("{e} (last drain: {drained:?})"))
         })
         .await;
         let got = got.lock().unwrap().clone();
@@ -612,7 +496,7 @@ async fn the_file_sink_loses_nothing_across_rotations() {
     changes.delete("cm-3").await;
     changes.delete("cm-7").await;
     eventually("every change in the files", ARRIVAL, || async {
-        arrived(&read_lines(&rotated_files(&path))?, &changes)
+        changes.arrived(&read_lines(&rotated_files(&path))?).map(drop)
     })
     .await;
     fwd.shutdown().await.unwrap();

@@ -7,19 +7,18 @@
 
 #![cfg(feature = "mqtt")]
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::changes::Changes;
 use crwatch_apiserver::TestServer;
 use crwatch_forward::sinks::mqtt::rumqttc;
 use crwatch_testsupport::mosquitto::Mosquitto;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_crwatch");
 
@@ -91,109 +90,6 @@ async fn subscriber(
         .expect("no SUBACK within 20s")
         .unwrap();
     (events, task)
-}
-
-/// Changes to ConfigMaps of one namespace, and per object (`ns/name`) what should arrive:
-/// `added:0`, `modified:1`, …, `deleted:<last n>`, where n is the object's `data.n`.
-struct Changes {
-    api: Api<ConfigMap>,
-    ns: String,
-    expected: BTreeMap<String, Vec<String>>,
-    n: BTreeMap<String, u32>,
-}
-
-impl Changes {
-    async fn new(server: &TestServer, ns: &str) -> Self {
-        server
-            .server()
-            .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-            .await
-            .expect("namespace");
-        Self {
-            api: Api::namespaced(server.client(), ns),
-            ns: ns.to_string(),
-            expected: BTreeMap::new(),
-            n: BTreeMap::new(),
-        }
-    }
-
-    fn record(&mut self, name: &str, label: String) {
-        self.expected
-            .entry(format!("{}/{name}", self.ns))
-            .or_default()
-            .push(label);
-    }
-
-    async fn create(&mut self, name: &str) {
-        let cm: ConfigMap =
-            serde_json::from_value(json!({"metadata": {"name": name}, "data": {"n": "0"}})).unwrap();
-        self.api
-            .create(&PostParams::default(), &cm)
-            .await
-            .expect("create");
-        self.n.insert(name.to_string(), 0);
-        self.record(name, "added:0".into());
-    }
-
-    async fn bump(&mut self, name: &str) {
-        let n = self.n[name] + 1;
-        let patch = json!({"data": {"n": n.to_string()}});
-        self.api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("patch");
-        self.n.insert(name.to_string(), n);
-        self.record(name, format!("modified:{n}"));
-    }
-
-    async fn delete(&mut self, name: &str) {
-        self.api
-            .delete(name, &DeleteParams::default())
-            .await
-            .expect("delete");
-        let n = self.n[name];
-        self.record(name, format!("deleted:{n}"));
-    }
-
-    fn total(&self) -> usize {
-        self.expected.values().map(Vec::len).sum()
-    }
-}
-
-/// `added:0`, `modified:3`, `deleted:3`: what one CloudEvent says happened.
-fn label(event: &Value) -> String {
-    let kind = event["type"]
-        .as_str()
-        .unwrap_or_default()
-        .trim_start_matches("io.crwatch.resource.");
-    let n = event["data"]["object"]["data"]["n"].as_str().unwrap_or("-");
-    format!("{kind}:{n}")
-}
-
-/// `Ok` with the number of repeats once the events hold exactly the expected changes (repeats
-/// of an id folded: at least once may deliver twice, order must hold regardless).
-fn arrived(events: &[Value], changes: &Changes) -> Result<usize, String> {
-    let mut ids = BTreeSet::new();
-    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut repeats = 0;
-    for e in events {
-        if !ids.insert(e["id"].as_str().unwrap_or_default().to_string()) {
-            repeats += 1;
-            continue;
-        }
-        let subject = e["subject"].as_str().unwrap_or_default().to_string();
-        got.entry(subject).or_default().push(label(e));
-    }
-    if got == changes.expected {
-        Ok(repeats)
-    } else {
-        Err(format!(
-            "{} distinct of {} expected events; got {got:?}, want {:?}",
-            got.values().map(Vec::len).sum::<usize>(),
-            changes.total(),
-            changes.expected
-        ))
-    }
 }
 
 /// The forwarder process, stopped with SIGTERM (or killed) when dropped.
@@ -270,10 +166,10 @@ async fn broker_down_and_up(protocol: &str) {
     // before its first list would arrive as one addition), then two updates each.
     let names: Vec<String> = (0..6).map(|i| format!("cm-{i}")).collect();
     for name in &names {
-        changes.create(name).await;
+        changes.create(name, 0).await;
     }
     eventually("the additions", ARRIVAL, || {
-        arrived(&events.lock().unwrap(), &changes)
+        changes.arrived(&events.lock().unwrap())
     })
     .await;
     for _ in 0..2 {
@@ -282,7 +178,7 @@ async fn broker_down_and_up(protocol: &str) {
         }
     }
     eventually("the first changes", ARRIVAL, || {
-        arrived(&events.lock().unwrap(), &changes)
+        changes.arrived(&events.lock().unwrap())
     })
     .await;
 
@@ -298,7 +194,7 @@ async fn broker_down_and_up(protocol: &str) {
     }
     changes.delete("cm-0").await;
     changes.delete("cm-1").await;
-    changes.create("cm-new").await;
+    changes.create("cm-new", 0).await;
     changes.bump("cm-new").await;
     eventually("the forwarder to notice the broker is down", ARRIVAL, || {
         let log = forwarder.log();
@@ -313,7 +209,7 @@ async fn broker_down_and_up(protocol: &str) {
     // Up again on the same port: everything arrives, in order per object.
     broker.restart().await.expect("mosquitto restarts");
     let repeats = eventually("every change after the restart", ARRIVAL, || {
-        arrived(&events.lock().unwrap(), &changes)
+        changes.arrived(&events.lock().unwrap())
     })
     .await;
     let log = forwarder.log();

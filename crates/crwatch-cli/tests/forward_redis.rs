@@ -8,17 +8,17 @@
 
 #![cfg(feature = "redis")]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::changes::{Changes, Sequences, fold};
 use crwatch_apiserver::TestServer;
 use crwatch_testsupport::redis::{RedisOptions, RedisServer};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_crwatch");
 
@@ -149,83 +149,16 @@ fn xrange(server: &RedisServer) -> Result<Vec<Entry>, String> {
         .collect()
 }
 
-/// Changes made to ConfigMaps of one namespace and, per object (`ns/name`, the CloudEvent
-/// subject), the labels the stream must then hold in order.
-struct Changes {
-    api: Api<ConfigMap>,
-    ns: String,
-    expected: BTreeMap<String, Vec<String>>,
-    last_n: BTreeMap<String, u32>,
-}
-
-impl Changes {
-    fn record(&mut self, name: &str, label: String) {
-        self.expected
-            .entry(format!("{}/{name}", self.ns))
-            .or_default()
-            .push(label);
-    }
-
-    async fn create(&mut self, name: &str) {
-        let cm: ConfigMap =
-            serde_json::from_value(json!({"metadata": {"name": name}, "data": {"n": "0"}})).unwrap();
-        self.api
-            .create(&PostParams::default(), &cm)
-            .await
-            .expect("create");
-        self.last_n.insert(name.to_string(), 0);
-        self.record(name, "added:0".into());
-    }
-
-    async fn set(&mut self, name: &str, n: u32) {
-        let patch = json!({"data": {"n": n.to_string()}});
-        self.api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("patch");
-        self.last_n.insert(name.to_string(), n);
-        self.record(name, format!("modified:{n}"));
-    }
-
-    async fn delete(&mut self, name: &str) {
-        self.api
-            .delete(name, &DeleteParams::default())
-            .await
-            .expect("delete");
-        let n = self.last_n[name];
-        self.record(name, format!("deleted:{n}"));
-    }
-
-    fn total(&self) -> usize {
-        self.expected.values().map(Vec::len).sum()
-    }
-
-    /// `Ok` with the entries and the number of repeated ids once the stream holds exactly the
-    /// expected changes (repeats of an id folded) in order per object.
-    fn check(&self, entries: &[Entry]) -> Result<usize, String> {
-        let mut ids = BTreeSet::new();
-        let mut repeats = 0;
-        let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for e in entries {
-            if !ids.insert(e.get("id").to_string()) {
-                repeats += 1;
-                continue;
-            }
-            got.entry(e.get("subject").to_string())
-                .or_default()
-                .push(e.label());
-        }
-        if got == self.expected {
-            Ok(repeats)
-        } else {
-            Err(format!(
-                "{} distinct of {} expected entries; got {got:?}, want {:?}",
-                got.values().map(Vec::len).sum::<usize>(),
-                self.total(),
-                self.expected
-            ))
-        }
-    }
+/// Per subject, the labels of the stream's entries in order, repeats of an id folded; and how
+/// many repeats there were.
+fn received(entries: &[Entry]) -> (Sequences, usize) {
+    let labels: Vec<String> = entries.iter().map(Entry::label).collect();
+    fold(
+        entries
+            .iter()
+            .zip(labels)
+            .map(|(e, label)| (e.get("id"), e.get("subject"), label)),
+    )
 }
 
 /// Poll `check` every 50 ms until it returns `Ok`, failing after `timeout` with its last reason.
@@ -261,21 +194,11 @@ async fn the_binary_loses_nothing_across_a_redis_restart_and_keeps_per_object_or
     .await
     .expect("starting redis-server");
     let ns = "redis-e2e";
-    server
-        .server()
-        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-        .await
-        .expect("namespace");
-    let mut changes = Changes {
-        api: Api::namespaced(server.client(), ns),
-        ns: ns.to_string(),
-        expected: BTreeMap::new(),
-        last_n: BTreeMap::new(),
-    };
+    let mut changes = Changes::new(&server, ns).await;
 
     // Existing objects are forwarded in their current state when the forwarder starts: one
     // such object shows when the binary is watching, so later changes arrive one by one.
-    changes.create("ready").await;
+    changes.create("ready", 0).await;
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(
@@ -309,14 +232,14 @@ async fn the_binary_loses_nothing_across_a_redis_restart_and_keeps_per_object_or
     };
 
     eventually("the forwarder forwarding the existing object", ARRIVAL, || {
-        changes.check(&xrange(&redis)?)
+        changes.matches(received(&xrange(&redis)?))
     })
     .await;
 
     // N objects with several updates each while Redis is up.
     let names: Vec<String> = (0..5).map(|i| format!("obj-{i}")).collect();
     for name in &names {
-        changes.create(name).await;
+        changes.create(name, 0).await;
     }
     for n in 1..=2 {
         for name in &names {
@@ -324,7 +247,7 @@ async fn the_binary_loses_nothing_across_a_redis_restart_and_keeps_per_object_or
         }
     }
     eventually("the first changes in the stream", ARRIVAL, || {
-        changes.check(&xrange(&redis)?)
+        changes.matches(received(&xrange(&redis)?))
     })
     .await;
 
@@ -335,7 +258,7 @@ async fn the_binary_loses_nothing_across_a_redis_restart_and_keeps_per_object_or
             changes.set(name, n).await;
         }
     }
-    changes.create("late").await;
+    changes.create("late", 0).await;
     changes.set("late", 1).await;
     changes.delete(&names[0]).await;
     eventually("the forwarder noticing that Redis is down", ARRIVAL, || {
@@ -350,7 +273,7 @@ async fn the_binary_loses_nothing_across_a_redis_restart_and_keeps_per_object_or
 
     redis.restart().await.expect("restarting redis-server");
     let repeats = eventually("every change after the restart", ARRIVAL, || {
-        changes.check(&xrange(&redis)?)
+        changes.matches(received(&xrange(&redis)?))
     })
     .await;
 

@@ -5,6 +5,8 @@
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
+pub mod changes;
+
 use std::path::Path;
 use std::time::Duration;
 
