@@ -355,7 +355,9 @@ pub mod bounds {
         Ok(v)
     }
 
-    fn duration<'de, D: Deserializer<'de>>(
+    /// A duration within `min..=max` (humantime syntax), the error naming `field`: for sinks'
+    /// own bounded durations.
+    pub(crate) fn duration<'de, D: Deserializer<'de>>(
         d: D,
         field: &str,
         (min, max): (Duration, Duration),

@@ -222,24 +222,7 @@ fn qos<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     }
 }
 
-/// A duration within `min..=max`, with the error style of [`crate::config::bounds`].
-fn bounded<'de, D: Deserializer<'de>>(
-    d: D,
-    field: &str,
-    (min, max): (Duration, Duration),
-) -> Result<Duration, D::Error> {
-    let v: Duration = humantime_serde::deserialize(d)?;
-    if v < min || v > max {
-        let f = humantime::format_duration;
-        return Err(serde::de::Error::custom(format!(
-            "{field}: must be between {} and {}, not {}",
-            f(min),
-            f(max),
-            f(v)
-        )));
-    }
-    Ok(v)
-}
+use crate::config::bounds::duration as bounded;
 
 fn keep_alive<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let v = bounded(d, "keepAlive", KEEP_ALIVE)?;

@@ -215,17 +215,7 @@ fn max_len<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 /// `dedupWindow`, checked at the value like [`crate::config::bounds`].
 fn dedup_window<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let v: Duration = humantime_serde::deserialize(d)?;
-    let (min, max) = DEDUP_WINDOW;
-    if v < min || v > max {
-        let f = humantime::format_duration;
-        return Err(serde::de::Error::custom(format!(
-            "dedupWindow: must be between {} and {}, not {}",
-            f(min),
-            f(max),
-            f(v)
-        )));
-    }
+    let v = crate::config::bounds::duration(d, "dedupWindow", DEDUP_WINDOW)?;
     if v.subsec_nanos() != 0 {
         return Err(serde::de::Error::custom(format!(
             "dedupWindow: whole seconds only (Redis expires keys in seconds), not {}",
