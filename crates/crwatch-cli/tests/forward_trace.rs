@@ -22,13 +22,17 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Forward(Option<Child>);
 
 impl Forward {
-    fn start(server: &TestServer, dir: &Path, endpoint: &str) -> (Self, PathBuf) {
+    /// Forwarding to a file sink, and to a binary-mode webhook at `hook` when given.
+    fn start(server: &TestServer, dir: &Path, endpoint: &str, hook: Option<&str>) -> (Self, PathBuf) {
         let out = dir.join("out.jsonl");
         let cfg = dir.join("forward.yaml");
+        let webhook = hook
+            .map(|url| format!("  - name: hook\n    webhook: {{url: \"{url}\", mode: binary}}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &cfg,
             format!(
-                "resources:\n  - resource: configmaps\n    namespaces: [t]\nsinks:\n  - name: out\n    file: {{path: \"{}\"}}\nmetrics: \"off\"\nprobes: \"off\"\nshutdownGrace: 2s\n",
+                "resources:\n  - resource: configmaps\n    namespaces: [t]\nsinks:\n  - name: out\n    file: {{path: \"{}\"}}\n{webhook}metrics: \"off\"\nprobes: \"off\"\nshutdownGrace: 2s\n",
                 out.display()
             ),
         )
@@ -76,6 +80,57 @@ impl Drop for Forward {
     }
 }
 
+/// A webhook receiver keeping each request's headers.
+struct Hook {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<std::collections::HashMap<String, String>>>>,
+}
+
+impl Hook {
+    async fn start() -> Hook {
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+        let seen = requests.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    let map = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                        .collect();
+                    seen.lock().unwrap().push(map);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Hook { url, requests }
+    }
+
+    /// The headers of the request carrying `subject` (percent-encoded as binary mode sends it).
+    async fn wait_for_subject(&self, subject: &str) -> std::collections::HashMap<String, String> {
+        let want = subject.replace('/', "%2F");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let found = self
+                .requests
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|h| h.get("ce-subject").is_some_and(|s| s == subject || *s == want))
+                .cloned();
+            if let Some(headers) = found {
+                return headers;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no request for {subject}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 async fn namespace(server: &TestServer) {
     server
         .server()
@@ -119,7 +174,8 @@ async fn the_delivered_traceparent_is_the_receive_span() {
     namespace(&server).await;
     let receiver = OtlpReceiver::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (forward, out) = Forward::start(&server, dir.path(), &receiver.endpoint());
+    let hook = Hook::start().await;
+    let (forward, out) = Forward::start(&server, dir.path(), &receiver.endpoint(), Some(&hook.url));
     let api: Api<ConfigMap> = Api::namespaced(server.client(), "t");
     create(&api, "traced").await;
     let events = delivered(&out, &["t/traced".into()]).await;
@@ -164,6 +220,24 @@ async fn the_delivered_traceparent_is_the_receive_span() {
     assert_eq!(receive.trace_id, trace_id);
     assert_eq!(receive.attr("crwatch.object.key"), Some("t/traced"));
     assert_eq!(receive.attr("cloudevents.event_id"), event["id"].as_str());
+
+    // The binary-mode webhook: the event's `traceparent` as `ce-traceparent` (the same for
+    // every sink), and W3C Trace Context for the HTTP hop: that attempt's own `deliver` span.
+    let headers = hook.wait_for_subject("t/traced").await;
+    assert_eq!(headers["ce-traceparent"], traceparent);
+    let hop = headers["traceparent"].clone();
+    let hop: Vec<&str> = hop.split('-').collect();
+    assert_eq!((hop.len(), hop[1]), (4, trace_id.as_str()), "{hop:?}");
+    let hook_deliver = receiver
+        .wait_for(WAIT, "the webhook's deliver span", |spans| {
+            spans.iter().find(|s| s.span_id == hop[2]).cloned()
+        })
+        .await
+        .unwrap();
+    assert_eq!(hook_deliver.name, "deliver");
+    assert_eq!(hook_deliver.attr("crwatch.forward.sink"), Some("hook"));
+    assert_eq!(hook_deliver.parent_span_id, span_id, "under the receive span");
+
     let tree = crwatch_testsupport::otlp::render_tree(&receiver.spans(), &trace_id, |_| true);
     println!("trace {trace_id}:\n{tree}");
 
@@ -179,7 +253,7 @@ async fn an_unreachable_collector_does_not_hold_forwarding_back() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens there.
     let nobody = format!("http://127.0.0.1:{}", crwatch_testsupport::free_port().unwrap());
-    let (forward, out) = Forward::start(&server, dir.path(), &nobody);
+    let (forward, out) = Forward::start(&server, dir.path(), &nobody, None);
     let api: Api<ConfigMap> = Api::namespaced(server.client(), "t");
     let names: Vec<String> = (0..50).map(|i| format!("cm-{i}")).collect();
     for name in &names {

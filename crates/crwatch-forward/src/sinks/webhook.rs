@@ -31,6 +31,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "host",
     "connection",
     "idempotency-key",
+    "traceparent",
+    "tracestate",
 ];
 
 /// The `webhook` section of a sink.
@@ -198,6 +200,15 @@ impl WebhookSink {
             SinkError::Permanent(format!("event id {:?} is not a valid header value", delivery.id))
         })?;
         headers.insert(HeaderName::from_static("idempotency-key"), key);
+        // W3C Trace Context for this hop: the attempt's `deliver` span (the event's own
+        // `traceparent` attribute names its creation and stays the same on every attempt).
+        if let Some((parent, state)) = crwatch::trace::traceparent(&tracing::Span::current()) {
+            for (name, value) in [("traceparent", Some(parent)), ("tracestate", state)] {
+                if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                    headers.insert(HeaderName::from_static(name), value);
+                }
+            }
+        }
         if let Some(signer) = &self.signer {
             headers.insert(signer.header.clone(), signer.sign(&body)?);
         }
