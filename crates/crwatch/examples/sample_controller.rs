@@ -334,9 +334,14 @@ async fn run() -> anyhow::Result<()> {
     } else {
         None
     };
+    // A client from `crwatch::client` (as the operators use): each write it makes inside a
+    // reconcile is tracked for read-your-own-writes and, with traces on, is a child span.
+    let options = crwatch::client::ClientOptions::default();
     let client = match &server {
-        Some(s) => s.client(),
-        None => kube::Client::try_default()
+        Some(s) => crwatch::client::from_kubeconfig(Some(s.kubeconfig()), &options)
+            .await
+            .context("connecting to the embedded API server")?,
+        None => crwatch::client::from_kubeconfig(None, &options)
             .await
             .context("connecting with KUBECONFIG")?,
     };
