@@ -134,6 +134,24 @@ impl Gc {
             self.index(&ev.gr, &object);
         }
         self.react(&ev.gr, &object, ev.kind);
+        // As kube's garbage collector (its graph builder queues an object whose owner
+        // references changed for a check): an update that points an object at owners that are
+        // all gone makes it garbage, like a create would.
+        if ev.kind == EventType::Modified && meta_str(&object, "deletionTimestamp").is_empty() {
+            let owners: BTreeSet<String> = meta::owner_uids(&object).into_iter().collect();
+            let before: BTreeSet<String> = ev
+                .prev
+                .as_ref()
+                .filter(|p| p.text().contains("\"ownerReferences\""))
+                .map(|p| meta::owner_uids(&p.value()).into_iter().collect())
+                .unwrap_or_default();
+            if !owners.is_empty()
+                && owners != before
+                && owners.iter().all(|u| self.api.store.by_uid(u).is_none())
+            {
+                self.delete(&ev.gr, &key_of(&object), "Background");
+            }
+        }
         if ev.kind == EventType::Deleted {
             let uid = meta_str(&object, "uid").to_string();
             self.owner_gone(&uid);

@@ -1556,6 +1556,22 @@ async fn garbage_collection_background_foreground_orphan_and_shared_owners() {
         .await;
         cms.delete("owner-b", &DeleteParams::default()).await.unwrap();
         gone(&cms, "shared", 60, "the dependent of both owners").await;
+
+        // An update that points an object at an owner already gone makes it garbage, as a
+        // create would (kube's graph builder checks changed owner references).
+        let late = cms.create(&pp, &mk("late-owner")).await.unwrap();
+        cms.delete("late-owner", &DeleteParams::default()).await.unwrap();
+        gone(&cms, "late-owner", 60, "the late owner").await;
+        cms.create(&pp, &mk("re-owned")).await.unwrap();
+        let dangling = owned_by("re-owned", &[&late], false);
+        cms.patch(
+            "re-owned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"ownerReferences": dangling.metadata.owner_references}})),
+        )
+        .await
+        .unwrap();
+        gone(&cms, "re-owned", 60, "the object re-pointed at a gone owner").await;
         t.cleanup().await;
     }
 }
