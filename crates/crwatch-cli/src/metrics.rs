@@ -388,6 +388,15 @@ impl Plan {
 /// The informers running, with the entry each fills.
 type Running = std::sync::Arc<std::sync::Mutex<Vec<(usize, Informer<DynamicObject>)>>>;
 
+/// Start `found` and add it to the informers readiness waits for.
+fn start(running: &Running, cancel: &CancellationToken, found: Vec<(usize, Informer<DynamicObject>)>) {
+    let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
+    for (i, inf) in found {
+        inf.start(cancel.child_token());
+        running.push((i, inf));
+    }
+}
+
 /// Run `crwatch metrics` until SIGTERM or Ctrl-C.
 pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
     let file = args.config.display().to_string();
@@ -414,14 +423,7 @@ pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     // The informers running, with their entries: readiness waits for each to list.
     let running: Running = Default::default();
-    let start = |found: Vec<(usize, Informer<DynamicObject>)>| {
-        let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, inf) in found {
-            inf.start(cancel.child_token());
-            running.push((i, inf));
-        }
-    };
-    start(std::mem::take(&mut plan.informers));
+    start(&running, &cancel, std::mem::take(&mut plan.informers));
     for &i in &plan.pending {
         eprintln!(
             "crwatch metrics: warning: {file}: {}; looking again every {}, its metrics appear once it is served",
@@ -464,12 +466,10 @@ pub async fn run(args: MetricsArgs) -> anyhow::Result<()> {
                 }
                 match plan.discover(&config).await {
                     Ok(found) => {
-                        let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
-                        for (i, inf) in found {
-                            eprintln!("crwatch metrics: {} is served now: watching it", names[i]);
-                            inf.start(cancel.child_token());
-                            running.push((i, inf));
+                        for (i, _) in &found {
+                            eprintln!("crwatch metrics: {} is served now: watching it", names[*i]);
                         }
+                        start(&running, &cancel, found);
                     }
                     Err(e) => {
                         tracing::warn!(error = format!("{e:#}"), "discovery failed; trying again later")

@@ -20,6 +20,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::secret::redact_url;
 use crate::sink::{Delivery, Sink, SinkError, Template, dot_token};
 
 /// The default routing-key template.
@@ -116,8 +117,6 @@ impl fmt::Debug for AmqpConfig {
             .finish()
     }
 }
-
-use crate::secret::redact_url;
 
 impl AmqpConfig {
     /// Check what can be checked without connecting: exactly one URL source, a valid

@@ -22,6 +22,7 @@ use async_nats::{ConnectOptions, HeaderMap};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
+use crate::secret::redact_url;
 use crate::sink::{Delivery, Sink, SinkError, Template, dot_token};
 
 /// The default subject template.
@@ -125,8 +126,6 @@ impl fmt::Debug for NatsConfig {
             .finish()
     }
 }
-
-use crate::secret::redact_url;
 
 impl NatsConfig {
     /// Check what can be checked without connecting: at least one URL, a valid subject

@@ -69,6 +69,7 @@ use redis::{AsyncConnectionConfig, Client, ErrorKind, IntoConnectionInfo, RedisE
 use serde::{Deserialize, Deserializer};
 use tokio::sync::Mutex;
 
+use crate::secret::redact_url;
 use crate::sink::{Delivery, Sink, SinkError, Template};
 
 /// The default stream key template: one stream per resource type.
@@ -242,8 +243,6 @@ impl fmt::Debug for RedisConfig {
             .finish()
     }
 }
-
-use crate::secret::redact_url;
 
 impl RedisConfig {
     /// Check what can be checked without connecting or reading files: the URL's scheme, the
